@@ -1,0 +1,7 @@
+"""The data layer: text sources, tokenizers and deterministic batches."""
+
+from jaxgpt.data.pipeline import BatchStream, Dataset, build_dataset, eval_batches, get_batch
+from jaxgpt.data.tokenizer import CharTokenizer, load_tokenizer
+
+__all__ = ["BatchStream", "CharTokenizer", "Dataset", "build_dataset",
+           "eval_batches", "get_batch", "load_tokenizer"]

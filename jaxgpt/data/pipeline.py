@@ -1,0 +1,172 @@
+"""Token arrays and the batches drawn from them.
+
+A batch row's offset is a pure function of (seed, stream, step, process,
+row): a counter-based hash, written once over NumPy or TensorFlow ops. Resuming
+at step k therefore replays exactly the batches a run would have seen, and no
+two processes share a row, without any iterator state to save.
+"""
+
+import dataclasses
+import importlib.util
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from jaxgpt.data import sources
+from jaxgpt.data import tfhost
+from jaxgpt.data.tokenizer import CharTokenizer, build_tokenizer
+from jaxgpt.errors import UserError
+
+TRAIN_STREAM = 0
+EVAL_STREAM = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train: np.ndarray  # int32 token ids, 1-D
+  val: np.ndarray
+  tokenizer: CharTokenizer
+
+
+def build_dataset(config, tokenizer=None) -> Dataset:
+  """Tokenizes `config.data`; a given tokenizer (from a saved run) is reused."""
+  train_text, val_text = sources.load_splits(config.data)
+  if tokenizer is None:
+    tokenizer = build_tokenizer(config.data.tokenizer, train_text + val_text)
+  dataset = Dataset(tokenizer.encode(train_text), tokenizer.encode(val_text),
+                    tokenizer)
+  for name, tokens in (("train", dataset.train), ("val", dataset.val)):
+    _check_length(tokens, config.model.block_size, f"the {name} split")
+  return dataset
+
+
+def _check_length(tokens: np.ndarray, block_size: int, what: str) -> None:
+  if len(tokens) <= block_size + 1:
+    raise UserError(
+        f"{what} has {len(tokens)} tokens, too short for model.block_size="
+        f"{block_size}: lower --config.model.block_size or data.val_fraction,"
+        " or give more text")
+  if len(tokens) >= 2**32:
+    raise UserError(
+        f"{what} has {len(tokens)} tokens; at most 2**32-1 are supported: use"
+        " a smaller text")
+
+
+class _Ops(NamedTuple):
+  """The uint32 operations the hash needs, from NumPy or from TensorFlow."""
+  to_uint32: Callable  # any integer, taken modulo 2**32
+  xor: Callable
+  shift_right: Callable
+  multiply: Callable  # wraps modulo 2**32
+  remainder: Callable
+
+
+_NUMPY_OPS = _Ops(
+    to_uint32=lambda x: np.asarray(x, np.int64).astype(np.uint32),
+    xor=np.bitwise_xor,
+    shift_right=np.right_shift,
+    multiply=lambda x, c: np.multiply(x, np.uint32(c)),
+    remainder=np.remainder)
+
+
+def _tf_ops(tf) -> _Ops:
+  return _Ops(
+      to_uint32=lambda x: tf.cast(tf.cast(x, tf.int64), tf.uint32),
+      xor=tf.bitwise.bitwise_xor,
+      shift_right=lambda x, n: tf.bitwise.right_shift(x, tf.constant(n, tf.uint32)),
+      multiply=lambda x, c: tf.multiply(x, tf.constant(c, tf.uint32)),
+      remainder=tf.math.floormod)
+
+
+def _lowbias32(x, ops: _Ops):
+  """Chris Wellons' lowbias32 integer hash."""
+  x = ops.xor(x, ops.shift_right(x, 16))
+  x = ops.multiply(x, 0x7feb352d)
+  x = ops.xor(x, ops.shift_right(x, 15))
+  x = ops.multiply(x, 0x846ca68b)
+  return ops.xor(x, ops.shift_right(x, 16))
+
+
+def _offsets(ops: _Ops, num_offsets: int, seed, stream, step, process_index, rows):
+  """Window starts in [0, num_offsets) for `rows`, chained so counters never cancel."""
+  h = _lowbias32(ops.to_uint32(seed), ops)
+  for counter in (stream, step, process_index, rows):
+    h = _lowbias32(ops.xor(h, ops.to_uint32(counter)), ops)
+  return ops.remainder(h, ops.to_uint32(num_offsets))
+
+
+def get_batch(tokens: np.ndarray, seed: int, step: int, process_index: int,
+              batch_size: int, block_size: int,
+              stream: int = TRAIN_STREAM) -> tuple[np.ndarray, np.ndarray]:
+  """This process's (inputs, targets) for `step`, both int32 [batch, block]."""
+  _check_length(tokens, block_size, "the token array")
+  rows = np.arange(batch_size, dtype=np.uint32)
+  starts = _offsets(_NUMPY_OPS, len(tokens) - block_size, seed, stream, step,
+                    process_index, rows)
+  windows = np.asarray(tokens, np.int32)[
+      starts.astype(np.int64)[:, None] + np.arange(block_size + 1)]
+  return windows[:, :-1], windows[:, 1:]
+
+
+def eval_batches(tokens, seed, process_index, batch_size, block_size,
+                 num_batches) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The fixed evaluation set: the same batches at every evaluation."""
+  return [get_batch(tokens, seed, i, process_index, batch_size, block_size,
+                    stream=EVAL_STREAM) for i in range(num_batches)]
+
+
+def _tensorflow_installed() -> bool:
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+class BatchStream:
+  """Local batches for steps start_step, start_step+1, ..., end_step-1.
+
+  Uses tf.data (batches made ahead on a background thread) when TensorFlow is
+  installed, else NumPy; both give bit-identical batches.
+  """
+
+  def __init__(self, tokens, seed, process_index, batch_size, block_size,
+               start_step, end_step, use_tf: bool | None = None):
+    _check_length(tokens, block_size, "the token array")
+    self._tokens = np.asarray(tokens, np.int32)
+    self._seed, self._process_index = seed, process_index
+    self._batch_size, self._block_size = batch_size, block_size
+    self._start_step, self._end_step = start_step, end_step
+    self._use_tf = _tensorflow_installed() if use_tf is None else use_tf
+
+  @property
+  def uses_tf(self) -> bool:
+    return self._use_tf
+
+  def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if self._use_tf:
+      return self._tf_batches()
+    return self._numpy_batches()
+
+  def _numpy_batches(self):
+    for step in range(self._start_step, self._end_step):
+      yield get_batch(self._tokens, self._seed, step, self._process_index,
+                      self._batch_size, self._block_size)
+
+  def _tf_batches(self):
+    tf = tfhost.import_tensorflow()
+    tokens = tf.constant(self._tokens)
+    ops = _tf_ops(tf)
+    rows = tf.range(self._batch_size, dtype=tf.int64)
+    window = tf.range(self._block_size + 1, dtype=tf.int64)
+
+    @tf.autograph.experimental.do_not_convert
+    def make_batch(step):
+      starts = _offsets(ops, len(self._tokens) - self._block_size, self._seed,
+                        TRAIN_STREAM, step, self._process_index, rows)
+      windows = tf.gather(tokens, tf.cast(starts, tf.int64)[:, None] + window)
+      return windows[:, :-1], windows[:, 1:]
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.autotune.enabled = False  # Its tuning threads cost more than they give here.
+    options.experimental_optimization.apply_default_optimizations = False
+    dataset = tf.data.Dataset.range(self._start_step, self._end_step)
+    dataset = dataset.map(make_batch).prefetch(2).with_options(options)
+    return dataset.as_numpy_iterator()
