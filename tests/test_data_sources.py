@@ -28,6 +28,7 @@ In thunder, lightning, or in rain?
 _\\[Aside]_  
 What bloody man is that?\\--He can report  
 As seemeth by his plight _\\[Kneels]_  
+Of the revolt _\\[ ]_  
 
 **PAGE**  
 [Within]_  
@@ -56,6 +57,7 @@ DUNCAN:
 What bloody man is that?--He can report
 As seemeth by his plight
 [Kneels]
+Of the revolt
 
 PAGE:
 [Within]
@@ -74,7 +76,7 @@ def data_config(**overrides):
 def test_plays_to_text():
   text = plays.plays_to_text(MARKDOWN)
   assert text == EXPECTED
-  for markup in ("**", "_", "#", "\\", "\n\n\n", "  \n"):
+  for markup in ("**", "_", "#", "\\", "\n\n\n", "  \n", "[]"):
     assert markup not in text
 
 

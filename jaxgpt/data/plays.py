@@ -18,7 +18,9 @@ _INLINE_DIRECTION = re.compile(r"[_*\\]*\[([^\]]*)\][_*]*")
 
 
 def direction(text: str) -> str:
-  return "[" + " ".join(text.replace("[", " ").replace("]", " ").split()) + "]"
+  """`[text]`; empty for an empty direction (the plays mark gaps as `[ ]`)."""
+  text = " ".join(text.replace("[", " ").replace("]", " ").split())
+  return f"[{text}]" if text else ""
 
 
 def speech(speaker: str, lines: list[str]) -> str:
@@ -55,8 +57,7 @@ def _split_inline(line: str) -> list[str]:
   for match in _INLINE_DIRECTION.finditer(line):
     lines += [_plain(line[start:match.start()]), direction(match.group(1))]
     start = match.end()
-  lines.append(_plain(line[start:]))
-  return [l for l in lines if l]
+  return lines + [_plain(line[start:])]
 
 
 def _body_lines(lines: list[str]) -> list[str]:
@@ -68,9 +69,7 @@ def _body_lines(lines: list[str]) -> list[str]:
       if _is_closed(line):
         out.append(direction(_plain(" ".join(pending))))
         pending = None
-    elif _INLINE_DIRECTION.search(line):
-      out += _split_inline(line)
-    elif line.startswith(("_", "*")):
+    elif line.startswith(("_", "*")) and not _INLINE_DIRECTION.search(line):
       if _is_closed(line):
         out.append(direction(_plain(line)))
       else:
@@ -79,7 +78,7 @@ def _body_lines(lines: list[str]) -> list[str]:
       out += _split_inline(line)
   if pending is not None:
     out.append(direction(_plain(" ".join(pending))))
-  return out
+  return [line for line in out if line]
 
 
 def _block_to_paragraph(lines: list[str]) -> str:
