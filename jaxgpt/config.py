@@ -1,0 +1,113 @@
+"""The run config: every key with its default, and the checks that end in a clear error.
+
+Config files in `configs/` start from `base_config()` and change what they need, so every
+key exists in every config and can be overridden with `--config.KEY=VALUE`.
+"""
+
+import ml_collections
+
+from jaxgpt.errors import UserError
+
+DATA_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
+TOKENIZERS = ("char", "gpt2")
+PRECISIONS = ("float32", "bfloat16")
+BACKENDS = ("auto", "cpu", "gpu", "tpu")
+PIPELINES = ("auto", "tf", "numpy")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """nanoGPT's shakespeare_char settings; config files adjust them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 1337
+  c.backend = "auto"
+  c.precision = "float32"
+  c.init_from = "scratch"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "shakespeare_plays"
+  c.data.path = ""
+  c.data.tfds_name = "tiny_shakespeare"
+  c.data.tokenizer = "char"
+  c.data.val_fraction = 0.1
+  c.data.pipeline = "auto"  # "tf" (tf.data), "numpy", or "auto": tf.data when TensorFlow is installed
+
+  c.model = ml_collections.ConfigDict()
+  c.model.n_layer = 6
+  c.model.n_head = 6
+  c.model.n_embd = 384
+  c.model.block_size = 256
+  c.model.dropout = 0.2
+  c.model.bias = False
+  # The embedding table is padded to a multiple of this (padded ids are never sampled).
+  c.model.vocab_multiple = 64
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64
+  c.train.max_steps = 5000
+  c.train.learning_rate = 1e-3
+  c.train.min_lr = 1e-4
+  c.train.warmup_steps = 100
+  c.train.weight_decay = 0.1
+  c.train.beta1 = 0.9
+  c.train.beta2 = 0.99
+  c.train.grad_clip = 1.0
+  c.train.grad_accum_steps = 1
+  c.train.eval_every = 250
+  c.train.eval_steps = 200
+  c.train.log_every = 10
+  c.train.checkpoint_every = 250
+  c.train.keep_checkpoints = 3
+  c.train.sample_tokens = 300
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise UserError(message)
+
+
+def _check_choice(name: str, value, choices) -> None:
+  _require(value in choices,
+           f"{name}={value!r} is not one of {', '.join(choices)}: pass --config.{name}=<one of those>")
+
+
+def _check_positive(name: str, value) -> None:
+  _require(value > 0, f"{name} must be positive, got {value}: pass --config.{name}=<a positive number>")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises UserError for any setting that cannot work, naming the key and the fix."""
+  _check_choice("data.source", c.data.source, DATA_SOURCES)
+  _check_choice("data.tokenizer", c.data.tokenizer, TOKENIZERS)
+  _check_choice("data.pipeline", c.data.pipeline, PIPELINES)
+  _check_choice("precision", c.precision, PRECISIONS)
+  _check_choice("backend", c.backend, BACKENDS)
+  if c.data.source in ("text", "kaggle_csv"):
+    _require(bool(c.data.path),
+             f"data.source={c.data.source} needs a file: pass --config.data.path=FILE")
+  _require(0 < c.data.val_fraction < 1,
+           f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}")
+  for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_multiple"):
+    _check_positive(f"model.{key}", c.model[key])
+  _require(c.model.n_embd % c.model.n_head == 0,
+           f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}: "
+           "choose n_embd as a multiple of n_head")
+  _require(0 <= c.model.dropout < 1, f"model.dropout must be in [0, 1), got {c.model.dropout}")
+  for key in ("batch_size", "grad_accum_steps", "eval_every", "eval_steps", "log_every",
+              "checkpoint_every", "keep_checkpoints", "learning_rate"):
+    _check_positive(f"train.{key}", c.train[key])
+  for key in ("max_steps", "warmup_steps", "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
+    _require(c.train[key] >= 0,
+             f"train.{key} must not be negative, got {c.train[key]}: pass --config.train.{key}=<0 or more>")
+  _require(c.train.batch_size % c.train.grad_accum_steps == 0,
+           f"train.batch_size={c.train.batch_size} is not divisible by "
+           f"train.grad_accum_steps={c.train.grad_accum_steps}: the global batch is split into "
+           "that many micro-batches")
+  for axis in ("data", "fsdp", "tensor"):
+    _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
+             f"mesh.{axis} must be a positive size or -1 (the remaining devices), got {c.mesh[axis]}")

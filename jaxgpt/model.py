@@ -1,0 +1,217 @@
+"""The GPT-2 model as nanoGPT has it, in Flax Linen.
+
+Parameters are float32 and carry logical axis names; activations carry activation axis
+names of their own. `jaxgpt/sharding.py` maps both to the device mesh.
+
+The residual stream is kept 2-D, (B*T, D): every weight matmul is then a plain 2-D dot,
+which XLA's CPU backend runs much faster (backward especially) than batched 3-D dots.
+
+Shape suffixes: B batch, T time, D model width, H heads, K head size, F MLP width,
+V vocabulary, S cached length.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  vocab_size: int
+  block_size: int = 256
+  n_layer: int = 6
+  n_head: int = 6
+  n_embd: int = 384
+  dropout: float = 0.0
+  bias: bool = False
+  dtype: str = "float32"  # compute dtype; parameters are always float32
+
+  @property
+  def head_size(self) -> int:
+    return self.n_embd // self.n_head
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+  return -(-vocab_size // multiple) * multiple
+
+
+def model_config(config, vocab_size: int) -> GPTConfig:
+  """The GPTConfig of a run config (`config.model`, `config.precision`)."""
+  m = config.model
+  return GPTConfig(
+      vocab_size=padded_vocab_size(vocab_size, m.vocab_multiple),
+      block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+      dropout=m.dropout, bias=m.bias, dtype=config.precision)
+
+
+def _normal(stddev, names):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _constrain(x, names):
+  return nn.with_logical_constraint(x, names)
+
+
+class LayerNorm(nn.Module):
+  bias: bool
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(
+        epsilon=1e-5, use_bias=self.bias, dtype=self.dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros(("embed",)))(x)
+
+
+class Dense(nn.Module):
+  """y = x . kernel (+ bias), contracting the last `len(in_names)` axes of x.
+
+  Flax's DenseGeneral initialises a flattened 2-D kernel, which loses the logical names
+  of a (D, 3, H, K) kernel; this creates the kernel in its real shape.
+  """
+  shape: tuple
+  names: tuple
+  num_in: int
+  stddev: float
+  bias: bool
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", _normal(self.stddev, self.names), self.shape)
+    in_axes = tuple(range(x.ndim - self.num_in, x.ndim))
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
+                      axes=(in_axes, tuple(range(self.num_in))))
+    if self.bias:
+      out_shape, out_names = self.shape[self.num_in:], self.names[self.num_in:]
+      y = y + self.param("bias", _zeros(out_names), out_shape).astype(self.dtype)
+    return y
+
+
+class CausalSelfAttention(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool):
+    c = self.config
+    residual_std = 0.02 / math.sqrt(2 * c.n_layer)
+    qkv_Nx3xHxK = Dense((c.n_embd, 3, c.n_head, c.head_size),
+                        ("embed", "qkv", "heads", "head_dim"), 1, 0.02, c.bias, c.dtype,
+                        name="c_attn")(x_NxD)
+    qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
+    names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
+        _constrain(qkv_BxTx3xHxK[:, :, i], names) for i in range(3))
+    if decode:
+      y_BxTxHxK = self._cached_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+    else:
+      y_BxTxHxK = self._attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, deterministic)
+    y_NxHxK = _constrain(y_BxTxHxK, names).reshape(-1, c.n_head, c.head_size)
+    y_NxD = Dense((c.n_head, c.head_size, c.n_embd), ("heads", "head_dim", "embed"), 2,
+                  residual_std, c.bias, c.dtype, name="c_proj")(y_NxHxK)
+    return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
+
+  def _attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, deterministic):
+    c = self.config
+    if deterministic or c.dropout == 0:
+      return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
+    # Dropout on the attention weights needs the weights themselves.
+    t = q_BxTxHxK.shape[1]
+    causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
+    return self._weighted_values(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, causal_TxT, deterministic)
+
+  def _weighted_values(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, deterministic):
+    scale = 1.0 / math.sqrt(self.config.head_size)
+    att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                             preferred_element_type=jnp.float32) * scale
+    att_BxHxTxS = jnp.where(mask, att_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS, axis=-1)
+    probs_BxHxTxS = nn.Dropout(self.config.dropout)(probs_BxHxTxS, deterministic=deterministic)
+    return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+  def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+    """Appends this call's keys and values to the cache and attends over all of it."""
+    c = self.config
+    b, t = q_BxTxHxK.shape[:2]
+    cache_shape = (b, c.block_size, c.n_head, c.head_size)
+    cached_k = self.variable("cache", "k", jnp.zeros, cache_shape, k_BxTxHxK.dtype)
+    cached_v = self.variable("cache", "v", jnp.zeros, cache_shape, v_BxTxHxK.dtype)
+    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, start, 0, 0))
+    index.value = start + t
+    query_pos_T = start + jnp.arange(t)
+    key_pos_S = jnp.arange(c.block_size)
+    mask_TxS = key_pos_S[None, :] <= query_pos_T[:, None]
+    return self._weighted_values(q_BxTxHxK, cached_k.value, cached_v.value, mask_TxS, True)
+
+
+class MLP(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_NxD, deterministic: bool):
+    c = self.config
+    h_NxF = Dense((c.n_embd, 4 * c.n_embd), ("embed", "mlp"), 1, 0.02, c.bias, c.dtype,
+                  name="c_fc")(x_NxD)
+    h_NxF = _constrain(nn.gelu(h_NxF, approximate=True), ("activation_tokens", "activation_mlp"))
+    y_NxD = Dense((4 * c.n_embd, c.n_embd), ("mlp", "embed"), 1,
+                  0.02 / math.sqrt(2 * c.n_layer), c.bias, c.dtype, name="c_proj")(h_NxF)
+    return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool):
+    c = self.config
+    x_NxD = x_NxD + CausalSelfAttention(c, name="attn")(
+        LayerNorm(c.bias, c.dtype, name="ln_1")(x_NxD), batch, deterministic, decode)
+    x_NxD = x_NxD + MLP(c, name="mlp")(
+        LayerNorm(c.bias, c.dtype, name="ln_2")(x_NxD), deterministic)
+    return _constrain(x_NxD, ("activation_tokens", "activation_embed"))
+
+
+class GPT(nn.Module):
+  """tokens (B, T) -> float32 logits (B, T, V).
+
+  With `decode=True` the attention layers keep a key/value cache (collection "cache")
+  of `block_size` positions, and `positions` gives each new token's position.
+  """
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT, deterministic: bool = True, decode: bool = False,
+               positions_T=None):
+    c = self.config
+    b, t = tokens_BxT.shape
+    wte_VxD = self.param("wte", _normal(0.02, ("vocab", "embed")), (c.vocab_size, c.n_embd))
+    wpe_TxD = self.param("wpe", _normal(0.02, ("position", "embed")), (c.block_size, c.n_embd))
+    if positions_T is None:
+      positions_T = jnp.arange(t)
+    # Gather the (small) table before the lookup rather than looking up a sharded table.
+    table_VxD = _constrain(wte_VxD, (None, None))
+    x_NxD = (jnp.take(table_VxD, tokens_BxT.reshape(-1), axis=0).reshape(b, t, -1)
+             + jnp.take(wpe_TxD, positions_T, axis=0)[None]).reshape(b * t, -1)
+    x_NxD = nn.Dropout(c.dropout)(x_NxD.astype(c.dtype), deterministic=deterministic)
+    x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
+    for i in range(c.n_layer):
+      x_NxD = Block(c, name=f"h_{i}")(x_NxD, b, deterministic, decode)
+    x_NxD = LayerNorm(c.bias, c.dtype, name="ln_f")(x_NxD)
+    logits_NxV = jnp.dot(x_NxD, wte_VxD.astype(c.dtype).T, preferred_element_type=jnp.float32)
+    logits_NxV = _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
+    return logits_NxV.reshape(b, t, c.vocab_size)
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,72 @@
+"""train_step and eval_step: pure functions of (state, batch), jitted with explicit shardings."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgpt import sharding
+from jaxgpt.state import TrainState
+
+
+def loss_fn(model, params, x_BxT, y_BxT, dropout_rng=None):
+  """Mean next-token cross-entropy, in float32."""
+  logits_BxTxV = model.apply({"params": params}, x_BxT, deterministic=dropout_rng is None,
+                             rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+  return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean()
+
+
+def _gradients(model, params, x_AxBxT, y_AxBxT, rng):
+  """Loss and gradients averaged over A equal micro-batches: equal to one big batch."""
+  num_micro = x_AxBxT.shape[0]
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model))
+
+  def micro_step(i):
+    micro_rng = None if rng is None else jax.random.fold_in(rng, i)
+    return grad_fn(params, x_AxBxT[i], y_AxBxT[i], micro_rng)
+
+  if num_micro == 1:
+    return micro_step(0)
+
+  def accumulate(carry, i):
+    loss, grads = micro_step(i)
+    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_micro))
+  return jax.tree.map(lambda g: g / num_micro, (loss, grads))
+
+
+def train_step(state: TrainState, x_AxBxT, y_AxBxT, *, model, optimizer, schedule, dropout_key):
+  """One optimizer step over A micro-batches; returns the new state and its metrics."""
+  rng = None if model.config.dropout == 0 else jax.random.fold_in(dropout_key, state.step)
+  loss, grads = _gradients(model, state.params, x_AxBxT, y_AxBxT, rng)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_loss(params, x_ExBxT, y_ExBxT, *, model):
+  """Mean loss over E evaluation batches, as one compiled loop."""
+  def body(total, xy):
+    return total + loss_fn(model, params, *xy), None
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (x_ExBxT, y_ExBxT))
+  return total / x_ExBxT.shape[0]
+
+
+def jit_train_step(model, optimizer, schedule, dropout_key, mesh, state_shardings):
+  """The jitted train step: state donated, batches (A, B, T) sharded over B."""
+  step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
+                           dropout_key=dropout_key)
+  batch = sharding.global_batch_sharding(mesh, leading_dims=1)
+  return jax.jit(step, in_shardings=(state_shardings, batch, batch),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def jit_eval_loss(model, mesh, params_shardings):
+  batches = sharding.global_batch_sharding(mesh, leading_dims=1)
+  return jax.jit(functools.partial(eval_loss, model=model),
+                 in_shardings=(params_shardings, batches, batches),
+                 out_shardings=sharding.replicated(mesh))

@@ -1,0 +1,68 @@
+"""python -m jaxgpt.train [--config=configs/NAME.py] [--workdir=DIR] [--config.KEY=VALUE ...]
+
+Trains a GPT (by default on all of Shakespeare's plays), then prints a short sample.
+Running it again with the same workdir resumes from the newest checkpoint.
+"""
+
+import os
+import sys
+
+from jaxgpt import cli, runtime
+from jaxgpt.errors import UserError, run_cli
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flag = config_flags.DEFINE_config_file(
+      "config", DEFAULT_CONFIG, "Config file (a get_config() function); keys are overridden "
+      "with --config.KEY=VALUE.", lock_config=True)
+  workdir_flag = flags.DEFINE_string(
+      "workdir", None, "Where checkpoints, metrics and the config go; default runs/<config name>.")
+  return config_flag, workdir_flag
+
+
+def _config_name(config_path: str) -> str:
+  return os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+
+
+def main(argv=None):
+  runtime.configure_cpu_devices()
+  config_flag, workdir_flag = _define_flags()
+  _check_config_file(sys.argv if argv is None else argv)
+  cli.parse_flags(argv, __doc__)
+  config = config_flag.value
+  runtime.check_backend(config.backend)
+  from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir_flag.value or
+                            os.path.join("runs", _config_name(config_flag.config_filename)))
+  trainer = Trainer(config, workdir)
+  trainer._print(runtime.banner())  # pylint: disable=protected-access
+  trainer._print(f"workdir: {workdir}")  # pylint: disable=protected-access
+  last = trainer.run()
+  if trainer.is_main:
+    summary = f"done: step {last['step']}"
+    if "val_loss" in last:
+      summary += f", val loss {last['val_loss']:.4f}"
+    print(summary + f"\nworkdir: {workdir}", flush=True)
+    if config.train.sample_tokens:
+      print("---- sample ----")
+      print(trainer.sample(max_new_tokens=config.train.sample_tokens))
+      print(f"---- more with: python -m jaxgpt.sample --workdir={workdir}")
+
+
+def _check_config_file(argv) -> None:
+  """A missing --config file is a clear error, not a flag-parser traceback."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":")[0]
+      if not os.path.isfile(path):
+        raise UserError(f"config file {path!r} does not exist: pass --config=configs/NAME.py "
+                        f"(choices: {', '.join(sorted(os.listdir(os.path.join(REPO_ROOT, 'configs'))))})")
+
+
+if __name__ == "__main__":
+  run_cli(main)

@@ -1,0 +1,189 @@
+"""The training loop: data, mesh, state, then batch(seed, step) -> train_step -> log -> eval -> save."""
+
+import collections
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgpt import checkpoint, config as config_lib, data, generate, metrics, optim, sharding
+from jaxgpt import state as state_lib
+from jaxgpt import steps
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, count_params, model_config
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(config, workdir: str) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} holds no jaxgpt run ({CONFIG_FILE} is missing): pass the "
+                    "--workdir that `python -m jaxgpt.train` printed")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _check_batch(config, mesh) -> int:
+  """This process's rows per micro-batch; the global batch must split evenly."""
+  t = config.train
+  micro_batch = t.batch_size // t.grad_accum_steps
+  dp = sharding.data_parallel_size(mesh)
+  if micro_batch % dp or micro_batch % jax.process_count():
+    raise UserError(
+        f"train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} = "
+        f"{micro_batch} rows per micro-batch cannot be split over {dp} data-parallel devices "
+        f"and {jax.process_count()} processes: make the micro-batch a multiple of {dp}")
+  return micro_batch // jax.process_count()
+
+
+class Trainer:
+  """Holds everything a run needs; `run()` trains from the newest checkpoint to max_steps."""
+
+  def __init__(self, config, workdir: str):
+    config_lib.validate(config)
+    self.config, self.workdir = config, workdir
+    self.is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    saved_tokenizer = (data.load_tokenizer(workdir)
+                       if os.path.exists(os.path.join(workdir, "tokenizer.json")) else None)
+    self.dataset = data.build_dataset(config, tokenizer=saved_tokenizer)
+    self.tokenizer = self.dataset.tokenizer
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.local_micro_batch = _check_batch(config, self.mesh)
+    self.model = GPT(model_config(config, self.tokenizer.vocab_size))
+    self.schedule = optim.learning_rate_schedule(config.train)
+    self.optimizer = optim.make_optimizer(config.train)
+    self.shardings = state_lib.state_shardings(self.model, self.optimizer, self.mesh)
+    self.checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    if self.is_main:
+      self.tokenizer.save(workdir)
+      save_config(config, workdir)
+
+  def _initial_state(self):
+    step = self.checkpoints.latest_step()
+    if step is None:
+      return state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
+    self._print(f"resuming from the checkpoint of step {step}")
+    abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
+    return self.checkpoints.restore(step, abstract)
+
+  def _print(self, message: str) -> None:
+    if self.is_main:
+      print(message, flush=True)
+
+  def _global_micro_batches(self, x_BxT, y_BxT):
+    """(B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
+    a = self.config.train.grad_accum_steps
+    return tuple(sharding.global_batch(z.reshape(a, -1, z.shape[-1]), self.mesh, leading_dims=1)
+                 for z in (x_BxT, y_BxT))
+
+  def _eval_set(self):
+    t = self.config.train
+    batches = data.eval_batches(self.dataset.val, self.config.seed, jax.process_index(),
+                                t.batch_size // jax.process_count(), self.config.model.block_size,
+                                t.eval_steps)
+    return tuple(sharding.global_batch(np.stack(z), self.mesh, leading_dims=1)
+                 for z in zip(*batches))
+
+  def run(self) -> dict:
+    c, t = self.config, self.config.train
+    writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
+    with sharding.rules_context(self.mesh):
+      state = self._initial_state()
+      num_params = count_params(state.params)
+      self._print(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
+                  f"{self.tokenizer.vocab_size} (padded to {self.model.config.vocab_size}); "
+                  f"mesh {dict(self.mesh.shape)}; train {len(self.dataset.train):,} tokens, "
+                  f"val {len(self.dataset.val):,}")
+      throughput = metrics.Throughput(t.batch_size * c.model.block_size,
+                                      metrics.flops_per_token(self.model.config, num_params),
+                                      jax.device_count())
+      start = int(state.step)
+      train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
+                                        state_lib.dropout_key(c.seed), self.mesh, self.shardings)
+      eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+      eval_set = self._eval_set()
+      stream = data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
+                                t.batch_size // jax.process_count(), c.model.block_size,
+                                start, t.max_steps, use_tf=_use_tf(c))
+      # On CPU with several devices, more than one step in flight can deadlock XLA's
+      # collectives (NOTES.md); elsewhere one step may run while the next is dispatched.
+      max_pending = 0 if jax.default_backend() == "cpu" else 1
+      pending = collections.deque()
+      last = {"step": start}
+      started = time.perf_counter()
+      throughput.measure(start)
+      for step, (x_BxT, y_BxT) in enumerate(stream, start=start + 1):
+        state, step_metrics = train_step(state, *self._global_micro_batches(x_BxT, y_BxT))
+        pending.append((step, step_metrics))
+        while len(pending) > max_pending:
+          self._log_step(*pending.popleft(), writer, throughput, started, start)
+        if step % t.eval_every == 0 or step == t.max_steps:
+          while pending:
+            self._log_step(*pending.popleft(), writer, throughput, started, start)
+          last["val_loss"] = self._evaluate(step, state, eval_loss, eval_set, writer)
+          throughput.measure(step)
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+          self.checkpoints.save(step, state)
+        last["step"] = step
+      while pending:
+        self._log_step(*pending.popleft(), writer, throughput, started, start)
+      self.checkpoints.close()
+      writer.close()
+      self.state = state
+    return last
+
+  def _log_step(self, step, step_metrics, writer, throughput, started, start):
+    loss = float(step_metrics["loss"])
+    if not math.isfinite(loss):
+      raise UserError(
+          f"the training loss became {loss} at step {step}: lower train.learning_rate or "
+          f"raise train.warmup_steps; the newest good checkpoint ({self.checkpoints.latest_step()}) "
+          "is kept")
+    t = self.config.train
+    if step % t.log_every and step != t.max_steps:
+      return
+    rate = throughput.measure(step)
+    values = {"train_loss": loss, "lr": float(step_metrics["lr"]),
+              "grad_norm": float(step_metrics["grad_norm"]), **rate}
+    writer.write(step, **values)
+    elapsed = time.perf_counter() - started
+    eta = elapsed / max(step - start, 1) * (t.max_steps - step)
+    line = f"step {step:6d}/{t.max_steps} | loss {loss:.4f} | lr {values['lr']:.2e}"
+    if "tokens_per_sec" in rate:
+      line += f" | {rate['tokens_per_sec']:,.0f} tok/s"
+    if "mfu" in rate:
+      line += f" | mfu {100 * rate['mfu']:.1f}%"
+    self._print(line + f" | eta {metrics.format_duration(eta)}")
+
+  def _evaluate(self, step, state, eval_loss, eval_set, writer) -> float:
+    val_loss = float(eval_loss(state.params, *eval_set))
+    writer.write(step, val_loss=val_loss)
+    self._print(f"step {step:6d} | val loss {val_loss:.4f}")
+    return val_loss
+
+  def sample(self, prompt: str = "\n", max_new_tokens: int = 300, seed: int = 0) -> str:
+    """A short sample from the trained parameters (printed after training)."""
+    prompt_ids = self.tokenizer.encode(prompt)
+    with sharding.rules_context(self.mesh):
+      chunks = generate.generate(self.model, self.state.params, prompt_ids, max_new_tokens,
+                                 self.tokenizer.vocab_size,
+                                 generate.Sampling(temperature=0.8, top_k=200), seed=seed)
+      tokens = np.concatenate(list(chunks), axis=1)[0]
+    return prompt + self.tokenizer.decode(tokens)
+
+
+def _use_tf(config):
+  return {"auto": None, "tf": True, "numpy": False}[config.data.pipeline]
