@@ -51,7 +51,7 @@ def _check_batch(config, mesh) -> int:
 class Trainer:
   """Holds everything a run needs; `run()` trains from the newest checkpoint to max_steps."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, devices=None):
     config_lib.validate(config)
     self.config, self.workdir = config, workdir
     self.is_main = jax.process_index() == 0
@@ -60,7 +60,7 @@ class Trainer:
                        if os.path.exists(os.path.join(workdir, "tokenizer.json")) else None)
     self.dataset = data.build_dataset(config, tokenizer=saved_tokenizer)
     self.tokenizer = self.dataset.tokenizer
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
     self.local_micro_batch = _check_batch(config, self.mesh)
     self.model = GPT(model_config(config, self.tokenizer.vocab_size))
     self.schedule = optim.learning_rate_schedule(config.train)

@@ -1,0 +1,93 @@
+"""The GPT: shapes, dtypes, causality, parameter count, initialisation, the KV cache."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.model import GPT, GPTConfig, count_params, padded_vocab_size
+
+CONFIG = GPTConfig(vocab_size=72, block_size=16, n_layer=2, n_head=4, n_embd=32)
+
+
+def _init(config=CONFIG, batch=2):
+  tokens = jnp.zeros((batch, config.block_size), jnp.int32)
+  return GPT(config).init(jax.random.key(0), tokens)["params"]
+
+
+def _unboxed(params):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.meta.unbox(params)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_logits_are_float32_with_float32_params(dtype):
+  config = GPTConfig(**{**CONFIG.__dict__, "dtype": dtype})
+  params = _unboxed(_init(config))
+  tokens = jax.random.randint(jax.random.key(1), (3, 10), 0, config.vocab_size)
+  logits = GPT(config).apply({"params": params}, tokens)
+  chex.assert_shape(logits, (3, 10, config.vocab_size))
+  chex.assert_type(logits, jnp.float32)
+  chex.assert_tree_all_finite(logits)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+def test_causal_later_tokens_do_not_change_earlier_logits():
+  params = _unboxed(_init())
+  tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, CONFIG.vocab_size)
+  changed = tokens.at[:, 9:].set((tokens[:, 9:] + 5) % CONFIG.vocab_size)
+  apply = jax.jit(GPT(CONFIG).apply)
+  before, after = apply({"params": params}, tokens), apply({"params": params}, changed)
+  np.testing.assert_allclose(before[:, :9], after[:, :9], atol=1e-6)
+  assert not np.allclose(before[:, 9:], after[:, 9:])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_parameter_count_is_gpt2_formula(bias):
+  config = GPTConfig(**{**CONFIG.__dict__, "bias": bias})
+  v, t, d, n = config.vocab_size, config.block_size, config.n_embd, config.n_layer
+  per_layer = 12 * d * d + (13 * d if bias else 2 * d)
+  expected = v * d + t * d + n * per_layer + (2 * d if bias else d)
+  assert count_params(_init(config)) == expected
+
+
+def test_gpt2_initialisation():
+  config = GPTConfig(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=True)
+  params = _unboxed(_init(config))
+  residual_std = 0.02 / np.sqrt(2 * config.n_layer)
+  np.testing.assert_allclose(np.std(params["wte"]), 0.02, rtol=0.05)
+  np.testing.assert_allclose(np.std(params["h_0"]["mlp"]["c_fc"]["kernel"]), 0.02, rtol=0.05)
+  np.testing.assert_allclose(np.std(params["h_0"]["mlp"]["c_proj"]["kernel"]), residual_std, rtol=0.05)
+  np.testing.assert_allclose(np.std(params["h_1"]["attn"]["c_proj"]["kernel"]), residual_std, rtol=0.05)
+  assert np.all(params["h_0"]["attn"]["c_attn"]["bias"] == 0)
+  assert np.all(params["ln_f"]["LayerNorm_0"]["scale"] == 1)
+
+
+def test_every_parameter_has_logical_axis_names():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  boxed = _init()
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+  assert all(len(x.names) == x.value.ndim for x in leaves)
+
+
+def test_cached_decoding_equals_full_forward():
+  params = _unboxed(_init())
+  model = GPT(CONFIG)
+  tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, CONFIG.vocab_size)
+  full = model.apply({"params": params}, tokens)
+  logits, cache = model.apply({"params": params}, tokens[:, :5], decode=True,
+                              positions_T=jnp.arange(5), mutable=["cache"])
+  steps = [logits]
+  for i in range(5, 12):
+    logits, cache = model.apply({"params": params, **cache}, tokens[:, i:i + 1], decode=True,
+                                positions_T=jnp.array([i]), mutable=["cache"])
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_padded_vocab_size():
+  assert padded_vocab_size(65, 64) == 128
+  assert padded_vocab_size(50257, 64) == 50304
+  assert padded_vocab_size(128, 64) == 128
