@@ -1,0 +1,65 @@
+"""Config validation: every impossible setting is a UserError naming the key."""
+
+import pytest
+
+from jaxgpt import config as config_lib, sharding
+from jaxgpt.errors import UserError
+
+
+def _config(**changes):
+  c = config_lib.base_config()
+  for key, value in changes.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return c
+
+
+def test_base_config_is_valid():
+  config_lib.validate(config_lib.base_config())
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"model__n_embd": 100, "model__n_head": 6}, ["n_embd", "n_head"]),
+    ({"model__n_layer": 0}, ["model.n_layer"]),
+    ({"model__block_size": -1}, ["model.block_size"]),
+    ({"model__dropout": 1.0}, ["model.dropout"]),
+    ({"data__source": "poems"}, ["data.source", "shakespeare_plays"]),
+    ({"data__source": "text"}, ["data.path"]),
+    ({"data__tokenizer": "bpe"}, ["data.tokenizer"]),
+    ({"data__pipeline": "grain"}, ["data.pipeline"]),
+    ({"train__max_steps": -1}, ["train.max_steps"]),
+    ({"train__batch_size": 0}, ["train.batch_size"]),
+    ({"train__batch_size": 10, "train__grad_accum_steps": 3}, ["grad_accum_steps"]),
+    ({"mesh__fsdp": 0}, ["mesh.fsdp"]),
+])
+def test_impossible_settings_name_the_key(changes, words):
+  with pytest.raises(UserError) as error:
+    config_lib.validate(_config(**changes))
+  for word in words:
+    assert word in str(error.value)
+
+
+def test_precision_must_be_known():
+  c = config_lib.base_config()
+  c.precision = "float16"
+  with pytest.raises(UserError, match="precision"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("axes, devices, expected", [
+    ({"data": -1, "fsdp": 1, "tensor": 1}, 8, (8, 1, 1)),
+    ({"data": 2, "fsdp": -1, "tensor": 2}, 8, (2, 2, 2)),
+    ({"data": 1, "fsdp": 1, "tensor": 1}, 1, (1, 1, 1)),
+])
+def test_mesh_shape(axes, devices, expected):
+  assert sharding.mesh_shape(axes, devices) == expected
+
+
+@pytest.mark.parametrize("axes", [
+    {"data": -1, "fsdp": -1, "tensor": 1},
+    {"data": 3, "fsdp": -1, "tensor": 1},
+    {"data": 2, "fsdp": 2, "tensor": 1},
+])
+def test_impossible_mesh_is_a_user_error(axes):
+  with pytest.raises(UserError, match="mesh"):
+    sharding.mesh_shape(axes, 8)
