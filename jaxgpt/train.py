@@ -40,8 +40,8 @@ def main(argv=None):
   workdir = os.path.abspath(workdir_flag.value or
                             os.path.join("runs", _config_name(config_flag.config_filename)))
   trainer = Trainer(config, workdir)
-  trainer._print(runtime.banner())  # pylint: disable=protected-access
-  trainer._print(f"workdir: {workdir}")  # pylint: disable=protected-access
+  trainer.log(runtime.banner())
+  trainer.log(f"workdir: {workdir}")
   last = trainer.run()
   if trainer.is_main:
     summary = f"done: step {last['step']}"

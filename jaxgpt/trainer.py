@@ -75,11 +75,11 @@ class Trainer:
     step = self.checkpoints.latest_step()
     if step is None:
       return state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
-    self._print(f"resuming from the checkpoint of step {step}")
+    self.log(f"resuming from the checkpoint of step {step}")
     abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
     return self.checkpoints.restore(step, abstract)
 
-  def _print(self, message: str) -> None:
+  def log(self, message: str) -> None:
     if self.is_main:
       print(message, flush=True)
 
@@ -98,51 +98,56 @@ class Trainer:
                  for z in zip(*batches))
 
   def run(self) -> dict:
-    c, t = self.config, self.config.train
+    """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
-    with sharding.rules_context(self.mesh):
-      state = self._initial_state()
-      num_params = count_params(state.params)
-      self._print(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
-                  f"{self.tokenizer.vocab_size} (padded to {self.model.config.vocab_size}); "
-                  f"mesh {dict(self.mesh.shape)}; train {len(self.dataset.train):,} tokens, "
-                  f"val {len(self.dataset.val):,}")
-      throughput = metrics.Throughput(t.batch_size * c.model.block_size,
-                                      metrics.flops_per_token(self.model.config, num_params),
-                                      jax.device_count())
-      start = int(state.step)
-      train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
-                                        state_lib.dropout_key(c.seed), self.mesh, self.shardings)
-      eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
-      eval_set = self._eval_set()
-      stream = data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
-                                t.batch_size // jax.process_count(), c.model.block_size,
-                                start, t.max_steps, use_tf=_use_tf(c))
-      # On CPU with several devices, more than one step in flight can deadlock XLA's
-      # collectives (NOTES.md); elsewhere one step may run while the next is dispatched.
-      max_pending = 0 if jax.default_backend() == "cpu" else 1
-      pending = collections.deque()
-      last = {"step": start}
-      started = time.perf_counter()
-      throughput.measure(start)
-      for step, (x_BxT, y_BxT) in enumerate(stream, start=start + 1):
-        state, step_metrics = train_step(state, *self._global_micro_batches(x_BxT, y_BxT))
-        pending.append((step, step_metrics))
-        while len(pending) > max_pending:
-          self._log_step(*pending.popleft(), writer, throughput, started, start)
-        if step % t.eval_every == 0 or step == t.max_steps:
-          while pending:
-            self._log_step(*pending.popleft(), writer, throughput, started, start)
-          last["val_loss"] = self._evaluate(step, state, eval_loss, eval_set, writer)
-          throughput.measure(step)
-        if step % t.checkpoint_every == 0 or step == t.max_steps:
-          self.checkpoints.save(step, state)
-        last["step"] = step
-      while pending:
-        self._log_step(*pending.popleft(), writer, throughput, started, start)
-      self.checkpoints.close()
+    try:
+      with sharding.rules_context(self.mesh):
+        return self._train(writer)
+    finally:
+      self.checkpoints.close()  # waits for the last save to be on disk
       writer.close()
-      self.state = state
+
+  def _train(self, writer) -> dict:
+    c, t = self.config, self.config.train
+    state = self._initial_state()
+    num_params = count_params(state.params)
+    self.log(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
+             f"{self.tokenizer.vocab_size} (padded to {self.model.config.vocab_size}); "
+             f"mesh {dict(self.mesh.shape)}; train {len(self.dataset.train):,} tokens, "
+             f"val {len(self.dataset.val):,}")
+    throughput = metrics.Throughput(t.batch_size * c.model.block_size,
+                                    metrics.flops_per_token(self.model.config, num_params),
+                                    jax.device_count())
+    start = int(state.step)
+    train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
+                                      state_lib.dropout_key(c.seed), self.mesh, self.shardings)
+    eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+    eval_set = self._eval_set()
+    stream = data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
+                              t.batch_size // jax.process_count(), c.model.block_size,
+                              start, t.max_steps, use_tf=_use_tf(c))
+    # On CPU with several devices, more than one step in flight can deadlock XLA's
+    # collectives (NOTES.md); elsewhere one step may run while the next is dispatched.
+    max_pending = 0 if jax.default_backend() == "cpu" else 1
+    pending = collections.deque()
+    last = {"step": start}
+    started = time.perf_counter()
+    throughput.measure(start)
+    for step, (x_BxT, y_BxT) in enumerate(stream, start=start + 1):
+      state, step_metrics = train_step(state, *self._global_micro_batches(x_BxT, y_BxT))
+      pending.append((step, step_metrics))
+      evaluate = step % t.eval_every == 0 or step == t.max_steps
+      save = step % t.checkpoint_every == 0 or step == t.max_steps
+      # Every loss up to a step is checked before that step is evaluated or saved.
+      while len(pending) > (0 if evaluate or save else max_pending):
+        self._log_step(*pending.popleft(), writer, throughput, started, start)
+      if evaluate:
+        last["val_loss"] = self._evaluate(step, state, eval_loss, eval_set, writer)
+        throughput.measure(step)  # evaluation time is not training throughput
+      if save:
+        self.checkpoints.save(step, state)
+      last["step"] = step
+    self.state = state
     return last
 
   def _log_step(self, step, step_metrics, writer, throughput, started, start):
@@ -166,12 +171,12 @@ class Trainer:
       line += f" | {rate['tokens_per_sec']:,.0f} tok/s"
     if "mfu" in rate:
       line += f" | mfu {100 * rate['mfu']:.1f}%"
-    self._print(line + f" | eta {metrics.format_duration(eta)}")
+    self.log(line + f" | eta {metrics.format_duration(eta)}")
 
   def _evaluate(self, step, state, eval_loss, eval_set, writer) -> float:
     val_loss = float(eval_loss(state.params, *eval_set))
     writer.write(step, val_loss=val_loss)
-    self._print(f"step {step:6d} | val loss {val_loss:.4f}")
+    self.log(f"step {step:6d} | val loss {val_loss:.4f}")
     return val_loss
 
   def sample(self, prompt: str = "\n", max_new_tokens: int = 300, seed: int = 0) -> str:
