@@ -107,26 +107,33 @@ class CausalSelfAttention(nn.Module):
                         ("embed", "qkv", "heads", "head_dim"), 1, 0.02, c.bias, c.dtype,
                         name="c_attn")(x_NxD)
     qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
-    names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
-        _constrain(qkv_BxTx3xHxK[:, :, i], names) for i in range(3))
     if decode:
-      y_BxTxHxK = self._cached_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+      y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)))
     else:
-      y_BxTxHxK = self._attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, deterministic)
+      y_BxTxHxK = self._attention(qkv_BxTx3xHxK, deterministic)
+    names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
     y_NxHxK = _constrain(y_BxTxHxK, names).reshape(-1, c.n_head, c.head_size)
     y_NxD = Dense((c.n_head, c.head_size, c.n_embd), ("heads", "head_dim", "embed"), 2,
                   residual_std, c.bias, c.dtype, name="c_proj")(y_NxHxK)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
-  def _attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, deterministic):
+  def _attention(self, qkv_BxTx3xHxK, deterministic):
+    """Causal attention over the whole sequence, heads-major so that every dot is a plain
+    batched matmul; one transpose in, one out (splitting the heads-major array keeps its
+    backward a concatenation rather than three padded copies)."""
     c = self.config
-    if deterministic or c.dropout == 0:
-      return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
-    # Dropout on the attention weights needs the weights themselves.
-    t = q_BxTxHxK.shape[1]
-    causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return self._weighted_values(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, causal_TxT, deterministic)
+    t = qkv_BxTx3xHxK.shape[1]
+    names = ("activation_batch", "activation_heads", "activation_length", "activation_head_dim")
+    qkv_3xBxHxTxK = qkv_BxTx3xHxK.transpose(2, 0, 3, 1, 4)
+    q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (
+        _constrain(x[0], names) for x in jax.lax.split(qkv_3xBxHxTxK, (1, 1, 1)))
+    q_BxHxTxK = q_BxHxTxK * (1.0 / math.sqrt(c.head_size))
+    att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK)
+    mask_TxS = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), 0.0, -jnp.inf)
+    probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_TxS, axis=-1)
+    probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=deterministic)
+    y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS, v_BxHxSxK)
+    return y_BxHxTxK.transpose(0, 2, 1, 3)
 
   def _weighted_values(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, deterministic):
     scale = 1.0 / math.sqrt(self.config.head_size)
