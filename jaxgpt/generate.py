@@ -34,14 +34,16 @@ class DecodeState:
   num_generated: jax.Array
 
 
-def filter_logits(logits_BxV, sampling: Sampling, vocab_size: int):
-  """Temperature, top-k and top-p applied to float32 logits; padded ids are removed."""
+def filter_logits(logits_BxV, sampling: Sampling):
+  """Temperature, top-k and top-p applied to float32 logits.
+
+  The model already gives padded ids no probability, so they are never sampled.
+  """
   neg_inf = jnp.finfo(jnp.float32).min
-  ids_V = jnp.arange(logits_BxV.shape[-1])
-  logits_BxV = jnp.where(ids_V < vocab_size, logits_BxV, neg_inf)
+  v = logits_BxV.shape[-1]
   logits_BxV = logits_BxV / jnp.maximum(sampling.temperature, 1e-6)
   sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-  k = jnp.where(sampling.top_k > 0, jnp.minimum(sampling.top_k, vocab_size), vocab_size)
+  k = jnp.where(sampling.top_k > 0, jnp.minimum(sampling.top_k, v), v)
   kth_Bx1 = jnp.take_along_axis(sorted_BxV, jnp.full((logits_BxV.shape[0], 1), k - 1), axis=-1)
   logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg_inf, logits_BxV)
   # Keep each token whose higher-ranked tokens hold less than top_p of the probability,
@@ -56,10 +58,9 @@ def filter_logits(logits_BxV, sampling: Sampling, vocab_size: int):
   return jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
 
 
-def sample_token(logits_BxV, sampling: Sampling, vocab_size: int, rng):
-  greedy_B = jnp.argmax(jnp.where(jnp.arange(logits_BxV.shape[-1]) < vocab_size, logits_BxV,
-                                  jnp.finfo(jnp.float32).min), axis=-1)
-  sampled_B = jax.random.categorical(rng, filter_logits(logits_BxV, sampling, vocab_size))
+def sample_token(logits_BxV, sampling: Sampling, rng):
+  greedy_B = jnp.argmax(logits_BxV, axis=-1)
+  sampled_B = jax.random.categorical(rng, filter_logits(logits_BxV, sampling))
   return jnp.where(sampling.temperature == 0, greedy_B, sampled_B).astype(jnp.int32)
 
 
@@ -91,10 +92,8 @@ def prefill(model: GPT, params, prompt_BxP, prompt_length, seed) -> DecodeState:
       rng=jax.random.key(seed), num_generated=jnp.array(0, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "vocab_size"),
-                   donate_argnames=("state",))
-def decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps: int,
-           vocab_size: int):
+@functools.partial(jax.jit, static_argnames=("model", "num_steps"), donate_argnames=("state",))
+def decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps: int):
   """Samples `num_steps` tokens per sequence; returns the new state and tokens (B, num_steps)."""
   s = model.config.block_size
   refill_length = max(1, s // 2)
@@ -115,7 +114,7 @@ def decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps
 
   def step(st: DecodeState, _):
     rng = jax.random.fold_in(st.rng, st.num_generated)
-    token_B = sample_token(st.logits_BxV, sampling, vocab_size, rng)
+    token_B = sample_token(st.logits_BxV, sampling, rng)
     st = jax.lax.cond(st.length < s, append, refill, st, token_B)
     return st.replace(num_generated=st.num_generated + 1), token_B
 
@@ -128,8 +127,7 @@ def prompt_bucket(length: int, block_size: int) -> int:
   return min(block_size, 1 << max(0, length - 1).bit_length())
 
 
-def generate(model: GPT, params, prompt_ids, max_new_tokens: int, vocab_size: int,
-             sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
+def generate(model: GPT, params, prompt_ids, max_new_tokens: int, sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
              chunk: int = 64):
   """Yields arrays (num_samples, n) of new tokens, chunk by chunk, for one prompt."""
   s = model.config.block_size
@@ -139,6 +137,6 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int, vocab_size: in
   state = prefill(model, params, padded, len(prompt), seed)
   remaining = max_new_tokens
   while remaining > 0:
-    state, tokens = decode(model, params, state, sampling, chunk, vocab_size)
+    state, tokens = decode(model, params, state, sampling, chunk)
     yield np.asarray(tokens[:, :remaining])
     remaining -= chunk

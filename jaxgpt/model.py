@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
-  vocab_size: int
+  vocab_size: int             # the tokenizer's; the embedding table is padded beyond it
   block_size: int = 256
   n_layer: int = 6
   n_head: int = 6
@@ -28,21 +28,22 @@ class GPTConfig:
   dropout: float = 0.0
   bias: bool = False
   dtype: str = "float32"  # compute dtype; parameters are always float32
+  vocab_multiple: int = 1  # the table is padded to a multiple of this, for faster matmuls
 
   @property
   def head_size(self) -> int:
     return self.n_embd // self.n_head
 
-
-def padded_vocab_size(vocab_size: int, multiple: int) -> int:
-  return -(-vocab_size // multiple) * multiple
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 def model_config(config, vocab_size: int) -> GPTConfig:
   """The GPTConfig of a run config (`config.model`, `config.precision`)."""
   m = config.model
   return GPTConfig(
-      vocab_size=padded_vocab_size(vocab_size, m.vocab_multiple),
+      vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
       block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
       dropout=m.dropout, bias=m.bias, dtype=config.precision)
 
@@ -128,11 +129,12 @@ class CausalSelfAttention(nn.Module):
     q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (
         _constrain(x[0], names) for x in jax.lax.split(qkv_3xBxHxTxK, (1, 1, 1)))
     q_BxHxTxK = q_BxHxTxK * (1.0 / math.sqrt(c.head_size))
-    att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK)
+    att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
+                             preferred_element_type=jnp.float32)
     mask_TxS = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), 0.0, -jnp.inf)
     probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_TxS, axis=-1)
     probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=deterministic)
-    y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS, v_BxHxSxK)
+    y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
     return y_BxHxTxK.transpose(0, 2, 1, 3)
 
   def _weighted_values(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, deterministic):
@@ -190,7 +192,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-  """tokens (B, T) -> float32 logits (B, T, V).
+  """tokens (B, T) -> float32 logits (B, T, V), V the padded vocabulary size.
 
   With `decode=True` the attention layers keep a key/value cache (collection "cache")
   of `block_size` positions, and `positions` gives each new token's position.
@@ -202,7 +204,8 @@ class GPT(nn.Module):
                positions_T=None):
     c = self.config
     b, t = tokens_BxT.shape
-    wte_VxD = self.param("wte", _normal(0.02, ("vocab", "embed")), (c.vocab_size, c.n_embd))
+    wte_VxD = self.param("wte", _normal(0.02, ("vocab", "embed")),
+                         (c.padded_vocab_size, c.n_embd))
     wpe_TxD = self.param("wpe", _normal(0.02, ("position", "embed")), (c.block_size, c.n_embd))
     if positions_T is None:
       positions_T = jnp.arange(t)
@@ -216,8 +219,10 @@ class GPT(nn.Module):
       x_NxD = Block(c, name=f"h_{i}")(x_NxD, b, deterministic, decode)
     x_NxD = LayerNorm(c.bias, c.dtype, name="ln_f")(x_NxD)
     logits_NxV = jnp.dot(x_NxD, wte_VxD.astype(c.dtype).T, preferred_element_type=jnp.float32)
+    # Padded ids get no probability: padding changes neither training nor sampling.
+    logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)
     logits_NxV = _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
-    return logits_NxV.reshape(b, t, c.vocab_size)
+    return logits_NxV.reshape(b, t, c.padded_vocab_size)
 
 
 def count_params(params) -> int:

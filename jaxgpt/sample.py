@@ -47,7 +47,7 @@ def main(argv=None):
   started = time.perf_counter()
   with run.context():
     chunks = list(generate.generate(run.model, run.params, prompt_ids, _MAX_NEW_TOKENS.value,
-                                    run.tokenizer.vocab_size, sampling,
+                                    sampling,
                                     num_samples=_NUM_SAMPLES.value, seed=_SEED.value))
   seconds = time.perf_counter() - started
   for i in range(_NUM_SAMPLES.value):

@@ -112,7 +112,7 @@ class Trainer:
     state = self._initial_state()
     num_params = count_params(state.params)
     self.log(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
-             f"{self.tokenizer.vocab_size} (padded to {self.model.config.vocab_size}); "
+             f"{self.tokenizer.vocab_size} (padded to {self.model.config.padded_vocab_size}); "
              f"mesh {dict(self.mesh.shape)}; train {len(self.dataset.train):,} tokens, "
              f"val {len(self.dataset.val):,}")
     throughput = metrics.Throughput(t.batch_size * c.model.block_size,
@@ -184,7 +184,6 @@ class Trainer:
     prompt_ids = self.tokenizer.encode(prompt)
     with sharding.rules_context(self.mesh):
       chunks = generate.generate(self.model, self.state.params, prompt_ids, max_new_tokens,
-                                 self.tokenizer.vocab_size,
                                  generate.Sampling(temperature=0.8, top_k=200), seed=seed)
       tokens = np.concatenate(list(chunks), axis=1)[0]
     return prompt + self.tokenizer.decode(tokens)

@@ -9,7 +9,8 @@ import pytest
 from jaxgpt import generate
 from jaxgpt.model import GPT, GPTConfig
 
-CONFIG = GPTConfig(vocab_size=48, block_size=32, n_layer=2, n_head=2, n_embd=32)
+CONFIG = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=32, n_layer=2, n_head=2,
+                   n_embd=32)
 REAL_VOCAB = 40  # ids 40..47 are padding and must never come out
 
 
@@ -22,8 +23,7 @@ def model_params():
 
 
 def _generate(model, params, prompt, n, num_samples=1, seed=0, **sampling):
-  chunks = generate.generate(model, params, prompt, n, REAL_VOCAB,
-                             generate.Sampling(**sampling), num_samples=num_samples, seed=seed,
+  chunks = generate.generate(model, params, prompt, n, generate.Sampling(**sampling), num_samples=num_samples, seed=seed,
                              chunk=16)
   return np.concatenate(list(chunks), axis=1)
 
@@ -81,7 +81,7 @@ def test_generation_runs_past_the_block_size(model_params):
 
 
 def _kept(logits, **sampling):
-  filtered = np.asarray(generate.filter_logits(logits, generate.Sampling(**sampling), 4))
+  filtered = np.asarray(generate.filter_logits(logits, generate.Sampling(**sampling)))
   return (filtered > np.finfo(np.float32).min).tolist()
 
 

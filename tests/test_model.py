@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.model import GPT, GPTConfig, count_params, padded_vocab_size
+from jaxgpt.model import GPT, GPTConfig, count_params
 
 CONFIG = GPTConfig(vocab_size=72, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
@@ -87,7 +87,13 @@ def test_cached_decoding_equals_full_forward():
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
 
 
-def test_padded_vocab_size():
-  assert padded_vocab_size(65, 64) == 128
-  assert padded_vocab_size(50257, 64) == 50304
-  assert padded_vocab_size(128, 64) == 128
+def test_padded_vocabulary_gets_no_probability():
+  config = GPTConfig(**{**CONFIG.__dict__, "vocab_size": 65, "vocab_multiple": 64})
+  assert config.padded_vocab_size == 128
+  assert GPTConfig(vocab_size=50257, vocab_multiple=64).padded_vocab_size == 50304
+  params = _unboxed(_init(config))
+  logits = GPT(config).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
+  chex.assert_shape(logits, (1, 4, 128))
+  probs = jax.nn.softmax(logits, axis=-1)
+  assert float(probs[..., 65:].max()) == 0.0
+  np.testing.assert_allclose(probs[..., :65].sum(-1), 1.0, rtol=1e-5)
