@@ -1,45 +1,139 @@
-"""Orbax checkpoints of the train state: the only module that talks to Orbax."""
+"""Orbax checkpoints of the train state: the only module that talks to Orbax.
+
+WORKDIR/checkpoints/<step>/ holds the newest `keep` states; WORKDIR/best/<step>/ holds the
+one with the lowest validation loss. Orbax writes each into a temporary folder and renames it
+when complete, so a run killed mid-save never leaves a checkpoint that looks whole.
+"""
 
 import os
+import sys
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxgpt.errors import UserError, first_line
 
-CHECKPOINT_DIR = "checkpoints"
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+def _manager(directory: str, keep: int, read_only: bool, **options):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only, **options)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers={"state": ocp.StandardCheckpointHandler()})
 
 
 class Checkpointer:
-  """Saves the train state asynchronously under WORKDIR/checkpoints/<step>/, keeping the newest N."""
+  """Saves train states asynchronously; restores them strictly, onto any mesh."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only)
-    self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state",))
+    workdir = os.path.abspath(workdir)
+    self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep, read_only)
+    self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only,
+                          best_fn=lambda m: m["val_loss"], best_mode="min")
+    best_step = self._best.best_step()
+    self.best_val_loss = (self._best.metrics(best_step) or {}).get("val_loss") \
+        if best_step is not None else None
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    return self._latest.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._latest.all_steps())
+
+  def best_step(self) -> int | None:
+    return self._best.best_step()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether all processes agree to stop at `step` (a cloud preemption notice)."""
+    return self._latest.reached_preemption(step)
 
   def save(self, step: int, state) -> None:
-    """Starts writing `state` in the background; `wait()` blocks until it is on disk."""
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                       force=True)
+    """Starts writing `state` in the background; a failed earlier write raises here."""
+    self._latest.check_for_errors()
+    self._latest.save(step, args=_save_args(state), force=True)
 
-  def restore(self, step: int, abstract_state):
-    """Restores into the shapes, dtypes and shardings of `abstract_state` (any mesh)."""
+  def save_if_best(self, step: int, state, val_loss: float) -> bool:
+    """Keeps `state` as the best checkpoint if its validation loss is the lowest yet."""
+    if self.best_val_loss is not None and val_loss >= self.best_val_loss:
+      return False
+    if step in self._best.all_steps():  # this step was kept before a crash and its resume
+      return False
+    self._best.check_for_errors()
+    self._best.save(step, args=_save_args(state), metrics={"val_loss": float(val_loss)},
+                    force=True)
+    self.best_val_loss = val_loss
+    return True
+
+  def restore(self, step: int, abstract_state, which: str = "latest"):
+    """Restores checkpoint `step` into the shapes and shardings of `abstract_state`.
+
+    Shapes are compared first: a differently shaped model is an error naming the first
+    mismatch, never a partial restore.
+    """
+    manager = self._best if which == "best" else self._latest
+    where = f"checkpoint {step} in {manager.directory}"
     try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    except (ValueError, KeyError) as e:
-      raise UserError(f"checkpoint {step} in {self._manager.directory} does not fit this "
-                      f"model ({first_line(e)}): use the run's own config or a new --workdir")
+      saved = manager.item_metadata(step)["state"].tree
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
+    mismatch = _first_mismatch(saved["params"], abstract_state.params)
+    if mismatch:
+      raise UserError(f"{where} does not fit this model: {mismatch}; use the run's own model "
+                      "settings (see its config.json) or a new --workdir")
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
     return restored["state"]
 
+  def restore_newest_good(self, abstract_state):
+    """The newest checkpoint that reads; damaged newer ones are reported and left alone."""
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(step, abstract_state)
+      except DamagedCheckpointError as e:
+        print(f"warning: {e}; trying an older checkpoint (the damaged one is left in place)",
+              file=sys.stderr, flush=True)
+    return None, None
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until every save is on disk; a failed save raises here."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+    self._latest.check_for_errors()
+    self._best.check_for_errors()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._latest.close()
+      self._best.close()
 
+
+class DamagedCheckpointError(UserError):
+  """A checkpoint folder exists but its files cannot be read."""
+
+
+def _save_args(state):
+  return ocp.args.Composite(state=ocp.args.StandardSave(state))
+
+
+def _first_mismatch(saved_tree, target_tree) -> str | None:
+  """Describes the first parameter whose presence or shape differs, or None."""
+  saved = {jax.tree_util.keystr(p): v.shape
+           for p, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  target = {jax.tree_util.keystr(p): v.shape
+            for p, v in jax.tree_util.tree_flatten_with_path(target_tree)[0]}
+  for name in sorted(saved.keys() | target.keys()):
+    if name not in target:
+      return f"the checkpoint has parameter {name} {saved[name]} that this model lacks"
+    if name not in saved:
+      return f"this model has parameter {name} {target[name]} that the checkpoint lacks"
+    if tuple(saved[name]) != tuple(target[name]):
+      return (f"parameter {name} has shape {tuple(saved[name])} in the checkpoint but "
+              f"{tuple(target[name])} in this model")
+  return None

@@ -7,8 +7,16 @@ class UserError(Exception):
   """Bad input the user can fix: a missing file, an impossible config, ...
 
   The message names the problem and the fix; the CLI prints it as one line on
-  stderr and exits with status 2, without a traceback.
+  stderr and exits with `exit_code` (2 unless said otherwise), without a traceback.
   """
+
+  def __init__(self, message: str, exit_code: int = 2):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+class Interrupted(UserError):
+  """The run was asked to stop (a signal or preemption) and saved its state first."""
 
 
 def first_line(error: Exception) -> str:
@@ -18,10 +26,11 @@ def first_line(error: Exception) -> str:
 
 
 def run_cli(main, argv=None):
-  """Runs `main(argv)`; turns a UserError into one stderr line and exit 2."""
+  """Runs `main(argv)`; turns a UserError into one stderr line and its exit code."""
   try:
     return main(argv)
   except UserError as e:
     message = " ".join(str(e).split())
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    label = "stopped" if isinstance(e, Interrupted) else "error"
+    print(f"{label}: {message}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)

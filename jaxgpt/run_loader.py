@@ -25,24 +25,45 @@ class LoadedRun:
     return sharding.rules_context(self.mesh)
 
 
-def load_run(workdir: str) -> LoadedRun:
+def load_run(workdir: str, which: str = "latest") -> LoadedRun:
+  """Loads a run's newest (`latest`, falling back past damaged ones), `best` or STEP checkpoint."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} does not exist: pass the --workdir that "
                     "`python -m jaxgpt.train` printed")
   config = load_config(workdir)
   tokenizer = data.load_tokenizer(workdir)
-  checkpoints = checkpoint.Checkpointer(workdir, read_only=True)
-  step = checkpoints.latest_step()
-  if step is None:
-    raise UserError(f"{workdir} has no checkpoint yet: train first with "
-                    f"python -m jaxgpt.train --workdir={workdir}")
   model = GPT(model_config(config, tokenizer.vocab_size))
   optimizer = optim.make_optimizer(config.train)
   # Sampling runs on whatever devices are here, whatever mesh the run trained on.
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  with sharding.rules_context(mesh):
-    abstract = state_lib.abstract_state(model, optimizer, mesh)
-    state = checkpoints.restore(step, abstract)
-  checkpoints.close()
+  checkpoints = checkpoint.Checkpointer(workdir, read_only=True)
+  try:
+    with sharding.rules_context(mesh):
+      abstract = state_lib.abstract_state(model, optimizer, mesh)
+      step, state = _restore(checkpoints, which, abstract, workdir)
+  finally:
+    checkpoints.close()
   return LoadedRun(config, tokenizer, model, state.params, mesh, step)
+
+
+def _restore(checkpoints, which: str, abstract, workdir: str):
+  if which == "latest":
+    step, state = checkpoints.restore_newest_good(abstract)
+    if step is None:
+      raise UserError(f"{workdir} has no readable checkpoint: train first with "
+                      f"python -m jaxgpt.train --workdir={workdir}")
+    return step, state
+  if which == "best":
+    step = checkpoints.best_step()
+    if step is None:
+      raise UserError(f"{workdir} has no best checkpoint yet (one is kept at each evaluation): "
+                      "use --checkpoint=latest")
+    return step, checkpoints.restore(step, abstract, which="best")
+  if not which.isdigit():
+    raise UserError(f"--checkpoint={which} is not latest, best or a step number")
+  step = int(which)
+  if step not in checkpoints.all_steps():
+    raise UserError(f"{workdir} has no checkpoint of step {step}: its checkpoints are "
+                    f"{checkpoints.all_steps() or 'none'}")
+  return step, checkpoints.restore(step, abstract)

@@ -3,7 +3,7 @@
 import os
 import platform
 
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 # XLA's CPU backend runs much element-wise work on one core; splitting each batch over two
 # CPU devices keeps both cores busy (see BENCHMARKS.md).
@@ -17,6 +17,18 @@ def configure_cpu_devices() -> None:
       os.environ.get("XLA_FLAGS", ""):
     return
   jax.config.update("jax_num_cpu_devices", min(DEFAULT_CPU_DEVICES, os.cpu_count() or 1))
+
+
+def start_backend() -> None:
+  """Starts JAX; a platform in JAX_PLATFORMS that cannot start is an error, not a fallback."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.devices()
+  except Exception as e:  # pylint: disable=broad-except  # jax raises RuntimeError or AssertionError
+
+    raise UserError(f"JAX could not start JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r} "
+                    f"({first_line(e)}): install jax for that accelerator, stop the process "
+                    "holding it, or unset JAX_PLATFORMS") from None
 
 
 def check_backend(requested: str) -> str:

@@ -31,6 +31,7 @@ def _config_name(config_path: str) -> str:
 
 def main(argv=None):
   runtime.configure_cpu_devices()
+  runtime.start_backend()
   config_flag, workdir_flag = _define_flags()
   _check_config_file(sys.argv if argv is None else argv)
   cli.parse_flags(argv, __doc__)

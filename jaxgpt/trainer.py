@@ -1,9 +1,11 @@
 """The training loop: data, mesh, state, then batch(seed, step) -> train_step -> log -> eval -> save."""
 
 import collections
+import contextlib
 import json
 import math
 import os
+import signal
 import time
 
 import jax
@@ -13,7 +15,7 @@ import numpy as np
 from jaxgpt import checkpoint, config as config_lib, data, generate, metrics, optim, sharding
 from jaxgpt import state as state_lib
 from jaxgpt import steps
-from jaxgpt.errors import UserError
+from jaxgpt.errors import Interrupted, UserError
 from jaxgpt.model import GPT, count_params, model_config
 
 CONFIG_FILE = "config.json"
@@ -56,28 +58,35 @@ class Trainer:
     self.config, self.workdir = config, workdir
     self.is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    saved_tokenizer = (data.load_tokenizer(workdir)
-                       if os.path.exists(os.path.join(workdir, "tokenizer.json")) else None)
+    saved_tokenizer = _saved_tokenizer(workdir, config.data.tokenizer)
     self.dataset = data.build_dataset(config, tokenizer=saved_tokenizer)
     self.tokenizer = self.dataset.tokenizer
     self.mesh = sharding.make_mesh(config.mesh, devices)
-    self.local_micro_batch = _check_batch(config, self.mesh)
+    _check_batch(config, self.mesh)
     self.model = GPT(model_config(config, self.tokenizer.vocab_size))
     self.schedule = optim.learning_rate_schedule(config.train)
     self.optimizer = optim.make_optimizer(config.train)
     self.shardings = state_lib.state_shardings(self.model, self.optimizer, self.mesh)
     self.checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    if self.is_main:
-      self.tokenizer.save(workdir)
-      save_config(config, workdir)
+    self.stop_signal = None  # set by SIGTERM / SIGINT: save and stop after the current step
 
   def _initial_state(self):
+    """The newest checkpoint's state, or a new one; only then are config and tokenizer saved."""
     step = self.checkpoints.latest_step()
     if step is None:
-      return state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
-    self.log(f"resuming from the checkpoint of step {step}")
-    abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
-    return self.checkpoints.restore(step, abstract)
+      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
+    else:
+      self.log(f"resuming from the checkpoint of step {step}")
+      abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
+      try:
+        state = self.checkpoints.restore(step, abstract)
+      except checkpoint.DamagedCheckpointError as e:
+        raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
+                        f"{self.workdir}/checkpoints to resume from the one before it") from e
+    if self.is_main:
+      self.tokenizer.save(self.workdir)
+      save_config(self.config, self.workdir)
+    return state
 
   def log(self, message: str) -> None:
     if self.is_main:
@@ -101,7 +110,7 @@ class Trainer:
     """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
     try:
-      with sharding.rules_context(self.mesh):
+      with sharding.rules_context(self.mesh), self._stop_on_signals():
         return self._train(writer)
     finally:
       self.checkpoints.close()  # waits for the last save to be on disk
@@ -136,19 +145,46 @@ class Trainer:
     for step, (x_BxT, y_BxT) in enumerate(stream, start=start + 1):
       state, step_metrics = train_step(state, *self._global_micro_batches(x_BxT, y_BxT))
       pending.append((step, step_metrics))
+      stop = self._stop_requested(step)
       evaluate = step % t.eval_every == 0 or step == t.max_steps
-      save = step % t.checkpoint_every == 0 or step == t.max_steps
+      save = step % t.checkpoint_every == 0 or step == t.max_steps or stop
       # Every loss up to a step is checked before that step is evaluated or saved.
       while len(pending) > (0 if evaluate or save else max_pending):
         self._log_step(*pending.popleft(), writer, throughput, started, start)
       if evaluate:
         last["val_loss"] = self._evaluate(step, state, eval_loss, eval_set, writer)
+        self.checkpoints.save_if_best(step, state, last["val_loss"])
         throughput.measure(step)  # evaluation time is not training throughput
       if save:
         self.checkpoints.save(step, state)
       last["step"] = step
+      if stop:
+        self.checkpoints.wait()
+        raise Interrupted(f"stopped by {self.stop_signal or 'preemption'} after step {step}, "
+                          "whose checkpoint is saved: run the same command to resume",
+                          exit_code=128 + _signal_number(self.stop_signal))
     self.state = state
     return last
+
+  @contextlib.contextmanager
+  def _stop_on_signals(self):
+    """SIGTERM / SIGINT finish the current step, save it and stop (see _stop_requested)."""
+    def request_stop(signum, _):
+      self.stop_signal = signal.Signals(signum).name
+
+    # Several processes: JAX's preemption service owns SIGTERM, so all save the same step.
+    signals = [signal.SIGINT] if jax.process_count() > 1 else [signal.SIGINT, signal.SIGTERM]
+    previous = {s: signal.signal(s, request_stop) for s in signals}
+    try:
+      yield
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+
+  def _stop_requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return self.checkpoints.reached_preemption(step)
+    return self.stop_signal is not None
 
   def _log_step(self, step, step_metrics, writer, throughput, started, start):
     loss = float(step_metrics["loss"])
@@ -187,6 +223,22 @@ class Trainer:
                                  generate.Sampling(temperature=0.8, top_k=200), seed=seed)
       tokens = np.concatenate(list(chunks), axis=1)[0]
     return prompt + self.tokenizer.decode(tokens)
+
+
+def _saved_tokenizer(workdir: str, kind: str):
+  """The tokenizer a resumed run must keep using, or None for a new run."""
+  if not os.path.exists(os.path.join(workdir, "tokenizer.json")):
+    return None
+  tokenizer = data.load_tokenizer(workdir)
+  if tokenizer.kind != kind:
+    raise UserError(f"{workdir} was trained with the {tokenizer.kind} tokenizer but "
+                    f"data.tokenizer={kind}: pass --config.data.tokenizer={tokenizer.kind} "
+                    "or use a new --workdir")
+  return tokenizer
+
+
+def _signal_number(name) -> int:
+  return signal.Signals[name].value if name else signal.SIGTERM.value
 
 
 def _use_tf(config):

@@ -1,0 +1,200 @@
+"""Never lose a step: signals, kills, other meshes, strict and damaged checkpoints, NaNs."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import checkpoint
+from jaxgpt.errors import UserError
+from jaxgpt.trainer import Trainer
+
+from conftest import tiny_config
+from test_cli import REPO, assert_clean_error, run
+from test_trainer import LINES, _config, _losses
+
+STEPS = 80
+SMALL = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
+         "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=16",
+         "--config.model.dropout=0.1", "--config.train.batch_size=8",
+         "--config.data.pipeline=numpy", "--config.train.eval_steps=2",
+         f"--config.train.max_steps={STEPS}", "--config.train.eval_every=40",
+         "--config.train.checkpoint_every=10", "--config.train.log_every=1",
+         "--config.train.sample_tokens=0"]
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+  path = tmp_path_factory.mktemp("text") / "plays.txt"
+  path.write_text(LINES * 60, encoding="utf-8")
+  return str(path)
+
+
+def _train_args(text, workdir):
+  return [*SMALL, "--config.data.source=text", f"--config.data.path={text}", f"--workdir={workdir}"]
+
+
+@pytest.fixture(scope="module")
+def reference(text, tmp_path_factory):
+  """The uninterrupted run's losses by step."""
+  workdir = tmp_path_factory.mktemp("reference")
+  run("train", *_train_args(text, workdir))
+  return _losses(workdir)
+
+
+def _start(text, workdir):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  return subprocess.Popen([sys.executable, "-m", "jaxgpt.train", *_train_args(text, workdir)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def _wait_for_step(workdir, step, process):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    assert process.poll() is None, process.communicate()
+    if os.path.exists(path) and max(_losses(workdir), default=0) >= step:
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"step {step} never came")
+
+
+def _train_steps_in_order(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(l)["step"] for l in f if "train_loss" in l]
+
+
+def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text, reference, tmp_path):
+  workdir = tmp_path / "run"
+  process = _start(text, workdir)
+  _wait_for_step(workdir, 25, process)
+  sent = time.time()
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=60)
+  assert time.time() - sent < 60
+  assert process.returncode == 128 + signal.SIGTERM
+  assert "Traceback" not in stderr and "stopped by SIGTERM after step" in stderr
+  stopped = int(stderr.split("after step ")[1].split(",")[0])
+  assert stopped >= 25
+  assert checkpoint.Checkpointer(workdir, read_only=True).latest_step() == stopped
+  run("train", *_train_args(text, workdir))
+  steps = _train_steps_in_order(workdir)
+  assert steps == list(range(1, STEPS + 1)), "a step was lost or repeated"
+  resumed = _losses(workdir)
+  assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
+
+
+def test_sigkill_resumes_from_the_newest_complete_checkpoint(text, reference, tmp_path):
+  workdir = tmp_path / "run"
+  process = _start(text, workdir)
+  _wait_for_step(workdir, 35, process)
+  process.kill()
+  process.communicate()
+  saved = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
+  assert saved is not None and saved >= 30
+  run("train", *_train_args(text, workdir))
+  steps = _train_steps_in_order(workdir)
+  assert steps[-1] == STEPS and set(steps) == set(range(1, STEPS + 1))
+  resumed = _losses(workdir)  # the last value logged for each step
+  assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
+  assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
+
+
+def _drop_checkpoint(workdir, step):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+
+
+@pytest.mark.parametrize("first, second", [((2, 2, 2), (1, 1, 1)), ((1, 1, 1), (2, 2, 2))])
+def test_resume_on_another_mesh(text, tmp_path, first, second):
+  """Checkpoint 5 of a 10-step run resumes on another mesh and ends like the 1-device run."""
+  def trainer(workdir, mesh):
+    c = _config(text)
+    c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+    return Trainer(c, str(workdir), devices=jax.devices()[:int(np.prod(mesh))])
+
+  trainer(tmp_path / "one", (1, 1, 1)).run()
+  trainer(tmp_path / "moved", first).run()
+  _drop_checkpoint(tmp_path / "moved", 10)
+  trainer(tmp_path / "moved", second).run()
+  expected, got = _losses(tmp_path / "one"), _losses(tmp_path / "moved")
+  np.testing.assert_allclose([got[s] for s in expected], list(expected.values()), atol=1e-4)
+
+
+def test_a_differently_shaped_model_is_refused_by_name(text, tmp_path):
+  Trainer(_config(text), str(tmp_path)).run()
+  wider = _config(text)
+  wider.model.n_embd = 48
+  with pytest.raises(UserError, match=r"parameter .* has shape"):
+    Trainer(wider, str(tmp_path)).run()
+  with open(tmp_path / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["model"]["n_embd"] == 32, "a failed run overwrote the saved config"
+
+
+def _hashes(folder):
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.join(root, name)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def test_a_damaged_newest_checkpoint(text, tmp_path):
+  workdir = tmp_path / "run"
+  run("train", *_train_args(text, workdir), "--config.train.max_steps=20")
+  older = _hashes(workdir / "checkpoints" / "10")
+  for root, _, files in os.walk(workdir / "checkpoints" / "20"):
+    for name in files:
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      with open(path, "r+b") as f:
+        f.truncate(size // 2)
+  sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=10", "--prompt=ROMEO:")
+  assert "checkpoint 20" in sample.stderr and "ROMEO:" in sample.stdout
+  resume = run("train", *_train_args(text, workdir), "--config.train.max_steps=30", check=False)
+  assert_clean_error(resume, "damaged", "20")
+  assert _hashes(workdir / "checkpoints" / "10") == older
+
+
+def test_best_checkpoint_is_kept_and_sampled(text, tmp_path):
+  run("train", *_train_args(text, tmp_path), "--config.train.eval_every=10",
+      "--config.train.keep_checkpoints=1")
+  best = checkpoint.Checkpointer(tmp_path, read_only=True).best_step()
+  val = _losses(tmp_path, "val_loss")
+  assert best == min(val, key=val.get)
+  for which in ("best", "latest", str(STEPS)):
+    result = run("sample", f"--workdir={tmp_path}", f"--checkpoint={which}", "--max_new_tokens=5")
+    assert result.returncode == 0
+  assert_clean_error(run("sample", f"--workdir={tmp_path}", "--checkpoint=3", check=False), "3")
+
+
+def test_non_finite_loss_stops_with_the_step(text, tmp_path):
+  result = run("train", *_train_args(text, tmp_path), "--config.train.learning_rate=1e12",
+               "--config.train.grad_clip=0", "--config.train.warmup_steps=0", check=False)
+  assert_clean_error(result, "at step")
+
+
+@pytest.mark.parametrize("args, env, words", [
+    (["--config.backend=gpu"], {}, ["backend=gpu"]),
+    ([], {"JAX_PLATFORMS": "cuda"}, ["JAX_PLATFORMS"]),
+])
+def test_an_accelerator_that_cannot_start_is_an_error(text, tmp_path, args, env, words):
+  result = subprocess.run([sys.executable, "-m", "jaxgpt.train", *_train_args(text, tmp_path), *args],
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=300)
+  assert_clean_error(result, *words)
+
+
+def test_sampling_needs_a_checkpoint(text, tmp_path):
+  (tmp_path / "config.json").write_text(tiny_config().to_json())
+  (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": "ab"}))
+  assert_clean_error(run("sample", f"--workdir={tmp_path}", check=False), "checkpoint")
