@@ -99,7 +99,7 @@ def test_sigkill_resumes_from_the_newest_complete_checkpoint(text, reference, tm
   process.kill()
   process.communicate()
   saved = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
-  assert saved is not None and saved >= 30
+  assert saved is not None and saved >= 10  # the save of step 30 may still have been running
   run("train", *_train_args(text, workdir))
   steps = _train_steps_in_order(workdir)
   assert steps[-1] == STEPS and set(steps) == set(range(1, STEPS + 1))
