@@ -4,9 +4,16 @@ The context is the model's `block_size` positions. When the cache is full, the n
 `block_size // 2` tokens are prefilled again as the new context and decoding goes on, so
 generation can run past `block_size` at a small amortised cost; until then the output is
 exactly what recomputing the whole context each step would give.
+
+Each (batch size, prompt bucket) compiles once: prompts are right-padded to a power of two,
+the cache length and the number of steps are traced data, and so are the sampling settings.
+The host knows when the cache fills and calls the refill between chunks, so the compiled loop
+has no branch for it; it finds stop text between chunks and stops once every sample is done.
 """
 
+import dataclasses
 import functools
+import time
 
 import flax.struct
 import jax
@@ -14,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.model import GPT
+
+# XLA's CPU "YNN" fusions run the decode step's small reductions many times slower.
+_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @flax.struct.dataclass
@@ -23,6 +33,10 @@ class Sampling:
   top_k: int = 0             # 0 keeps every token
   top_p: float = 1.0         # nucleus: the smallest set whose probability reaches top_p
 
+  def as_arrays(self) -> "Sampling":
+    """Fixed dtypes, so that `temperature=0` and `temperature=0.0` share one compilation."""
+    return Sampling(np.float32(self.temperature), np.int32(self.top_k), np.float32(self.top_p))
+
 
 @flax.struct.dataclass
 class DecodeState:
@@ -30,37 +44,51 @@ class DecodeState:
   context_BxS: jax.Array     # the tokens whose keys and values are in the cache
   length: jax.Array          # how many cache positions are filled
   logits_BxV: jax.Array      # float32 logits for the next token
-  rng: jax.Array
+  keys_B: jax.Array          # one random key per sample, so rows are independent draws
   num_generated: jax.Array
 
 
 def filter_logits(logits_BxV, sampling: Sampling):
-  """Temperature, top-k and top-p applied to float32 logits.
+  """Temperature, then top-k and top-p, on float32 logits; the filters' sort is skipped
+  when they keep every token (e.g. top_k above the vocabulary size).
 
   The model already gives padded ids no probability, so they are never sampled.
   """
-  neg_inf = jnp.finfo(jnp.float32).min
   v = logits_BxV.shape[-1]
   logits_BxV = logits_BxV / jnp.maximum(sampling.temperature, 1e-6)
-  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-  k = jnp.where(sampling.top_k > 0, jnp.minimum(sampling.top_k, v), v)
-  kth_Bx1 = jnp.take_along_axis(sorted_BxV, jnp.full((logits_BxV.shape[0], 1), k - 1), axis=-1)
-  logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg_inf, logits_BxV)
+  top_k = jnp.where((sampling.top_k > 0) & (sampling.top_k < v), sampling.top_k, v)
+  return jax.lax.cond((top_k < v) | (sampling.top_p < 1), _top_k_top_p, lambda x, *_: x,
+                      logits_BxV, top_k, sampling.top_p)
+
+
+def _top_k_top_p(logits_BxV, top_k, top_p):
+  neg_inf = jnp.finfo(jnp.float32).min
+  rank_V = jnp.arange(logits_BxV.shape[-1])
+  sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+  sorted_BxV = jnp.where(rank_V < top_k, sorted_BxV, neg_inf)
   # Keep each token whose higher-ranked tokens hold less than top_p of the probability,
   # so the token that crosses top_p is kept (and the top token always is).
-  sorted_probs_BxV = jax.nn.softmax(jnp.sort(logits_BxV, axis=-1)[:, ::-1], axis=-1)
-  mass_before_BxV = jnp.cumsum(sorted_probs_BxV, axis=-1) - sorted_probs_BxV
-  kept_BxV = mass_before_BxV < sampling.top_p
-  kept_BxV = kept_BxV.at[:, 0].set(True)
+  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+  mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+  kept_BxV = (mass_before_BxV < top_p) & (rank_V < top_k) | (rank_V == 0)
   num_kept_Bx1 = kept_BxV.sum(axis=-1, keepdims=True)
-  sorted_again_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-  cutoff_Bx1 = jnp.take_along_axis(sorted_again_BxV, num_kept_Bx1 - 1, axis=-1)
+  cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, num_kept_Bx1 - 1, axis=-1)
   return jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
 
 
-def sample_token(logits_BxV, sampling: Sampling, rng):
+def gumbel_noise(keys_B, first_step, num_steps: int, vocab: int):
+  """Noise (B, num_steps, V) for steps first_step..: step n of row b uses key (b, n) only,
+  so a sample does not depend on how the steps are chunked or on the other rows."""
+  steps_N = first_step + jnp.arange(num_steps)
+  def row(key):
+    return jax.vmap(lambda n: jax.random.gumbel(jax.random.fold_in(key, n), (vocab,)))(steps_N)
+  return jax.vmap(row)(keys_B)
+
+
+def sample_token(logits_BxV, sampling: Sampling, noise_BxV):
+  """Greedy at temperature 0; otherwise a draw from the filtered distribution (Gumbel-max)."""
+  sampled_B = jnp.argmax(filter_logits(logits_BxV, sampling) + noise_BxV, axis=-1)
   greedy_B = jnp.argmax(logits_BxV, axis=-1)
-  sampled_B = jax.random.categorical(rng, filter_logits(logits_BxV, sampling))
   return jnp.where(sampling.temperature == 0, greedy_B, sampled_B).astype(jnp.int32)
 
 
@@ -78,48 +106,74 @@ def _run(model: GPT, params, cache, tokens_BxT, start):
   return logits_BxTxV, mutated["cache"]
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def prefill(model: GPT, params, prompt_BxP, prompt_length, seed) -> DecodeState:
+def _fill(model: GPT, params, cache, tokens_BxT, length):
+  """Writes tokens into an empty cache (None: a fresh one); returns it holding
+  `tokens_BxT[:, :length]`, their logits, and the context array."""
+  b, t = tokens_BxT.shape
+  logits_BxTxV, cache = _run(model, params, cache, tokens_BxT, 0)
+  context_BxS = jnp.zeros((b, model.config.block_size), jnp.int32).at[:, :t].set(tokens_BxT)
+  return _set_cache_length(cache, length), logits_BxTxV, context_BxS
+
+
+def _prefill(model: GPT, params, prompt_BxP, prompt_length, seed) -> DecodeState:
   """Fills a fresh cache with the prompt (right-padded to a bucket; real length given)."""
-  b, p = prompt_BxP.shape
-  s = model.config.block_size
-  logits_BxPxV, cache = _run(model, params, None, prompt_BxP, 0)
-  context_BxS = jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompt_BxP)
+  cache, logits_BxPxV, context_BxS = _fill(model, params, None, prompt_BxP, prompt_length)
+  key = jax.random.key(seed)
   return DecodeState(
-      cache=_set_cache_length(cache, prompt_length), context_BxS=context_BxS,
-      length=jnp.asarray(prompt_length, jnp.int32),
+      cache=cache, context_BxS=context_BxS, length=jnp.asarray(prompt_length, jnp.int32),
       logits_BxV=jax.lax.dynamic_index_in_dim(logits_BxPxV, prompt_length - 1, 1, False),
-      rng=jax.random.key(seed), num_generated=jnp.array(0, jnp.int32))
+      keys_B=jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(prompt_BxP.shape[0])),
+      num_generated=jnp.array(0, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps"), donate_argnames=("state",))
-def decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps: int):
-  """Samples `num_steps` tokens per sequence; returns the new state and tokens (B, num_steps)."""
-  s = model.config.block_size
-  refill_length = max(1, s // 2)
+def refill_length(block_size: int) -> int:
+  return block_size // 2
 
-  def append(st: DecodeState, token_B):
+
+def _refill(model: GPT, params, state: DecodeState) -> DecodeState:
+  """Makes room in a full cache: its newest `refill_length` tokens become the whole context.
+
+  The logits stay those of the full context: the next token is still predicted from it.
+  """
+  keep = refill_length(model.config.block_size)
+  recent_BxR = state.context_BxS[:, -keep:]
+  cache, _, context_BxS = _fill(model, params, _set_cache_length(state.cache, 0), recent_BxR,
+                                keep)
+  return state.replace(cache=cache, context_BxS=context_BxS, length=jnp.array(keep, jnp.int32))
+
+
+def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps,
+            max_steps: int):
+  """Samples `num_steps` (traced, at most `max_steps`, at most the free cache positions)
+  tokens per sequence; returns the new state and tokens (B, max_steps), valid up to num_steps."""
+
+  b, v = state.logits_BxV.shape
+  noise_BxNxV = jax.lax.cond(
+      sampling.temperature == 0, lambda: jnp.zeros((b, max_steps, v)),
+      lambda: gumbel_noise(state.keys_B, state.num_generated, max_steps, v))
+
+  def step(i, carry):
+    st, tokens_BxN = carry
+    token_B = sample_token(st.logits_BxV, sampling, noise_BxNxV[:, i])
     logits_Bx1xV, cache = _run(model, params, st.cache, token_B[:, None], st.length)
     context_BxS = jax.lax.dynamic_update_slice(st.context_BxS, token_B[:, None], (0, st.length))
-    return st.replace(cache=cache, context_BxS=context_BxS, length=st.length + 1,
-                      logits_BxV=logits_Bx1xV[:, 0])
+    st = st.replace(cache=cache, context_BxS=context_BxS, length=st.length + 1,
+                    logits_BxV=logits_Bx1xV[:, 0], num_generated=st.num_generated + 1)
+    return st, jax.lax.dynamic_update_slice(tokens_BxN, token_B[:, None], (0, i))
 
-  def refill(st: DecodeState, token_B):
-    recent_BxR = jnp.concatenate([st.context_BxS[:, s - refill_length + 1:], token_B[:, None]], 1)
-    cache = _set_cache_length(st.cache, 0)
-    logits_BxRxV, cache = _run(model, params, cache, recent_BxR, 0)
-    context_BxS = jnp.zeros_like(st.context_BxS).at[:, :refill_length].set(recent_BxR)
-    return st.replace(cache=cache, context_BxS=context_BxS,
-                      length=jnp.array(refill_length, jnp.int32), logits_BxV=logits_BxRxV[:, -1])
+  tokens_BxN = jnp.zeros((b, max_steps), jnp.int32)
+  return jax.lax.fori_loop(0, num_steps, step, (state, tokens_BxN))
 
-  def step(st: DecodeState, _):
-    rng = jax.random.fold_in(st.rng, st.num_generated)
-    token_B = sample_token(st.logits_BxV, sampling, rng)
-    st = jax.lax.cond(st.length < s, append, refill, st, token_B)
-    return st.replace(num_generated=st.num_generated + 1), token_B
 
-  state, tokens_NxB = jax.lax.scan(step, state, None, length=num_steps)
-  return state, tokens_NxB.T
+def compile_fns(prefill_fn, refill_fn, decode_fn):
+  """Jitted prefill, refill and decode (tests wrap the plain functions to count traces)."""
+  jit = functools.partial(jax.jit, compiler_options=_COMPILER_OPTIONS)
+  return (jit(prefill_fn, static_argnames=("model",)),
+          jit(refill_fn, static_argnames=("model",), donate_argnames=("state",)),
+          jit(decode_fn, static_argnames=("model", "max_steps"), donate_argnames=("state",)))
+
+
+prefill, refill, decode = compile_fns(_prefill, _refill, _decode)
 
 
 def prompt_bucket(length: int, block_size: int) -> int:
@@ -127,16 +181,106 @@ def prompt_bucket(length: int, block_size: int) -> int:
   return min(block_size, 1 << max(0, length - 1).bit_length())
 
 
-def generate(model: GPT, params, prompt_ids, max_new_tokens: int, sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
-             chunk: int = 64):
-  """Yields arrays (num_samples, n) of new tokens, chunk by chunk, for one prompt."""
+_compile_seconds = [0.0]  # tracing, lowering and compiling, in this process so far
+
+
+def _count_compile_time(event: str, duration: float, **_):
+  if event.startswith("/jax/core/compile/"):
+    _compile_seconds[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+
+
+@dataclasses.dataclass
+class Timing:
+  """Where a generation's time went: compiling (first calls only) and generating."""
+  compile_s: float = 0.0
+  generate_s: float = 0.0
+  tokens: int = 0  # tokens generated, over all samples
+
+  def summary(self) -> str:
+    rate = self.tokens / max(self.generate_s, 1e-9)
+    return (f"compiled in {self.compile_s:.2f} s; {self.tokens:,} tokens in "
+            f"{self.generate_s:.2f} s = {rate:,.0f} tokens/s")
+
+
+def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
+             sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
+             chunk: int = 128, timing: Timing | None = None):
+  """Yields arrays (num_samples, n) of new tokens, chunk by chunk, for one prompt.
+
+  A chunk ends after `chunk` tokens or when the cache is full; stopping the iteration stops
+  generating. The host knows when the cache fills, so the compiled loop has no branch for it.
+  """
   s = model.config.block_size
   prompt = np.asarray(prompt_ids, np.int32)[-s:]
+  if not len(prompt) or s < 2:
+    raise ValueError("generation needs a prompt of at least one token and block_size >= 2")
+  timing = Timing() if timing is None else timing
+  started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
-  state = prefill(model, params, padded, len(prompt), seed)
-  remaining = max_new_tokens
+  # One program in flight at a time: on CPU, sharded programs dispatched back to back can
+  # deadlock XLA's collectives (NOTES.md).
+  state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
+  sampling = sampling.as_arrays()
+  chunk = min(chunk, refill_length(s))  # after a refill, at most this many tokens fit
+  length, remaining = len(prompt), max_new_tokens
   while remaining > 0:
-    state, tokens = decode(model, params, state, sampling, chunk)
-    yield np.asarray(tokens[:, :remaining])
-    remaining -= chunk
+    if length == s:
+      state, length = jax.block_until_ready(refill(model, params, state)), refill_length(s)
+    n = min(chunk, s - length, remaining)
+    state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
+    new_BxN = np.asarray(tokens_BxC)[:, :n]
+    length, remaining = length + n, remaining - n
+    timing.tokens += new_BxN.size
+    timing.compile_s = _compile_seconds[0] - compiled_before
+    timing.generate_s = time.perf_counter() - started - timing.compile_s
+    yield new_BxN
+
+
+class _StopCutter:
+  """One sample's text, ended before the first `stop`; hands out what is safe to print."""
+
+  def __init__(self, stop: str):
+    self.stop, self.text, self.printed, self.done = stop, "", 0, False
+
+  def add(self, new: str) -> str:
+    if self.done:
+      return ""
+    start = max(0, len(self.text) - len(self.stop) + 1)
+    self.text += new
+    cut = self.text.find(self.stop, start) if self.stop else -1
+    if cut >= 0:
+      self.text, self.done = self.text[:cut], True
+    # A stop text may begin in this chunk and end in the next: hold its length back.
+    held = 0 if self.done else max(0, len(self.stop) - 1)
+    return self._take(len(self.text) - held)
+
+  def flush(self) -> str:
+    return self._take(len(self.text))
+
+  def _take(self, end: int) -> str:
+    piece = self.text[self.printed:end]
+    self.printed = max(self.printed, end)
+    return piece
+
+
+def generate_text(model: GPT, params, tokenizer, prompt: str, max_new_tokens: int,
+                  sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
+                  stop: str = "", timing: Timing | None = None):
+  """Yields lists of `num_samples` new pieces of text, as they are generated.
+
+  A sample ends before the first occurrence of `stop` (not included); generation ends once
+  every sample has ended.
+  """
+  cutters = [_StopCutter(stop) for _ in range(num_samples)]
+  chunks = generate(model, params, tokenizer.encode(prompt), max_new_tokens, sampling,
+                    num_samples, seed, timing=timing)
+  for new_BxN in chunks:
+    yield [c.add(tokenizer.decode(row)) for c, row in zip(cutters, new_BxN)]
+    if all(c.done for c in cutters):
+      chunks.close()
+      break
+  yield [c.flush() for c in cutters]

@@ -137,31 +137,38 @@ class CausalSelfAttention(nn.Module):
     y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
     return y_BxHxTxK.transpose(0, 2, 1, 3)
 
-  def _weighted_values(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, deterministic):
+  def _weighted_values(self, q_BxHxTxK, k_BxHxKxS, v_BxHxSxK, mask_TxS):
+    """Attention over the cache as two plain batched matmuls, neither needing a transpose."""
     scale = 1.0 / math.sqrt(self.config.head_size)
-    att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+    att_BxHxTxS = jnp.einsum("bhtk,bhks->bhts", q_BxHxTxK, k_BxHxKxS,
                              preferred_element_type=jnp.float32) * scale
-    att_BxHxTxS = jnp.where(mask, att_BxHxTxS, jnp.finfo(jnp.float32).min)
+    att_BxHxTxS = jnp.where(mask_TxS, att_BxHxTxS, jnp.finfo(jnp.float32).min)
     probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS, axis=-1)
-    probs_BxHxTxS = nn.Dropout(self.config.dropout)(probs_BxHxTxS, deterministic=deterministic)
-    return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+    return jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
 
   def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-    """Appends this call's keys and values to the cache and attends over all of it."""
+    """Appends this call's keys and values to the cache and attends over all of it.
+
+    Keys are cached as (B, H, K, S) and values as (B, H, S, K), the layouts the two
+    matmuls read.
+    """
     c = self.config
     b, t = q_BxTxHxK.shape[:2]
-    cache_shape = (b, c.block_size, c.n_head, c.head_size)
-    cached_k = self.variable("cache", "k", jnp.zeros, cache_shape, k_BxTxHxK.dtype)
-    cached_v = self.variable("cache", "v", jnp.zeros, cache_shape, v_BxTxHxK.dtype)
+    keys_shape = (b, c.n_head, c.head_size, c.block_size)
+    values_shape = (b, c.n_head, c.block_size, c.head_size)
+    cached_k = self.variable("cache", "k", jnp.zeros, keys_shape, k_BxTxHxK.dtype)
+    cached_v = self.variable("cache", "v", jnp.zeros, values_shape, v_BxTxHxK.dtype)
     index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     start = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, start, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, start, 0, 0))
+    cached_k.value = jax.lax.dynamic_update_slice(
+        cached_k.value, k_BxTxHxK.transpose(0, 2, 3, 1), (0, 0, 0, start))
+    cached_v.value = jax.lax.dynamic_update_slice(
+        cached_v.value, v_BxTxHxK.transpose(0, 2, 1, 3), (0, 0, start, 0))
     index.value = start + t
-    query_pos_T = start + jnp.arange(t)
-    key_pos_S = jnp.arange(c.block_size)
-    mask_TxS = key_pos_S[None, :] <= query_pos_T[:, None]
-    return self._weighted_values(q_BxTxHxK, cached_k.value, cached_v.value, mask_TxS, True)
+    mask_TxS = jnp.arange(c.block_size)[None, :] <= (start + jnp.arange(t))[:, None]
+    y_BxHxTxK = self._weighted_values(q_BxTxHxK.transpose(0, 2, 1, 3), cached_k.value,
+                                      cached_v.value, mask_TxS)
+    return y_BxHxTxK.transpose(0, 2, 1, 3)
 
 
 class MLP(nn.Module):

@@ -1,10 +1,16 @@
-"""python -m jaxgpt.sample --workdir=DIR [--prompt=TEXT] [--max_new_tokens=N] [--num_samples=N]
-                         [--temperature=T] [--top_k=K] [--top_p=P] [--seed=S]
+"""python -m jaxgpt.sample --workdir=DIR [--prompt=TEXT | --prompt_file=FILE | --interactive]
+                         [--max_new_tokens=N] [--num_samples=N] [--temperature=T] [--top_k=K]
+                         [--top_p=P] [--seed=S] [--stop=TEXT]
 
 Writes new text from a trained run: loads its config, tokenizer and newest checkpoint.
+The first sample is printed as it is generated; with --num_samples > 1 the others follow
+once it is done. Each sample is followed by a line of dashes. The time spent compiling
+(first calls only) and the generation speed go to stderr.
+--interactive loads the run once, then reads prompts from stdin, one a line, until EOF.
 """
 
-import time
+import os
+import sys
 
 from absl import flags
 
@@ -13,6 +19,9 @@ from jaxgpt.errors import UserError, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from (as printed by train).")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A UTF-8 file whose text to continue.")
+_INTERACTIVE = flags.DEFINE_boolean("interactive", False, "Read prompts from stdin, one a "
+                                    "line, until EOF; the run is loaded once.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 500, "Tokens to generate per sample.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "0 is greedy decoding.")
@@ -20,6 +29,10 @@ _TOP_K = flags.DEFINE_integer("top_k", 200, "Keep the k most likely tokens; 0 ke
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens holding this "
                             "probability; 1 keeps all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
+_STOP = flags.DEFINE_string("stop", "", "End each sample before the first occurrence of this "
+                            "text (not printed).")
+
+SEPARATOR = "---------------"
 
 
 def _check_flags() -> None:
@@ -33,29 +46,72 @@ def _check_flags() -> None:
                    ("top_p", 0 < _TOP_P.value <= 1)):
     if not ok:
       raise UserError(f"--{name}={flags.FLAGS[name].value} is out of range (see --help)")
+  given = [f"--{name}" for name in ("prompt", "prompt_file", "interactive")
+           if flags.FLAGS[name].present]
+  if len(given) > 1:
+    raise UserError(f"{' and '.join(given)} were both given: pass only one of them")
+
+
+def _file_prompt(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except FileNotFoundError:
+    raise UserError(f"--prompt_file {os.path.abspath(path)} does not exist: pass the path "
+                    "of a text file") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"--prompt_file {path} cannot be read as UTF-8 text ({e}): pass a "
+                    "UTF-8 text file") from None
+
+
+def _write_samples(run, prompt: str, sampling) -> None:
+  """Streams the first sample to stdout, then the others; the timing goes to stderr."""
+  from jaxgpt import generate  # pylint: disable=g-import-not-at-top
+  if not prompt:
+    raise UserError("the prompt is empty: give at least one character")
+  timing = generate.Timing()
+  rest = [""] * (_NUM_SAMPLES.value - 1)
+  sys.stdout.write(prompt)
+  for pieces in generate.generate_text(run.model, run.params, run.tokenizer, prompt,
+                                       _MAX_NEW_TOKENS.value, sampling, _NUM_SAMPLES.value,
+                                       _SEED.value, _STOP.value, timing):
+    sys.stdout.write(pieces[0])
+    sys.stdout.flush()
+    rest = [text + piece for text, piece in zip(rest, pieces[1:])]
+  print(f"\n{SEPARATOR}")
+  for text in rest:
+    print(f"{prompt}{text}\n{SEPARATOR}")
+  sys.stdout.flush()
+  print(timing.summary(), file=sys.stderr, flush=True)
+
+
+def _interactive(run, sampling) -> None:
+  while True:
+    if sys.stdin.isatty():
+      print("prompt> ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+      return
+    try:
+      _write_samples(run, line.rstrip("\n") or "\n", sampling)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
   runtime.configure_cpu_devices()
   cli.parse_flags(argv, __doc__)
   _check_flags()
+  prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
   from jaxgpt import run_loader, generate  # pylint: disable=g-import-not-at-top
   run = run_loader.load_run(_WORKDIR.value)
-  prompt_ids = run.tokenizer.encode(_PROMPT.value)
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
-  started = time.perf_counter()
   with run.context():
-    chunks = list(generate.generate(run.model, run.params, prompt_ids, _MAX_NEW_TOKENS.value,
-                                    sampling,
-                                    num_samples=_NUM_SAMPLES.value, seed=_SEED.value))
-  seconds = time.perf_counter() - started
-  for i in range(_NUM_SAMPLES.value):
-    tokens = [t for chunk in chunks for t in chunk[i]]
-    print(_PROMPT.value + run.tokenizer.decode(tokens))
-    print("---------------")
-  print(f"{_NUM_SAMPLES.value * _MAX_NEW_TOKENS.value} tokens in {seconds:.2f} s "
-        "(compilation included)", flush=True)
+    if _INTERACTIVE.value:
+      _interactive(run, sampling)
+    else:
+      _write_samples(run, prompt, sampling)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Generation: cached decoding equals recomputation, sampling filters, batches, seeds."""
+"""Generation: cached decoding equals recomputation, sampling filters, batches, seeds, stop
+text, and one compilation per bucket."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,42 +9,50 @@ import numpy as np
 import pytest
 
 from jaxgpt import generate
+from jaxgpt.data import CharTokenizer
 from jaxgpt.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=32, n_layer=2, n_head=2,
                    n_embd=32)
 REAL_VOCAB = 40  # ids 40..47 are padding and must never come out
+TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz0123456789 .,\n")
 
 
 @pytest.fixture(scope="module")
 def model_params():
   model = GPT(CONFIG)
-  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"])
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))
+  params = nn.meta.unbox(variables["params"])
   # Larger weights make the distribution peaked enough for the filters to matter.
   return model, jax.tree.map(lambda p: p * 3, params)
 
 
 def _generate(model, params, prompt, n, num_samples=1, seed=0, **sampling):
-  chunks = generate.generate(model, params, prompt, n, generate.Sampling(**sampling), num_samples=num_samples, seed=seed,
-                             chunk=16)
+  chunks = generate.generate(model, params, prompt, n, generate.Sampling(**sampling),
+                             num_samples=num_samples, seed=seed, chunk=16)
   return np.concatenate(list(chunks), axis=1)
 
 
 def _greedy_by_recomputation(model, params, prompt, n):
-  tokens = list(prompt)
+  """Greedy decoding from the whole context each step; a full context keeps its newest half."""
+  s, keep = CONFIG.block_size, generate.refill_length(CONFIG.block_size)
+  context, new = list(prompt), []
   apply = jax.jit(model.apply)
   for _ in range(n):
-    context = np.array(tokens[-CONFIG.block_size:])[None]
-    logits = apply({"params": params}, context)[0, -1, :REAL_VOCAB]
-    tokens.append(int(jnp.argmax(logits)))
-  return tokens[len(prompt):]
+    padded = np.zeros((1, s), np.int32)  # one shape, one compilation; the model is causal
+    padded[0, :len(context)] = context
+    logits = apply({"params": params}, padded)[0, len(context) - 1, :REAL_VOCAB]
+    new.append(int(jnp.argmax(logits)))
+    context = (context[-keep:] if len(context) == s else context) + new[-1:]
+  return new
 
 
-def test_cached_greedy_equals_recomputed_greedy(model_params):
+def test_cached_greedy_equals_recomputed_greedy_within_and_past_the_block(model_params):
   model, params = model_params
   prompt = [3, 1, 4, 1, 5, 9]
-  got = _generate(model, params, prompt, 26, temperature=0.0)[0]
-  assert list(got) == _greedy_by_recomputation(model, params, prompt, 26)
+  n = 3 * CONFIG.block_size + 5
+  got = _generate(model, params, prompt, n, temperature=0.0)[0]
+  assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
 
 
 def test_greedy_ignores_the_seed_and_top_k_1_top_p_tiny_equal_greedy(model_params):
@@ -60,24 +70,17 @@ def test_same_seed_same_text_other_seed_other_text(model_params):
   assert not np.array_equal(a, _generate(model, params, [1], 40, seed=12))
 
 
-def test_padded_ids_are_never_sampled(model_params):
+def test_batched_output_equals_one_at_a_time(model_params):
   model, params = model_params
-  tokens = _generate(model, params, [1], 64, num_samples=8, temperature=2.0)
-  assert tokens.max() < REAL_VOCAB
-
-
-def test_batched_samples_equal_when_greedy(model_params):
-  model, params = model_params
-  batch = _generate(model, params, [2, 3], 20, num_samples=3, temperature=0.0)
-  single = _generate(model, params, [2, 3], 20, temperature=0.0)
-  assert all(np.array_equal(row, single[0]) for row in batch)
-
-
-def test_generation_runs_past_the_block_size(model_params):
-  model, params = model_params
-  tokens = _generate(model, params, [1, 2, 3], 5 * CONFIG.block_size + 7)
-  assert tokens.shape == (1, 5 * CONFIG.block_size + 7)
-  assert tokens.max() < REAL_VOCAB
+  greedy = _generate(model, params, [2, 3], 50, num_samples=3, temperature=0.0)
+  assert all(np.array_equal(row, _generate(model, params, [2, 3], 50, temperature=0.0)[0])
+             for row in greedy)
+  # Sampled rows are independent draws; the first is the one a batch of one gives.
+  sampled = _generate(model, params, [2, 3], 50, num_samples=3, seed=4, temperature=2.0)
+  assert np.array_equal(sampled[0], _generate(model, params, [2, 3], 50, seed=4,
+                                              temperature=2.0)[0])
+  assert len({tuple(row) for row in sampled}) == 3
+  assert sampled.max() < REAL_VOCAB  # padded ids are never sampled
 
 
 def _kept(logits, **sampling):
@@ -92,3 +95,33 @@ def test_top_k_and_top_p_filters():
   assert _kept(logits, top_p=0.5) == [[True, False, False, False]]
   assert _kept(logits, top_p=1.0) == [[True, True, True, True]]
   assert _kept(logits, top_k=3, top_p=0.9) == [[True, True, True, False]]
+
+
+def _texts(model, params, n, num_samples=3, stop="", timing=None):
+  pieces = generate.generate_text(model, params, TOKENIZER, "ab", n,
+                                  generate.Sampling(temperature=2.0), num_samples=num_samples,
+                                  seed=1, stop=stop, timing=timing)
+  return ["".join(parts) for parts in zip(*pieces)]
+
+
+def test_stop_text_ends_each_sample_before_it_and_ends_generation(model_params):
+  model, params = model_params
+  full = _texts(model, params, 200)
+  stop = full[0][5:7]  # two characters, which chunks may split
+  assert _texts(model, params, 200, stop=stop) == [text.split(stop)[0] for text in full]
+  timing = generate.Timing()
+  assert _texts(model, params, 200, num_samples=1, stop=stop, timing=timing) == [full[0][:5]]
+  assert timing.tokens < 200  # generation stopped once every sample had
+
+
+def test_no_new_trace_within_a_bucket(model_params, monkeypatch):
+  model, params = model_params
+  fns = [chex.assert_max_traces(f, n=1)
+         for f in (generate._prefill, generate._refill, generate._decode)]
+  for name, fn in zip(("prefill", "refill", "decode"), generate.compile_fns(*fns)):
+    monkeypatch.setattr(generate, name, fn)
+  for prompt in ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [1, 2, 3, 4, 5]):  # bucket 8
+    for sampling in (dict(temperature=0), dict(temperature=0.7, top_k=3, top_p=0.9)):
+      _generate(model, params, prompt, 2 * CONFIG.block_size, num_samples=2, seed=len(prompt),
+                **sampling)
+  chex.clear_trace_counter()

@@ -1,0 +1,81 @@
+"""`python -m jaxgpt.sample` as a user runs it, on a tiny model trained once for the module."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from test_cli import REPO, assert_clean_error, run
+
+MAX_NEW = 2100  # far past the block of 64
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("sample_cli")
+  with pytest.MonkeyPatch.context() as env:
+    # The sample commands share their compilations through JAX's persistent cache.
+    env.setenv("JAX_COMPILATION_CACHE_DIR", str(folder / "jax_cache"))
+    env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    yield _train(folder)
+
+
+def _train(folder):
+  (folder / "text.txt").write_text("the cat sat on the mat. a dog ate the bone.\n" * 100)
+  run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
+      f"--config.data.path={folder / 'text.txt'}", "--config.data.pipeline=numpy",
+      "--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=32",
+      "--config.model.block_size=64", "--config.train.batch_size=4",
+      "--config.train.max_steps=10", "--config.train.eval_every=10",
+      "--config.train.eval_steps=1", "--config.train.sample_tokens=0",
+      f"--workdir={folder / 'run'}")
+  return str(folder / "run")
+
+
+def _sample(workdir, *args, **kwargs):
+  return run("sample", f"--workdir={workdir}", "--prompt=the ", *args, **kwargs)
+
+
+def _interactive(workdir, stdin, *args):
+  """`run` with text on stdin (run itself gives the command none)."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  result = subprocess.run([sys.executable, "-m", "jaxgpt.sample", f"--workdir={workdir}",
+                           "--interactive", *args], cwd=REPO, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def _texts(result):
+  return result.stdout.split("---------------\n")[:-1]
+
+
+def test_greedy_ignores_the_seed_equals_top_p_tiny_and_runs_past_the_block(workdir, tmp_path):
+  (tmp_path / "prompt.txt").write_text("the ")
+  greedy = run("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'prompt.txt'}",
+               "--temperature=0", "--seed=1", f"--max_new_tokens={MAX_NEW}")
+  text = _texts(greedy)[0]
+  assert len(text) == len("the ") + MAX_NEW + 1  # every token is one character, then "\n"
+  assert "tokens/s" in greedy.stderr and "compiled in" in greedy.stderr
+  assert _texts(_sample(workdir, "--temperature=0", "--seed=2",
+                        f"--max_new_tokens={MAX_NEW}")) == [text]
+  assert _texts(_sample(workdir, "--top_p=0.000001", "--seed=3",
+                        f"--max_new_tokens={MAX_NEW}")) == [text]
+
+
+def test_same_seed_same_text_stop_text_and_interactive(workdir):
+  # Interactive: one load, two prompts with the same seed give the same text.
+  same = _interactive(workdir, "the \nthe \n", "--seed=5", "--max_new_tokens=300",
+                      "--num_samples=2")
+  texts = _texts(same)
+  assert len(texts) == 4 and texts[:2] == texts[2:] and texts[0] != texts[1]
+  assert same.stderr.count("compiled in 0.00 s") >= 1  # the second prompt compiles nothing
+  stopped = _sample(workdir, "--seed=5", "--max_new_tokens=300", "--stop=e")
+  generated = texts[0][len("the "):]
+  assert _texts(stopped)[0] == "the " + generated.split("e")[0] + "\n"
+
+
+def test_sample_user_errors(workdir):
+  assert_clean_error(run("sample", f"--workdir={workdir}", "--prompt_file=/no/such.txt",
+                         check=False), "/no/such.txt")
+  assert_clean_error(_sample(workdir, "--top_p=0", check=False), "top_p")
