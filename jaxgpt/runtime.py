@@ -1,4 +1,4 @@
-"""Start-up of JAX: CPU device count, the start-up banner, and which backend runs."""
+"""Start-up of JAX: CPU device count, several processes, the compilation cache, the banner."""
 
 import os
 import platform
@@ -8,6 +8,10 @@ from jaxgpt.errors import UserError, first_line
 # XLA's CPU backend runs much element-wise work on one core; splitting each batch over two
 # CPU devices keeps both cores busy (see BENCHMARKS.md).
 DEFAULT_CPU_DEVICES = 2
+DISTRIBUTED_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+CACHE_DIR = "xla_cache"
+# Programs that compile faster than this are cheaper to compile again than to read back.
+MIN_CACHED_COMPILE_SECS = 2.0
 
 
 def configure_cpu_devices() -> None:
@@ -17,6 +21,77 @@ def configure_cpu_devices() -> None:
       os.environ.get("XLA_FLAGS", ""):
     return
   jax.config.update("jax_num_cpu_devices", min(DEFAULT_CPU_DEVICES, os.cpu_count() or 1))
+
+
+def initialize_distributed() -> None:
+  """Joins the other processes of a multi-process run; must run before JAX starts.
+
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID name the processes;
+  without them a cluster that JAX detects (Cloud TPU, SLURM, Open MPI) does; one process
+  on its own (a laptop, one GPU machine) starts nothing.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  given = {name: os.environ.get(name) for name in DISTRIBUTED_VARIABLES}
+  if any(given.values()):
+    address, num_processes, process_id = _distributed_variables(given)
+    _initialize(jax, address, num_processes, process_id)
+  elif _cluster_process_count() > 1:
+    _initialize(jax)
+
+
+def _distributed_variables(given: dict) -> tuple[str, int, int]:
+  missing = [name for name, value in given.items() if not value]
+  if missing:
+    raise UserError(f"{', '.join(missing)} is not set: set all of {', '.join(given)} "
+                    "for each process (or none of them for one process)")
+  try:
+    address, num_processes, process_id = given.values()
+    num_processes, process_id = int(num_processes), int(process_id)
+  except ValueError:
+    raise UserError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers, got "
+                    f"{given['JAX_NUM_PROCESSES']!r} and {given['JAX_PROCESS_ID']!r}") from None
+  if not 0 <= process_id < num_processes:
+    raise UserError(f"JAX_PROCESS_ID={process_id} is not in 0..{num_processes - 1}: number the "
+                    f"JAX_NUM_PROCESSES={num_processes} processes from 0")
+  return address, num_processes, process_id
+
+
+def _cluster_process_count() -> int:
+  """How many processes the cluster that JAX detects runs; 1 where it detects none.
+
+  Asks JAX's own detectors (those jax.distributed.initialize() uses); on a Cloud TPU VM
+  they read its metadata server, elsewhere only environment variables.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    detectors = [c for c in clusters.ClusterEnv._cluster_types if not c.opt_in_only_method]  # pylint: disable=protected-access
+  except (ImportError, AttributeError):  # a JAX without these internals: no detection
+    return 1
+  cluster = next((c for c in detectors if c.is_env_present()), None)
+  return cluster.get_process_count() if cluster else 1
+
+
+def _initialize(jax, *args) -> None:
+  try:
+    jax.distributed.initialize(*args)
+  except Exception as e:  # pylint: disable=broad-except  # jax raises RuntimeError, ValueError, ...
+    raise UserError(f"the processes could not connect ({first_line(e)}): start every process "
+                    "with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, a distinct "
+                    "JAX_PROCESS_ID, and a coordinator port that process 0 can open") from None
+
+
+def enable_compilation_cache(workdir: str) -> None:
+  """Keeps compiled programs in WORKDIR/xla_cache, so a resumed run skips most compilation.
+
+  In the workdir, not on the machine: a preempted TPU VM or Colab runtime is gone, its
+  workdir (a bucket, a persistent disk, Google Drive) is not. JAX_COMPILATION_CACHE_DIR
+  chooses another folder. Must run before anything is compiled.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, CACHE_DIR))
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_SECS)
 
 
 def start_backend() -> None:

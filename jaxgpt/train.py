@@ -31,6 +31,7 @@ def _config_name(config_path: str) -> str:
 
 def main(argv=None):
   runtime.configure_cpu_devices()
+  runtime.initialize_distributed()
   runtime.start_backend()
   config_flag, workdir_flag = _define_flags()
   _check_config_file(sys.argv if argv is None else argv)
@@ -40,6 +41,7 @@ def main(argv=None):
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir_flag.value or
                             os.path.join("runs", _config_name(config_flag.config_filename)))
+  runtime.enable_compilation_cache(workdir)
   trainer = Trainer(config, workdir)
   trainer.log(runtime.banner())
   trainer.log(f"workdir: {workdir}")

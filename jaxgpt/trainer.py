@@ -102,7 +102,7 @@ class Trainer:
     t = self.config.train
     batches = data.eval_batches(self.dataset.val, self.config.seed, jax.process_index(),
                                 t.batch_size // jax.process_count(), self.config.model.block_size,
-                                t.eval_steps)
+                                t.eval_steps, process_count=jax.process_count())
     return tuple(sharding.global_batch(np.stack(z), self.mesh, leading_dims=1)
                  for z in zip(*batches))
 
@@ -134,7 +134,8 @@ class Trainer:
     eval_set = self._eval_set()
     stream = data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
                               t.batch_size // jax.process_count(), c.model.block_size,
-                              start, t.max_steps, use_tf=_use_tf(c))
+                              start, t.max_steps, use_tf=_use_tf(c),
+                              process_count=jax.process_count(), micro_batches=t.grad_accum_steps)
     # On CPU with several devices, more than one step in flight can deadlock XLA's
     # collectives (NOTES.md); elsewhere one step may run while the next is dispatched.
     max_pending = 0 if jax.default_backend() == "cpu" else 1

@@ -1,9 +1,10 @@
 """Token arrays and the batches drawn from them.
 
-A batch row's offset is a pure function of (seed, stream, step, process,
-row): a counter-based hash, written once over NumPy or TensorFlow ops. Resuming
-at step k therefore replays exactly the batches a run would have seen, and no
-two processes share a row, without any iterator state to save.
+A batch row's offset is a pure function of (seed, stream, step, row), where
+row numbers the rows of the global batch: a counter-based hash, written once
+over NumPy or TensorFlow ops. Resuming at step k therefore replays exactly the
+batches a run would have seen, without any iterator state to save, and N
+processes, each making its own rows, together make the batch one process would.
 """
 
 import dataclasses
@@ -87,32 +88,48 @@ def _lowbias32(x, ops: _Ops):
   return ops.xor(x, ops.shift_right(x, 16))
 
 
-def _offsets(ops: _Ops, num_offsets: int, seed, stream, step, process_index, rows):
+def row_ids(process_index: int, batch_size: int, process_count: int = 1,
+            micro_batches: int = 1) -> np.ndarray:
+  """The global row numbers of this process's `batch_size` rows.
+
+  The trainer splits the local rows into `micro_batches` equal parts and puts
+  each part after the same part of the processes before it; the global batch is
+  then the same rows, in the same micro-batches, for any number of processes.
+  """
+  part = batch_size // micro_batches
+  local = np.arange(batch_size, dtype=np.int64)
+  ids = (local // part) * part * process_count + process_index * part + local % part
+  return ids.astype(np.uint32)
+
+
+def _offsets(ops: _Ops, num_offsets: int, seed, stream, step, rows):
   """Window starts in [0, num_offsets) for `rows`, chained so counters never cancel."""
   h = _lowbias32(ops.to_uint32(seed), ops)
-  for counter in (stream, step, process_index, rows):
+  for counter in (stream, step, rows):
     h = _lowbias32(ops.xor(h, ops.to_uint32(counter)), ops)
   return ops.remainder(h, ops.to_uint32(num_offsets))
 
 
 def get_batch(tokens: np.ndarray, seed: int, step: int, process_index: int,
-              batch_size: int, block_size: int,
-              stream: int = TRAIN_STREAM) -> tuple[np.ndarray, np.ndarray]:
+              batch_size: int, block_size: int, stream: int = TRAIN_STREAM,
+              process_count: int = 1,
+              micro_batches: int = 1) -> tuple[np.ndarray, np.ndarray]:
   """This process's (inputs, targets) for `step`, both int32 [batch, block]."""
   _check_length(tokens, block_size, "the token array")
-  rows = np.arange(batch_size, dtype=np.uint32)
+  rows = row_ids(process_index, batch_size, process_count, micro_batches)
   starts = _offsets(_NUMPY_OPS, len(tokens) - block_size, seed, stream, step,
-                    process_index, rows)
+                    rows)
   windows = np.asarray(tokens, np.int32)[
       starts.astype(np.int64)[:, None] + np.arange(block_size + 1)]
   return windows[:, :-1], windows[:, 1:]
 
 
 def eval_batches(tokens, seed, process_index, batch_size, block_size,
-                 num_batches) -> list[tuple[np.ndarray, np.ndarray]]:
+                 num_batches, process_count: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
   """The fixed evaluation set: the same batches at every evaluation."""
   return [get_batch(tokens, seed, i, process_index, batch_size, block_size,
-                    stream=EVAL_STREAM) for i in range(num_batches)]
+                    stream=EVAL_STREAM, process_count=process_count)
+          for i in range(num_batches)]
 
 
 def _tensorflow_installed() -> bool:
@@ -127,10 +144,12 @@ class BatchStream:
   """
 
   def __init__(self, tokens, seed, process_index, batch_size, block_size,
-               start_step, end_step, use_tf: bool | None = None):
+               start_step, end_step, use_tf: bool | None = None,
+               process_count: int = 1, micro_batches: int = 1):
     _check_length(tokens, block_size, "the token array")
     self._tokens = np.asarray(tokens, np.int32)
     self._seed, self._process_index = seed, process_index
+    self._process_count, self._micro_batches = process_count, micro_batches
     self._batch_size, self._block_size = batch_size, block_size
     self._start_step, self._end_step = start_step, end_step
     self._use_tf = _tensorflow_installed() if use_tf is None else use_tf
@@ -147,19 +166,22 @@ class BatchStream:
   def _numpy_batches(self):
     for step in range(self._start_step, self._end_step):
       yield get_batch(self._tokens, self._seed, step, self._process_index,
-                      self._batch_size, self._block_size)
+                      self._batch_size, self._block_size,
+                      process_count=self._process_count,
+                      micro_batches=self._micro_batches)
 
   def _tf_batches(self):
     tf = tfhost.import_tensorflow()
     tokens = tf.constant(self._tokens)
     ops = _tf_ops(tf)
-    rows = tf.range(self._batch_size, dtype=tf.int64)
+    rows = tf.constant(row_ids(self._process_index, self._batch_size,
+                               self._process_count, self._micro_batches))
     window = tf.range(self._block_size + 1, dtype=tf.int64)
 
     @tf.autograph.experimental.do_not_convert
     def make_batch(step):
       starts = _offsets(ops, len(self._tokens) - self._block_size, self._seed,
-                        TRAIN_STREAM, step, self._process_index, rows)
+                        TRAIN_STREAM, step, rows)
       windows = tf.gather(tokens, tf.cast(starts, tf.int64)[:, None] + window)
       return windows[:, :-1], windows[:, 1:]
 
