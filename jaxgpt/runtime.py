@@ -100,7 +100,6 @@ def start_backend() -> None:
   try:
     jax.devices()
   except Exception as e:  # pylint: disable=broad-except  # jax raises RuntimeError or AssertionError
-
     raise UserError(f"JAX could not start JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r} "
                     f"({first_line(e)}): install jax for that accelerator, stop the process "
                     "holding it, or unset JAX_PLATFORMS") from None

@@ -1,6 +1,6 @@
 """python -m jaxgpt.sample --workdir=DIR [--prompt=TEXT | --prompt_file=FILE | --interactive]
                          [--max_new_tokens=N] [--num_samples=N] [--temperature=T] [--top_k=K]
-                         [--top_p=P] [--seed=S] [--stop=TEXT]
+                         [--top_p=P] [--seed=S] [--stop=TEXT] [--checkpoint=latest|best|STEP]
 
 Writes new text from a trained run: loads its config, tokenizer and newest checkpoint.
 The first sample is printed as it is generated; with --num_samples > 1 the others follow
@@ -18,6 +18,8 @@ from jaxgpt import cli, runtime
 from jaxgpt.errors import UserError, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from (as printed by train).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
+                                  "(lowest validation loss) or a step number.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A UTF-8 file whose text to continue.")
 _INTERACTIVE = flags.DEFINE_boolean("interactive", False, "Read prompts from stdin, one a "
@@ -104,7 +106,7 @@ def main(argv=None):
   _check_flags()
   prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
   from jaxgpt import run_loader, generate  # pylint: disable=g-import-not-at-top
-  run = run_loader.load_run(_WORKDIR.value)
+  run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   with run.context():
