@@ -7,6 +7,8 @@ Running it again with the same workdir resumes from the newest checkpoint.
 import os
 import sys
 
+from absl import flags
+
 from jaxgpt import cli, runtime
 from jaxgpt.errors import UserError, run_cli
 
@@ -15,7 +17,6 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_file(
       "config", DEFAULT_CONFIG, "Config file (a get_config() function); keys are overridden "
@@ -39,8 +40,9 @@ def main(argv=None):
   config = config_flag.value
   runtime.check_backend(config.backend)
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
-  workdir = os.path.abspath(workdir_flag.value or
-                            os.path.join("runs", _config_name(config_flag.config_filename)))
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+  workdir = os.path.abspath(workdir_flag.value or os.path.join("runs", _config_name(config_path)))
   runtime.enable_compilation_cache(workdir)
   trainer = Trainer(config, workdir)
   trainer.log(runtime.banner())

@@ -16,9 +16,10 @@ TINY = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
         "--config.train.eval_steps=4", "--config.train.log_every=50"]
 
 
-def run(module, *args, check=True):
+def run(module, *args, check=True, cwd=REPO):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-  result = subprocess.run([sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=REPO, env=env,
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+  result = subprocess.run([sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
   if check and result.returncode != 0:
     raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
@@ -78,6 +79,15 @@ def test_train_on_kaggle_csv_then_sample(kaggle_csv, tmp_path):
   texts = [t for t in sample.stdout.split("---------------") if "ROMEO:" in t]
   assert len(texts) == 2
   assert all(len(t.strip().split("ROMEO:", 1)[1]) > 0 for t in texts)
+
+
+def test_default_workdir_is_named_after_the_config(tmp_path):
+  args = [a for a in TINY if not a.startswith("--config=")]
+  result = run("train", f"--config={REPO}/configs/shakespeare_char_cpu.py", *args,
+               "--config.train.max_steps=2", "--config.train.sample_tokens=5", cwd=tmp_path)
+  workdir = tmp_path / "runs" / "shakespeare_char_cpu"
+  assert f"workdir: {workdir}" in result.stdout
+  assert (workdir / "checkpoints" / "2").is_dir()
 
 
 def test_help_exits_zero():

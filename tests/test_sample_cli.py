@@ -79,3 +79,4 @@ def test_sample_user_errors(workdir):
   assert_clean_error(run("sample", f"--workdir={workdir}", "--prompt_file=/no/such.txt",
                          check=False), "/no/such.txt")
   assert_clean_error(_sample(workdir, "--top_p=0", check=False), "top_p")
+  assert_clean_error(_sample(workdir, "--prompt=the \u4e2d", check=False), "'\u4e2d'", "vocabulary")
