@@ -23,6 +23,19 @@ def tiny_config(**model):
   return c
 
 
+LINES = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
+         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n"
+         "MERCUTIO:\nA plague o' both your houses!\n\n")
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+  """A small plain-text file of speeches, for runs with data.source=text."""
+  path = tmp_path_factory.mktemp("data") / "plays.txt"
+  path.write_text(LINES * 60, encoding="utf-8")
+  return str(path)
+
+
 @pytest.fixture
 def tiny():
   return tiny_config()

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from test_cli import REPO
-from test_trainer import LINES
 
 TPU_SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
 NOTEBOOK = os.path.join(REPO, "launch", "colab.ipynb")
@@ -83,14 +82,12 @@ def _as_python(source: str) -> str:
   return "\n".join(lines)
 
 
-def test_notebook_trains_and_samples_on_cpu(tmp_path):
-  text = tmp_path / "plays.txt"
-  text.write_text(LINES * 60, encoding="utf-8")
+def test_notebook_trains_and_samples_on_cpu(tmp_path, text_file):
   small = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
            "--config.model.block_size=16", "--config.train.batch_size=8",
            "--config.train.max_steps=10", "--config.train.eval_every=10",
            "--config.train.eval_steps=2", "--config.train.sample_tokens=20",
-           "--config.data.source=text", f"--config.data.path={text}",
+           "--config.data.source=text", f"--config.data.path={text_file}",
            "--config.data.pipeline=numpy"]
   outputs = []
   # `python` is this interpreter; JAX picks its CPU devices as it would on Colab.

@@ -17,18 +17,11 @@ from jaxgpt.errors import UserError
 
 from test_cli import REPO
 from test_resilience import SMALL
-from test_trainer import LINES, _losses
+from test_trainer import _losses
 
 STEPS = 10
 ARGS = [*SMALL, f"--config.train.max_steps={STEPS}", "--config.train.checkpoint_every=5",
         "--config.train.eval_every=5"]
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-  path = tmp_path_factory.mktemp("text") / "plays.txt"
-  path.write_text(LINES * 60, encoding="utf-8")
-  return str(path)
 
 
 def _free_port() -> int:
@@ -48,19 +41,19 @@ def started():
       p.communicate()
 
 
-def _start(text, workdir, devices, **env):
+def _start(text_file, workdir, devices, **env):
   # Every compilation is cached, so that the resumed processes show the cache at work.
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
   return subprocess.Popen(
       [sys.executable, "-m", "jaxgpt.train", *ARGS, "--config.data.source=text",
-       f"--config.data.path={text}", f"--workdir={workdir}"],
+       f"--config.data.path={text_file}", f"--workdir={workdir}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _start_pair(text, workdir):
+def _start_pair(text_file, workdir):
   address = f"127.0.0.1:{_free_port()}"
-  return [_start(text, workdir, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+  return [_start(text_file, workdir, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(i)) for i in range(2)]
 
 
@@ -81,10 +74,10 @@ def _wait_for_step(workdir, step, processes):
   raise AssertionError(f"step {step} never came")
 
 
-def test_two_processes_train_like_one_and_resume_together(text, tmp_path, started):
-  reference = _start(text, tmp_path / "one", 4)
+def test_two_processes_train_like_one_and_resume_together(text_file, tmp_path, started):
+  reference = _start(text_file, tmp_path / "one", 4)
   workdir = tmp_path / "two"
-  pair = _start_pair(text, workdir)
+  pair = _start_pair(text_file, workdir)
   started += [reference, *pair]
   _wait_for_step(workdir, 3, pair)
   for p in pair:
@@ -95,7 +88,7 @@ def test_two_processes_train_like_one_and_resume_together(text, tmp_path, starte
   stopped = max(_losses(workdir))
   assert stopped < STEPS and str(stopped) in os.listdir(workdir / "checkpoints")
 
-  pair = _start_pair(text, workdir)
+  pair = _start_pair(text_file, workdir)
   started += pair
   results = [_finish(p) for p in pair]
   for code, stdout, stderr in results:

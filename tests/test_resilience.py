@@ -18,7 +18,7 @@ from jaxgpt.trainer import Trainer
 
 from conftest import tiny_config
 from test_cli import REPO, assert_clean_error, run
-from test_trainer import LINES, _config, _losses
+from test_trainer import _config, _losses
 
 STEPS = 80
 SMALL = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
@@ -30,28 +30,21 @@ SMALL = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
          "--config.train.sample_tokens=0"]
 
 
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-  path = tmp_path_factory.mktemp("text") / "plays.txt"
-  path.write_text(LINES * 60, encoding="utf-8")
-  return str(path)
-
-
-def _train_args(text, workdir):
-  return [*SMALL, "--config.data.source=text", f"--config.data.path={text}", f"--workdir={workdir}"]
+def _train_args(text_file, workdir):
+  return [*SMALL, "--config.data.source=text", f"--config.data.path={text_file}", f"--workdir={workdir}"]
 
 
 @pytest.fixture(scope="module")
-def reference(text, tmp_path_factory):
+def reference(text_file, tmp_path_factory):
   """The uninterrupted run's losses by step."""
   workdir = tmp_path_factory.mktemp("reference")
-  run("train", *_train_args(text, workdir))
+  run("train", *_train_args(text_file, workdir))
   return _losses(workdir)
 
 
-def _start(text, workdir):
+def _start(text_file, workdir):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-  return subprocess.Popen([sys.executable, "-m", "jaxgpt.train", *_train_args(text, workdir)],
+  return subprocess.Popen([sys.executable, "-m", "jaxgpt.train", *_train_args(text_file, workdir)],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
 
@@ -72,9 +65,9 @@ def _train_steps_in_order(workdir):
     return [json.loads(l)["step"] for l in f if "train_loss" in l]
 
 
-def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text, reference, tmp_path):
+def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
-  process = _start(text, workdir)
+  process = _start(text_file, workdir)
   _wait_for_step(workdir, 25, process)
   sent = time.time()
   process.send_signal(signal.SIGTERM)
@@ -85,22 +78,22 @@ def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text, referen
   stopped = int(stderr.split("after step ")[1].split(",")[0])
   assert stopped >= 25
   assert checkpoint.Checkpointer(workdir, read_only=True).latest_step() == stopped
-  run("train", *_train_args(text, workdir))
+  run("train", *_train_args(text_file, workdir))
   steps = _train_steps_in_order(workdir)
   assert steps == list(range(1, STEPS + 1)), "a step was lost or repeated"
   resumed = _losses(workdir)
   assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
 
 
-def test_sigkill_resumes_from_the_newest_complete_checkpoint(text, reference, tmp_path):
+def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
-  process = _start(text, workdir)
+  process = _start(text_file, workdir)
   _wait_for_step(workdir, 35, process)
   process.kill()
   process.communicate()
   saved = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
   assert saved is not None and saved >= 10  # the save of step 30 may still have been running
-  run("train", *_train_args(text, workdir))
+  run("train", *_train_args(text_file, workdir))
   steps = _train_steps_in_order(workdir)
   assert steps[-1] == STEPS and set(steps) == set(range(1, STEPS + 1))
   resumed = _losses(workdir)  # the last value logged for each step
@@ -114,10 +107,10 @@ def _drop_checkpoint(workdir, step):
 
 
 @pytest.mark.parametrize("first, second", [((2, 2, 2), (1, 1, 1)), ((1, 1, 1), (2, 2, 2))])
-def test_resume_on_another_mesh(text, tmp_path, first, second):
+def test_resume_on_another_mesh(text_file, tmp_path, first, second):
   """Checkpoint 5 of a 10-step run resumes on another mesh and ends like the 1-device run."""
   def trainer(workdir, mesh):
-    c = _config(text)
+    c = _config(text_file)
     c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
     return Trainer(c, str(workdir), devices=jax.devices()[:int(np.prod(mesh))])
 
@@ -129,9 +122,9 @@ def test_resume_on_another_mesh(text, tmp_path, first, second):
   np.testing.assert_allclose([got[s] for s in expected], list(expected.values()), atol=1e-4)
 
 
-def test_a_differently_shaped_model_is_refused_by_name(text, tmp_path):
-  Trainer(_config(text), str(tmp_path)).run()
-  wider = _config(text)
+def test_a_differently_shaped_model_is_refused_by_name(text_file, tmp_path):
+  Trainer(_config(text_file), str(tmp_path)).run()
+  wider = _config(text_file)
   wider.model.n_embd = 48
   with pytest.raises(UserError, match=r"parameter .* has shape"):
     Trainer(wider, str(tmp_path)).run()
@@ -148,9 +141,9 @@ def _hashes(folder):
   return out
 
 
-def test_a_damaged_newest_checkpoint(text, tmp_path):
+def test_a_damaged_newest_checkpoint(text_file, tmp_path):
   workdir = tmp_path / "run"
-  run("train", *_train_args(text, workdir), "--config.train.max_steps=20")
+  run("train", *_train_args(text_file, workdir), "--config.train.max_steps=20")
   older = _hashes(workdir / "checkpoints" / "10")
   for root, _, files in os.walk(workdir / "checkpoints" / "20"):
     for name in files:
@@ -160,13 +153,13 @@ def test_a_damaged_newest_checkpoint(text, tmp_path):
         f.truncate(size // 2)
   sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=10", "--prompt=ROMEO:")
   assert "checkpoint 20" in sample.stderr and "ROMEO:" in sample.stdout
-  resume = run("train", *_train_args(text, workdir), "--config.train.max_steps=30", check=False)
+  resume = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=30", check=False)
   assert_clean_error(resume, "damaged", "20")
   assert _hashes(workdir / "checkpoints" / "10") == older
 
 
-def test_best_checkpoint_is_kept_and_sampled(text, tmp_path):
-  run("train", *_train_args(text, tmp_path), "--config.train.eval_every=10",
+def test_best_checkpoint_is_kept_and_sampled(text_file, tmp_path):
+  run("train", *_train_args(text_file, tmp_path), "--config.train.eval_every=10",
       "--config.train.keep_checkpoints=1")
   best = checkpoint.Checkpointer(tmp_path, read_only=True).best_step()
   val = _losses(tmp_path, "val_loss")
@@ -177,8 +170,8 @@ def test_best_checkpoint_is_kept_and_sampled(text, tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path}", "--checkpoint=3", check=False), "3")
 
 
-def test_non_finite_loss_stops_with_the_step(text, tmp_path):
-  result = run("train", *_train_args(text, tmp_path), "--config.train.learning_rate=1e12",
+def test_non_finite_loss_stops_with_the_step(text_file, tmp_path):
+  result = run("train", *_train_args(text_file, tmp_path), "--config.train.learning_rate=1e12",
                "--config.train.grad_clip=0", "--config.train.warmup_steps=0", check=False)
   assert_clean_error(result, "at step")
 
@@ -187,14 +180,14 @@ def test_non_finite_loss_stops_with_the_step(text, tmp_path):
     (["--config.backend=gpu"], {}, ["backend=gpu"]),
     ([], {"JAX_PLATFORMS": "cuda"}, ["JAX_PLATFORMS"]),
 ])
-def test_an_accelerator_that_cannot_start_is_an_error(text, tmp_path, args, env, words):
-  result = subprocess.run([sys.executable, "-m", "jaxgpt.train", *_train_args(text, tmp_path), *args],
+def test_an_accelerator_that_cannot_start_is_an_error(text_file, tmp_path, args, env, words):
+  result = subprocess.run([sys.executable, "-m", "jaxgpt.train", *_train_args(text_file, tmp_path), *args],
                           cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=300)
   assert_clean_error(result, *words)
 
 
-def test_sampling_needs_a_checkpoint(text, tmp_path):
+def test_sampling_needs_a_checkpoint(text_file, tmp_path):
   (tmp_path / "config.json").write_text(tiny_config().to_json())
   (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": "ab"}))
   assert_clean_error(run("sample", f"--workdir={tmp_path}", check=False), "checkpoint")

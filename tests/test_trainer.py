@@ -13,18 +13,6 @@ from jaxgpt.trainer import Trainer
 
 from conftest import tiny_config
 
-LINES = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
-         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n"
-         "MERCUTIO:\nA plague o' both your houses!\n\n")
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data") / "plays.txt"
-  path.write_text(LINES * 60, encoding="utf-8")
-  return str(path)
-
-
 def _config(text_file, **train):
   c = tiny_config()
   c.data.update(source="text", path=text_file)
