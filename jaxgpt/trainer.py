@@ -218,12 +218,11 @@ class Trainer:
 
   def sample(self, prompt: str = "\n", max_new_tokens: int = 300, seed: int = 0) -> str:
     """A short sample from the trained parameters (printed after training)."""
-    prompt_ids = self.tokenizer.encode(prompt)
     with sharding.rules_context(self.mesh):
-      chunks = generate.generate(self.model, self.state.params, prompt_ids, max_new_tokens,
-                                 generate.Sampling(temperature=0.8, top_k=200), seed=seed)
-      tokens = np.concatenate(list(chunks), axis=1)[0]
-    return prompt + self.tokenizer.decode(tokens)
+      pieces = generate.generate_text(self.model, self.state.params, self.tokenizer, prompt,
+                                      max_new_tokens, generate.Sampling(temperature=0.8, top_k=200),
+                                      seed=seed)
+      return prompt + "".join(sample[0] for sample in pieces)
 
 
 def _saved_tokenizer(workdir: str, kind: str):
