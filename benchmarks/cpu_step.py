@@ -16,15 +16,13 @@ import time
 
 import numpy as np
 
+from model_flags import add_model_flags  # the script's own folder is on sys.path
+
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--n_layer", type=int, default=4)
-  p.add_argument("--n_head", type=int, default=4)
-  p.add_argument("--n_embd", type=int, default=128)
-  p.add_argument("--block_size", type=int, default=64)
+  add_model_flags(p)
   p.add_argument("--batch_size", type=int, default=12)
-  p.add_argument("--vocab", type=int, default=65)
   p.add_argument("--devices", type=int, default=1, help="simulated CPU devices (data parallel)")
   p.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
   p.add_argument("--repeats", type=int, default=3)

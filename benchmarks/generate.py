@@ -14,14 +14,12 @@ import os
 import statistics
 import time
 
+from model_flags import add_model_flags  # the script's own folder is on sys.path
+
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--n_layer", type=int, default=4)
-  p.add_argument("--n_head", type=int, default=4)
-  p.add_argument("--n_embd", type=int, default=128)
-  p.add_argument("--block_size", type=int, default=64)
-  p.add_argument("--vocab", type=int, default=65)
+  add_model_flags(p)
   p.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
   p.add_argument("--long", type=int, default=2048)
   p.add_argument("--short", type=int, default=256)
