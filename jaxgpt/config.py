@@ -13,6 +13,7 @@ TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
 PIPELINES = ("auto", "tf", "numpy")
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.path = ""
   c.data.tfds_name = "tiny_shakespeare"
   c.data.tokenizer = "char"
+  c.data.tokenizer_path = ""  # gpt2 tokenizer files (a Hugging Face folder); "" takes init_from's or the hub's
   c.data.val_fraction = 0.1
   c.data.pipeline = "auto"  # "tf" (tf.data), "numpy", or "auto": tf.data when TensorFlow is installed
 
@@ -58,6 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 3
   c.train.sample_tokens = 300
+
+  # LoRA: rank > 0 trains only low-rank adapters on the named layers; the rest stays frozen.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0
+  c.lora.targets = "c_attn"  # comma-separated layer names: c_attn, c_proj, c_fc
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
@@ -108,6 +116,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"train.batch_size={c.train.batch_size} is not divisible by "
            f"train.grad_accum_steps={c.train.grad_accum_steps}: the global batch is split into "
            "that many micro-batches")
+  _require(c.lora.rank >= 0, f"lora.rank must not be negative, got {c.lora.rank}: pass "
+           "--config.lora.rank=0 (off) or a small positive rank such as 8")
+  if c.lora.rank:
+    _check_positive("lora.alpha", c.lora.alpha)
+    targets = [t.strip() for t in c.lora.targets.split(",") if t.strip()]
+    _require(bool(targets) and set(targets) <= set(LORA_TARGETS),
+             f"lora.targets={c.lora.targets!r} must name some of {', '.join(LORA_TARGETS)}: "
+             "pass e.g. --config.lora.targets=c_attn,c_proj")
   for axis in ("data", "fsdp", "tensor"):
     _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
              f"mesh.{axis} must be a positive size or -1 (the remaining devices), got {c.mesh[axis]}")

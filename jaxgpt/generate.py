@@ -240,23 +240,35 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
     yield new_BxN
 
 
-class _StopCutter:
-  """One sample's text, ended before the first `stop`; hands out what is safe to print."""
+class _SampleText:
+  """One sample's text, ended at the end-of-text token or before the first `stop`; hands
+  out what is safe to print.
 
-  def __init__(self, stop: str):
-    self.stop, self.text, self.printed, self.done = stop, "", 0, False
+  Its ids are decoded together each time, so a character whose bytes span two chunks
+  (byte-level BPE) comes out whole; a trailing incomplete one is held back until then.
+  """
 
-  def add(self, new: str) -> str:
+  def __init__(self, tokenizer, stop: str):
+    self.tokenizer, self.stop = tokenizer, stop
+    self.ids, self.text, self.printed, self.done = [], "", 0, False
+
+  def add(self, new_ids) -> str:
     if self.done:
       return ""
-    start = max(0, len(self.text) - len(self.stop) + 1)
-    self.text += new
-    cut = self.text.find(self.stop, start) if self.stop else -1
+    new_ids = [int(i) for i in new_ids]
+    end = self.tokenizer.end_of_text_id
+    if end is not None and end in new_ids:
+      new_ids, self.done = new_ids[:new_ids.index(end)], True
+    self.ids += new_ids
+    self.text = self.tokenizer.decode(self.ids)
+    cut = self.text.find(self.stop, max(0, self.printed - len(self.stop))) if self.stop else -1
     if cut >= 0:
       self.text, self.done = self.text[:cut], True
+    if self.done:
+      return self.flush()
     # A stop text may begin in this chunk and end in the next: hold its length back.
-    held = 0 if self.done else max(0, len(self.stop) - 1)
-    return self._take(len(self.text) - held)
+    incomplete = len(self.text) - len(self.text.rstrip("\ufffd"))
+    return self._take(len(self.text) - max(len(self.stop) - 1, incomplete))
 
   def flush(self) -> str:
     return self._take(len(self.text))
@@ -272,15 +284,15 @@ def generate_text(model: GPT, params, tokenizer, prompt: str, max_new_tokens: in
                   stop: str = "", timing: Timing | None = None):
   """Yields lists of `num_samples` new pieces of text, as they are generated.
 
-  A sample ends before the first occurrence of `stop` (not included); generation ends once
-  every sample has ended.
+  A sample ends at the tokenizer's end-of-text token (GPT-2's) or before the first
+  occurrence of `stop` (neither included); generation ends once every sample has ended.
   """
-  cutters = [_StopCutter(stop) for _ in range(num_samples)]
+  samples = [_SampleText(tokenizer, stop) for _ in range(num_samples)]
   chunks = generate(model, params, tokenizer.encode(prompt), max_new_tokens, sampling,
                     num_samples, seed, timing=timing)
   for new_BxN in chunks:
-    yield [c.add(tokenizer.decode(row)) for c, row in zip(cutters, new_BxN)]
-    if all(c.done for c in cutters):
+    yield [sample.add(row) for sample, row in zip(samples, new_BxN)]
+    if all(sample.done for sample in samples):
       chunks.close()
       break
-  yield [c.flush() for c in cutters]
+  yield [sample.flush() for sample in samples]

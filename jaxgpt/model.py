@@ -29,6 +29,9 @@ class GPTConfig:
   bias: bool = False
   dtype: str = "float32"  # compute dtype; parameters are always float32
   vocab_multiple: int = 1  # the table is padded to a multiple of this, for faster matmuls
+  lora_rank: int = 0       # > 0: low-rank adapters on the Dense layers named in lora_targets
+  lora_alpha: float = 16.0
+  lora_targets: tuple = ()  # e.g. ("c_attn", "c_proj", "c_fc")
 
   @property
   def head_size(self) -> int:
@@ -45,7 +48,9 @@ def model_config(config, vocab_size: int) -> GPTConfig:
   return GPTConfig(
       vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
       block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-      dropout=m.dropout, bias=m.bias, dtype=config.precision)
+      dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
+      lora_alpha=config.lora.alpha,
+      lora_targets=tuple(t.strip() for t in config.lora.targets.split(",") if t.strip()))
 
 
 def _normal(stddev, names):
@@ -72,29 +77,45 @@ class LayerNorm(nn.Module):
         bias_init=_zeros(("embed",)))(x)
 
 
+def _contract(x, kernel, num_in: int, dtype):
+  """x . kernel over the last `num_in` axes of x and the first `num_in` of kernel."""
+  in_axes = tuple(range(x.ndim - num_in, x.ndim))
+  return jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=(in_axes, tuple(range(num_in))))
+
+
 class Dense(nn.Module):
-  """y = x . kernel (+ bias), contracting the last `len(in_names)` axes of x.
+  """y = x . kernel (+ bias), contracting the last `num_in` axes of x.
 
   Flax's DenseGeneral initialises a flattened 2-D kernel, which loses the logical names
-  of a (D, 3, H, K) kernel; this creates the kernel in its real shape.
+  of a (D, 3, H, K) kernel; this creates the kernel in its real shape. A layer named in
+  `config.lora_targets` adds a low-rank adapter (alpha / r) x . A . B, with B starting at
+  zero so that the adapted model starts equal to the base one.
   """
   shape: tuple
   names: tuple
   num_in: int
   stddev: float
-  bias: bool
-  dtype: str
+  config: GPTConfig
 
   @nn.compact
   def __call__(self, x):
+    c = self.config
     kernel = self.param("kernel", _normal(self.stddev, self.names), self.shape)
-    in_axes = tuple(range(x.ndim - self.num_in, x.ndim))
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
-                      axes=(in_axes, tuple(range(self.num_in))))
-    if self.bias:
+    y = _contract(x, kernel, self.num_in, c.dtype)
+    if c.lora_rank and self.name in c.lora_targets:
+      y = y + self._adapter(x)
+    if c.bias:
       out_shape, out_names = self.shape[self.num_in:], self.names[self.num_in:]
-      y = y + self.param("bias", _zeros(out_names), out_shape).astype(self.dtype)
+      y = y + self.param("bias", _zeros(out_names), out_shape).astype(c.dtype)
     return y
+
+  def _adapter(self, x):
+    c, r = self.config, self.config.lora_rank
+    in_shape, out_shape = self.shape[:self.num_in], self.shape[self.num_in:]
+    a = self.param("lora_a", _normal(1 / math.sqrt(math.prod(in_shape)),
+                                     self.names[:self.num_in] + ("lora",)), in_shape + (r,))
+    b = self.param("lora_b", _zeros(("lora",) + self.names[self.num_in:]), (r,) + out_shape)
+    return (c.lora_alpha / r) * _contract(_contract(x, a, self.num_in, c.dtype), b, 1, c.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -105,7 +126,7 @@ class CausalSelfAttention(nn.Module):
     c = self.config
     residual_std = 0.02 / math.sqrt(2 * c.n_layer)
     qkv_Nx3xHxK = Dense((c.n_embd, 3, c.n_head, c.head_size),
-                        ("embed", "qkv", "heads", "head_dim"), 1, 0.02, c.bias, c.dtype,
+                        ("embed", "qkv", "heads", "head_dim"), 1, 0.02, c,
                         name="c_attn")(x_NxD)
     qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
     if decode:
@@ -115,7 +136,7 @@ class CausalSelfAttention(nn.Module):
     names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
     y_NxHxK = _constrain(y_BxTxHxK, names).reshape(-1, c.n_head, c.head_size)
     y_NxD = Dense((c.n_head, c.head_size, c.n_embd), ("heads", "head_dim", "embed"), 2,
-                  residual_std, c.bias, c.dtype, name="c_proj")(y_NxHxK)
+                  residual_std, c, name="c_proj")(y_NxHxK)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
   def _attention(self, qkv_BxTx3xHxK, deterministic):
@@ -177,11 +198,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_NxD, deterministic: bool):
     c = self.config
-    h_NxF = Dense((c.n_embd, 4 * c.n_embd), ("embed", "mlp"), 1, 0.02, c.bias, c.dtype,
-                  name="c_fc")(x_NxD)
+    h_NxF = Dense((c.n_embd, 4 * c.n_embd), ("embed", "mlp"), 1, 0.02, c, name="c_fc")(x_NxD)
     h_NxF = _constrain(nn.gelu(h_NxF, approximate=True), ("activation_tokens", "activation_mlp"))
     y_NxD = Dense((4 * c.n_embd, c.n_embd), ("mlp", "embed"), 1,
-                  0.02 / math.sqrt(2 * c.n_layer), c.bias, c.dtype, name="c_proj")(h_NxF)
+                  0.02 / math.sqrt(2 * c.n_layer), c, name="c_proj")(h_NxF)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
 

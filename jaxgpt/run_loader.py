@@ -1,11 +1,13 @@
-"""A saved run, loaded for sampling: config, tokenizer, model and newest parameters."""
+"""A saved run (config, tokenizer, model, a checkpoint's parameters) or pretrained GPT-2
+weights, loaded for sampling and export."""
 
 import dataclasses
 import os
 
 import ml_collections
 
-from jaxgpt import checkpoint, data, optim, sharding
+from jaxgpt import checkpoint, data, hf_gpt2, optim, sharding
+from jaxgpt import config as config_lib
 from jaxgpt import state as state_lib
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, model_config
@@ -35,8 +37,7 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
   tokenizer = data.load_tokenizer(workdir)
   model = GPT(model_config(config, tokenizer.vocab_size))
   optimizer = optim.make_optimizer(config.train)
-  # Sampling runs on whatever devices are here, whatever mesh the run trained on.
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  mesh = _local_mesh()
   checkpoints = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     with sharding.rules_context(mesh):
@@ -45,6 +46,26 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
   finally:
     checkpoints.close()
   return LoadedRun(config, tokenizer, model, state.params, mesh, step)
+
+
+def load_pretrained(init_from: str) -> LoadedRun:
+  """GPT-2 weights and tokenizer (`gpt2`..`gpt2-xl` or a Hugging Face folder), no workdir."""
+  folder = hf_gpt2.resolve(init_from)
+  config = config_lib.base_config()
+  config.init_from = init_from
+  config.model.block_size = hf_gpt2.read_config(folder)["n_positions"]
+  hf_gpt2.configure(config, folder)
+  tokenizer = hf_gpt2.load_tokenizer(folder)
+  model = GPT(model_config(config, tokenizer.vocab_size))
+  mesh = _local_mesh()
+  with sharding.rules_context(mesh):
+    params = hf_gpt2.load_params(folder, model.config, state_lib.params_shardings(model, mesh))
+  return LoadedRun(config, tokenizer, model, params, mesh, step=0)
+
+
+def _local_mesh():
+  """Sampling runs on whatever devices are here, whatever mesh the run trained on."""
+  return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
 
 
 def _restore(checkpoints, which: str, abstract, workdir: str):

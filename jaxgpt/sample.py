@@ -1,8 +1,10 @@
-"""python -m jaxgpt.sample --workdir=DIR [--prompt=TEXT | --prompt_file=FILE | --interactive]
+"""python -m jaxgpt.sample --workdir=DIR | --init_from=gpt2|gpt2-medium|gpt2-large|gpt2-xl|FOLDER
+                         [--prompt=TEXT | --prompt_file=FILE | --interactive]
                          [--max_new_tokens=N] [--num_samples=N] [--temperature=T] [--top_k=K]
                          [--top_p=P] [--seed=S] [--stop=TEXT] [--checkpoint=latest|best|STEP]
 
-Writes new text from a trained run: loads its config, tokenizer and newest checkpoint.
+Writes new text from a trained run (its config, tokenizer and newest checkpoint), or from
+pretrained GPT-2 weights (the Hugging Face cache or hub, or a local Hugging Face folder).
 The first sample is printed as it is generated; with --num_samples > 1 the others follow
 once it is done. Each sample is followed by a line of dashes. The time spent compiling
 (first calls only) and the generation speed go to stderr.
@@ -18,6 +20,9 @@ from jaxgpt import cli, runtime
 from jaxgpt.errors import UserError, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from (as printed by train).")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "Sample from pretrained GPT-2 instead: "
+                                 "gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face "
+                                 "GPT-2 folder.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
                                   "(lowest validation loss) or a step number.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
@@ -38,9 +43,9 @@ SEPARATOR = "---------------"
 
 
 def _check_flags() -> None:
-  if not _WORKDIR.value:
-    raise UserError("--workdir is required: pass the run folder that `python -m jaxgpt.train` "
-                    "printed")
+  if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
+    raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
+                    "printed) or --init_from (pretrained GPT-2), not both or neither")
   for name, ok in (("max_new_tokens", _MAX_NEW_TOKENS.value >= 0),
                    ("num_samples", _NUM_SAMPLES.value > 0),
                    ("temperature", _TEMPERATURE.value >= 0),
@@ -106,7 +111,10 @@ def main(argv=None):
   _check_flags()
   prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
   from jaxgpt import run_loader, generate  # pylint: disable=g-import-not-at-top
-  run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
+  if _INIT_FROM.value:
+    run = run_loader.load_pretrained(_INIT_FROM.value)
+  else:
+    run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   with run.context():

@@ -26,6 +26,7 @@ LOGICAL_RULES = (
     ("head_dim", None),
     ("qkv", None),
     ("position", None),
+    ("lora", None),
     ("activation_batch", BATCH_AXES),
     ("activation_tokens", BATCH_AXES),
     ("activation_length", None),

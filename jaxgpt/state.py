@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgpt import sharding
+from jaxgpt import lora, sharding
 from jaxgpt.model import GPT
 
 
@@ -19,17 +19,24 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def _boxed_state(model: GPT, optimizer: optax.GradientTransformation, rng) -> TrainState:
-  """The state with parameters still wrapped in their logical-axis metadata."""
+  """The state with parameters still wrapped in their logical-axis metadata; the optimizer
+  keeps state only for the parameters that train."""
   tokens = jnp.zeros((1, model.config.block_size), jnp.int32)
   params = model.init(rng, tokens)["params"]
+  trainable, _ = lora.partition(params, model.config.lora_rank)
   return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                    opt_state=optimizer.init(params))
+                    opt_state=optimizer.init(trainable))
 
 
 def state_shardings(model, optimizer, mesh):
   """NamedShardings for every leaf of the (unboxed) TrainState on `mesh`."""
   abstract = jax.eval_shape(lambda: _boxed_state(model, optimizer, jax.random.key(0)))
   return sharding.logical_shardings(mesh, nn.get_partition_spec(abstract))
+
+
+def params_shardings(model, mesh):
+  """NamedShardings of the model's parameters alone (no optimizer state)."""
+  return state_shardings(model, optax.identity(), mesh).params
 
 
 def abstract_state(model, optimizer, mesh):
@@ -39,13 +46,21 @@ def abstract_state(model, optimizer, mesh):
                       shapes, state_shardings(model, optimizer, mesh))
 
 
-def init_state(model, optimizer, mesh, seed: int) -> TrainState:
-  """A freshly initialised state, each array created where its shard lives."""
+def init_state(model, optimizer, mesh, seed: int, pretrained=None) -> TrainState:
+  """A freshly initialised state, each array created where its shard lives.
+
+  `pretrained` (arrays on the mesh, e.g. GPT-2's weights) replaces the matching initial
+  parameters; the others (LoRA adapters) keep their initial values.
+  """
   shardings = state_shardings(model, optimizer, mesh)
-  create = jax.jit(lambda rng: nn.meta.unbox(_boxed_state(model, optimizer, rng)),
-                   out_shardings=shardings)
+
+  def create(rng, pretrained):
+    state = nn.meta.unbox(_boxed_state(model, optimizer, rng))
+    return state.replace(params=lora.combine(pretrained, state.params)) if pretrained else state
+
   with sharding.rules_context(mesh):
-    return create(params_key(seed))
+    return jax.jit(create, out_shardings=shardings, donate_argnums=1)(params_key(seed),
+                                                                       pretrained)
 
 
 def params_key(seed: int):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgpt import sharding
+from jaxgpt import lora, sharding
 from jaxgpt.state import TrainState
 
 
@@ -17,14 +17,16 @@ def loss_fn(model, params, x_BxT, y_BxT, dropout_rng=None):
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean()
 
 
-def _gradients(model, params, x_AxBxT, y_AxBxT, rng):
-  """Loss and gradients averaged over A equal micro-batches: equal to one big batch."""
+def _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng):
+  """Loss and gradients of the trainable parameters, averaged over A equal micro-batches:
+  equal to one big batch."""
   num_micro = x_AxBxT.shape[0]
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model))
+  grad_fn = jax.value_and_grad(
+      lambda trainable, *args: loss_fn(model, lora.combine(trainable, frozen), *args))
 
   def micro_step(i):
     micro_rng = None if rng is None else jax.random.fold_in(rng, i)
-    return grad_fn(params, x_AxBxT[i], y_AxBxT[i], micro_rng)
+    return grad_fn(trainable, x_AxBxT[i], y_AxBxT[i], micro_rng)
 
   if num_micro == 1:
     return micro_step(0)
@@ -33,17 +35,21 @@ def _gradients(model, params, x_AxBxT, y_AxBxT, rng):
     loss, grads = micro_step(i)
     return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
   (loss, grads), _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_micro))
   return jax.tree.map(lambda g: g / num_micro, (loss, grads))
 
 
 def train_step(state: TrainState, x_AxBxT, y_AxBxT, *, model, optimizer, schedule, dropout_key):
-  """One optimizer step over A micro-batches; returns the new state and its metrics."""
+  """One optimizer step over A micro-batches; returns the new state and its metrics.
+
+  Only the trainable parameters change (all of them, or the LoRA adapters only).
+  """
   rng = None if model.config.dropout == 0 else jax.random.fold_in(dropout_key, state.step)
-  loss, grads = _gradients(model, state.params, x_AxBxT, y_AxBxT, rng)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  trainable, frozen = lora.partition(state.params, model.config.lora_rank)
+  loss, grads = _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+  params = lora.combine(optax.apply_updates(trainable, updates), frozen)
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

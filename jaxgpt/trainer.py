@@ -12,7 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, config as config_lib, data, generate, metrics, optim, sharding
+from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, metrics, optim
+from jaxgpt import sharding
 from jaxgpt import state as state_lib
 from jaxgpt import steps
 from jaxgpt.errors import Interrupted, UserError
@@ -29,12 +30,15 @@ def save_config(config, workdir: str) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """A run's saved config; keys added to jaxgpt since the run was saved get their defaults."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise UserError(f"{workdir} holds no jaxgpt run ({CONFIG_FILE} is missing): pass the "
                     "--workdir that `python -m jaxgpt.train` printed")
   with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = config_lib.base_config()
+    config.update(json.load(f))
+    return config
 
 
 def _check_batch(config, mesh) -> int:
@@ -55,11 +59,16 @@ class Trainer:
 
   def __init__(self, config, workdir: str, devices=None):
     config_lib.validate(config)
+    # Fine-tuning: the model's shape and tokenizer are the pretrained model's.
+    self.pretrained = None if config.init_from == "scratch" else hf_gpt2.resolve(config.init_from)
+    if self.pretrained:
+      hf_gpt2.configure(config, self.pretrained)
     self.config, self.workdir = config, workdir
     self.is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    saved_tokenizer = _saved_tokenizer(workdir, config.data.tokenizer)
-    self.dataset = data.build_dataset(config, tokenizer=saved_tokenizer)
+    tokenizer = _saved_tokenizer(workdir, config.data.tokenizer) or _new_tokenizer(config,
+                                                                                   self.pretrained)
+    self.dataset = data.build_dataset(config, tokenizer=tokenizer)
     self.tokenizer = self.dataset.tokenizer
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
@@ -73,7 +82,11 @@ class Trainer:
   def _initial_state(self):
     """The newest checkpoint's state, or a new one; only then are config and tokenizer saved."""
     step = self.checkpoints.latest_step()
-    if step is None:
+    if step is None and self.pretrained:
+      self.log(f"initialising from {self.config.init_from} ({self.pretrained})")
+      params = hf_gpt2.load_params(self.pretrained, self.model.config, self.shardings.params)
+      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed, params)
+    elif step is None:
       state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
     else:
       self.log(f"resuming from the checkpoint of step {step}")
@@ -235,6 +248,16 @@ def _saved_tokenizer(workdir: str, kind: str):
                     f"data.tokenizer={kind}: pass --config.data.tokenizer={tokenizer.kind} "
                     "or use a new --workdir")
   return tokenizer
+
+
+def _new_tokenizer(config, pretrained: str | None):
+  """GPT-2's tokenizer from the pretrained folder, data.tokenizer_path or the hub; None for
+  a character tokenizer, which build_dataset makes from the text."""
+  if config.data.tokenizer != "gpt2":
+    return None
+  if pretrained:
+    return hf_gpt2.load_tokenizer(pretrained)
+  return data.build_tokenizer("gpt2", "", config.data.tokenizer_path or hf_gpt2.resolve("gpt2"))
 
 
 def _signal_number(name) -> int:

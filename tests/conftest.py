@@ -12,6 +12,15 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def require_transformers():
+  """transformers (with PyTorch) for the parity tests. CI installs it (.ci/run) and sets
+  JAXGPT_REQUIRE_TRANSFORMERS=1, so there these tests fail rather than skip without it."""
+  if os.environ.get("JAXGPT_REQUIRE_TRANSFORMERS"):
+    import transformers  # pylint: disable=g-import-not-at-top
+    return transformers
+  return pytest.importorskip("transformers")
+
+
 def tiny_config(**model):
   """A config small enough to train in a test: 2 layers, 32 wide, block 16."""
   c = config_lib.base_config()

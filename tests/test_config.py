@@ -31,6 +31,9 @@ def test_base_config_is_valid():
     ({"train__batch_size": 0}, ["train.batch_size"]),
     ({"train__batch_size": 10, "train__grad_accum_steps": 3}, ["grad_accum_steps"]),
     ({"mesh__fsdp": 0}, ["mesh.fsdp"]),
+    ({"lora__rank": -1}, ["lora.rank"]),
+    ({"lora__rank": 4, "lora__targets": "c_attn,wte"}, ["lora.targets", "c_fc"]),
+    ({"lora__rank": 4, "lora__alpha": 0.0}, ["lora.alpha"]),
 ])
 def test_impossible_settings_name_the_key(changes, words):
   with pytest.raises(UserError) as error:

@@ -57,7 +57,40 @@ def test_load_unknown_kind(tmp_path):
 
 def test_build_tokenizer_choices():
   assert build_tokenizer("char", "xyz").vocab_size == 3
-  with pytest.raises(UserError, match="data.tokenizer=char"):
-    build_tokenizer("gpt2", "xyz")
+  with pytest.raises(UserError, match="no GPT-2 tokenizer files"):
+    build_tokenizer("gpt2", "xyz", folder="/nonexistent")
   with pytest.raises(UserError, match="char, gpt2"):
     build_tokenizer("words", "xyz")
+
+
+def _bpe_folder(tmp_path):
+  tokenizers = pytest.importorskip("tokenizers")
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["ROMEO: But soft, what light through yonder window breaks?"] * 5,
+                          vocab_size=280, min_frequency=1, special_tokens=["<|endoftext|>"],
+                          show_progress=False)
+  bpe.save(str(tmp_path / "tokenizer.json"))
+  return str(tmp_path)
+
+
+def test_gpt2_tokenizer_round_trip_save_and_padding(tmp_path):
+  tok = build_tokenizer("gpt2", "", folder=_bpe_folder(tmp_path), vocab_size=300)
+  assert tok.vocab_size == 300 and tok.num_tokens < 300 and tok.end_of_text_id == 0
+  text = "ROMEO: soft light, héllo\n"  # bytes outside the training text encode too
+  ids = tok.encode(text)
+  assert ids.dtype == np.int32
+  assert tok.decode(ids) == text
+  assert tok.decode([*ids, 299]) == text  # padded ids are skipped
+  tok.save(str(tmp_path / "run"))
+  loaded = load_tokenizer(str(tmp_path / "run"))
+  assert loaded.kind == "gpt2" and loaded.vocab_size == 300
+  assert loaded.encode(text).tolist() == ids.tolist()
+
+
+def test_char_tokenizer_as_hugging_face_tokenizer():
+  tokenizers = pytest.importorskip("tokenizers")
+  tok = CharTokenizer.from_text("To be, or not\nto be?")
+  hf = tokenizers.Tokenizer.from_str(tok.hf_json())
+  text = "not to be,\nor be"
+  assert hf.encode(text).ids == tok.encode(text).tolist()
+  assert hf.decode(hf.encode(text).ids) == text

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxgpt.data import sources
 from jaxgpt.data import tfhost
-from jaxgpt.data.tokenizer import CharTokenizer, build_tokenizer
+from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer
 from jaxgpt.errors import UserError
 
 TRAIN_STREAM = 0
@@ -26,11 +26,12 @@ EVAL_STREAM = 1
 class Dataset:
   train: np.ndarray  # int32 token ids, 1-D
   val: np.ndarray
-  tokenizer: CharTokenizer
+  tokenizer: CharTokenizer | BPETokenizer
 
 
 def build_dataset(config, tokenizer=None) -> Dataset:
-  """Tokenizes `config.data`; a given tokenizer (from a saved run) is reused."""
+  """Tokenizes `config.data` with `tokenizer` (a saved run's, or GPT-2's), or else with a
+  new character tokenizer of the text."""
   train_text, val_text = sources.load_splits(config.data)
   if tokenizer is None:
     tokenizer = build_tokenizer(config.data.tokenizer, train_text + val_text)

@@ -1,4 +1,5 @@
-"""Tokenizers, saved as `tokenizer.json` in a run's workdir."""
+"""Tokenizers: characters, or GPT-2's byte-level BPE; saved as `tokenizer.json` in a run's
+workdir, and written as Hugging Face tokenizer files on export."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import numpy as np
 from jaxgpt.errors import UserError
 
 FILENAME = "tokenizer.json"
+HF_FILENAME = "tokenizer.json"  # the same name, in a Hugging Face folder
 KINDS = ("char", "gpt2")
 
 
@@ -15,6 +17,7 @@ class CharTokenizer:
   """One token per character; ids are the indices of the sorted characters."""
 
   kind = "char"
+  end_of_text_id = None
 
   def __init__(self, chars: str):
     self.chars = "".join(sorted(set(chars)))
@@ -45,12 +48,93 @@ class CharTokenizer:
     return "".join(self.chars[i] for i in np.asarray(ids).ravel()
                    if 0 <= i < self.vocab_size)
 
+  def hf_json(self) -> str:
+    return _char_hf_json(self.chars)
+
   def save(self, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, FILENAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump({"kind": self.kind, "chars": self.chars}, f)
-    os.replace(path + ".tmp", path)
+    _write_spec(directory, {"kind": self.kind, "chars": self.chars})
+
+
+class BPETokenizer:
+  """GPT-2's byte-level BPE, read from a Hugging Face folder with the `tokenizers` library.
+
+  Byte-level, so every text encodes. `vocab_size` is the model's vocabulary, which may be
+  larger than the tokenizer's; ids past the tokenizer's are skipped when decoding.
+  """
+
+  kind = "gpt2"
+  END_OF_TEXT = "<|endoftext|>"
+
+  def __init__(self, hf_json: str, vocab_size: int = 0):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    self._hf_json = hf_json
+    self._tokenizer = tokenizers.Tokenizer.from_str(hf_json)
+    self.num_tokens = self._tokenizer.get_vocab_size()
+    self.vocab_size = max(vocab_size, self.num_tokens)
+    self.end_of_text_id = self._tokenizer.token_to_id(self.END_OF_TEXT)
+
+  @classmethod
+  def from_folder(cls, folder: str, vocab_size: int = 0) -> "BPETokenizer":
+    """From `tokenizer.json`, or else GPT-2's original `vocab.json` and `merges.txt`."""
+    path = os.path.join(folder, HF_FILENAME)
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        return cls(f.read(), vocab_size)
+    vocab, merges = (os.path.join(folder, name) for name in ("vocab.json", "merges.txt"))
+    if not (os.path.isfile(vocab) and os.path.isfile(merges)):
+      raise UserError(f"{folder} has no GPT-2 tokenizer files (tokenizer.json, or vocab.json "
+                      "and merges.txt): pass a Hugging Face GPT-2 folder that has them")
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    bpe = tokenizers.ByteLevelBPETokenizer(vocab, merges)
+    return cls(bpe._tokenizer.to_str(), vocab_size)  # pylint: disable=protected-access
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.array(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+  def decode(self, ids) -> str:
+    """Ids past the tokenizer's vocabulary (the model's padded rows) are skipped."""
+    return self._tokenizer.decode([int(i) for i in np.asarray(ids).ravel()
+                                   if 0 <= i < self.num_tokens], skip_special_tokens=False)
+
+  def hf_json(self) -> str:
+    return self._hf_json
+
+  def save(self, directory: str) -> None:
+    _write_spec(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
+                            "tokenizer": json.loads(self._hf_json)})
+
+
+def _char_hf_json(chars: str) -> str:
+  """A `tokenizers` tokenizer equal to CharTokenizer: one token per character, joined back
+  without spaces, so Hugging Face tools read a character-level run too."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)},
+                                                    unk_token=None))
+  tokenizer.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), "isolated")
+  tokenizer.decoder = decoders.Fuse()
+  return tokenizer.to_str()
+
+
+def write_hf_tokenizer(tokenizer, folder: str, max_length: int) -> None:
+  """Writes `tokenizer.json` and `tokenizer_config.json` that `transformers` loads."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, HF_FILENAME), "w", encoding="utf-8") as f:
+    f.write(tokenizer.hf_json())
+  settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+              "clean_up_tokenization_spaces": False}
+  if getattr(tokenizer, "end_of_text_id", None) is not None:
+    settings.update(bos_token=BPETokenizer.END_OF_TEXT, eos_token=BPETokenizer.END_OF_TEXT)
+  with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    json.dump(settings, f, indent=2)
+
+
+def _write_spec(directory: str, spec: dict) -> None:
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, FILENAME)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(spec, f)
+  os.replace(path + ".tmp", path)
 
 
 def load_tokenizer(directory: str):
@@ -67,20 +151,20 @@ def load_tokenizer(directory: str):
     raise UserError(
         f"{path!r} is damaged ({e}): restore it, or retrain in a new workdir"
     ) from None
-  if spec.get("kind") != "char":
-    raise UserError(
-        f"{path!r} holds an unknown tokenizer kind {spec.get('kind')!r}: this"
-        " jaxgpt reads only 'char'; use the jaxgpt version that wrote it")
-  return CharTokenizer(spec["chars"])
+  if spec.get("kind") == "char":
+    return CharTokenizer(spec["chars"])
+  if spec.get("kind") == "gpt2":
+    return BPETokenizer(json.dumps(spec["tokenizer"]), spec["vocab_size"])
+  raise UserError(
+      f"{path!r} holds an unknown tokenizer kind {spec.get('kind')!r}: this"
+      f" jaxgpt reads {' and '.join(KINDS)}; use the jaxgpt version that wrote it")
 
 
-def build_tokenizer(kind: str, text: str):
-  """A new tokenizer of `kind` whose vocabulary covers `text`."""
+def build_tokenizer(kind: str, text: str, folder: str = "", vocab_size: int = 0):
+  """A new tokenizer: `char` covers `text`; `gpt2` is read from the Hugging Face `folder`."""
   if kind == "char":
     return CharTokenizer.from_text(text)
   if kind == "gpt2":
-    raise UserError(
-        "the GPT-2 tokenizer is not available yet: use"
-        " --config.data.tokenizer=char")
+    return BPETokenizer.from_folder(folder, vocab_size)
   raise UserError(
       f"unknown data.tokenizer {kind!r}: choose one of {', '.join(KINDS)}")

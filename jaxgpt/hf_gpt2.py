@@ -1,0 +1,236 @@
+"""Hugging Face GPT-2 folders (config.json, model.safetensors, tokenizer files): find one,
+read its weights straight onto the mesh, and write a run back out as one.
+
+The mapping is done here, without transformers or torch: GPT-2 stores its Linear layers
+as Conv1D, whose (in, out) weights are already the layout of a Dense kernel; they only need
+reshaping to jaxgpt's (D, 3, H, K) and (H, K, D) attention kernels. The vocabulary is padded
+with zero rows on the way in and cut back on the way out.
+"""
+
+import json
+import math
+import os
+
+import flax.traverse_util
+import jax
+import numpy as np
+
+from jaxgpt.data.tokenizer import BPETokenizer, write_hf_tokenizer
+from jaxgpt.errors import UserError, first_line
+from jaxgpt.model import GPTConfig
+
+HUB_REPOS = {name: f"openai-community/{name}"
+             for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+_HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json",
+              "model-*.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+LAYER_NORM_EPSILON = 1e-5
+
+
+def resolve(init_from: str) -> str:
+  """The local folder for `gpt2`..`gpt2-xl` (Hugging Face cache, else download) or a path."""
+  if init_from not in HUB_REPOS:
+    folder = os.path.abspath(os.path.expanduser(init_from))
+    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+      raise UserError(f"init_from={init_from!r} is neither {', '.join(HUB_REPOS)} nor a "
+                      f"Hugging Face GPT-2 folder ({folder}/{CONFIG_FILE} is missing): pass one")
+    return folder
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  repo = HUB_REPOS[init_from]
+  try:
+    return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES)
+  except Exception as online_error:  # pylint: disable=broad-except
+    try:
+      return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES,
+                                               local_files_only=True)
+    except Exception:  # pylint: disable=broad-except
+      raise UserError(f"{init_from} is not in the Hugging Face cache and could not be "
+                      f"downloaded from {repo} ({first_line(online_error)}): connect to the "
+                      "internet once, or pass --init_from=FOLDER with a downloaded copy"
+                      ) from None
+
+
+def read_config(folder: str) -> dict:
+  """The GPT-2 shape from config.json; architectures jaxgpt cannot reproduce are refused."""
+  path = os.path.join(folder, CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      hf = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} cannot be read ({first_line(e)}): pass a Hugging Face GPT-2 "
+                    "folder") from None
+  if hf.get("model_type", "gpt2") != "gpt2":
+    raise UserError(f"{path} describes a {hf['model_type']!r} model: jaxgpt loads only GPT-2 "
+                    "(model_type gpt2)")
+  unsupported = {
+      "activation_function": hf.get("activation_function", "gelu_new") not in
+                             ("gelu_new", "gelu_pytorch_tanh"),
+      "n_inner": hf.get("n_inner") not in (None, 4 * hf["n_embd"]),
+      "layer_norm_epsilon": not math.isclose(hf.get("layer_norm_epsilon", 1e-5),
+                                             LAYER_NORM_EPSILON),
+      "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
+      "scale_attn_weights": not hf.get("scale_attn_weights", True),
+      "tie_word_embeddings": not hf.get("tie_word_embeddings", True),
+  }
+  for key, bad in unsupported.items():
+    if bad:
+      raise UserError(f"{path} sets {key}={hf.get(key)!r}, which jaxgpt's GPT-2 does not "
+                      "implement: use a standard GPT-2 checkpoint")
+  return {key: int(hf[key]) for key in ("n_layer", "n_head", "n_embd", "n_positions",
+                                        "vocab_size")}
+
+
+def configure(config, folder: str) -> None:
+  """Gives `config` (unlocked) the pretrained model's shape and the GPT-2 tokenizer.
+
+  `model.block_size` is kept if shorter than the model's context (the position table is
+  cut, as nanoGPT's crop_block_size does); everything else about the shape is the model's.
+  """
+  hf = read_config(folder)
+  config.model.update(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                      bias=True, block_size=min(config.model.block_size, hf["n_positions"]))
+  config.data.tokenizer = "gpt2"
+
+
+def load_tokenizer(folder: str) -> BPETokenizer:
+  """The folder's tokenizer, sized to the model's vocabulary (which may be larger)."""
+  vocab_size = read_config(folder)["vocab_size"]
+  tokenizer = BPETokenizer.from_folder(folder, vocab_size)
+  if tokenizer.num_tokens > vocab_size:
+    raise UserError(f"the tokenizer in {folder} has {tokenizer.num_tokens} tokens but the model "
+                    f"only {vocab_size}: pass a folder whose tokenizer matches its model")
+  return tokenizer
+
+
+def _tensor_table(c: GPTConfig):
+  """(Hugging Face name, jaxgpt parameter path, Hugging Face shape) of every GPT-2 tensor."""
+  d = c.n_embd
+  rows = [("wte.weight", ("wte",), (c.vocab_size, d)),
+          ("wpe.weight", ("wpe",), (c.block_size, d))]
+
+  def layer_norm(hf, ours):
+    rows.extend([(f"{hf}.weight", ours + ("LayerNorm_0", "scale"), (d,)),
+                 (f"{hf}.bias", ours + ("LayerNorm_0", "bias"), (d,))])
+
+  def conv1d(hf, ours, n_in, n_out):
+    rows.extend([(f"{hf}.weight", ours + ("kernel",), (n_in, n_out)),
+                 (f"{hf}.bias", ours + ("bias",), (n_out,))])
+
+  for i in range(c.n_layer):
+    hf, ours = f"h.{i}", (f"h_{i}",)
+    layer_norm(f"{hf}.ln_1", ours + ("ln_1",))
+    conv1d(f"{hf}.attn.c_attn", ours + ("attn", "c_attn"), d, 3 * d)
+    conv1d(f"{hf}.attn.c_proj", ours + ("attn", "c_proj"), d, d)
+    layer_norm(f"{hf}.ln_2", ours + ("ln_2",))
+    conv1d(f"{hf}.mlp.c_fc", ours + ("mlp", "c_fc"), d, 4 * d)
+    conv1d(f"{hf}.mlp.c_proj", ours + ("mlp", "c_proj"), 4 * d, d)
+  layer_norm("ln_f", ("ln_f",))
+  return rows
+
+
+class _Weights:
+  """Reads tensors by name from model.safetensors (or its shards), one at a time."""
+
+  def __init__(self, folder: str):
+    index_path = os.path.join(folder, WEIGHTS_INDEX)
+    if os.path.isfile(index_path):
+      with open(index_path, encoding="utf-8") as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
+      files = [WEIGHTS_FILE]
+    else:
+      raise UserError(f"{folder} has no {WEIGHTS_FILE}: jaxgpt reads safetensors weights only "
+                      "(save the model with transformers' save_pretrained to get one)")
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    self._open, self._names, self.folder = {}, {}, folder
+    for file in files:
+      self._open[file] = safe_open(os.path.join(folder, file), framework="numpy")
+      self._names.update({key.removeprefix("transformer."): (file, key)
+                          for key in self._open[file].keys()})
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self._names:
+      raise UserError(f"{self.folder}/{WEIGHTS_FILE} has no tensor {name}: pass a complete "
+                      "GPT-2 checkpoint")
+    file, key = self._names[name]
+    try:
+      return np.asarray(self._open[file].get_tensor(key), np.float32)
+    except (TypeError, ValueError) as e:
+      raise UserError(f"tensor {key} in {self.folder} cannot be read as float32 "
+                      f"({first_line(e)}): save the model in float32 or float16") from None
+
+
+def _to_jaxgpt(name: str, value: np.ndarray, hf_shape, target_shape, c: GPTConfig):
+  """One Hugging Face tensor in jaxgpt's shape: positions cut, vocabulary padded."""
+  if name == "wpe.weight":
+    if value.shape[0] < c.block_size or value.shape[1:] != hf_shape[1:]:
+      raise UserError(f"wpe.weight has shape {value.shape} but the model needs at least "
+                      f"{hf_shape}: its config.json does not match its weights")
+    value = value[:c.block_size]
+  elif value.shape != tuple(hf_shape):
+    raise UserError(f"{name} has shape {value.shape} but config.json implies {hf_shape}: the "
+                    "folder's weights and config.json do not match")
+  if name == "wte.weight":
+    value = np.pad(value, ((0, c.padded_vocab_size - c.vocab_size), (0, 0)))
+  return value.reshape(target_shape)
+
+
+def load_params(folder: str, model_config: GPTConfig, param_shardings) -> dict:
+  """The folder's weights as jaxgpt parameters, each array created shard by shard on the
+  devices `param_shardings` places it (so a model larger than one device loads)."""
+  weights = _Weights(folder)
+  shardings = flax.traverse_util.flatten_dict(param_shardings)
+  params = {}
+  for name, path, hf_shape in _tensor_table(model_config):
+    if path not in shardings:
+      continue  # a bias-free model has no biases to load
+    sharding = shardings[path]
+    target_shape = _target_shape(path, model_config) or hf_shape
+    value = _to_jaxgpt(name, weights.get(name), hf_shape, target_shape, model_config)
+    params[path] = jax.make_array_from_callback(target_shape, sharding,
+                                                lambda index, v=value: v[index])
+  return flax.traverse_util.unflatten_dict(params)
+
+
+def _target_shape(path, c: GPTConfig):
+  d, h, k = c.n_embd, c.n_head, c.head_size
+  shapes = {("wte",): (c.padded_vocab_size, d), ("c_attn", "kernel"): (d, 3, h, k),
+            ("c_attn", "bias"): (3, h, k), ("attn", "c_proj", "kernel"): (h, k, d)}
+  for suffix, shape in shapes.items():
+    if path[-len(suffix):] == suffix:
+      return shape
+  return None  # every other tensor keeps its Hugging Face shape
+
+
+def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
+  """Writes a Hugging Face GPT-2 folder that `transformers` loads (GPT2LMHeadModel).
+
+  Parameters a bias-free model lacks are written as zeros, which computes the same.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  c = model_config
+  flat = flax.traverse_util.flatten_dict(jax.device_get(params))
+  tensors = {}
+  for name, path, hf_shape in _tensor_table(c):
+    value = flat.get(path)
+    value = np.zeros(hf_shape, np.float32) if value is None else np.asarray(value, np.float32)
+    if name == "wte.weight":
+      value = value[:c.vocab_size]
+    tensors[f"transformer.{name}"] = np.ascontiguousarray(value.reshape(hf_shape))
+  os.makedirs(folder, exist_ok=True)
+  save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+  eos = getattr(tokenizer, "end_of_text_id", None)
+  hf_config = {
+      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+      "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
+      "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
+      "activation_function": "gelu_new", "layer_norm_epsilon": LAYER_NORM_EPSILON,
+      "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+      "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos,
+      "dtype": "float32",
+  }
+  with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+    json.dump(hf_config, f, indent=2)
+  write_hf_tokenizer(tokenizer, folder, c.block_size)

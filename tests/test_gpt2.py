@@ -1,0 +1,211 @@
+"""GPT-2 weights in and out, checked against Hugging Face transformers itself (PyTorch, CPU).
+
+A small randomly initialised GPT2LMHeadModel with a byte-level BPE tokenizer, saved by
+transformers, stands in for OpenAI's checkpoints (nothing is downloaded).
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import LINES, require_transformers, tiny_config
+from test_cli import assert_clean_error, run
+from jaxgpt import export, hf_gpt2, lora, run_loader
+from jaxgpt.errors import UserError
+from jaxgpt.trainer import Trainer
+
+transformers = require_transformers()
+torch = pytest.importorskip("torch")
+
+PROMPT = "ROMEO:"
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+  """transformers' GPT-2 (2 layers, 32 wide, 64 positions) with a BPE trained on LINES."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
+                          special_tokens=["<|endoftext|>"], show_progress=False)
+  tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer)  # pylint: disable=protected-access
+  end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  config = transformers.GPT2Config(
+      vocab_size=bpe.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+      bos_token_id=end, eos_token_id=end, initializer_range=0.3)
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(config)
+  folder = str(tmp_path_factory.mktemp("gpt2"))
+  model.save_pretrained(folder)
+  tokenizer.save_pretrained(folder)
+  return folder
+
+
+def _hf_model(folder):
+  return transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+def _hf_logits(folder, tokens_BxT):
+  with torch.no_grad():
+    return _hf_model(folder)(torch.tensor(np.asarray(tokens_BxT))).logits.numpy()
+
+
+def _jax_logits(model, params, tokens_BxT):
+  logits = model.apply({"params": params}, np.asarray(tokens_BxT, np.int32))
+  return np.asarray(logits)[..., :model.config.vocab_size]
+
+
+def _hf_greedy(folder, prompt, max_new_tokens):
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+  ids = tokenizer(prompt, return_tensors="pt").input_ids
+  with torch.no_grad():
+    out = _hf_model(folder).generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+  new = out[0, ids.shape[1]:].tolist()
+  if tokenizer.eos_token_id in new:  # the text ends there, as jaxgpt's does
+    new = new[:new.index(tokenizer.eos_token_id)]
+  return prompt + tokenizer.decode(new)
+
+
+def _jax_greedy(loaded, prompt, max_new_tokens):
+  from jaxgpt import generate  # pylint: disable=g-import-not-at-top
+  with loaded.context():
+    pieces = generate.generate_text(loaded.model, loaded.params, loaded.tokenizer, prompt,
+                                    max_new_tokens, generate.Sampling(temperature=0))
+    return prompt + "".join(p[0] for p in pieces)
+
+
+def _tokens(vocab, seed=0):
+  return np.random.default_rng(seed).integers(0, vocab, size=(2, 40))
+
+
+def test_loaded_weights_give_transformers_logits(hf_folder):
+  loaded = run_loader.load_pretrained(hf_folder)
+  c = loaded.model.config
+  assert (c.n_layer, c.n_embd, c.block_size, c.bias) == (2, 32, 64, True)
+  assert c.padded_vocab_size > c.vocab_size  # padded rows are loaded as zeros and masked
+  tokens = _tokens(c.vocab_size)
+  np.testing.assert_allclose(_jax_logits(loaded.model, loaded.params, tokens),
+                             _hf_logits(hf_folder, tokens), atol=1e-4, rtol=0)
+
+
+def test_sample_init_from_prints_transformers_greedy_text(hf_folder):
+  result = run("sample", f"--init_from={hf_folder}", f"--prompt={PROMPT}", "--temperature=0",
+               "--max_new_tokens=24")
+  text = result.stdout.split("\n---------------")[0]
+  assert text == _hf_greedy(hf_folder, PROMPT, 24)
+
+
+def test_finetune_then_export_gives_the_same_model_in_transformers(hf_folder, text_file,
+                                                                     tmp_path):
+  workdir, out = tmp_path / "run", tmp_path / "hf"
+  run("train", "--config.init_from=" + hf_folder, "--config.data.source=text",
+      f"--config.data.path={text_file}", "--config.data.pipeline=numpy",
+      "--config.train.max_steps=12", "--config.train.batch_size=8",
+      "--config.train.learning_rate=1e-3", "--config.train.warmup_steps=2",
+      "--config.train.eval_every=6", "--config.train.eval_steps=2",
+      "--config.train.sample_tokens=0", f"--workdir={workdir}")
+  run("export", f"--workdir={workdir}", f"--out={out}")
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json",
+                                     "tokenizer_config.json"]
+  loaded = run_loader.load_run(str(workdir))
+  pretrained = run_loader.load_pretrained(hf_folder)
+  assert not np.allclose(loaded.params["wte"], pretrained.params["wte"])  # it did train
+  tokens = _tokens(loaded.model.config.vocab_size, seed=1)
+  np.testing.assert_allclose(_hf_logits(str(out), tokens),
+                             _jax_logits(loaded.model, loaded.params, tokens), atol=1e-4, rtol=0)
+  assert _hf_greedy(str(out), PROMPT, 24) == _jax_greedy(loaded, PROMPT, 24)
+
+
+def _lora_config(hf_folder, text_file):
+  config = tiny_config()
+  config.init_from = hf_folder
+  config.data.update(source="text", path=text_file)
+  config.lora.update(rank=4, alpha=8.0, targets="c_attn,c_proj,c_fc")
+  config.train.update(learning_rate=1e-2, max_steps=6, eval_every=6, checkpoint_every=6)
+  return config
+
+
+def test_lora_trains_only_adapters_and_exports_merged(hf_folder, text_file, tmp_path):
+  workdir = str(tmp_path / "lora")
+  trainer = Trainer(_lora_config(hf_folder, text_file), workdir, devices=jax.devices()[:2])
+  trainer.run()
+  pretrained = run_loader.load_pretrained(hf_folder).params
+  trained, frozen = lora.partition(jax.device_get(trainer.state.params), lora_rank=4)
+  for path, base in jax.tree_util.tree_flatten_with_path(pretrained)[0]:
+    after = frozen
+    for key in path:
+      after = after[key.key]
+    if path[0].key in ("wpe", "wte"):
+      base = base[:after.shape[0]]  # block cut to 16 positions; vocabulary padded less
+    assert np.array_equal(np.asarray(base), after), jax.tree_util.keystr(path)
+  assert all(np.any(b != 0) for b in jax.tree.leaves(trained) if b.shape[0] == 4)
+  # The optimizer keeps moments for the adapters only.
+  num_adapters = len(jax.tree.leaves(trained))
+  assert len(jax.tree.leaves(trainer.state.opt_state)) <= 2 * num_adapters + 2
+
+  out = str(tmp_path / "merged")
+  loaded = run_loader.load_run(workdir)
+  export.export_run(loaded, out)
+  tokens = _tokens(loaded.model.config.vocab_size, seed=2)[:, :16]
+  np.testing.assert_allclose(_hf_logits(out, tokens),
+                             _jax_logits(loaded.model, loaded.params, tokens), atol=1e-4, rtol=0)
+
+
+def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
+  config = tiny_config()
+  config.data.update(source="text", path=text_file)
+  config.train.max_steps = 5
+  workdir, out = str(tmp_path / "char"), str(tmp_path / "hf")
+  Trainer(config, workdir, devices=jax.devices()[:1]).run()
+  loaded = run_loader.load_run(workdir)
+  export.export_run(loaded, out)
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  text = "JULIET:\nO Romeo, Romeo!\n"
+  ids = loaded.tokenizer.encode(text)
+  assert hf_tokenizer(text)["input_ids"] == ids.tolist()
+  assert hf_tokenizer.decode(ids) == text
+  tokens = ids[None, :16]
+  np.testing.assert_allclose(_hf_logits(out, tokens),
+                             _jax_logits(loaded.model, loaded.params, tokens), atol=1e-4, rtol=0)
+
+
+def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
+  assert_clean_error(run("sample", f"--init_from={tmp_path / 'nothing'}", check=False),
+                     "Hugging Face GPT-2 folder")
+  other = tmp_path / "llama"
+  other.mkdir()
+  (other / "config.json").write_text('{"model_type": "llama"}')
+  with pytest.raises(UserError, match="only GPT-2"):
+    hf_gpt2.read_config(str(other))
+  small = tmp_path / "small"
+  shutil.copytree(hf_folder, small)
+  config = json.loads((small / "config.json").read_text())
+  (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+  with pytest.raises(UserError, match="tokens but the model only 100"):
+    hf_gpt2.load_tokenizer(str(small))
+
+
+def test_export_never_overwrites(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep.txt").write_text("mine")
+  result = run("export", f"--workdir={tmp_path}", f"--out={out}", check=False)
+  assert_clean_error(result, "already has files")
+  assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_finetune_shakespeare_config_runs_on_the_plays(hf_folder, tmp_path):
+  from configs import finetune_shakespeare  # pylint: disable=g-import-not-at-top
+  config = finetune_shakespeare.get_config()
+  config.init_from = hf_folder  # GPT-2 124M itself needs a download and a GPU
+  config.data.pipeline = "numpy"
+  config.train.update(max_steps=2, eval_every=2, eval_steps=2, sample_tokens=0)
+  trainer = Trainer(config, str(tmp_path / "ft"), devices=jax.devices()[:2])
+  last = trainer.run()
+  assert last["step"] == 2 and np.isfinite(last["val_loss"])
+  assert trainer.model.config.block_size == 64  # cut to the model's context
+  assert os.listdir(tmp_path / "ft" / "best")

@@ -1,0 +1,78 @@
+"""LoRA: adapters start as a no-op, merge exactly, and are all that a step changes."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgpt import lora, optim, sharding, state as state_lib
+from jaxgpt.model import GPT, model_config
+
+from conftest import tiny_config
+from test_steps import _run
+
+TARGETS = "c_attn,c_proj,c_fc"
+
+
+def _lora_config(rank=4):
+  config = tiny_config()
+  config.lora.update(rank=rank, alpha=8.0, targets=TARGETS)
+  return config
+
+
+def _params(config, seed=0):
+  model = GPT(model_config(config, 30))
+  tokens = jnp.zeros((1, config.model.block_size), jnp.int32)
+  return model, nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), tokens)["params"])
+
+
+def _tokens(config):
+  return np.random.default_rng(0).integers(0, 30, (2, config.model.block_size))
+
+
+def test_adapters_sit_on_the_named_layers_and_start_as_a_no_op():
+  config = _lora_config()
+  model, params = _params(config)
+  base_model, base_params = _params(tiny_config())
+  adapters, frozen = lora.partition(params, lora_rank=4)
+  # Every attention and MLP projection of both layers has an (A, B) pair.
+  assert len(jax.tree.leaves(adapters)) == 2 * 2 * 4
+  chex.assert_trees_all_equal_shapes(frozen, base_params)
+  tokens = _tokens(config)
+  chex.assert_trees_all_close(model.apply({"params": params}, tokens),
+                              base_model.apply({"params": frozen}, tokens), atol=1e-6)
+
+
+def test_merge_gives_the_adapted_model_without_adapters():
+  config = _lora_config()
+  model, params = _params(config)
+  # Non-zero B, so the adapters change the output.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if path[-1].key == "lora_b" else x, params)
+  base_model, _ = _params(tiny_config())
+  merged = lora.merge(params, lora_rank=4, lora_alpha=8.0)
+  tokens = _tokens(config)
+  adapted = model.apply({"params": params}, tokens)
+  chex.assert_trees_all_close(base_model.apply({"params": merged}, tokens), adapted, atol=1e-5)
+  _, frozen = lora.partition(params, 4)
+  assert not np.allclose(adapted, base_model.apply({"params": frozen}, tokens), atol=1e-3)
+
+
+def test_a_step_changes_only_the_adapters_and_keeps_no_state_for_the_rest():
+  config = _lora_config()
+  config.train.learning_rate = 1e-2
+  model = GPT(model_config(config, 30))
+  optimizer = optim.make_optimizer(config.train)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  before = jax.device_get(state_lib.init_state(model, optimizer, mesh, config.seed))
+  losses, after = _run(config, 5)
+  after = jax.device_get(after)
+  assert losses[-1] < losses[0]
+  adapters_before, frozen_before = lora.partition(before.params, 4)
+  adapters_after, frozen_after = lora.partition(after.params, 4)
+  chex.assert_trees_all_equal(frozen_after, frozen_before)  # bit for bit
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(adapters_after),
+                                                       jax.tree.leaves(adapters_before)))
+  moment_shapes = {x.shape for x in jax.tree.leaves(after.opt_state) if x.ndim}
+  assert moment_shapes == {x.shape for x in jax.tree.leaves(adapters_after)}
