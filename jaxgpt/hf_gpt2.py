@@ -40,16 +40,16 @@ def resolve(init_from: str) -> str:
   import huggingface_hub  # pylint: disable=g-import-not-at-top
   repo = HUB_REPOS[init_from]
   try:
+    return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES,
+                                             local_files_only=True)
+  except Exception:  # pylint: disable=broad-except
+    pass  # not cached yet: download it
+  try:
     return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES)
-  except Exception as online_error:  # pylint: disable=broad-except
-    try:
-      return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES,
-                                               local_files_only=True)
-    except Exception:  # pylint: disable=broad-except
-      raise UserError(f"{init_from} is not in the Hugging Face cache and could not be "
-                      f"downloaded from {repo} ({first_line(online_error)}): connect to the "
-                      "internet once, or pass --init_from=FOLDER with a downloaded copy"
-                      ) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{init_from} is not in the Hugging Face cache and could not be downloaded "
+                    f"from {repo} ({first_line(e)}): connect to the internet once, or pass "
+                    "--init_from=FOLDER with a downloaded copy") from None
 
 
 def read_config(folder: str) -> dict:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -209,3 +210,35 @@ def test_finetune_shakespeare_config_runs_on_the_plays(hf_folder, tmp_path):
   assert last["step"] == 2 and np.isfinite(last["val_loss"])
   assert trainer.model.config.block_size == 64  # cut to the model's context
   assert os.listdir(tmp_path / "ft" / "best")
+
+
+def _fake_hub_cache(hf_folder, home):
+  """The Hugging Face cache layout, holding the test model as openai-community/gpt2."""
+  repo = home / "hub" / "models--openai-community--gpt2"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text("0" * 40)
+  shutil.copytree(hf_folder, repo / "snapshots" / ("0" * 40))
+
+
+def test_gpt2_by_name_comes_from_the_hugging_face_cache(hf_folder, tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+  assert_clean_error(run("sample", "--init_from=gpt2", check=False),
+                     "not in the Hugging Face cache")
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+  _fake_hub_cache(hf_folder, tmp_path / "home")
+  result = run("sample", "--init_from=gpt2", f"--prompt={PROMPT}", "--temperature=0",
+               "--max_new_tokens=8")
+  assert result.stdout.split("\n---------------")[0] == _hf_greedy(hf_folder, PROMPT, 8)
+
+
+def test_weights_load_sharded_over_fsdp_and_tensor(hf_folder):
+  from jaxgpt import sharding, state as state_lib  # pylint: disable=g-import-not-at-top
+  loaded = run_loader.load_pretrained(hf_folder)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+  with sharding.rules_context(mesh):
+    params = hf_gpt2.load_params(hf_folder, loaded.model.config,
+                                 state_lib.params_shardings(loaded.model, mesh))
+  kernel = params["h_0"]["mlp"]["c_fc"]["kernel"]
+  assert kernel.addressable_shards[0].data.shape == (16, 64)  # a quarter on each device
+  chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(loaded.params))
