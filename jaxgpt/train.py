@@ -16,14 +16,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
 
 
-def _define_flags():
+def define_config_flag():
+  """--config (a config file, default configs/default.py) with --config.KEY=VALUE overrides."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flag = config_flags.DEFINE_config_file(
+  return config_flags.DEFINE_config_file(
       "config", DEFAULT_CONFIG, "Config file (a get_config() function); keys are overridden "
       "with --config.KEY=VALUE.", lock_config=True)
-  workdir_flag = flags.DEFINE_string(
-      "workdir", None, "Where checkpoints, metrics and the config go; default runs/<config name>.")
-  return config_flag, workdir_flag
 
 
 def _config_name(config_path: str) -> str:
@@ -34,8 +32,10 @@ def main(argv=None):
   runtime.configure_cpu_devices()
   runtime.initialize_distributed()
   runtime.start_backend()
-  config_flag, workdir_flag = _define_flags()
-  _check_config_file(sys.argv if argv is None else argv)
+  config_flag = define_config_flag()
+  workdir_flag = flags.DEFINE_string(
+      "workdir", None, "Where checkpoints, metrics and the config go; default runs/<config name>.")
+  check_config_file(sys.argv if argv is None else argv)
   cli.parse_flags(argv, __doc__)
   config = config_flag.value
   runtime.check_backend(config.backend)
@@ -59,7 +59,7 @@ def main(argv=None):
       print(f"---- more with: python -m jaxgpt.sample --workdir={workdir}")
 
 
-def _check_config_file(argv) -> None:
+def check_config_file(argv) -> None:
   """A missing --config file is a clear error, not a flag-parser traceback."""
   for arg in argv[1:]:
     if arg.startswith("--config="):

@@ -101,17 +101,21 @@ class Trainer:
       save_config(self.config, self.workdir)
     return state
 
+  def context(self):
+    """The mesh and logical-axis rules under which the model and steps run."""
+    return sharding.rules_context(self.mesh)
+
   def log(self, message: str) -> None:
     if self.is_main:
       print(message, flush=True)
 
-  def _global_micro_batches(self, x_BxT, y_BxT):
+  def global_micro_batches(self, x_BxT, y_BxT):
     """(B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
     a = self.config.train.grad_accum_steps
     return tuple(sharding.global_batch(z.reshape(a, -1, z.shape[-1]), self.mesh, leading_dims=1)
                  for z in (x_BxT, y_BxT))
 
-  def _eval_set(self):
+  def eval_set(self):
     t = self.config.train
     batches = data.eval_batches(self.dataset.val, self.config.seed, jax.process_index(),
                                 t.batch_size // jax.process_count(), self.config.model.block_size,
@@ -123,7 +127,7 @@ class Trainer:
     """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
     try:
-      with sharding.rules_context(self.mesh), self._stop_on_signals():
+      with self.context(), self._stop_on_signals():
         return self._train(writer)
     finally:
       self.checkpoints.close()  # waits for the last save to be on disk
@@ -144,7 +148,7 @@ class Trainer:
     train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
                                       state_lib.dropout_key(c.seed), self.mesh, self.shardings)
     eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
-    eval_set = self._eval_set()
+    eval_set = self.eval_set()
     stream = data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
                               t.batch_size // jax.process_count(), c.model.block_size,
                               start, t.max_steps, use_tf=_use_tf(c),
@@ -157,7 +161,7 @@ class Trainer:
     started = time.perf_counter()
     throughput.measure(start)
     for step, (x_BxT, y_BxT) in enumerate(stream, start=start + 1):
-      state, step_metrics = train_step(state, *self._global_micro_batches(x_BxT, y_BxT))
+      state, step_metrics = train_step(state, *self.global_micro_batches(x_BxT, y_BxT))
       pending.append((step, step_metrics))
       stop = self._stop_requested(step)
       evaluate = step % t.eval_every == 0 or step == t.max_steps
@@ -231,7 +235,7 @@ class Trainer:
 
   def sample(self, prompt: str = "\n", max_new_tokens: int = 300, seed: int = 0) -> str:
     """A short sample from the trained parameters (printed after training)."""
-    with sharding.rules_context(self.mesh):
+    with self.context():
       pieces = generate.generate_text(self.model, self.state.params, self.tokenizer, prompt,
                                       max_new_tokens, generate.Sampling(temperature=0.8, top_k=200),
                                       seed=seed)

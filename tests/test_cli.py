@@ -91,9 +91,20 @@ def test_default_workdir_is_named_after_the_config(tmp_path):
 
 
 def test_help_exits_zero():
-  for module in ("train", "sample"):
+  for module, flag in (("train", "--workdir"), ("sample", "--init_from"),
+                       ("export", "--out"), ("bench", "--end_to_end")):
     result = run(module, "--help")
-    assert "--workdir" in result.stdout
+    assert flag in result.stdout
+
+
+def test_bench_reports_a_benchmarks_row(text_file):
+  result = run("bench", *TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+               "--steps=3", "--end_to_end", "--config.train.max_steps=4",
+               "--config.train.eval_every=4", "--config.train.sample_tokens=0")
+  row = result.stdout.strip().splitlines()[-1]
+  for words in ("ms/step", "tok/s", "MFLOP/token", "MFU", "eval", "end to end",
+                "for 4 steps, final val loss"):
+    assert words in row, row
 
 
 @pytest.mark.parametrize("args, words", [

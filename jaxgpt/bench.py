@@ -1,0 +1,133 @@
+"""python -m jaxgpt.bench [--config=configs/NAME.py] [--config.KEY=VALUE ...] [--steps=N]
+                        [--end_to_end]
+
+Times a config's real train step (its data pipeline, mesh and precision) and prints one
+Markdown row for BENCHMARKS.md: compile time, median step time over --steps steps after
+warm-up (each step waited for, so the device is synchronised), tokens/s, model FLOPs per
+token, MFU against the device's peak (on CPU, a float32 matmul measured at start), and the
+time of one evaluation over train.eval_steps batches. --end_to_end also runs the whole
+training run (as `python -m jaxgpt.train` would, in a temporary workdir) and reports its
+wall time and final validation loss.
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import flags
+
+from jaxgpt import cli, runtime
+from jaxgpt.errors import run_cli
+
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps, after 5 of warm-up.")
+_END_TO_END = flags.DEFINE_boolean("end_to_end", False, "Also time the whole training run.")
+
+
+def measured_cpu_flops(size: int = 2048) -> float:
+  """FLOP/s of a float32 matmul on the first device (all of the CPU's cores)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(jnp.dot)
+  matmul(a, a).block_until_ready()
+  times = []
+  for _ in range(5):
+    started = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    times.append(time.perf_counter() - started)
+  return 2 * size ** 3 / min(times)
+
+
+def _peak_flops(num_devices: int) -> tuple[float | None, str]:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgpt import metrics  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "cpu":  # simulated CPU devices share the same cores
+    peak = measured_cpu_flops()
+    return peak, f"measured float32 matmul {peak / 1e9:.0f} GFLOP/s"
+  peak = metrics.peak_flops_per_device()
+  return (None, "peak unknown") if peak is None else (peak * num_devices, "bf16 peak")
+
+
+def _time_steps(trainer, num_steps: int):
+  """(compile seconds, median step seconds, final state) over num_steps after warm-up."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgpt import data, steps, state as state_lib  # pylint: disable=g-import-not-at-top
+  c, t = trainer.config, trainer.config.train
+  state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh, c.seed)
+  train_step = steps.jit_train_step(trainer.model, trainer.optimizer, trainer.schedule,
+                                    state_lib.dropout_key(c.seed), trainer.mesh, trainer.shardings)
+  stream = data.BatchStream(trainer.dataset.train, c.seed, jax.process_index(),
+                            t.batch_size // jax.process_count(), c.model.block_size, 0,
+                            num_steps + 6, use_tf=False, process_count=jax.process_count(),
+                            micro_batches=t.grad_accum_steps)
+  times = []
+  for x_BxT, y_BxT in stream:
+    batch = trainer.global_micro_batches(x_BxT, y_BxT)
+    started = time.perf_counter()
+    state, step_metrics = train_step(state, *batch)
+    jax.block_until_ready(step_metrics)
+    times.append(time.perf_counter() - started)
+  return times[0], statistics.median(times[6:]), state
+
+
+def _time_eval(trainer, state) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgpt import steps  # pylint: disable=g-import-not-at-top
+  eval_loss = steps.jit_eval_loss(trainer.model, trainer.mesh, trainer.shardings.params)
+  eval_set = trainer.eval_set()
+  jax.block_until_ready(eval_loss(state.params, *eval_set))
+  started = time.perf_counter()
+  jax.block_until_ready(eval_loss(state.params, *eval_set))
+  return time.perf_counter() - started
+
+
+def _end_to_end(config) -> str:
+  from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as workdir:
+    started = time.perf_counter()
+    last = Trainer(config, workdir).run()
+    seconds = time.perf_counter() - started
+  val = f", final val loss {last['val_loss']:.4f}" if "val_loss" in last else ""
+  return f"end to end {seconds:.1f} s for {last['step']} steps{val}"
+
+
+def main(argv=None):
+  runtime.configure_cpu_devices()
+  runtime.start_backend()
+  from jaxgpt.train import define_config_flag, check_config_file  # pylint: disable=g-import-not-at-top
+  config_flag = define_config_flag()
+  check_config_file(sys.argv if argv is None else argv)
+  cli.parse_flags(argv, __doc__)
+  config = config_flag.value
+  runtime.check_backend(config.backend)
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgpt import metrics  # pylint: disable=g-import-not-at-top
+  from jaxgpt.model import count_params  # pylint: disable=g-import-not-at-top
+  from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = Trainer(config, workdir)
+    with trainer.context():
+      compile_s, step_s, state = _time_steps(trainer, _STEPS.value)
+      eval_s = _time_eval(trainer, state)
+  tokens = config.train.batch_size * config.model.block_size
+  flops = metrics.flops_per_token(trainer.model.config, count_params(state.params))
+  peak, peak_note = _peak_flops(jax.device_count())
+  mfu = f"{100 * tokens / step_s * flops / peak:.1f}%" if peak else "n/a"
+  device = jax.devices()[0]
+  row = (f"| {datetime.date.today()} | {device.device_kind} x{jax.device_count()} "
+         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores) | "
+         f"jax {jax.__version__} | `python -m jaxgpt.bench {' '.join((argv or sys.argv)[1:])}` | "
+         f"compile {compile_s:.1f} s, {1000 * step_s:.1f} ms/step, {tokens / step_s:,.0f} tok/s, "
+         f"{flops / 1e6:.1f} MFLOP/token, MFU {mfu} ({peak_note}), eval "
+         f"{1000 * eval_s:.0f} ms for {config.train.eval_steps} batches")
+  if _END_TO_END.value:
+    row += "; " + _end_to_end(config)
+  print(row + " |", flush=True)
+
+
+if __name__ == "__main__":
+  run_cli(main)
