@@ -117,8 +117,8 @@ def test_stop_text_ends_each_sample_before_it_and_ends_generation(model_params):
 def test_no_new_trace_within_a_bucket(model_params, monkeypatch):
   model, params = model_params
   fns = [chex.assert_max_traces(f, n=1)
-         for f in (generate._prefill, generate._refill, generate._decode)]
-  for name, fn in zip(("prefill", "refill", "decode"), generate.compile_fns(*fns)):
+         for f in (generate._prefill, generate._decode)]
+  for name, fn in zip(("prefill", "decode"), generate.compile_fns(*fns)):
     monkeypatch.setattr(generate, name, fn)
   for prompt in ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [1, 2, 3, 4, 5]):  # bucket 8
     for sampling in (dict(temperature=0), dict(temperature=0.7, top_k=3, top_p=0.9)):
