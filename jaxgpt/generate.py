@@ -11,14 +11,17 @@ The compiled loop refills the cache itself, so a chunk of tokens may span severa
 the host finds stop text between chunks and stops once every sample is done.
 """
 
+import contextlib
 import dataclasses
 import functools
 import time
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxgpt.model import GPT
 
@@ -204,6 +207,31 @@ def prompt_bucket(length: int, block_size: int) -> int:
   return min(block_size, 1 << max(0, length - 1).bit_length())
 
 
+def place(params, num_samples: int):
+  """The parameters replicated over the devices that hold them, as many as split the samples
+  evenly, and the mesh of those devices (axis "batch").
+
+  Each device then decodes its own rows with no communication: on CPU, where XLA runs most
+  of a small program on one core, each device keeps another core busy. Parameters spread over several
+  processes stay where they are (mesh None).
+  """
+  leaves = jax.tree.leaves(params)
+  if not all(x.is_fully_addressable for x in leaves):
+    return params, None
+  devices = sorted(set().union(*(x.sharding.device_set for x in leaves)), key=lambda d: d.id)
+  n = max(d for d in range(1, len(devices) + 1) if num_samples % d == 0)
+  mesh = jax.sharding.Mesh(np.array(devices[:n]), ("batch",))
+  return jax.device_put(params, NamedSharding(mesh, PartitionSpec())), mesh
+
+
+@contextlib.contextmanager
+def _placed(mesh):
+  """Around each compiled call (not across the generator's yields): the model's sharding
+  constraints name the caller's mesh, so they are off, and the placed mesh is the context."""
+  with nn.logical_axis_rules(()), jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+    yield
+
+
 _compile_seconds = [0.0]  # tracing, lowering and compiling, in this process so far
 
 
@@ -243,14 +271,19 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
+  params, mesh = place(params, num_samples)
+  if mesh is not None:
+    padded = jax.device_put(padded, NamedSharding(mesh, PartitionSpec("batch")))
+  sampling = sampling.as_arrays()
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can
   # deadlock XLA's collectives (NOTES.md).
-  state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
-  sampling = sampling.as_arrays()
+  with _placed(mesh):
+    state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
   remaining = max_new_tokens
   while remaining > 0:
     n = min(chunk, remaining)
-    state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
+    with _placed(mesh):
+      state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
     new_BxN = np.asarray(tokens_BxC)[:, :n]
     remaining -= n
     timing.tokens += new_BxN.size
