@@ -91,8 +91,8 @@ def step_bits(keys_B, first_step, num_steps: int):
 def gumbel_noise(bits_B, vocab: int):
   """Gumbel noise (B, V) spread from one random word per row by murmur3's integer finaliser.
 
-  A few integer operations that fuse into the sampling step, where drawing V numbers per
-  step from jax.random would cost a PRNG call (a loop of kernels on CPU) per chunk and memory.
+  A few integer operations that fuse into the sampling step; drawing all (B, steps, V)
+  numbers from jax.random instead runs threefry as a loop of many kernels on CPU.
   """
   h_BxV = bits_B[:, None] ^ (jnp.arange(vocab, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9))
   for shift, multiplier in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
@@ -212,8 +212,8 @@ def place(params, num_samples: int):
   evenly, and the mesh of those devices (axis "batch").
 
   Each device then decodes its own rows with no communication: on CPU, where XLA runs most
-  of a small program on one core, each device keeps another core busy. Parameters spread over several
-  processes stay where they are (mesh None).
+  of a small program on one core, each device keeps another core busy. Parameters spread over
+  several processes stay where they are (mesh None).
   """
   leaves = jax.tree.leaves(params)
   if not all(x.is_fully_addressable for x in leaves):
