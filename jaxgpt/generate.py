@@ -7,18 +7,21 @@ exactly what recomputing the whole context each step would give.
 
 Each (batch size, prompt bucket) compiles once: prompts are right-padded to a power of two,
 the cache length and the number of steps are traced data, and so are the sampling settings.
-The host knows when the cache fills and calls the refill between chunks, so the compiled loop
-has no branch for it; it finds stop text between chunks and stops once every sample is done.
+The compiled loop refills the cache itself, so a chunk of tokens may span several refills;
+the host finds stop text between chunks and stops once every sample is done.
 """
 
+import contextlib
 import dataclasses
 import functools
 import time
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxgpt.model import GPT
 
@@ -76,17 +79,32 @@ def _top_k_top_p(logits_BxV, top_k, top_p):
   return jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
 
 
-def gumbel_noise(keys_B, first_step, num_steps: int, vocab: int):
-  """Noise (B, num_steps, V) for steps first_step..: step n of row b uses key (b, n) only,
+def step_bits(keys_B, first_step, num_steps: int):
+  """One random word (B, num_steps) per row and step: step n of row b uses key (b, n) only,
   so a sample does not depend on how the steps are chunked or on the other rows."""
   steps_N = first_step + jnp.arange(num_steps)
   def row(key):
-    return jax.vmap(lambda n: jax.random.gumbel(jax.random.fold_in(key, n), (vocab,)))(steps_N)
+    return jax.vmap(lambda n: jax.random.bits(jax.random.fold_in(key, n)))(steps_N)
   return jax.vmap(row)(keys_B)
 
 
-def sample_token(logits_BxV, sampling: Sampling, noise_BxV):
+def gumbel_noise(bits_B, vocab: int):
+  """Gumbel noise (B, V) spread from one random word per row by murmur3's integer finaliser.
+
+  A few integer operations that fuse into the sampling step; drawing all (B, steps, V)
+  numbers from jax.random instead runs threefry as a loop of many kernels on CPU.
+  """
+  h_BxV = bits_B[:, None] ^ (jnp.arange(vocab, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9))
+  for shift, multiplier in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+    h_BxV = (h_BxV ^ (h_BxV >> shift)) * jnp.uint32(multiplier)
+  h_BxV = h_BxV ^ (h_BxV >> 16)
+  uniform_BxV = ((h_BxV >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+  return -jnp.log(-jnp.log(uniform_BxV))
+
+
+def sample_token(logits_BxV, sampling: Sampling, bits_B):
   """Greedy at temperature 0; otherwise a draw from the filtered distribution (Gumbel-max)."""
+  noise_BxV = gumbel_noise(bits_B, logits_BxV.shape[-1])
   sampled_B = jnp.argmax(filter_logits(logits_BxV, sampling) + noise_BxV, axis=-1)
   greedy_B = jnp.argmax(logits_BxV, axis=-1)
   return jnp.where(sampling.temperature == 0, greedy_B, sampled_B).astype(jnp.int32)
@@ -144,41 +162,74 @@ def _refill(model: GPT, params, state: DecodeState) -> DecodeState:
 
 def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps,
             max_steps: int):
-  """Samples `num_steps` (traced, at most `max_steps`, at most the free cache positions)
-  tokens per sequence; returns the new state and tokens (B, max_steps), valid up to num_steps."""
-
-  b, v = state.logits_BxV.shape
-  noise_BxNxV = jax.lax.cond(
-      sampling.temperature == 0, lambda: jnp.zeros((b, max_steps, v)),
-      lambda: gumbel_noise(state.keys_B, state.num_generated, max_steps, v))
+  """Samples `num_steps` (traced, at most `max_steps`) tokens per sequence, refilling the
+  cache whenever it is full; returns the new state and tokens (B, max_steps), valid up to
+  num_steps."""
+  s = model.config.block_size
+  bits_BxN = step_bits(state.keys_B, state.num_generated, max_steps)
 
   def step(i, carry):
     st, tokens_BxN = carry
-    token_B = sample_token(st.logits_BxV, sampling, noise_BxNxV[:, i])
+    token_B = sample_token(st.logits_BxV, sampling, bits_BxN[:, i])
     logits_Bx1xV, cache = _run(model, params, st.cache, token_B[:, None], st.length)
     context_BxS = jax.lax.dynamic_update_slice(st.context_BxS, token_B[:, None], (0, st.length))
     st = st.replace(cache=cache, context_BxS=context_BxS, length=st.length + 1,
                     logits_BxV=logits_Bx1xV[:, 0], num_generated=st.num_generated + 1)
     return st, jax.lax.dynamic_update_slice(tokens_BxN, token_B[:, None], (0, i))
 
-  tokens_BxN = jnp.zeros((b, max_steps), jnp.int32)
-  return jax.lax.fori_loop(0, num_steps, step, (state, tokens_BxN))
+  def segment(carry):
+    """Refills a full cache, then decodes until it is full again or the steps are done;
+    the refill's branch is taken once per segment rather than tested every step."""
+    st, tokens_BxN, done = carry
+    st = jax.lax.cond(st.length == s, functools.partial(_refill, model, params), lambda x: x, st)
+    end = jnp.minimum(num_steps, done + s - st.length)
+    st, tokens_BxN = jax.lax.fori_loop(done, end, step, (st, tokens_BxN))
+    return st, tokens_BxN, end
+
+  tokens_BxN = jnp.zeros((state.logits_BxV.shape[0], max_steps), jnp.int32)
+  state, tokens_BxN, _ = jax.lax.while_loop(lambda carry: carry[2] < num_steps, segment,
+                                            (state, tokens_BxN, jnp.array(0, jnp.int32)))
+  return state, tokens_BxN
 
 
-def compile_fns(prefill_fn, refill_fn, decode_fn):
-  """Jitted prefill, refill and decode (tests wrap the plain functions to count traces)."""
+def compile_fns(prefill_fn, decode_fn):
+  """Jitted prefill and decode (tests wrap the plain functions to count traces)."""
   jit = functools.partial(jax.jit, compiler_options=_COMPILER_OPTIONS)
   return (jit(prefill_fn, static_argnames=("model",)),
-          jit(refill_fn, static_argnames=("model",), donate_argnames=("state",)),
           jit(decode_fn, static_argnames=("model", "max_steps"), donate_argnames=("state",)))
 
 
-prefill, refill, decode = compile_fns(_prefill, _refill, _decode)
+prefill, decode = compile_fns(_prefill, _decode)
 
 
 def prompt_bucket(length: int, block_size: int) -> int:
   """Prompts are padded to a power of two (at most block_size), so few shapes compile."""
   return min(block_size, 1 << max(0, length - 1).bit_length())
+
+
+def place(params, num_samples: int):
+  """The parameters replicated over the devices that hold them, as many as split the samples
+  evenly, and the mesh of those devices (axis "batch").
+
+  Each device then decodes its own rows with no communication: on CPU, where XLA runs most
+  of a small program on one core, each device keeps another core busy. Parameters spread over
+  several processes stay where they are (mesh None).
+  """
+  leaves = jax.tree.leaves(params)
+  if not all(x.is_fully_addressable for x in leaves):
+    return params, None
+  devices = sorted(set().union(*(x.sharding.device_set for x in leaves)), key=lambda d: d.id)
+  n = max(d for d in range(1, len(devices) + 1) if num_samples % d == 0)
+  mesh = jax.sharding.Mesh(np.array(devices[:n]), ("batch",))
+  return jax.device_put(params, NamedSharding(mesh, PartitionSpec())), mesh
+
+
+@contextlib.contextmanager
+def _placed(mesh):
+  """Around each compiled call (not across the generator's yields): the model's sharding
+  constraints name the caller's mesh, so they are off, and the placed mesh is the context."""
+  with nn.logical_axis_rules(()), jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+    yield
 
 
 _compile_seconds = [0.0]  # tracing, lowering and compiling, in this process so far
@@ -210,8 +261,7 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
              chunk: int = 128, timing: Timing | None = None):
   """Yields arrays (num_samples, n) of new tokens, chunk by chunk, for one prompt.
 
-  A chunk ends after `chunk` tokens or when the cache is full; stopping the iteration stops
-  generating. The host knows when the cache fills, so the compiled loop has no branch for it.
+  A chunk ends after `chunk` tokens; stopping the iteration stops generating.
   """
   s = model.config.block_size
   prompt = np.asarray(prompt_ids, np.int32)[-s:]
@@ -221,19 +271,21 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
+  params, mesh = place(params, num_samples)
+  if mesh is not None:
+    padded = jax.device_put(padded, NamedSharding(mesh, PartitionSpec("batch")))
+  sampling = sampling.as_arrays()
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can
   # deadlock XLA's collectives (NOTES.md).
-  state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
-  sampling = sampling.as_arrays()
-  chunk = min(chunk, refill_length(s))  # after a refill, at most this many tokens fit
-  length, remaining = len(prompt), max_new_tokens
+  with _placed(mesh):
+    state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
+  remaining = max_new_tokens
   while remaining > 0:
-    if length == s:
-      state, length = jax.block_until_ready(refill(model, params, state)), refill_length(s)
-    n = min(chunk, s - length, remaining)
-    state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
+    n = min(chunk, remaining)
+    with _placed(mesh):
+      state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
     new_BxN = np.asarray(tokens_BxC)[:, :n]
-    length, remaining = length + n, remaining - n
+    remaining -= n
     timing.tokens += new_BxN.size
     timing.compile_s = _compile_seconds[0] - compiled_before
     timing.generate_s = time.perf_counter() - started - timing.compile_s

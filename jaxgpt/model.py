@@ -158,38 +158,41 @@ class CausalSelfAttention(nn.Module):
     y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
     return y_BxHxTxK.transpose(0, 2, 1, 3)
 
-  def _weighted_values(self, q_BxHxTxK, k_BxHxKxS, v_BxHxSxK, mask_TxS):
-    """Attention over the cache as two plain batched matmuls, neither needing a transpose."""
+  def _weighted_values(self, q_NxTxK, k_NxKxS, v_NxSxK, mask_TxS):
+    """Attention over the cache as two plain batched matmuls, neither needing a transpose;
+    N is batch x heads."""
     scale = 1.0 / math.sqrt(self.config.head_size)
-    att_BxHxTxS = jnp.einsum("bhtk,bhks->bhts", q_BxHxTxK, k_BxHxKxS,
-                             preferred_element_type=jnp.float32) * scale
-    att_BxHxTxS = jnp.where(mask_TxS, att_BxHxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS, axis=-1)
-    return jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+    att_NxTxS = jnp.einsum("ntk,nks->nts", q_NxTxK, k_NxKxS,
+                           preferred_element_type=jnp.float32) * scale
+    att_NxTxS = jnp.where(mask_TxS, att_NxTxS, jnp.finfo(jnp.float32).min)
+    probs_NxTxS = jax.nn.softmax(att_NxTxS, axis=-1)
+    return jnp.einsum("nts,nsk->ntk", probs_NxTxS.astype(v_NxSxK.dtype), v_NxSxK)
 
   def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
     """Appends this call's keys and values to the cache and attends over all of it.
 
-    Keys are cached as (B, H, K, S) and values as (B, H, S, K), the layouts the two
-    matmuls read.
+    Keys are cached as (B*H, K, S) and values as (B*H, S, K), the layouts the two matmuls
+    read; one batch axis of batch x heads keeps a batch of one from giving the matmuls
+    operands of another shape than the cache's, which would copy the cache every step.
     """
     c = self.config
     b, t = q_BxTxHxK.shape[:2]
-    keys_shape = (b, c.n_head, c.head_size, c.block_size)
-    values_shape = (b, c.n_head, c.block_size, c.head_size)
-    cached_k = self.variable("cache", "k", jnp.zeros, keys_shape, k_BxTxHxK.dtype)
-    cached_v = self.variable("cache", "v", jnp.zeros, values_shape, v_BxTxHxK.dtype)
+    n = b * c.n_head
+    cached_k = self.variable("cache", "k", jnp.zeros, (n, c.head_size, c.block_size),
+                             k_BxTxHxK.dtype)
+    cached_v = self.variable("cache", "v", jnp.zeros, (n, c.block_size, c.head_size),
+                             v_BxTxHxK.dtype)
     index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     start = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(
-        cached_k.value, k_BxTxHxK.transpose(0, 2, 3, 1), (0, 0, 0, start))
-    cached_v.value = jax.lax.dynamic_update_slice(
-        cached_v.value, v_BxTxHxK.transpose(0, 2, 1, 3), (0, 0, start, 0))
+    k_NxKxT = k_BxTxHxK.transpose(0, 2, 3, 1).reshape(n, c.head_size, t)
+    v_NxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxKxT, (0, 0, start))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_NxTxK, (0, start, 0))
     index.value = start + t
     mask_TxS = jnp.arange(c.block_size)[None, :] <= (start + jnp.arange(t))[:, None]
-    y_BxHxTxK = self._weighted_values(q_BxTxHxK.transpose(0, 2, 1, 3), cached_k.value,
-                                      cached_v.value, mask_TxS)
-    return y_BxHxTxK.transpose(0, 2, 1, 3)
+    q_NxTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
+    y_NxTxK = self._weighted_values(q_NxTxK, cached_k.value, cached_v.value, mask_TxS)
+    return y_NxTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
 
 
 class MLP(nn.Module):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt import generate
 from jaxgpt.data import CharTokenizer
@@ -83,6 +84,17 @@ def test_batched_output_equals_one_at_a_time(model_params):
   assert sampled.max() < REAL_VOCAB  # padded ids are never sampled
 
 
+def test_samples_split_over_devices_equal_samples_on_one(model_params):
+  model, params = model_params
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  on_two = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  assert generate.place(on_two, 4)[1].size == 2  # two rows on each device
+  assert generate.place(on_two, 3)[1].size == 1
+  for sampling in (dict(temperature=0.0), dict(seed=3, temperature=2.0)):
+    assert np.array_equal(_generate(model, on_two, [2, 3], 50, num_samples=4, **sampling),
+                          _generate(model, params, [2, 3], 50, num_samples=4, **sampling))
+
+
 def _kept(logits, **sampling):
   filtered = np.asarray(generate.filter_logits(logits, generate.Sampling(**sampling)))
   return (filtered > np.finfo(np.float32).min).tolist()
@@ -117,8 +129,8 @@ def test_stop_text_ends_each_sample_before_it_and_ends_generation(model_params):
 def test_no_new_trace_within_a_bucket(model_params, monkeypatch):
   model, params = model_params
   fns = [chex.assert_max_traces(f, n=1)
-         for f in (generate._prefill, generate._refill, generate._decode)]
-  for name, fn in zip(("prefill", "refill", "decode"), generate.compile_fns(*fns)):
+         for f in (generate._prefill, generate._decode)]
+  for name, fn in zip(("prefill", "decode"), generate.compile_fns(*fns)):
     monkeypatch.setattr(generate, name, fn)
   for prompt in ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [1, 2, 3, 4, 5]):  # bucket 8
     for sampling in (dict(temperature=0), dict(temperature=0.7, top_k=3, top_p=0.9)):
