@@ -212,11 +212,11 @@ def place(params, num_samples: int):
   evenly, and the mesh of those devices (axis "batch").
 
   Each device then decodes its own rows with no communication: on CPU, where XLA runs most
-  of a small program on one core, each device keeps another core busy. Parameters spread over
-  several processes stay where they are (mesh None).
+  of a small program on one core, each device keeps another core busy. Parameters sharded
+  over devices (a model too large for one) or processes stay where they are (mesh None).
   """
   leaves = jax.tree.leaves(params)
-  if not all(x.is_fully_addressable for x in leaves):
+  if not all(x.is_fully_addressable and x.sharding.is_fully_replicated for x in leaves):
     return params, None
   devices = sorted(set().union(*(x.sharding.device_set for x in leaves)), key=lambda d: d.id)
   n = max(d for d in range(1, len(devices) + 1) if num_samples % d == 0)
