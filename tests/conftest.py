@@ -2,9 +2,15 @@
 
 import os
 import sys
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["JAX_NUM_CPU_DEVICES"] = "8"
+# One persistent compilation cache for the whole session, shared with the commands the tests
+# start: many tests compile the same small programs, and reading one back is much faster.
+_CACHE = tempfile.mkdtemp(prefix="jaxgpt-test-xla-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position

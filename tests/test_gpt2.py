@@ -175,8 +175,8 @@ def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
 
 
 def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
-  assert_clean_error(run("sample", f"--init_from={tmp_path / 'nothing'}", check=False),
-                     "Hugging Face GPT-2 folder")
+  with pytest.raises(UserError, match="Hugging Face GPT-2 folder"):
+    hf_gpt2.resolve(str(tmp_path / "nothing"))
   other = tmp_path / "llama"
   other.mkdir()
   (other / "config.json").write_text('{"model_type": "llama"}')
@@ -199,17 +199,28 @@ def test_export_never_overwrites(tmp_path):
   assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_finetune_shakespeare_config_runs_on_the_plays(hf_folder, tmp_path):
+def test_finetune_shakespeare_config_runs(hf_folder, text_file, tmp_path):
   from configs import finetune_shakespeare  # pylint: disable=g-import-not-at-top
   config = finetune_shakespeare.get_config()
   config.init_from = hf_folder  # GPT-2 124M itself needs a download and a GPU
-  config.data.pipeline = "numpy"
+  config.data.update(source="text", path=text_file, pipeline="numpy")
   config.train.update(max_steps=2, eval_every=2, eval_steps=2, sample_tokens=0)
   trainer = Trainer(config, str(tmp_path / "ft"), devices=jax.devices()[:2])
   last = trainer.run()
   assert last["step"] == 2 and np.isfinite(last["val_loss"])
   assert trainer.model.config.block_size == 64  # cut to the model's context
   assert os.listdir(tmp_path / "ft" / "best")
+
+
+def test_gpt2_by_name_neither_cached_nor_downloadable(monkeypatch):
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+
+  def unavailable(*_, **__):
+    raise OSError("offline")
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", unavailable)
+  with pytest.raises(UserError, match="not in the Hugging Face cache.*--init_from=FOLDER"):
+    hf_gpt2.resolve("gpt2-medium")
 
 
 def _fake_hub_cache(hf_folder, home):
@@ -222,9 +233,6 @@ def _fake_hub_cache(hf_folder, home):
 
 def test_gpt2_by_name_comes_from_the_hugging_face_cache(hf_folder, tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
-  assert_clean_error(run("sample", "--init_from=gpt2", check=False),
-                     "not in the Hugging Face cache")
   monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
   _fake_hub_cache(hf_folder, tmp_path / "home")
   result = run("sample", "--init_from=gpt2", f"--prompt={PROMPT}", "--temperature=0",

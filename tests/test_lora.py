@@ -31,7 +31,7 @@ def _tokens(config):
   return np.random.default_rng(0).integers(0, 30, (2, config.model.block_size))
 
 
-def test_adapters_sit_on_the_named_layers_and_start_as_a_no_op():
+def test_adapters_start_as_a_no_op_and_merge_into_the_base_model():
   config = _lora_config()
   model, params = _params(config)
   base_model, base_params = _params(tiny_config())
@@ -40,23 +40,15 @@ def test_adapters_sit_on_the_named_layers_and_start_as_a_no_op():
   assert len(jax.tree.leaves(adapters)) == 2 * 2 * 4
   chex.assert_trees_all_equal_shapes(frozen, base_params)
   tokens = _tokens(config)
-  chex.assert_trees_all_close(model.apply({"params": params}, tokens),
-                              base_model.apply({"params": frozen}, tokens), atol=1e-6)
-
-
-def test_merge_gives_the_adapted_model_without_adapters():
-  config = _lora_config()
-  model, params = _params(config)
-  # Non-zero B, so the adapters change the output.
+  base_logits = base_model.apply({"params": frozen}, tokens)
+  chex.assert_trees_all_close(model.apply({"params": params}, tokens), base_logits, atol=1e-6)
+  # With B non-zero the adapters change the output, and merging them keeps that change.
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.1 if path[-1].key == "lora_b" else x, params)
-  base_model, _ = _params(tiny_config())
-  merged = lora.merge(params, lora_rank=4, lora_alpha=8.0)
-  tokens = _tokens(config)
   adapted = model.apply({"params": params}, tokens)
+  assert not np.allclose(adapted, base_logits, atol=1e-3)
+  merged = lora.merge(params, lora_rank=4, lora_alpha=8.0)
   chex.assert_trees_all_close(base_model.apply({"params": merged}, tokens), adapted, atol=1e-5)
-  _, frozen = lora.partition(params, 4)
-  assert not np.allclose(adapted, base_model.apply({"params": frozen}, tokens), atol=1e-3)
 
 
 def test_a_step_changes_only_the_adapters_and_keeps_no_state_for_the_rest():

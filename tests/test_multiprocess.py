@@ -45,6 +45,7 @@ def _start(text_file, workdir, devices, **env):
   # Every compilation is cached, so that the resumed processes show the cache at work.
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
+  env.pop("JAX_COMPILATION_CACHE_DIR")  # this test checks the run's own cache in its workdir
   return subprocess.Popen(
       [sys.executable, "-m", "jaxgpt.train", *ARGS, "--config.data.source=text",
        f"--config.data.path={text_file}", f"--workdir={workdir}"],
