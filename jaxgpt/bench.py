@@ -53,36 +53,25 @@ def _peak_flops(num_devices: int) -> tuple[float | None, str]:
 
 
 def _time_steps(trainer, num_steps: int):
-  """(compile seconds, median step seconds, final state) over num_steps after warm-up."""
+  """(compile seconds, median step seconds, evaluation seconds, final state) of the run's
+  own compiled steps, over num_steps train steps after warm-up."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxgpt import data, steps, state as state_lib  # pylint: disable=g-import-not-at-top
-  c, t = trainer.config, trainer.config.train
-  state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh, c.seed)
-  train_step = steps.jit_train_step(trainer.model, trainer.optimizer, trainer.schedule,
-                                    state_lib.dropout_key(c.seed), trainer.mesh, trainer.shardings)
-  stream = data.BatchStream(trainer.dataset.train, c.seed, jax.process_index(),
-                            t.batch_size // jax.process_count(), c.model.block_size, 0,
-                            num_steps + 6, use_tf=False, process_count=jax.process_count(),
-                            micro_batches=t.grad_accum_steps)
+  from jaxgpt import state as state_lib  # pylint: disable=g-import-not-at-top
+  state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh,
+                               trainer.config.seed)
+  train_step, eval_loss = trainer.compiled_steps()
   times = []
-  for x_BxT, y_BxT in stream:
+  for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):
     batch = trainer.global_micro_batches(x_BxT, y_BxT)
     started = time.perf_counter()
     state, step_metrics = train_step(state, *batch)
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - started)
-  return times[0], statistics.median(times[6:]), state
-
-
-def _time_eval(trainer, state) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxgpt import steps  # pylint: disable=g-import-not-at-top
-  eval_loss = steps.jit_eval_loss(trainer.model, trainer.mesh, trainer.shardings.params)
   eval_set = trainer.eval_set()
-  jax.block_until_ready(eval_loss(state.params, *eval_set))
+  jax.block_until_ready(eval_loss(state.params, *eval_set))  # compiles
   started = time.perf_counter()
   jax.block_until_ready(eval_loss(state.params, *eval_set))
-  return time.perf_counter() - started
+  return times[0], statistics.median(times[6:]), time.perf_counter() - started, state
 
 
 def _end_to_end(config) -> str:
@@ -111,8 +100,7 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as workdir:
     trainer = Trainer(config, workdir)
     with trainer.context():
-      compile_s, step_s, state = _time_steps(trainer, _STEPS.value)
-      eval_s = _time_eval(trainer, state)
+      compile_s, step_s, eval_s, state = _time_steps(trainer, _STEPS.value)
   tokens = config.train.batch_size * config.model.block_size
   flops = metrics.flops_per_token(trainer.model.config, count_params(state.params))
   peak, peak_note = _peak_flops(jax.device_count())

@@ -109,6 +109,21 @@ class Trainer:
     if self.is_main:
       print(message, flush=True)
 
+  def compiled_steps(self):
+    """The run's jitted train step and evaluation loop."""
+    train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
+                                      state_lib.dropout_key(self.config.seed), self.mesh,
+                                      self.shardings)
+    return train_step, steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+
+  def batch_stream(self, start_step: int, end_step: int):
+    """This process's training batches for the steps after start_step, up to end_step."""
+    c, t = self.config, self.config.train
+    return data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
+                            t.batch_size // jax.process_count(), c.model.block_size,
+                            start_step, end_step, use_tf=_use_tf(c),
+                            process_count=jax.process_count(), micro_batches=t.grad_accum_steps)
+
   def global_micro_batches(self, x_BxT, y_BxT):
     """(B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
     a = self.config.train.grad_accum_steps
@@ -145,14 +160,9 @@ class Trainer:
                                     metrics.flops_per_token(self.model.config, num_params),
                                     jax.device_count())
     start = int(state.step)
-    train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
-                                      state_lib.dropout_key(c.seed), self.mesh, self.shardings)
-    eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+    train_step, eval_loss = self.compiled_steps()
     eval_set = self.eval_set()
-    stream = data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
-                              t.batch_size // jax.process_count(), c.model.block_size,
-                              start, t.max_steps, use_tf=_use_tf(c),
-                              process_count=jax.process_count(), micro_batches=t.grad_accum_steps)
+    stream = self.batch_stream(start, t.max_steps)
     # On CPU with several devices, more than one step in flight can deadlock XLA's
     # collectives (NOTES.md); elsewhere one step may run while the next is dispatched.
     max_pending = 0 if jax.default_backend() == "cpu" else 1
