@@ -74,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def lora_targets(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The layer names in the comma-separated `lora.targets`."""
+  return tuple(t.strip() for t in c.lora.targets.split(",") if t.strip())
+
+
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise UserError(message)
@@ -120,7 +125,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            "--config.lora.rank=0 (off) or a small positive rank such as 8")
   if c.lora.rank:
     _check_positive("lora.alpha", c.lora.alpha)
-    targets = [t.strip() for t in c.lora.targets.split(",") if t.strip()]
+    targets = lora_targets(c)
     _require(bool(targets) and set(targets) <= set(LORA_TARGETS),
              f"lora.targets={c.lora.targets!r} must name some of {', '.join(LORA_TARGETS)}: "
              "pass e.g. --config.lora.targets=c_attn,c_proj")

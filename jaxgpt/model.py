@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt import config as config_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -49,8 +51,7 @@ def model_config(config, vocab_size: int) -> GPTConfig:
       vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
       block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
       dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
-      lora_alpha=config.lora.alpha,
-      lora_targets=tuple(t.strip() for t in config.lora.targets.split(",") if t.strip()))
+      lora_alpha=config.lora.alpha, lora_targets=config_lib.lora_targets(config))
 
 
 def _normal(stddev, names):
