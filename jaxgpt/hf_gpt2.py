@@ -177,31 +177,21 @@ def _to_jaxgpt(name: str, value: np.ndarray, hf_shape, target_shape, c: GPTConfi
   return value.reshape(target_shape)
 
 
-def load_params(folder: str, model_config: GPTConfig, param_shardings) -> dict:
-  """The folder's weights as jaxgpt parameters, each array created shard by shard on the
-  devices `param_shardings` places it (so a model larger than one device loads)."""
+def load_params(folder: str, model_config: GPTConfig, abstract_params) -> dict:
+  """The folder's weights as jaxgpt parameters of the shapes and shardings in
+  `abstract_params` (ShapeDtypeStructs), each array created shard by shard on the devices
+  that hold it (so a model larger than one device loads)."""
   weights = _Weights(folder)
-  shardings = flax.traverse_util.flatten_dict(param_shardings)
+  targets = flax.traverse_util.flatten_dict(abstract_params)
   params = {}
   for name, path, hf_shape in _tensor_table(model_config):
-    if path not in shardings:
+    if path not in targets:
       continue  # a bias-free model has no biases to load
-    sharding = shardings[path]
-    target_shape = _target_shape(path, model_config) or hf_shape
-    value = _to_jaxgpt(name, weights.get(name), hf_shape, target_shape, model_config)
-    params[path] = jax.make_array_from_callback(target_shape, sharding,
+    target = targets[path]
+    value = _to_jaxgpt(name, weights.get(name), hf_shape, target.shape, model_config)
+    params[path] = jax.make_array_from_callback(target.shape, target.sharding,
                                                 lambda index, v=value: v[index])
   return flax.traverse_util.unflatten_dict(params)
-
-
-def _target_shape(path, c: GPTConfig):
-  d, h, k = c.n_embd, c.n_head, c.head_size
-  shapes = {("wte",): (c.padded_vocab_size, d), ("c_attn", "kernel"): (d, 3, h, k),
-            ("c_attn", "bias"): (3, h, k), ("attn", "c_proj", "kernel"): (h, k, d)}
-  for suffix, shape in shapes.items():
-    if path[-len(suffix):] == suffix:
-      return shape
-  return None  # every other tensor keeps its Hugging Face shape
 
 
 def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:

@@ -59,7 +59,8 @@ def load_pretrained(init_from: str) -> LoadedRun:
   model = GPT(model_config(config, tokenizer.vocab_size))
   mesh = _local_mesh()
   with sharding.rules_context(mesh):
-    params = hf_gpt2.load_params(folder, model.config, state_lib.params_shardings(model, mesh))
+    params = hf_gpt2.load_params(folder, model.config,
+                                 state_lib.abstract_params(model, mesh))
   return LoadedRun(config, tokenizer, model, params, mesh, step=0)
 
 

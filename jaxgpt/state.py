@@ -34,9 +34,9 @@ def state_shardings(model, optimizer, mesh):
   return sharding.logical_shardings(mesh, nn.get_partition_spec(abstract))
 
 
-def params_shardings(model, mesh):
-  """NamedShardings of the model's parameters alone (no optimizer state)."""
-  return state_shardings(model, optax.identity(), mesh).params
+def abstract_params(model, mesh):
+  """ShapeDtypeStructs with shardings of the model's parameters alone (no optimizer state)."""
+  return abstract_state(model, optax.identity(), mesh).params
 
 
 def abstract_state(model, optimizer, mesh):

@@ -84,7 +84,8 @@ class Trainer:
     step = self.checkpoints.latest_step()
     if step is None and self.pretrained:
       self.log(f"initialising from {self.config.init_from} ({self.pretrained})")
-      params = hf_gpt2.load_params(self.pretrained, self.model.config, self.shardings.params)
+      params = hf_gpt2.load_params(self.pretrained, self.model.config,
+                                   state_lib.abstract_params(self.model, self.mesh))
       state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed, params)
     elif step is None:
       state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)

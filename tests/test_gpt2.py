@@ -246,7 +246,7 @@ def test_weights_load_sharded_over_fsdp_and_tensor(hf_folder):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
   with sharding.rules_context(mesh):
     params = hf_gpt2.load_params(hf_folder, loaded.model.config,
-                                 state_lib.params_shardings(loaded.model, mesh))
+                                 state_lib.abstract_params(loaded.model, mesh))
   kernel = params["h_0"]["mlp"]["c_fc"]["kernel"]
   assert kernel.addressable_shards[0].data.shape == (16, 64)  # a quarter on each device
   chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(loaded.params))
