@@ -11,6 +11,7 @@ V vocabulary, S cached length.
 """
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -80,8 +81,42 @@ class LayerNorm(nn.Module):
 
 def _contract(x, kernel, num_in: int, dtype):
   """x . kernel over the last `num_in` axes of x and the first `num_in` of kernel."""
-  in_axes = tuple(range(x.ndim - num_in, x.ndim))
-  return jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=(in_axes, tuple(range(num_in))))
+  return _tensordot(x.astype(dtype), kernel.astype(dtype), num_in)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tensordot(x, kernel, num_in: int):
+  return jnp.tensordot(x, kernel, axes=(_last(x.ndim, num_in), _first(num_in)))
+
+
+def _first(n: int) -> tuple:
+  return tuple(range(n))
+
+
+def _last(ndim: int, n: int) -> tuple:
+  return tuple(range(ndim - n, ndim))
+
+
+def _tensordot_fwd(x, kernel, num_in: int):
+  return _tensordot(x, kernel, num_in), (x, kernel)
+
+
+def _tensordot_bwd(num_in: int, residuals, dy):
+  """The gradients autodiff would give, but the kernel's is taken from x with its token
+  axes moved last and materialised on CPU: XLA's CPU backend sends that product to its
+  fast matmul library only in this layout, and otherwise to one about 2x slower."""
+  x, kernel = residuals
+  num_tokens, num_out = x.ndim - num_in, kernel.ndim - num_in
+  dx = jnp.tensordot(dy, kernel, axes=(_last(dy.ndim, num_out), _last(kernel.ndim, num_out)))
+  tokens_last = _last(x.ndim, num_in) + _first(num_tokens)
+  x_T = jax.lax.platform_dependent(
+      x, cpu=lambda x: jax.lax.optimization_barrier(x.transpose(tokens_last)),
+      default=lambda x: x.transpose(tokens_last))
+  dkernel = jnp.tensordot(x_T, dy, axes=(_last(x.ndim, num_tokens), _first(num_tokens)))
+  return dx, dkernel
+
+
+_tensordot.defvjp(_tensordot_fwd, _tensordot_bwd)
 
 
 class Dense(nn.Module):

@@ -97,3 +97,28 @@ def test_padded_vocabulary_gets_no_probability():
   probs = jax.nn.softmax(logits, axis=-1)
   assert float(probs[..., 65:].max()) == 0.0
   np.testing.assert_allclose(probs[..., :65].sum(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,num_in", [
+    ((12, 8), (8, 3, 2, 4), 1),      # c_attn: (N, D) . (D, 3, H, K)
+    ((12, 2, 4), (2, 4, 8), 2),      # attention's c_proj: (N, H, K) . (H, K, D)
+    ((3, 4, 8), (8, 16), 1),         # two token axes
+])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
+  from jaxgpt.model import _tensordot  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), x_shape, dtype)
+  kernel = jax.random.normal(jax.random.key(1), kernel_shape, dtype)
+  out_shape = x_shape[:x.ndim - num_in] + kernel_shape[num_in:]
+  weights = jax.random.normal(jax.random.key(2), out_shape, jnp.float32)
+  in_axes = tuple(range(x.ndim - num_in, x.ndim))
+
+  def loss(product):
+    return jax.jit(jax.grad(lambda x, k: (product(x, k).astype(jnp.float32) * weights).sum(),
+                            argnums=(0, 1)))(x, kernel)
+
+  ours = loss(lambda x, k: _tensordot(x, k, num_in))
+  autodiff = loss(lambda x, k: jnp.tensordot(x, k, axes=(in_axes, tuple(range(num_in)))))
+  chex.assert_trees_all_equal_shapes_and_dtypes(ours, autodiff)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  chex.assert_trees_all_close(ours, autodiff, rtol=tolerance, atol=tolerance)
