@@ -171,8 +171,11 @@ class Trainer:
     last = {"step": start}
     started = time.perf_counter()
     throughput.measure(start)
-    for step, (x_BxT, y_BxT) in enumerate(stream, start=start + 1):
-      state, step_metrics = train_step(state, *self.global_micro_batches(x_BxT, y_BxT))
+    batches = (self.global_micro_batches(x_BxT, y_BxT) for x_BxT, y_BxT in stream)
+    batch = next(batches, None)
+    for step in range(start + 1, t.max_steps + 1):
+      state, step_metrics = train_step(state, *batch)
+      batch = next(batches, None)  # made and placed while the step runs
       pending.append((step, step_metrics))
       stop = self._stop_requested(step)
       evaluate = step % t.eval_every == 0 or step == t.max_steps
