@@ -56,11 +56,15 @@ class GPT(nn.Module):
         std = 0.02 / math.sqrt(2 * layers) if name.endswith("proj.weight") else 0.02
         nn.init.normal_(p, std=std)
 
-  def forward(self, idx, targets):
+  def forward(self, idx, targets=None):
+    """The loss, or without targets the last position's logits (as nanoGPT's)."""
     x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
     for block in self.h:
       x = block(x)
-    logits = self.lm_head(self.ln_f(x))
+    x = self.ln_f(x)
+    if targets is None:
+      return self.lm_head(x[:, -1, :])
+    logits = self.lm_head(x)
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
