@@ -13,6 +13,7 @@ TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
 PIPELINES = ("auto", "tf", "numpy")
+ATTENTIONS = ("auto", "jaxgpt", "cudnn", "xla")
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 
 
@@ -42,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bias = False
   # The embedding table is padded to a multiple of this (padded ids are never sampled).
   c.model.vocab_multiple = 64
+  # "auto": cuDNN flash attention on NVIDIA GPUs where it applies, jaxgpt's own elsewhere;
+  # or "jaxgpt", "cudnn", "xla" (the last two: jax.nn.dot_product_attention, no dropout).
+  c.model.attention = "auto"
+  c.model.remat = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -111,6 +116,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}: "
            "choose n_embd as a multiple of n_head")
   _require(0 <= c.model.dropout < 1, f"model.dropout must be in [0, 1), got {c.model.dropout}")
+  _check_choice("model.attention", c.model.attention, ATTENTIONS)
+  _require(c.model.attention in ("auto", "jaxgpt") or c.model.dropout == 0,
+           f"model.attention={c.model.attention} has no attention dropout but model.dropout="
+           f"{c.model.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
   for key in ("batch_size", "grad_accum_steps", "eval_every", "eval_steps", "log_every",
               "checkpoint_every", "keep_checkpoints", "learning_rate"):
     _check_positive(f"train.{key}", c.train[key])

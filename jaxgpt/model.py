@@ -35,6 +35,8 @@ class GPTConfig:
   lora_rank: int = 0       # > 0: low-rank adapters on the Dense layers named in lora_targets
   lora_alpha: float = 16.0
   lora_targets: tuple = ()  # e.g. ("c_attn", "c_proj", "c_fc")
+  attention: str = "auto"  # see attention_implementation
+  remat: bool = False  # recompute each block's activations in the backward pass (less memory)
 
   @property
   def head_size(self) -> int:
@@ -52,7 +54,23 @@ def model_config(config, vocab_size: int) -> GPTConfig:
       vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
       block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
       dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
-      lora_alpha=config.lora.alpha, lora_targets=config_lib.lora_targets(config))
+      lora_alpha=config.lora.alpha, lora_targets=config_lib.lora_targets(config),
+      attention=m.attention, remat=m.remat)
+
+
+def attention_implementation(c: GPTConfig, deterministic: bool) -> str:
+  """Which attention a forward pass runs: "jaxgpt" (this file's, with attention dropout),
+  or jax.nn.dot_product_attention's "cudnn" (fused flash attention) or "xla".
+
+  "auto" takes cuDNN on an NVIDIA GPU when it applies (16-bit compute, head size a multiple
+  of 8 up to 128, no attention dropout in this pass) and jaxgpt's otherwise; on CPU and TPU
+  jaxgpt's heads-major attention is the faster one.
+  """
+  if c.attention != "auto":
+    return c.attention
+  cudnn_applies = (jax.default_backend() == "gpu" and c.dtype in ("bfloat16", "float16")
+                   and c.head_size % 8 == 0 and c.head_size <= 128)
+  return "cudnn" if cudnn_applies and (deterministic or c.dropout == 0) else "jaxgpt"
 
 
 def _normal(stddev, names):
@@ -165,10 +183,15 @@ class CausalSelfAttention(nn.Module):
                         ("embed", "qkv", "heads", "head_dim"), 1, 0.02, c,
                         name="c_attn")(x_NxD)
     qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
+    implementation = attention_implementation(c, deterministic)
     if decode:
       y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)))
-    else:
+    elif implementation == "jaxgpt":
       y_BxTxHxK = self._attention(qkv_BxTx3xHxK, deterministic)
+    else:  # no dropout on the attention probabilities (config.validate requires dropout 0)
+      y_BxTxHxK = jax.nn.dot_product_attention(
+          *(qkv_BxTx3xHxK[:, :, i] for i in range(3)), is_causal=True,
+          implementation=implementation)
     names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
     y_NxHxK = _constrain(y_BxTxHxK, names).reshape(-1, c.n_head, c.head_size)
     y_NxD = Dense((c.n_head, c.head_size, c.n_embd), ("heads", "head_dim", "embed"), 2,
@@ -281,8 +304,10 @@ class GPT(nn.Module):
              + jnp.take(wpe_TxD, positions_T, axis=0)[None]).reshape(b * t, -1)
     x_NxD = nn.Dropout(c.dropout)(x_NxD.astype(c.dtype), deterministic=deterministic)
     x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
+    # Argument 0 is the module: batch, deterministic and decode are Python values.
+    block = nn.remat(Block, static_argnums=(2, 3, 4)) if c.remat else Block
     for i in range(c.n_layer):
-      x_NxD = Block(c, name=f"h_{i}")(x_NxD, b, deterministic, decode)
+      x_NxD = block(c, name=f"h_{i}")(x_NxD, b, deterministic, decode)
     x_NxD = LayerNorm(c.bias, c.dtype, name="ln_f")(x_NxD)
     logits_NxV = jnp.dot(x_NxD, wte_VxD.astype(c.dtype).T, preferred_element_type=jnp.float32)
     # Padded ids get no probability: padding changes neither training nor sampling.

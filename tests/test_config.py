@@ -34,6 +34,8 @@ def test_base_config_is_valid():
     ({"lora__rank": -1}, ["lora.rank"]),
     ({"lora__rank": 4, "lora__targets": "c_attn,wte"}, ["lora.targets", "c_fc"]),
     ({"lora__rank": 4, "lora__alpha": 0.0}, ["lora.alpha"]),
+    ({"model__attention": "flash"}, ["model.attention", "cudnn"]),
+    ({"model__attention": "cudnn", "model__dropout": 0.2}, ["model.attention", "dropout"]),
 ])
 def test_impossible_settings_name_the_key(changes, words):
   with pytest.raises(UserError) as error:

@@ -122,3 +122,51 @@ def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
   chex.assert_trees_all_equal_shapes_and_dtypes(ours, autodiff)
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
   chex.assert_trees_all_close(ours, autodiff, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dot_product_attention_equals_jaxgpt_attention(dtype):
+  """attention="xla" runs jax.nn.dot_product_attention, the call the cuDNN path makes with
+  implementation="cudnn": same layout, scale and causal mask as jaxgpt's attention."""
+  configs = {a: GPTConfig(**{**CONFIG.__dict__, "dtype": dtype, "attention": a})
+             for a in ("jaxgpt", "xla")}
+  params = _unboxed(_init(configs["jaxgpt"]))
+  tokens = jax.random.randint(jax.random.key(1), (3, CONFIG.block_size), 0, CONFIG.vocab_size)
+
+  def loss_and_grads(config):
+    loss = lambda p: GPT(config).apply({"params": p}, tokens).mean()
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  tolerance = 1e-5 if dtype == "float32" else 2e-2
+  chex.assert_trees_all_close(loss_and_grads(configs["xla"]), loss_and_grads(configs["jaxgpt"]),
+                              rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("backend, dtype, dropout, deterministic, expected", [
+    ("cpu", "bfloat16", 0.0, True, "jaxgpt"),
+    ("tpu", "bfloat16", 0.0, True, "jaxgpt"),
+    ("gpu", "bfloat16", 0.0, False, "cudnn"),
+    ("gpu", "bfloat16", 0.2, True, "cudnn"),    # evaluation and sampling
+    ("gpu", "bfloat16", 0.2, False, "jaxgpt"),  # training with attention dropout
+    ("gpu", "float32", 0.0, True, "jaxgpt"),    # cuDNN's flash attention is 16-bit only
+])
+def test_auto_attention_takes_cudnn_where_it_applies(monkeypatch, backend, dtype, dropout,
+                                                     deterministic, expected):
+  from jaxgpt import model as model_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(model_lib.jax, "default_backend", lambda: backend)
+  config = GPTConfig(**{**CONFIG.__dict__, "dtype": dtype, "dropout": dropout})
+  assert model_lib.attention_implementation(config, deterministic) == expected
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+  params = _unboxed(_init())
+  tokens = jax.random.randint(jax.random.key(1), (2, CONFIG.block_size), 0, CONFIG.vocab_size)
+
+  def loss_and_grads(config):
+    loss = lambda p: GPT(config).apply({"params": p}, tokens).mean()
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  remat = GPTConfig(**{**CONFIG.__dict__, "remat": True})
+  chex.assert_trees_all_close(loss_and_grads(remat), loss_and_grads(CONFIG), rtol=1e-5, atol=1e-6)
+  assert "remat" in str(jax.make_jaxpr(jax.grad(lambda p: GPT(remat).apply(
+      {"params": p}, tokens).mean()))(params))
