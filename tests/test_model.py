@@ -99,12 +99,12 @@ def test_padded_vocabulary_gets_no_probability():
   np.testing.assert_allclose(probs[..., :65].sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("x_shape,kernel_shape,num_in", [
-    ((12, 8), (8, 3, 2, 4), 1),      # c_attn: (N, D) . (D, 3, H, K)
-    ((12, 2, 4), (2, 4, 8), 2),      # attention's c_proj: (N, H, K) . (H, K, D)
-    ((3, 4, 8), (8, 16), 1),         # two token axes
+@pytest.mark.parametrize("x_shape,kernel_shape,num_in,dtype", [
+    ((12, 8), (8, 3, 2, 4), 1, jnp.float32),    # c_attn: (N, D) . (D, 3, H, K)
+    ((12, 8), (8, 3, 2, 4), 1, jnp.bfloat16),
+    ((12, 2, 4), (2, 4, 8), 2, jnp.float32),    # attention's c_proj: (N, H, K) . (H, K, D)
+    ((3, 4, 8), (8, 16), 1, jnp.float32),       # two token axes
 ])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
   from jaxgpt.model import _tensordot  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), x_shape, dtype)
