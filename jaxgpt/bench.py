@@ -92,7 +92,7 @@ def main(argv=None):
   check_config_file(sys.argv if argv is None else argv)
   cli.parse_flags(argv, __doc__)
   config = config_flag.value
-  runtime.check_backend(config.backend)
+  runtime.check_backend(config)
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt import metrics  # pylint: disable=g-import-not-at-top
   from jaxgpt.model import count_params  # pylint: disable=g-import-not-at-top

@@ -105,10 +105,14 @@ def start_backend() -> None:
                     "holding it, or unset JAX_PLATFORMS") from None
 
 
-def check_backend(requested: str) -> str:
-  """The backend JAX runs on; a requested accelerator that JAX cannot use is an error."""
+def check_backend(config) -> str:
+  """The backend JAX runs on; a requested accelerator (or cuDNN attention) that JAX cannot
+  use is an error."""
   import jax  # pylint: disable=g-import-not-at-top
-  backend = jax.default_backend()
+  backend, requested = jax.default_backend(), config.backend
+  if config.model.attention == "cudnn" and backend != "gpu":
+    raise UserError(f"model.attention=cudnn needs an NVIDIA GPU but JAX runs on {backend}: "
+                    "pass --config.model.attention=auto (cuDNN where it applies)")
   if requested not in ("auto", backend):
     raise UserError(f"backend={requested} was asked for but JAX runs on {backend} "
                     f"(devices: {jax.devices()}): install jax for {requested} "

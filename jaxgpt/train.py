@@ -38,7 +38,7 @@ def main(argv=None):
   check_config_file(sys.argv if argv is None else argv)
   cli.parse_flags(argv, __doc__)
   config = config_flag.value
-  runtime.check_backend(config.backend)
+  runtime.check_backend(config)
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])

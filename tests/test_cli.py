@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from jaxgpt.data import plays, sources
@@ -115,6 +116,9 @@ def test_bench_reports_a_benchmarks_row(text_file):
     (["--config.train.max_steps=-3"], ["max_steps"]),
     (["--config.train.batch_size=7"], ["batch_size"]),
     (["--config.model.nope=1"], []),
+    pytest.param(["--config.model.attention=cudnn", "--config.model.dropout=0"],
+                 ["cudnn", "GPU", "auto"],
+                 marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
 ])
 def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
   result = run("train", *TINY, *args, f"--workdir={tmp_path / 'w'}", check=False)
