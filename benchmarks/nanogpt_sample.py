@@ -19,8 +19,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from model_flags import add_model_flags  # the script's own folder is on sys.path
-from nanogpt_step import GPT
+from nanogpt_step import add_torch_flags, seeded_model  # the script's own folder is on sys.path
 
 
 @torch.no_grad()
@@ -36,15 +35,12 @@ def generate(model, idx, max_new_tokens: int, block_size: int, temperature=0.8, 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_model_flags(p)
+  add_torch_flags(p)
   p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
   p.add_argument("--long", type=int, default=500)
   p.add_argument("--short", type=int, default=100)
-  p.add_argument("--threads", type=int, default=os.cpu_count())
   args = p.parse_args()
-  torch.manual_seed(1337)
-  torch.set_num_threads(args.threads)
-  model = GPT(args.vocab, args.block_size, args.n_layer, args.n_head, args.n_embd).eval()
+  model = seeded_model(args).eval()
 
   def seconds(n, batch):
     started = time.perf_counter()

@@ -68,17 +68,27 @@ class GPT(nn.Module):
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+def add_torch_flags(parser) -> None:
+  """The model-shape flags and --threads, which both nanoGPT benchmarks take."""
+  add_model_flags(parser)
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+
+
+def seeded_model(args) -> GPT:
+  """nanoGPT's model of the flags' shape, seeded as nanoGPT seeds it, on --threads threads."""
+  torch.manual_seed(1337)
+  torch.set_num_threads(args.threads)
+  return GPT(args.vocab, args.block_size, args.n_layer, args.n_head, args.n_embd)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_model_flags(p)
+  add_torch_flags(p)
   p.add_argument("--batch_size", type=int, default=12)
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--short", type=int, default=100)
-  p.add_argument("--threads", type=int, default=os.cpu_count())
   args = p.parse_args()
-  torch.manual_seed(1337)
-  torch.set_num_threads(args.threads)
-  model = GPT(args.vocab, args.block_size, args.n_layer, args.n_head, args.n_embd)
+  model = seeded_model(args)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   other = [p for p in model.parameters() if p.dim() < 2]
   optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
