@@ -64,7 +64,7 @@ def _time_steps(trainer, num_steps: int):
   for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):
     batch = trainer.global_micro_batches(x_BxT, y_BxT)
     started = time.perf_counter()
-    state, step_metrics = train_step(state, *batch)
+    state, step_metrics = train_step(state, *batch, trainer.stop_rows())
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - started)
   eval_set = trainer.eval_set()

@@ -5,6 +5,7 @@ one with the lowest validation loss. Orbax writes each into a temporary folder a
 when complete, so a run killed mid-save never leaves a checkpoint that looks whole.
 """
 
+import contextlib
 import os
 import sys
 
@@ -17,9 +18,19 @@ LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 
 
-def _manager(directory: str, keep: int, read_only: bool, **options):
+# How long a save may take, its cross-process barriers included, before it is an error.
+DEFAULT_TIMEOUT_SECS = 1200
+
+
+def _manager(directory: str, keep: int, read_only: bool, timeout_secs: int, **options):
+  # Each manager's cross-process barriers get a key prefix of their own: without it, saves of
+  # the same step under checkpoints/ and best/ share barrier keys and hang or fail together.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only, **options)
+      max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      async_options=ocp.AsyncOptions(timeout_secs=timeout_secs),
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=os.path.basename(directory)),
+      **options)
   return ocp.CheckpointManager(directory, options=options,
                                item_handlers={"state": ocp.StandardCheckpointHandler()})
 
@@ -27,10 +38,11 @@ def _manager(directory: str, keep: int, read_only: bool, **options):
 class Checkpointer:
   """Saves train states asynchronously; restores them strictly, onto any mesh."""
 
-  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
+               timeout_secs: int = DEFAULT_TIMEOUT_SECS):
     workdir = os.path.abspath(workdir)
-    self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep, read_only)
-    self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only,
+    self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep, read_only, timeout_secs)
+    self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only, timeout_secs,
                           best_fn=lambda m: m["val_loss"], best_mode="min")
     best_step = self._best.best_step()
     self.best_val_loss = (self._best.metrics(best_step) or {}).get("val_loss") \
@@ -45,14 +57,11 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self._best.best_step()
 
-  def reached_preemption(self, step: int) -> bool:
-    """Whether all processes agree to stop at `step` (a cloud preemption notice)."""
-    return self._latest.reached_preemption(step)
-
   def save(self, step: int, state) -> None:
     """Starts writing `state` in the background; a failed earlier write raises here."""
-    self._latest.check_for_errors()
-    self._latest.save(step, args=_save_args(state), force=True)
+    with self._failures_as_errors(self._latest):
+      self._latest.check_for_errors()
+      self._latest.save(step, args=_save_args(state), force=True)
 
   def save_if_best(self, step: int, state, val_loss: float) -> bool:
     """Keeps `state` as the best checkpoint if its validation loss is the lowest yet."""
@@ -60,9 +69,10 @@ class Checkpointer:
       return False
     if step in self._best.all_steps():  # this step was kept before a crash and its resume
       return False
-    self._best.check_for_errors()
-    self._best.save(step, args=_save_args(state), metrics={"val_loss": float(val_loss)},
-                    force=True)
+    with self._failures_as_errors(self._best):
+      self._best.check_for_errors()
+      self._best.save(step, args=_save_args(state), metrics={"val_loss": float(val_loss)},
+                      force=True)
     self.best_val_loss = val_loss
     return True
 
@@ -101,10 +111,30 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every save is on disk; a failed save raises here."""
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
-    self._latest.check_for_errors()
-    self._best.check_for_errors()
+    for manager in (self._latest, self._best):
+      with self._failures_as_errors(manager):
+        manager.wait_until_finished()
+        manager.check_for_errors()
+
+  @contextlib.contextmanager
+  def _failures_as_errors(self, manager):
+    """A save that fails or times out (here or, through the cross-process barriers, on
+    another process) is one UserError naming the folder and the newest complete checkpoint."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds
+      raise SaveFailedError(
+          f"writing a checkpoint in {manager.directory} failed ({first_line(e)}): check free "
+          "space and write access there (with several processes, also the other processes' "
+          f"logs); the newest complete checkpoint, {self._newest_complete()}, is kept: run the "
+          "same command to resume from it") from e
+
+  def _newest_complete(self):
+    try:
+      self._latest.reload()
+      return max(self._latest.all_steps(), default="none")
+    except Exception:  # pylint: disable=broad-except  # the folder itself may be unreadable
+      return "unknown"
 
   def close(self) -> None:
     try:
@@ -116,6 +146,10 @@ class Checkpointer:
 
 class DamagedCheckpointError(UserError):
   """A checkpoint folder exists but its files cannot be read."""
+
+
+class SaveFailedError(UserError):
+  """Writing a checkpoint failed or timed out."""
 
 
 def _save_args(state):

@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 3
   c.train.sample_tokens = 300
+  # Several processes: how long a checkpoint save (with its cross-process barriers) may take,
+  # and how long a silent process is waited for, before the run stops with an error.
+  c.train.checkpoint_timeout_secs = 1200
+  c.train.peer_timeout_secs = 60
 
   # LoRA: rank > 0 trains only low-rank adapters on the named layers; the rest stays frozen.
   c.lora = ml_collections.ConfigDict()
@@ -121,7 +125,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.attention={c.model.attention} has no attention dropout but model.dropout="
            f"{c.model.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
   for key in ("batch_size", "grad_accum_steps", "eval_every", "eval_steps", "log_every",
-              "checkpoint_every", "keep_checkpoints", "learning_rate"):
+              "checkpoint_every", "keep_checkpoints", "learning_rate", "checkpoint_timeout_secs",
+              "peer_timeout_secs"):
     _check_positive(f"train.{key}", c.train[key])
   for key in ("max_steps", "warmup_steps", "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
     _require(c.train[key] >= 0,

@@ -25,12 +25,17 @@ def first_line(error: Exception) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+def report(error: UserError) -> int:
+  """Prints a UserError as one stderr line; returns its exit code."""
+  message = " ".join(str(error).split())
+  label = "stopped" if isinstance(error, Interrupted) else "error"
+  print(f"{label}: {message}", file=sys.stderr, flush=True)
+  return error.exit_code
+
+
 def run_cli(main, argv=None):
   """Runs `main(argv)`; turns a UserError into one stderr line and its exit code."""
   try:
     return main(argv)
   except UserError as e:
-    message = " ".join(str(e).split())
-    label = "stopped" if isinstance(e, Interrupted) else "error"
-    print(f"{label}: {message}", file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    sys.exit(report(e))

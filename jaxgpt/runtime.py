@@ -72,6 +72,9 @@ def _cluster_process_count() -> int:
 
 
 def _initialize(jax, *args) -> None:
+  # jaxgpt agrees on a stop step itself (signals.py): JAX's preemption service would take
+  # SIGTERM from it and, in a blocked process, ignore it.
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     jax.distributed.initialize(*args)
   except Exception as e:  # pylint: disable=broad-except  # jax raises RuntimeError, ValueError, ...

@@ -40,17 +40,22 @@ def _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng):
   return jax.tree.map(lambda g: g / num_micro, (loss, grads))
 
 
-def train_step(state: TrainState, x_AxBxT, y_AxBxT, *, model, optimizer, schedule, dropout_key):
+def train_step(state: TrainState, x_AxBxT, y_AxBxT, stop_B, *, model, optimizer, schedule,
+               dropout_key):
   """One optimizer step over A micro-batches; returns the new state and its metrics.
 
   Only the trainable parameters change (all of them, or the LoRA adapters only).
+  `stop_B` holds, for each row, whether the process that made it was asked to stop (a
+  signal); metrics["stop"] is their maximum, so every process learns of a stop at the same
+  step.
   """
   rng = None if model.config.dropout == 0 else jax.random.fold_in(dropout_key, state.step)
   trainable, frozen = lora.partition(state.params, model.config.lora_rank)
   loss, grads = _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng)
   updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
   params = lora.combine(optax.apply_updates(trainable, updates), frozen)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+             "stop": jnp.max(stop_B)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -63,11 +68,13 @@ def eval_loss(params, x_ExBxT, y_ExBxT, *, model):
 
 
 def jit_train_step(model, optimizer, schedule, dropout_key, mesh, state_shardings):
-  """The jitted train step: state donated, batches (A, B, T) sharded over B."""
+  """The jitted train step: state donated, batches (A, B, T) and stop requests (B,) sharded
+  over B."""
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
                            dropout_key=dropout_key)
   batch = sharding.global_batch_sharding(mesh, leading_dims=1)
-  return jax.jit(step, in_shardings=(state_shardings, batch, batch),
+  rows = sharding.global_batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(state_shardings, batch, batch, rows),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 

@@ -9,7 +9,7 @@ import sys
 
 from absl import flags
 
-from jaxgpt import cli, runtime
+from jaxgpt import cli, peers, runtime
 from jaxgpt.errors import UserError, run_cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,11 @@ def main(argv=None):
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = os.path.abspath(workdir_flag.value or os.path.join("runs", _config_name(config_path)))
   runtime.enable_compilation_cache(workdir)
-  trainer = Trainer(config, workdir)
+  with peers.watch(config.train.peer_timeout_secs):
+    _train_and_sample(Trainer(config, workdir), config, workdir)
+
+
+def _train_and_sample(trainer, config, workdir: str) -> None:
   trainer.log(runtime.banner())
   trainer.log(f"workdir: {workdir}")
   last = trainer.run()

@@ -1,11 +1,9 @@
 """The training loop: data, mesh, state, then batch(seed, step) -> train_step -> log -> eval -> save."""
 
 import collections
-import contextlib
 import json
 import math
 import os
-import signal
 import time
 
 import jax
@@ -13,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, metrics, optim
-from jaxgpt import sharding
+from jaxgpt import sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
 from jaxgpt.errors import Interrupted, UserError
@@ -76,8 +74,11 @@ class Trainer:
     self.schedule = optim.learning_rate_schedule(config.train)
     self.optimizer = optim.make_optimizer(config.train)
     self.shardings = state_lib.state_shardings(self.model, self.optimizer, self.mesh)
-    self.checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    self.stop_signal = None  # set by SIGTERM / SIGINT: save and stop after the current step
+    self.checkpoints = checkpoint.Checkpointer(
+        workdir, keep=config.train.keep_checkpoints,
+        timeout_secs=config.train.checkpoint_timeout_secs)
+    self.stop_request = signals.StopRequest()  # SIGTERM / SIGINT: save and stop
+    self._stop_rows = {}
 
   def _initial_state(self):
     """The newest checkpoint's state, or a new one; only then are config and tokenizer saved."""
@@ -143,11 +144,21 @@ class Trainer:
     """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
     try:
-      with self.context(), self._stop_on_signals():
+      with self.context(), self.stop_request.installed():
         return self._train(writer)
     finally:
       self.checkpoints.close()  # waits for the last save to be on disk
       writer.close()
+
+  def stop_rows(self):
+    """This process's stop request, one per row of its micro-batch (see steps.train_step)."""
+    local_rows = self.config.train.batch_size // self.config.train.grad_accum_steps \
+        // jax.process_count()
+    flag = bool(self.stop_request)
+    if flag not in self._stop_rows:
+      self._stop_rows[flag] = sharding.global_batch(np.full(local_rows, flag, np.int32),
+                                                    self.mesh)
+    return self._stop_rows[flag]
 
   def _train(self, writer) -> dict:
     c, t = self.config, self.config.train
@@ -173,61 +184,45 @@ class Trainer:
     throughput.measure(start)
     batches = (self.global_micro_batches(x_BxT, y_BxT) for x_BxT, y_BxT in stream)
     batch = next(batches, None)
+    stop = False
     for step in range(start + 1, t.max_steps + 1):
-      state, step_metrics = train_step(state, *batch)
+      state, step_metrics = train_step(state, *batch, self.stop_rows())
       batch = next(batches, None)  # made and placed while the step runs
       pending.append((step, step_metrics))
-      stop = self._stop_requested(step)
       evaluate = step % t.eval_every == 0 or step == t.max_steps
-      save = step % t.checkpoint_every == 0 or step == t.max_steps or stop
-      # Every loss up to a step is checked before that step is evaluated or saved.
-      while len(pending) > (0 if evaluate or save else max_pending):
-        self._log_step(*pending.popleft(), writer, throughput, started, start)
+      save = step % t.checkpoint_every == 0 or step == t.max_steps
+      # Every loss up to a step is checked before that step is evaluated or saved. Which
+      # steps are read here depends only on the schedule, so every process sees a stop that
+      # one of them reports at the same step, and saves that step.
+      while len(pending) > (0 if evaluate or save or stop else max_pending):
+        stop |= self._log_step(*pending.popleft(), writer, throughput, started, start)
       if evaluate:
         last["val_loss"] = self._evaluate(step, state, eval_loss, eval_set, writer)
         self.checkpoints.save_if_best(step, state, last["val_loss"])
         throughput.measure(step)  # evaluation time is not training throughput
-      if save:
+      if save or stop:
         self.checkpoints.save(step, state)
       last["step"] = step
-      if stop:
+      if stop and step < t.max_steps:
         self.checkpoints.wait()
-        raise Interrupted(f"stopped by {self.stop_signal or 'preemption'} after step {step}, "
-                          "whose checkpoint is saved: run the same command to resume",
-                          exit_code=128 + _signal_number(self.stop_signal))
+        raise Interrupted(f"stopped by {self.stop_request.signal_name or 'another process'} "
+                          f"after step {step}, whose checkpoint is saved: run the same command "
+                          "to resume", exit_code=self.stop_request.exit_code)
     self.state = state
     return last
 
-  @contextlib.contextmanager
-  def _stop_on_signals(self):
-    """SIGTERM / SIGINT finish the current step, save it and stop (see _stop_requested)."""
-    def request_stop(signum, _):
-      self.stop_signal = signal.Signals(signum).name
-
-    # Several processes: JAX's preemption service owns SIGTERM, so all save the same step.
-    signals = [signal.SIGINT] if jax.process_count() > 1 else [signal.SIGINT, signal.SIGTERM]
-    previous = {s: signal.signal(s, request_stop) for s in signals}
-    try:
-      yield
-    finally:
-      for s, handler in previous.items():
-        signal.signal(s, handler)
-
-  def _stop_requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return self.checkpoints.reached_preemption(step)
-    return self.stop_signal is not None
-
-  def _log_step(self, step, step_metrics, writer, throughput, started, start):
+  def _log_step(self, step, step_metrics, writer, throughput, started, start) -> bool:
+    """Checks and logs a step's loss; returns whether some process asked to stop."""
     loss = float(step_metrics["loss"])
     if not math.isfinite(loss):
       raise UserError(
           f"the training loss became {loss} at step {step}: lower train.learning_rate or "
           f"raise train.warmup_steps; the newest good checkpoint ({self.checkpoints.latest_step()}) "
           "is kept")
+    stop = bool(step_metrics["stop"])
     t = self.config.train
     if step % t.log_every and step != t.max_steps:
-      return
+      return stop
     rate = throughput.measure(step)
     values = {"train_loss": loss, "lr": float(step_metrics["lr"]),
               "grad_norm": float(step_metrics["grad_norm"]), **rate}
@@ -240,6 +235,7 @@ class Trainer:
     if "mfu" in rate:
       line += f" | mfu {100 * rate['mfu']:.1f}%"
     self.log(line + f" | eta {metrics.format_duration(eta)}")
+    return stop
 
   def _evaluate(self, step, state, eval_loss, eval_set, writer) -> float:
     val_loss = float(eval_loss(state.params, *eval_set))
@@ -276,10 +272,6 @@ def _new_tokenizer(config, pretrained: str | None):
   if pretrained:
     return hf_gpt2.load_tokenizer(pretrained)
   return data.build_tokenizer("gpt2", "", config.data.tokenizer_path or hf_gpt2.resolve("gpt2"))
-
-
-def _signal_number(name) -> int:
-  return signal.Signals[name].value if name else signal.SIGTERM.value
 
 
 def _use_tf(config):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxgpt import runtime
+from jaxgpt import checkpoint, runtime
 from jaxgpt.data.pipeline import row_ids
 from jaxgpt.errors import UserError
 
@@ -22,6 +22,7 @@ from test_trainer import _losses
 STEPS = 10
 ARGS = [*SMALL, f"--config.train.max_steps={STEPS}", "--config.train.checkpoint_every=5",
         "--config.train.eval_every=5"]
+FAILING_SAVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failing_save.py")
 
 
 def _free_port() -> int:
@@ -41,21 +42,19 @@ def started():
       p.communicate()
 
 
-def _start(text_file, workdir, devices, **env):
-  # Every compilation is cached, so that the resumed processes show the cache at work.
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env}
-  env.pop("JAX_COMPILATION_CACHE_DIR")  # this test checks the run's own cache in its workdir
+def _start(text_file, workdir, devices, *args, script=("-m", "jaxgpt.train"), unset=(), **env):
+  env = {**{k: v for k, v in os.environ.items() if k not in unset},
+         "JAX_NUM_CPU_DEVICES": str(devices), **env}
   return subprocess.Popen(
-      [sys.executable, "-m", "jaxgpt.train", *ARGS, "--config.data.source=text",
-       f"--config.data.path={text_file}", f"--workdir={workdir}"],
+      [sys.executable, *script, *ARGS, "--config.data.source=text",
+       f"--config.data.path={text_file}", f"--workdir={workdir}", *args],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _start_pair(text_file, workdir):
+def _start_pair(text_file, workdir, *args, **kwargs):
   address = f"127.0.0.1:{_free_port()}"
-  return [_start(text_file, workdir, 2, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                 JAX_PROCESS_ID=str(i)) for i in range(2)]
+  return [_start(text_file, workdir, 2, *args, JAX_COORDINATOR_ADDRESS=address,
+                 JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), **kwargs) for i in range(2)]
 
 
 def _finish(process, timeout=240):
@@ -75,34 +74,140 @@ def _wait_for_step(workdir, step, processes):
   raise AssertionError(f"step {step} never came")
 
 
-def test_two_processes_train_like_one_and_resume_together(text_file, tmp_path, started):
-  reference = _start(text_file, tmp_path / "one", 4)
+def _assert_one_line_error(stderr, *words):
+  assert "Traceback" not in stderr and "Check failure" not in stderr, stderr
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), stderr
+  for word in words:
+    assert word in last, last
+
+
+@pytest.fixture(scope="module")
+def reference(text_file, tmp_path_factory):
+  """An uninterrupted run of one process with 4 devices: its workdir."""
+  workdir = tmp_path_factory.mktemp("one")
+  code, _, stderr = _finish(_start(text_file, workdir, 4))
+  assert code == 0, stderr
+  return workdir
+
+
+def _assert_same_run(workdir, reference):
+  expected, got = _losses(reference), _losses(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  assert max(abs(got[s] - expected[s]) for s in expected) <= 1e-4
+  assert _losses(workdir, "val_loss") == pytest.approx(_losses(reference, "val_loss"), abs=1e-4)
+
+
+def _stop_step(stderr) -> int:
+  return int(stderr.split("after step ")[1].split(",")[0])
+
+
+def test_two_processes_train_like_one_and_resume_together(text_file, tmp_path, started,
+                                                          reference):
   workdir = tmp_path / "two"
-  pair = _start_pair(text_file, workdir)
-  started += [reference, *pair]
+  # Every compilation is cached in the run's own workdir, so the resumed pair shows it at work.
+  own_cache = {"unset": ("JAX_COMPILATION_CACHE_DIR",),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  pair = _start_pair(text_file, workdir, **own_cache)
+  started += pair
   _wait_for_step(workdir, 3, pair)
   for p in pair:
     p.send_signal(signal.SIGTERM)  # as a preempted Cloud TPU VM would get it
+  stops = []
   for p in pair:
     code, _, stderr = _finish(p)
-    assert code == 128 + signal.SIGTERM and "after step" in stderr, stderr
-  stopped = max(_losses(workdir))
-  assert stopped < STEPS and str(stopped) in os.listdir(workdir / "checkpoints")
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    stops.append(_stop_step(stderr))
+  assert stops[0] == stops[1] < STEPS
+  assert str(stops[0]) in os.listdir(workdir / "checkpoints")
 
-  pair = _start_pair(text_file, workdir)
+  pair = _start_pair(text_file, workdir, **own_cache)
   started += pair
   results = [_finish(p) for p in pair]
-  for code, stdout, stderr in results:
+  for code, _, stderr in results:
     assert code == 0, stderr
-  assert f"resuming from the checkpoint of step {stopped}" in results[0][1]
+  assert f"resuming from the checkpoint of step {stops[0]}" in results[0][1]
   assert "step" not in results[1][1], "only process 0 prints"
-  assert _finish(reference)[0] == 0
-  expected, got = _losses(tmp_path / "one"), _losses(workdir)
-  assert sorted(got) == list(range(1, STEPS + 1))
-  assert max(abs(got[s] - expected[s]) for s in expected) <= 1e-4
-  assert _losses(workdir, "val_loss") == pytest.approx(_losses(tmp_path / "one", "val_loss"),
-                                                       abs=1e-4)
+  _assert_same_run(workdir, reference)
   assert os.listdir(workdir / runtime.CACHE_DIR), "nothing was compiled into the cache"
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_all_at_one_step_and_one_process_resumes(
+    text_file, tmp_path, started, reference):
+  """A preempted worker: every process saves the same step; the run moves to 1 process."""
+  workdir = tmp_path / "two"
+  pair = _start_pair(text_file, workdir)
+  started += pair
+  _wait_for_step(workdir, 3, pair)
+  pair[1].send_signal(signal.SIGTERM)
+  (code0, _, stderr0), (code1, _, stderr1) = (_finish(p) for p in pair)
+  assert code1 == 128 + signal.SIGTERM and "stopped by SIGTERM after step" in stderr1, stderr1
+  assert code0 == 128 + signal.SIGTERM and "stopped by another process" in stderr0, stderr0
+  assert _stop_step(stderr0) == _stop_step(stderr1) < STEPS
+  code, _, stderr = _finish(_start(text_file, workdir, 4))
+  assert code == 0, stderr
+  _assert_same_run(workdir, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(3))
+def test_best_periodic_and_final_saves_on_one_step_never_collide(text_file, tmp_path, started,
+                                                                 trial):
+  """Every other step is evaluated, a new best and a periodic save; the last is also final.
+  Before the managers' barriers had keys of their own, this hung or failed 2 times in 3."""
+  del trial
+  pair = _start_pair(text_file, tmp_path, "--config.train.eval_every=2",
+                     "--config.train.checkpoint_every=2", "--config.train.max_steps=12",
+                     "--config.model.dropout=0")
+  started += pair
+  for p in pair:
+    code, _, stderr = _finish(p, timeout=180)
+    assert code == 0, stderr
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "12", "8"]
+  assert checkpoint.Checkpointer(tmp_path, read_only=True).best_step() is not None
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_others_with_one_line(text_file, tmp_path, started):
+  pair = _start_pair(text_file, tmp_path, "--config.train.peer_timeout_secs=5",
+                     "--config.train.max_steps=100000")
+  started += pair
+  _wait_for_step(tmp_path, 3, pair)
+  pair[1].kill()
+  killed = time.time()
+  code, _, stderr = _finish(pair[0], timeout=120)
+  assert code == 2 and time.time() - killed < 60
+  _assert_one_line_error(stderr, "process 1 has not responded", "resume")
+
+
+@pytest.mark.slow
+def test_a_second_signal_ends_a_process_blocked_by_a_hung_peer(text_file, tmp_path, started):
+  pair = _start_pair(text_file, tmp_path, "--config.train.max_steps=100000")
+  started += pair
+  _wait_for_step(tmp_path, 3, pair)
+  pair[1].send_signal(signal.SIGSTOP)  # hung: process 0 waits for it in the next collective
+  time.sleep(1)
+  pair[0].send_signal(signal.SIGTERM)  # cannot finish its step, so cannot save
+  time.sleep(1)
+  pair[0].send_signal(signal.SIGTERM)
+  code, _, stderr = _finish(pair[0], timeout=30)
+  assert code == 128 + signal.SIGTERM and "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1].startswith("stopped: SIGTERM again"), stderr
+
+
+@pytest.mark.slow
+def test_a_failed_save_on_one_process_stops_all_and_keeps_the_last_checkpoint(
+    text_file, tmp_path, started):
+  pair = _start_pair(text_file, tmp_path, "--config.train.checkpoint_every=2",
+                     "--config.train.eval_every=2", script=(FAILING_SAVE,), PYTHONPATH=REPO)
+  started += pair
+  results = [_finish(p, timeout=180) for p in pair]
+  for code, _, stderr in results:
+    assert code == 2
+    _assert_one_line_error(stderr)
+  assert "No space left on device" in results[1][2]
+  assert checkpoint.Checkpointer(tmp_path, read_only=True).latest_step() == 2
 
 
 def _clear_distributed_env(monkeypatch):

@@ -28,6 +28,10 @@ def _batch(config, seed=0):
   return x, np.roll(x, -1, axis=1)
 
 
+def _no_stop(rows):
+  return np.zeros(rows, np.int32)
+
+
 def _run(config, num_steps, devices=None, dropout=0.0):
   config.model.dropout = dropout
   _, mesh, state, step = _setup(config, devices or jax.devices()[:1])
@@ -37,7 +41,7 @@ def _run(config, num_steps, devices=None, dropout=0.0):
   with sharding.rules_context(mesh):
     for _ in range(num_steps):
       xs, ys = (sharding.global_batch(z.reshape(a, -1, z.shape[-1]), mesh, 1) for z in (x, y))
-      state, metrics = step(state, xs, ys)
+      state, metrics = step(state, xs, ys, _no_stop(x.shape[0] // a))
       losses.append(float(metrics["loss"]))  # blocks: one step in flight at most
   return losses, state
 
@@ -80,7 +84,7 @@ def test_train_step_compiles_once():
 
   @chex.assert_max_traces(n=1)
   def traced_step(st, x, y):
-    return steps.train_step(st, x, y, model=model, optimizer=optimizer, schedule=schedule,
+    return steps.train_step(st, x, y, _no_stop(x.shape[1]), model=model, optimizer=optimizer, schedule=schedule,
                             dropout_key=state_lib.dropout_key(0))
 
   step = jax.jit(traced_step, donate_argnums=0)
@@ -89,6 +93,20 @@ def test_train_step_compiles_once():
       x, y = _batch(config, seed)
       state, metrics = step(state, x[None], y[None])
       float(metrics["loss"])
+
+
+def test_a_stop_request_of_any_row_reaches_the_metrics():
+  config = tiny_config()
+  _, mesh, state, step = _setup(config, jax.devices()[:2])
+  x, y = _batch(config)
+  requests = np.zeros(config.train.batch_size, np.int32)
+  requests[-1] = 1  # the rows of the last data-parallel device
+  with sharding.rules_context(mesh):
+    xs, ys = (sharding.global_batch(z[None], mesh, 1) for z in (x, y))
+    state, metrics = step(state, xs, ys, sharding.global_batch(np.zeros_like(requests), mesh))
+    assert int(metrics["stop"]) == 0
+    _, metrics = step(state, xs, ys, sharding.global_batch(requests, mesh))
+    assert int(metrics["stop"]) == 1
 
 
 def test_eval_loss_averages_the_batches():

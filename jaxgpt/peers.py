@@ -1,0 +1,126 @@
+"""The other processes of a multi-process run: when one fails or dies, all stop, each with a line.
+
+Without this, a process that fails (a save error, a bad batch, a bug) or dies (killed, out of
+memory, its machine lost) leaves the others blocked in their next collective until JAX's
+heartbeat timeout aborts them with a C++ stack trace. Here every process beats a heartbeat
+into JAX's coordination service, and a process that ends with an error leaves its error line
+there; a thread in every process ends it with one clear line as soon as another process
+reports an error, or when another's heartbeat has stopped for `timeout_secs`.
+"""
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+
+from jaxgpt.errors import Interrupted, UserError, first_line, report
+
+_PREFIX = "jaxgpt/peers/"
+_FAILED = _PREFIX + "failed"
+_DONE = "done"
+EXIT_CODE = 2
+
+
+@contextlib.contextmanager
+def watch(timeout_secs: float, interval_secs: float = 1.0):
+  """While the block runs, ends this process if another process fails or stops responding."""
+  client = _client()
+  if client is None:
+    yield
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  watcher = _Watcher(client, jax.process_index(), jax.process_count(), timeout_secs,
+                     interval_secs)
+  watcher.start()
+  try:
+    yield
+  except Interrupted:  # every process stops at the same step: no failure
+    watcher.stop(_DONE)
+    raise
+  except BaseException as e:  # pylint: disable=broad-except
+    # Reported, then gone at once: the others end as soon as they read the report, and
+    # process 0 takes the coordination service with it, which JAX would answer with an abort
+    # here if this process were still running.
+    if isinstance(e, UserError):
+      code, reason = report(e), " ".join(str(e).split())
+    else:
+      traceback.print_exc()
+      code, reason = 1, f"{type(e).__name__}: {first_line(e)}"
+    watcher.stop(_DONE, failure=reason)
+    os._exit(code)  # pylint: disable=protected-access
+  watcher.stop(_DONE)
+
+
+def _client():
+  """JAX's coordination-service client in a multi-process run, else None."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return None
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    return distributed.global_state.client
+  except (ImportError, AttributeError):  # a JAX without it: JAX's own heartbeat still applies
+    return None
+
+
+class _Watcher:
+  """Beats this process's heartbeat and watches the other processes' beats and errors."""
+
+  def __init__(self, client, process_id, process_count, timeout_secs, interval_secs):
+    self._client, self._id, self._count = client, process_id, process_count
+    self._timeout, self._interval = timeout_secs, interval_secs
+    self._stopped = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True, name="jaxgpt-peers")
+
+  def start(self):
+    self._thread.start()
+
+  def stop(self, state: str, failure: str | None = None):
+    """Ends the watch; `failure` tells the other processes that this one failed."""
+    self._stopped.set()
+    self._thread.join()
+    with contextlib.suppress(Exception):
+      if failure:
+        self._client.key_value_set(_FAILED, f"process {self._id} failed: {failure}")
+      self._client.key_value_set(self._key(self._id), state, allow_overwrite=True)
+
+  def _key(self, process_id):
+    return f"{_PREFIX}{process_id}"
+
+  def _run(self):
+    beat = 0
+    # Each other process's last beat and when it changed (none yet: since the watch began).
+    seen = {other: (None, time.monotonic()) for other in range(self._count)}
+    while not self._stopped.wait(0 if beat == 0 else self._interval):
+      beat += 1
+      try:
+        self._client.key_value_set(self._key(self._id), str(beat), allow_overwrite=True)
+        entries = dict(self._client.key_value_dir_get(_PREFIX))
+      except Exception as e:  # pylint: disable=broad-except
+        if self._stopped.is_set():
+          return
+        _exit(f"lost contact with process 0, which runs the coordination service "
+              f"({first_line(e)}): it probably died; see its log")
+      if _FAILED in entries:
+        _exit(entries[_FAILED])
+      now = time.monotonic()
+      for other in range(self._count):
+        value = entries.get(self._key(other))
+        if other == self._id or value == _DONE:
+          continue
+        if seen[other][0] != value:
+          seen[other] = (value, now)
+        elif now - seen[other][1] > self._timeout:
+          _exit(f"process {other} has not responded for {self._timeout:.0f} s: it probably "
+                "died or lost its machine; see its log")
+
+
+def _exit(reason: str):
+  """Ends this process at once: the main thread may be blocked in a collective for good."""
+  if "resume" not in reason:
+    reason += ("; the newest complete checkpoint is kept: run the same command on every "
+               "process to resume from it")
+  print(f"error: {reason}", file=sys.stderr, flush=True)
+  os._exit(EXIT_CODE)  # pylint: disable=protected-access
