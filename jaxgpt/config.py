@@ -8,7 +8,7 @@ import ml_collections
 
 from jaxgpt.errors import UserError
 
-DATA_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
+DATA_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds", "tokens")
 TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "shakespeare_plays"
-  c.data.path = ""
+  c.data.path = ""  # the file for text and kaggle_csv; the prepared folder for tokens
   c.data.tfds_name = "tiny_shakespeare"
   c.data.tokenizer = "char"
   c.data.tokenizer_path = ""  # gpt2 tokenizer files (a Hugging Face folder); "" takes init_from's or the hub's
@@ -112,6 +112,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.data.source in ("text", "kaggle_csv"):
     _require(bool(c.data.path),
              f"data.source={c.data.source} needs a file: pass --config.data.path=FILE")
+  if c.data.source == "tokens":
+    _require(bool(c.data.path), "data.source=tokens needs the folder `python -m jaxgpt.prepare` "
+             "wrote: pass --config.data.path=DIR")
   _require(0 < c.data.val_fraction < 1,
            f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}")
   for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_multiple"):

@@ -64,10 +64,13 @@ class Trainer:
     self.config, self.workdir = config, workdir
     self.is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = _saved_tokenizer(workdir, config.data.tokenizer) or _new_tokenizer(config,
-                                                                                   self.pretrained)
+    # Prepared token shards bring their own tokenizer, which decides data.tokenizer.
+    from_shards = config.data.source == "tokens"
+    tokenizer = (_saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
+                 or _new_tokenizer(config, self.pretrained))
     self.dataset = data.build_dataset(config, tokenizer=tokenizer)
     self.tokenizer = self.dataset.tokenizer
+    config.data.tokenizer = self.tokenizer.kind
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
     self.model = GPT(model_config(config, self.tokenizer.vocab_size))
@@ -252,12 +255,12 @@ class Trainer:
       return prompt + "".join(sample[0] for sample in pieces)
 
 
-def _saved_tokenizer(workdir: str, kind: str):
-  """The tokenizer a resumed run must keep using, or None for a new run."""
+def _saved_tokenizer(workdir: str, kind: str | None):
+  """The tokenizer a resumed run must keep using (of `kind`, if given), or None for a new run."""
   if not os.path.exists(os.path.join(workdir, "tokenizer.json")):
     return None
   tokenizer = data.load_tokenizer(workdir)
-  if tokenizer.kind != kind:
+  if kind is not None and tokenizer.kind != kind:
     raise UserError(f"{workdir} was trained with the {tokenizer.kind} tokenizer but "
                     f"data.tokenizer={kind}: pass --config.data.tokenizer={tokenizer.kind} "
                     "or use a new --workdir")
@@ -267,7 +270,7 @@ def _saved_tokenizer(workdir: str, kind: str):
 def _new_tokenizer(config, pretrained: str | None):
   """GPT-2's tokenizer from the pretrained folder, data.tokenizer_path or the hub; None for
   a character tokenizer, which build_dataset makes from the text."""
-  if config.data.tokenizer != "gpt2":
+  if config.data.tokenizer != "gpt2" or config.data.source == "tokens":
     return None
   if pretrained:
     return hf_gpt2.load_tokenizer(pretrained)

@@ -54,3 +54,34 @@ def text_file(tmp_path_factory):
 @pytest.fixture
 def tiny():
   return tiny_config()
+
+
+def write_token_dataset(text: str, directory, val_fraction=0.1, shard_chars=2000) -> str:
+  """The token folder `python -m jaxgpt.prepare` makes of `text`, split as data.source=text
+  splits it, each split in shards of `shard_chars` characters."""
+  import json  # pylint: disable=g-import-not-at-top
+  from jaxgpt.data import CharTokenizer, shards  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  tokenizer = CharTokenizer.from_text(text)
+  cut = int(len(text) * (1 - val_fraction))
+  splits = {}
+  for split, part in (("train", text[:cut]), ("val", text[cut:])):
+    tokens = tokenizer.encode(part)
+    pieces = [tokens[i:i + shard_chars] for i in range(0, len(tokens), shard_chars)]
+    splits[split] = [shards.write_shard(os.path.join(directory, f"{split}_{i:06d}.bin"), piece,
+                                        shards.token_dtype(tokenizer.vocab_size))
+                     for i, piece in enumerate(pieces)]
+  tokenizer.save(str(directory))
+  info = {"format": shards.FORMAT, "version": shards.FORMAT_VERSION, "tokenizer": "char",
+          "vocab_size": tokenizer.vocab_size, "end_of_text_id": None, "dtype": "uint16",
+          "source": {}, "splits": splits, "documents": {"train": 1, "val": 1}}
+  with open(os.path.join(directory, shards.DATASET_FILE), "w", encoding="utf-8") as f:
+    json.dump(info, f)
+  return str(directory)
+
+
+@pytest.fixture(scope="session")
+def token_dir(text_file, tmp_path_factory):
+  """text_file as token shards, split and tokenized as data.source=text does."""
+  with open(text_file, encoding="utf-8") as f:
+    return write_token_dataset(f.read(), tmp_path_factory.mktemp("tokens"))

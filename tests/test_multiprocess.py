@@ -151,6 +151,18 @@ def test_a_signal_to_one_process_stops_all_at_one_step_and_one_process_resumes(
 
 
 @pytest.mark.slow
+def test_two_processes_train_from_token_shards_like_one_process_from_the_text(
+    token_dir, tmp_path, started, reference, text_file):
+  pair = _start_pair(text_file, tmp_path, "--config.data.source=tokens",
+                     f"--config.data.path={token_dir}")
+  started += pair
+  for p in pair:
+    code, _, stderr = _finish(p)
+    assert code == 0, stderr
+  _assert_same_run(tmp_path, reference)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(3))
 def test_best_periodic_and_final_saves_on_one_step_never_collide(text_file, tmp_path, started,
                                                                  trial):

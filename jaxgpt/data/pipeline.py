@@ -13,25 +13,32 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
+from jaxgpt.data import shards
 from jaxgpt.data import sources
 from jaxgpt.data import tfhost
-from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer
+from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer
 from jaxgpt.errors import UserError
 
 TRAIN_STREAM = 0
 EVAL_STREAM = 1
 
 
+# A split's tokens: an int32 array in memory, or token shards read lazily from disk.
+Tokens = np.ndarray | shards.TokenShards
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  train: np.ndarray  # int32 token ids, 1-D
-  val: np.ndarray
+  train: Tokens
+  val: Tokens
   tokenizer: CharTokenizer | BPETokenizer
 
 
 def build_dataset(config, tokenizer=None) -> Dataset:
   """Tokenizes `config.data` with `tokenizer` (a saved run's, or GPT-2's), or else with a
-  new character tokenizer of the text."""
+  new character tokenizer of the text; `data.source=tokens` reads prepared shards."""
+  if config.data.source == "tokens":
+    return _token_shards_dataset(config.data.path, config.model.block_size, tokenizer)
   train_text, val_text = sources.load_splits(config.data)
   if tokenizer is None:
     tokenizer = build_tokenizer(config.data.tokenizer, train_text + val_text)
@@ -42,16 +49,38 @@ def build_dataset(config, tokenizer=None) -> Dataset:
   return dataset
 
 
-def _check_length(tokens: np.ndarray, block_size: int, what: str) -> None:
+def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> Dataset:
+  """The dataset `python -m jaxgpt.prepare` wrote: its shards memory-mapped, its tokenizer,
+  which must be a resumed run's own."""
+  info = shards.read_dataset(directory)
+  tokenizer = load_tokenizer(directory)
+  if saved_tokenizer is not None and _identity(saved_tokenizer) != _identity(tokenizer):
+    raise UserError(
+        f"the dataset at {directory} was tokenized with another tokenizer than this run's "
+        f"({tokenizer.kind}, {tokenizer.vocab_size} ids, against the run's "
+        f"{saved_tokenizer.kind}, {saved_tokenizer.vocab_size}): resume with the run's own "
+        "dataset, or train on this one in a new --workdir")
+  dataset = Dataset(shards.load_split(directory, info, "train"),
+                    shards.load_split(directory, info, "val"), tokenizer)
+  for name, tokens in (("train", dataset.train), ("val", dataset.val)):
+    _check_length(tokens, block_size, f"the {name} split of {directory}")
+  return dataset
+
+
+def _identity(tokenizer) -> str:
+  return tokenizer.chars if tokenizer.kind == "char" else tokenizer.hf_json()
+
+
+def _check_length(tokens: Tokens, block_size: int, what: str) -> None:
   if len(tokens) <= block_size + 1:
     raise UserError(
         f"{what} has {len(tokens)} tokens, too short for model.block_size="
         f"{block_size}: lower --config.model.block_size or data.val_fraction,"
         " or give more text")
-  if len(tokens) >= 2**32:
+  if len(tokens) >= 2**32 and not isinstance(tokens, shards.TokenShards):
     raise UserError(
-        f"{what} has {len(tokens)} tokens; at most 2**32-1 are supported: use"
-        " a smaller text")
+        f"{what} has {len(tokens)} tokens; at most 2**32-1 fit in memory: prepare it "
+        "as token shards (python -m jaxgpt.prepare) and train with data.source=tokens")
 
 
 class _Ops(NamedTuple):
@@ -108,7 +137,21 @@ def _offsets(ops: _Ops, num_offsets: int, seed, stream, step, rows):
   h = _lowbias32(ops.to_uint32(seed), ops)
   for counter in (stream, step, rows):
     h = _lowbias32(ops.xor(h, ops.to_uint32(counter)), ops)
-  return ops.remainder(h, ops.to_uint32(num_offsets))
+  if num_offsets < 2**32:
+    return ops.remainder(h, ops.to_uint32(num_offsets))
+  # Corpora of 2**32 tokens or more (shards only, so NumPy only): a second hash gives the
+  # low 32 bits of a 64-bit draw.
+  low = _lowbias32(ops.xor(h, ops.to_uint32(0x9E3779B9)), ops)
+  wide = (h.astype(np.uint64) << np.uint64(32)) | low.astype(np.uint64)
+  return wide % np.uint64(num_offsets)
+
+
+def _windows(tokens: Tokens, starts, length: int) -> np.ndarray:
+  """int32 [len(starts), length]: the tokens from each start on."""
+  starts = np.asarray(starts).astype(np.int64)
+  if isinstance(tokens, shards.TokenShards):
+    return tokens.windows(starts, length)
+  return np.asarray(tokens, np.int32)[starts[:, None] + np.arange(length)]
 
 
 def get_batch(tokens: np.ndarray, seed: int, step: int, process_index: int,
@@ -120,8 +163,7 @@ def get_batch(tokens: np.ndarray, seed: int, step: int, process_index: int,
   rows = row_ids(process_index, batch_size, process_count, micro_batches)
   starts = _offsets(_NUMPY_OPS, len(tokens) - block_size, seed, stream, step,
                     rows)
-  windows = np.asarray(tokens, np.int32)[
-      starts.astype(np.int64)[:, None] + np.arange(block_size + 1)]
+  windows = _windows(tokens, starts, block_size + 1)
   return windows[:, :-1], windows[:, 1:]
 
 
@@ -148,7 +190,7 @@ class BatchStream:
                start_step, end_step, use_tf: bool | None = None,
                process_count: int = 1, micro_batches: int = 1):
     _check_length(tokens, block_size, "the token array")
-    self._tokens = np.asarray(tokens, np.int32)
+    self._tokens = tokens if isinstance(tokens, shards.TokenShards) else np.asarray(tokens, np.int32)
     self._seed, self._process_index = seed, process_index
     self._process_count, self._micro_batches = process_count, micro_batches
     self._batch_size, self._block_size = batch_size, block_size
@@ -173,6 +215,8 @@ class BatchStream:
 
   def _tf_batches(self):
     tf = tfhost.import_tensorflow()
+    if isinstance(self._tokens, shards.TokenShards):
+      return self._tf_batches_from_shards(tf)
     tokens = tf.constant(self._tokens)
     ops = _tf_ops(tf)
     rows = tf.constant(row_ids(self._process_index, self._batch_size,
@@ -186,10 +230,28 @@ class BatchStream:
       windows = tf.gather(tokens, tf.cast(starts, tf.int64)[:, None] + window)
       return windows[:, :-1], windows[:, 1:]
 
+    return self._tf_steps(tf).map(make_batch).prefetch(2).as_numpy_iterator()
+
+  def _tf_batches_from_shards(self, tf):
+    """Memory-mapped shards have no TensorFlow form: tf.data runs the NumPy batch function
+    on its background thread, ahead of the step."""
+    shape = (self._batch_size, self._block_size)
+
+    def numpy_batch(step):
+      return get_batch(self._tokens, self._seed, int(step), self._process_index,
+                       self._batch_size, self._block_size, process_count=self._process_count,
+                       micro_batches=self._micro_batches)
+
+    @tf.autograph.experimental.do_not_convert
+    def make_batch(step):
+      x, y = tf.numpy_function(numpy_batch, [step], (tf.int32, tf.int32), stateful=False)
+      return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape)
+
+    return self._tf_steps(tf).map(make_batch).prefetch(2).as_numpy_iterator()
+
+  def _tf_steps(self, tf):
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.autotune.enabled = False  # Its tuning threads cost more than they give here.
     options.experimental_optimization.apply_default_optimizations = False
-    dataset = tf.data.Dataset.range(self._start_step, self._end_step)
-    dataset = dataset.map(make_batch).prefetch(2).with_options(options)
-    return dataset.as_numpy_iterator()
+    return tf.data.Dataset.range(self._start_step, self._end_step).with_options(options)

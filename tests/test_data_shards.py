@@ -1,0 +1,164 @@
+"""Token shards: the format, the lazy reader, batches from shards, and training on them."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxgpt.data import BatchStream, get_batch, pipeline, shards
+from jaxgpt.errors import UserError
+from jaxgpt.trainer import Trainer
+
+from conftest import tiny_config
+from test_cli import assert_clean_error, run
+from test_trainer import _config, _losses
+
+
+@pytest.mark.parametrize("dtype, magic, version", [(np.uint16, 20240520, 1),
+                                                   (np.uint32, 20240801, 7)])
+def test_a_shard_is_llm_c_format_and_reads_back(tmp_path, dtype, magic, version):
+  tokens = np.array([0, 1, 65535, 7], np.int64) if dtype == np.uint16 else \
+      np.array([0, 70000, 2**31], np.int64)
+  path = str(tmp_path / "a.bin")
+  entry = shards.write_shard(path, tokens, dtype)
+  assert entry["file"] == "a.bin" and entry["tokens"] == len(tokens)
+  header = np.fromfile(path, "<i4", count=256)
+  assert (header[0], header[1], header[2]) == (magic, version, len(tokens))
+  assert not header[3:].any()
+  assert os.path.getsize(path) == 1024 + len(tokens) * np.dtype(dtype).itemsize
+  np.testing.assert_array_equal(shards.open_shard(path, len(tokens)), tokens)
+  assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_token_dtype_fits_the_vocabulary():
+  assert shards.token_dtype(50257) == np.uint16
+  assert shards.token_dtype(2**16) == np.uint16
+  assert shards.token_dtype(2**16 + 1) == np.uint32
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: open(p, "r+b").truncate(1030), ["truncated"]),
+    (lambda p: open(p, "r+b").truncate(100), ["truncated"]),
+    (lambda p: open(p, "r+b").write(b"\0\0\0\0"), ["magic"]),
+    (os.remove, ["cannot be read"]),
+])
+def test_a_damaged_shard_is_named(tmp_path, damage, words):
+  path = str(tmp_path / "train_000003.bin")
+  shards.write_shard(path, np.arange(100), np.uint16)
+  damage(path)
+  with pytest.raises(UserError) as error:
+    shards.open_shard(path, 100)
+  assert "train_000003.bin" in str(error.value)
+  for word in words:
+    assert word in str(error.value)
+
+
+def test_a_count_that_differs_from_dataset_json_is_named(tmp_path):
+  path = str(tmp_path / "s.bin")
+  shards.write_shard(path, np.arange(10), np.uint16)
+  with pytest.raises(UserError, match="lists 11"):
+    shards.open_shard(path, 11)
+
+
+def _split_into_shards(tmp_path, tokens, sizes):
+  pieces, start = [], 0
+  for i, size in enumerate(sizes):
+    path = str(tmp_path / f"{i}.bin")
+    shards.write_shard(path, tokens[start:start + size], np.uint16)
+    pieces.append(shards.open_shard(path))
+    start += size
+  return shards.TokenShards(pieces)
+
+
+def test_windows_cross_shard_ends(tmp_path):
+  tokens = np.random.default_rng(0).integers(0, 500, 1000)
+  lazy = _split_into_shards(tmp_path, tokens, [3, 0, 400, 1, 596])
+  assert len(lazy) == 1000
+  starts = np.array([0, 1, 2, 3, 398, 402, 403, 1000 - 50, 500])
+  expected = tokens[starts[:, None] + np.arange(50)]
+  got = lazy.windows(starts, 50)
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_batches_from_shards_equal_batches_from_memory(tmp_path):
+  tokens = np.random.default_rng(1).integers(0, 60, 5000).astype(np.int32)
+  lazy = _split_into_shards(tmp_path, tokens, [1000, 2500, 1500])
+  for step in (0, 7):
+    for got, expected in zip(get_batch(lazy, 3, step, 1, 8, 32, process_count=2),
+                             get_batch(tokens, 3, step, 1, 8, 32, process_count=2)):
+      np.testing.assert_array_equal(got, expected)
+
+
+def test_tf_data_and_numpy_give_the_same_batches_from_shards(tmp_path):
+  pytest.importorskip("tensorflow")
+  tokens = np.random.default_rng(2).integers(0, 60, 3000).astype(np.int32)
+  lazy = _split_into_shards(tmp_path, tokens, [1000, 2000])
+  args = (lazy, 5, 0, 4, 16, 3, 8)
+  numpy_batches = list(BatchStream(*args, use_tf=False))
+  tf_batches = list(BatchStream(*args, use_tf=True))
+  assert len(tf_batches) == 5
+  for (x1, y1), (x2, y2) in zip(numpy_batches, tf_batches):
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_offsets_of_corpora_past_2_to_the_32_tokens():
+  rows = np.arange(4096, dtype=np.uint32)
+  num_offsets = 3 * 2**32
+  starts = pipeline._offsets(pipeline._NUMPY_OPS, num_offsets, 0, 0, 5, rows)  # pylint: disable=protected-access
+  assert starts.dtype == np.uint64 and starts.max() < num_offsets
+  assert (starts >= 2**32).mean() > 0.5, "the high part of the corpus is drawn from"
+  again = pipeline._offsets(pipeline._NUMPY_OPS, num_offsets, 0, 0, 5, rows)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(starts, again)
+
+
+def test_training_on_shards_equals_training_on_the_text(text_file, token_dir, tmp_path):
+  Trainer(_config(text_file), str(tmp_path / "text")).run()
+  from_shards = _config(text_file)
+  from_shards.data.update(source="tokens", path=token_dir)
+  Trainer(from_shards, str(tmp_path / "shards")).run()
+  assert _losses(tmp_path / "shards") == _losses(tmp_path / "text")
+  assert _losses(tmp_path / "shards", "val_loss") == _losses(tmp_path / "text", "val_loss")
+  with open(tmp_path / "shards" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["data"]["tokenizer"] == "char"
+
+
+def test_resuming_on_a_dataset_with_another_tokenizer_is_refused(text_file, token_dir, tmp_path):
+  c = tiny_config()
+  c.data.update(source="tokens", path=token_dir)
+  c.train.max_steps = 5
+  Trainer(c, str(tmp_path / "run")).run()
+  other = write_other_dataset(tmp_path / "other")
+  c.data.path = other
+  with pytest.raises(UserError, match="another tokenizer"):
+    Trainer(c, str(tmp_path / "run"))
+
+
+def write_other_dataset(directory):
+  from conftest import write_token_dataset  # pylint: disable=g-import-not-at-top
+  return write_token_dataset("xyz " * 2000, directory)
+
+
+def _train_on(token_folder, workdir, *args):
+  return run("train", "--config.data.source=tokens", f"--config.data.path={token_folder}",
+             f"--workdir={workdir}", "--config.model.n_layer=1", "--config.model.n_embd=32",
+             "--config.model.n_head=2", "--config.model.block_size=16",
+             "--config.train.batch_size=8", "--config.train.max_steps=2",
+             "--config.train.eval_steps=1", "--config.train.sample_tokens=0",
+             "--config.data.pipeline=numpy", *args, check=False)
+
+
+def test_bad_token_folders_are_one_line(token_dir, tmp_path):
+  assert_clean_error(_train_on(tmp_path, tmp_path / "a"), "dataset.json", "jaxgpt.prepare")
+  damaged = tmp_path / "damaged"
+  shutil.copytree(token_dir, damaged)
+  with open(damaged / "train_000001.bin", "r+b") as f:
+    f.truncate(2000)
+  assert_clean_error(_train_on(damaged, tmp_path / "b"), "train_000001.bin", "truncated")
+  assert_clean_error(_train_on(token_dir, tmp_path / "c", "--config.model.block_size=2000"),
+                     "too short", "block_size")
+  assert_clean_error(run("train", "--config.data.source=tokens", f"--workdir={tmp_path / 'd'}",
+                         check=False), "data.path")
