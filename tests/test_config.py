@@ -25,6 +25,7 @@ def test_base_config_is_valid():
     ({"model__dropout": 1.0}, ["model.dropout"]),
     ({"data__source": "poems"}, ["data.source", "shakespeare_plays"]),
     ({"data__source": "text"}, ["data.path"]),
+    ({"data__source": "tokens"}, ["data.path", "jaxgpt.prepare"]),
     ({"data__tokenizer": "bpe"}, ["data.tokenizer"]),
     ({"data__pipeline": "grain"}, ["data.pipeline"]),
     ({"train__max_steps": -1}, ["train.max_steps"]),
@@ -42,6 +43,29 @@ def test_impossible_settings_name_the_key(changes, words):
     config_lib.validate(_config(**changes))
   for word in words:
     assert word in str(error.value)
+
+
+def _load_config_file(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu",
+                                  "finetune_shakespeare", "gpt2_owt", "gpt2_fineweb"])
+def test_every_config_file_is_valid(name):
+  c = _load_config_file(name)
+  if c.data.source == "tokens":
+    c.data.path = "/data/shards"
+  config_lib.validate(c)
+
+
+@pytest.mark.parametrize("name, tokens_per_step, micro_batch", [("gpt2_owt", 491_520, 96),
+                                                               ("gpt2_fineweb", 524_288, 128)])
+def test_gpt2_recipes_keep_their_step(name, tokens_per_step, micro_batch):
+  c = _load_config_file(name)
+  assert c.train.batch_size * c.model.block_size == tokens_per_step
+  assert c.train.batch_size // c.train.grad_accum_steps == micro_batch
+  assert c.data.source == "tokens" and c.model.n_embd == 768 and c.model.n_layer == 12
 
 
 def test_precision_must_be_known():
