@@ -335,6 +335,9 @@ logs_command() {
     "; (while $(running_test); do sleep 1; done) & tail -n +1 -f --pid=\$! $REMOTE_LOG" \
     "; status=\"\$(cat $REMOTE_STATUS 2>/dev/null)\"" \
     "; if [ \"\$status\" = 0 ]; then echo 'training finished'; exit 0; fi" \
+    "; if [ \"\$status\" = 130 ] || [ \"\$status\" = 143 ]; then echo 'error: training was" \
+    " stopped by a signal after saving its checkpoint: run the train step again to resume'" \
+    " >&2; exit 1; fi" \
     "; echo \"error: training failed on worker 0 (exit status" \
     " \${status:-unknown: it was killed or its VM restarted}): its log is above and in its" \
     " ~/jaxgpt-train.log\" >&2; exit 1"
