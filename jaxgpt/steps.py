@@ -46,7 +46,7 @@ def train_step(state: TrainState, x_AxBxT, y_AxBxT, stop_B, *, model, optimizer,
 
   Only the trainable parameters change (all of them, or the LoRA adapters only).
   `stop_B` holds, for each row, whether the process that made it was asked to stop (a
-  signal); metrics["stop"] is their maximum, so every process learns of a stop at the same
+  signal); metrics["stop"] is whether any is set, so every process learns of a stop at the same
   step.
   """
   rng = None if model.config.dropout == 0 else jax.random.fold_in(dropout_key, state.step)
@@ -55,7 +55,8 @@ def train_step(state: TrainState, x_AxBxT, y_AxBxT, stop_B, *, model, optimizer,
   updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
   params = lora.combine(optax.apply_updates(trainable, updates), frozen)
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
-             "stop": jnp.max(stop_B)}
+             # A float32 sum, so that XLA can combine its all-reduce with the gradients'.
+             "stop": jnp.sum(stop_B.astype(jnp.float32)) > 0}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
