@@ -126,6 +126,25 @@ def test_training_on_shards_equals_training_on_the_text(text_file, token_dir, tm
     assert json.load(f)["data"]["tokenizer"] == "char"
 
 
+@pytest.mark.slow
+def test_the_plays_prepared_train_like_the_plays(tmp_path):
+  """`prepare --source=shakespeare_plays --tokenizer=char` then data.source=tokens: the
+  same batches, so the same losses, as data.source=shakespeare_plays."""
+  run("prepare", "--source=shakespeare_plays", "--tokenizer=char", f"--out={tmp_path / 'plays'}",
+      "--shard_tokens=1000000")
+  assert len(shards.read_dataset(tmp_path / "plays")["splits"]["train"]) > 1
+  plays = tiny_config()
+  plays.train.update(max_steps=6, log_every=1, eval_every=6)
+  Trainer(plays, str(tmp_path / "from_plays")).run()
+  prepared = tiny_config()
+  prepared.train.update(max_steps=6, log_every=1, eval_every=6)
+  prepared.data.update(source="tokens", path=str(tmp_path / "plays"))
+  Trainer(prepared, str(tmp_path / "from_tokens")).run()
+  assert _losses(tmp_path / "from_tokens") == _losses(tmp_path / "from_plays")
+  assert _losses(tmp_path / "from_tokens", "val_loss") == _losses(tmp_path / "from_plays",
+                                                                  "val_loss")
+
+
 def test_resuming_on_a_dataset_with_another_tokenizer_is_refused(text_file, token_dir, tmp_path):
   c = tiny_config()
   c.data.update(source="tokens", path=token_dir)

@@ -46,15 +46,19 @@ def write_shard(path: str, tokens: np.ndarray, dtype) -> dict:
   header = np.zeros(HEADER_INTS, "<i4")
   header[0], header[1] = KINDS[dtype]
   header[2] = len(tokens)
-  data = header.tobytes() + tokens.astype(dtype.newbyteorder("<")).tobytes()
+  # No copy of a shard that is already little-endian `dtype` (as prepare's buffers are).
+  body = np.ascontiguousarray(tokens, dtype.newbyteorder("<")).reshape(-1)
+  digest = hashlib.sha256(header.tobytes())
+  digest.update(body)
   temporary = path + ".tmp"
   with open(temporary, "wb") as f:
-    f.write(data)
+    f.write(header.tobytes())
+    f.write(body)
     f.flush()
     os.fsync(f.fileno())
   os.replace(temporary, path)
   return {"file": os.path.basename(path), "tokens": int(len(tokens)),
-          "sha256": hashlib.sha256(data).hexdigest()}
+          "sha256": digest.hexdigest()}
 
 
 def open_shard(path: str, expected_tokens: int | None = None) -> np.memmap:

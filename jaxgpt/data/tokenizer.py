@@ -91,6 +91,12 @@ class BPETokenizer:
   def encode(self, text: str) -> np.ndarray:
     return np.array(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
 
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    """Each text's ids, from one call into `tokenizers` (on its own threads unless
+    TOKENIZERS_PARALLELISM=false)."""
+    encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    return [e.ids for e in encodings]
+
   def decode(self, ids) -> str:
     """Ids past the tokenizer's vocabulary (the model's padded rows) are skipped."""
     return self._tokenizer.decode([int(i) for i in np.asarray(ids).ravel()

@@ -1,0 +1,211 @@
+"""python -m jaxgpt.prepare --input=GLOB[,GLOB...] --out=DIR [--tokenizer=char|gpt2|FOLDER]
+    [--text_field=text] [--val_fraction=F | --val_input=GLOB] [--workers=N] [--shard_tokens=N]
+python -m jaxgpt.prepare --source=shakespeare_plays|text|kaggle_csv|tfds|hf [--path=...]
+    [--name=...] --out=DIR [--tokenizer=...] [--val_fraction=F] [--shard_tokens=N]
+
+Tokenizes a corpus once into token shards (llm.c's .bin format, see jaxgpt/data/shards.py)
+that training reads with --config.data.source=tokens --config.data.path=DIR.
+
+Inputs: plain-text files (one document each), JSON Lines (.jsonl, .jsonl.gz: a document a
+line, its text in --text_field), Parquet (.parquet: the column --text_field), a Hugging Face
+dataset streamed with `datasets` (--source=hf --name=NAME [--path=CONFIG]), or one of
+training's own sources (shakespeare_plays, text, kaggle_csv, tfds), which give exactly the
+tokens that training makes from them in memory. With --tokenizer=gpt2 or a BPE folder each
+document is preceded by <|endoftext|>; with char, documents are joined with a newline.
+
+DIR gets train_NNNNNN.bin and val_NNNNNN.bin shards, tokenizer.json and dataset.json (written
+last). A prepare that was stopped goes on from its last finished shard when run again with
+the same arguments, and writes the same bytes as one that was never stopped.
+"""
+
+import os
+import time
+
+from absl import flags
+
+from jaxgpt import cli
+from jaxgpt.data import corpus, documents, shard_writer, shards
+from jaxgpt.errors import Interrupted, UserError, run_cli
+from jaxgpt.progress import duration
+
+SOURCES = corpus.TEXT_SOURCES + ("hf",)
+SPLITS = corpus.SPLITS
+
+_INPUT = flags.DEFINE_string("input", "", "Comma-separated globs of the corpus's files "
+                             "(.txt or any other: one document; .jsonl, .jsonl.gz, .parquet).")
+_OUT = flags.DEFINE_string("out", None, "The folder to write the dataset to.")
+_SOURCE = flags.DEFINE_string("source", "", "Instead of --input: shakespeare_plays, text "
+                              "(--path=FILE), kaggle_csv (--path=CSV), tfds (--name=DATASET) or "
+                              "hf (--name=DATASET [--path=CONFIG], streamed with `datasets`).")
+_PATH = flags.DEFINE_string("path", "", "The file of --source=text|kaggle_csv; the "
+                            "configuration of --source=hf.")
+_NAME = flags.DEFINE_string("name", "", "The dataset of --source=hf|tfds (tfds: default "
+                            "tiny_shakespeare).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "char", "char (a vocabulary of the corpus's "
+                                 "characters), gpt2 (GPT-2's BPE), or a folder: a Hugging Face "
+                                 "tokenizer, or a jaxgpt run's or dataset's tokenizer.json.")
+_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "The JSON field or Parquet column, or "
+                                  "the --source=hf field, that holds each document's text.")
+_VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "The share of documents held out for "
+                                   "validation, chosen by a hash of each document's index.")
+_VAL_INPUT = flags.DEFINE_string("val_input", "", "Globs of the validation files, instead of "
+                                 "--val_fraction (then all of --input is training data).")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Tokenizing processes "
+                                "(default: one per core); the output does not depend on it.")
+_SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per shard (the last "
+                                     "of each split has fewer).")
+
+
+def main(argv=None):
+  cli.parse_flags(argv, __doc__)
+  started = time.monotonic()
+  source = describe_source()
+  out = os.path.abspath(os.path.expanduser(_OUT.value))
+  if _already_prepared(out, source):
+    return
+  _make_folder(out)
+  shard_writer.remove_temporaries(out)
+  records = _unfinished_records(out, source)
+  try:
+    if source["source"] in corpus.TEXT_SOURCES:
+      prepared = corpus.prepare_text(out, source)
+    else:
+      prepared = corpus.prepare_documents(out, source, records, _WORKERS.value)
+  except KeyboardInterrupt:
+    raise Interrupted(f"prepare was interrupted: run the same command again to go on from "
+                      f"its last finished shard in {out}") from None
+  info = _finish(out, source, prepared)
+  print(_summary(out, info, time.monotonic() - started), flush=True)
+
+
+def describe_source() -> dict:
+  """The arguments that define the dataset's content (not --workers), checked, with the
+  globs resolved to files: dataset.json keeps it, and a rerun must match it."""
+  kind = _check_flags()
+  files = kind == "files"
+  val_input = documents.expand_globs(_VAL_INPUT.value, "val_input") if _VAL_INPUT.value else None
+  path = (_check_file(_PATH.value, kind) if kind in ("text", "kaggle_csv")
+          else _PATH.value or None if kind == "hf" else None)
+  name = (_NAME.value or ("tiny_shakespeare" if kind == "tfds" else None)
+          if kind in ("tfds", "hf") else None)
+  tokenizer = _TOKENIZER.value
+  if tokenizer not in ("char", "gpt2"):
+    tokenizer = os.path.abspath(os.path.expanduser(tokenizer))
+  return {"source": kind,
+          "input": documents.expand_globs(_INPUT.value, "input") if files else None,
+          "val_input": val_input, "path": path, "name": name,
+          "text_field": _TEXT_FIELD.value if kind in ("files", "hf") else None,
+          "tokenizer": tokenizer, "val_fraction": None if val_input else _VAL_FRACTION.value,
+          "shard_tokens": _SHARD_TOKENS.value}
+
+
+def _check_flags() -> str:
+  """The kind of source (`files` for --input); contradictory flags are a UserError."""
+  if not _OUT.value:
+    raise UserError("--out=DIR is required: the folder to write the dataset to")
+  source = _SOURCE.value
+  if source and _INPUT.value:
+    raise UserError(f"--input and --source={source} both given: pass one of them")
+  if not source and not _INPUT.value:
+    raise UserError("pass --input=GLOB[,GLOB...] (the corpus's files) or --source=NAME "
+                    f"({', '.join(SOURCES)})")
+  if source and source not in SOURCES:
+    raise UserError(f"unknown --source={source}: choose one of {', '.join(SOURCES)}, or pass "
+                    "--input=GLOB")
+  if _VAL_INPUT.value and flags.FLAGS["val_fraction"].present:
+    raise UserError("--val_fraction and --val_input both given: pass one (--val_input makes "
+                    "those files the validation split, and all of --input training data)")
+  if _VAL_INPUT.value and source:
+    raise UserError(f"--val_input goes with --input, not --source={source}: use --val_fraction")
+  if not 0 < _VAL_FRACTION.value < 1:
+    raise UserError(f"--val_fraction={_VAL_FRACTION.value} must lie between 0 and 1, e.g. 0.1")
+  if source == "hf" and not _NAME.value:
+    raise UserError("--source=hf needs --name=DATASET (a Hugging Face dataset, e.g. "
+                    "HuggingFaceFW/fineweb-edu) and optionally --path=CONFIG")
+  if _WORKERS.value < 1 or _SHARD_TOKENS.value < 1:
+    raise UserError("--workers and --shard_tokens must be at least 1")
+  return source or "files"
+
+
+def _check_file(path: str, source: str) -> str:
+  if not path:
+    raise UserError(f"--source={source} needs --path=FILE")
+  if not os.path.isfile(path):
+    raise UserError(f"--path={path} is not a file: pass the file for --source={source}")
+  return os.path.abspath(path)
+
+
+def _make_folder(out: str) -> None:
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--out={out} cannot be made a folder ({e.strerror}): pass another "
+                    "--out") from None
+
+
+def _already_prepared(out: str, source: dict) -> bool:
+  """True (said on stdout) for a folder with this dataset, finished; a folder with another
+  finished dataset is a UserError, and nothing of it is touched."""
+  path = os.path.join(out, shards.DATASET_FILE)
+  if not os.path.exists(path):
+    return False
+  info = shard_writer.read_json(path)
+  if not isinstance(info, dict) or info.get("format") != shards.FORMAT:
+    raise UserError(f"{path} exists but is not a jaxgpt token dataset: pass another --out")
+  made_from = info.get("source") or {}
+  if made_from != shard_writer.as_json(source):
+    differ = sorted(k for k in set(made_from) | set(source) if made_from.get(k) != source.get(k))
+    raise UserError(f"{out} already holds a dataset prepared from other arguments ("
+                    f"{', '.join(differ)} differ): pass another --out, or delete {out} to "
+                    "prepare this one there")
+  files = tuple(e["file"] for split in SPLITS for e in info["splits"][split])
+  shard_writer.remove_leftovers(out, keep=files)  # a run stopped just after dataset.json
+  print(f"{out} is already prepared from these arguments ({len(files)} shards): nothing to do",
+        flush=True)
+  return True
+
+
+def _unfinished_records(out: str, source: dict) -> list[dict]:
+  """The progress records of an unfinished prepare of these arguments; those of other
+  arguments are a UserError (run that command again, or start over elsewhere)."""
+  records = []
+  for path, record in shard_writer.progress_records(out):
+    made_from = (record or {}).get("fingerprint", {}).get("source")
+    if made_from != shard_writer.as_json(source):
+      raise UserError(f"{out} holds an unfinished prepare of other arguments "
+                      f"({os.path.basename(path)}): run that command again to finish it, or "
+                      f"pass another --out, or delete {out} to start over")
+    records.append(record)
+  return records
+
+
+def _finish(out: str, source: dict, prepared) -> dict:
+  """Writes the last shards, then dataset.json; removes progress files. Returns the info."""
+  for split in SPLITS:
+    if not prepared.writers[split].tokens:
+      shard_writer.remove_leftovers(out)  # these shards cannot make a dataset: start clean
+      raise UserError(corpus.empty_split_message(source, split, prepared.documents))
+  splits = {split: prepared.writers[split].finish() for split in SPLITS}
+  tokenizer = prepared.tokenizer
+  info = {"format": shards.FORMAT, "version": shards.FORMAT_VERSION, "tokenizer": tokenizer.kind,
+          "vocab_size": int(tokenizer.vocab_size), "end_of_text_id": tokenizer.end_of_text_id,
+          "dtype": prepared.writers["train"].dtype.name, "source": source, "splits": splits,
+          "documents": prepared.documents}
+  shard_writer.write_json(os.path.join(out, shards.DATASET_FILE), info)
+  shard_writer.remove_leftovers(out, keep=tuple(e["file"] for s in SPLITS for e in splits[s]))
+  return info
+
+
+def _summary(out: str, info: dict, seconds: float) -> str:
+  docs, splits = info["documents"], info["splits"]
+  tokens = {s: sum(e["tokens"] for e in splits[s]) for s in SPLITS}
+  total = tokens["train"] + tokens["val"]
+  return (f"prepared {out}: {docs['train'] + docs['val']:,} documents (train {docs['train']:,}, "
+          f"val {docs['val']:,}), {total:,} tokens (train {tokens['train']:,}, val "
+          f"{tokens['val']:,}) in {len(splits['train'])} train and {len(splits['val'])} val "
+          f"shards of {info['dtype']}, {info['tokenizer']} tokenizer of {info['vocab_size']:,} "
+          f"tokens; {duration(seconds)} ({total / max(seconds, 1e-9):,.0f} tokens/s)")
+
+
+if __name__ == "__main__":
+  run_cli(main)

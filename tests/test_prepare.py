@@ -1,0 +1,411 @@
+"""python -m jaxgpt.prepare: each input kind, tokenizers, separators, splits, determinism,
+resuming after SIGKILL, and bad input as one clear line."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxgpt import config as config_lib
+from jaxgpt.data import documents, shard_writer, shards, sources
+from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+
+from test_cli import REPO
+from test_cli import assert_clean_error as assert_one_line_error
+WORDS = ("thou art more lovely and more temperate rough winds do shake the darling buds of may "
+         "and summer's lease hath all too short a date").split()
+
+FAKE_DATASETS = '''
+import json, os, time
+def load_dataset(name, config=None, split=None, streaming=False):
+  if not streaming:
+    raise RuntimeError("the whole dataset would be downloaded: pass streaming=True")
+  with open(os.environ["FAKE_DATASETS_LOG"], "a") as f:
+    f.write(json.dumps([name, config, split]) + "\\n")
+  with open(os.environ["FAKE_DATASETS_ROWS"]) as f:
+    rows = json.load(f)
+  delay = float(os.environ.get("FAKE_DATASETS_DELAY", "0"))
+  def stream():
+    for row in rows:
+      time.sleep(delay)
+      yield row
+  return stream()
+'''
+
+
+def make_documents(count, seed=0, words=(5, 60)):
+  """`count` documents of a few sentences, the odd one with a non-ASCII character."""
+  rng = np.random.default_rng(seed)
+  docs = []
+  for i in range(count):
+    text = " ".join(rng.choice(WORDS, size=rng.integers(*words)))
+    docs.append(text.capitalize() + (" — fin." if i % 3 == 0 else ".\nThe end."))
+  return docs
+
+
+def env_with(**extra):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (extra.pop("PYTHONPATH", None), REPO,
+                                                   env.get("PYTHONPATH")) if p)
+  env.update(extra)
+  return env
+
+
+def prepare(*args, check=True, **env):
+  result = subprocess.run([sys.executable, "-m", "jaxgpt.prepare", *map(str, args)], cwd=REPO,
+                          env=env_with(**env), capture_output=True, text=True, timeout=300)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+def assert_clean_error(result, *words):
+  assert result.returncode == 2, (result.returncode, result.stderr)
+  assert_one_line_error(result, *words)
+
+
+def split_tokens(out, split):
+  info = shards.read_dataset(str(out))
+  tokens = shards.load_split(str(out), info, split)
+  return tokens.windows(np.array([0]), len(tokens))[0] if len(tokens) else np.zeros(0, np.int32)
+
+
+def folder_bytes(out):
+  return {name: (out / name).read_bytes() for name in sorted(os.listdir(out))}
+
+
+def by_split(docs, val_fraction=0.1):
+  val = [documents.held_out(i, val_fraction) for i in range(len(docs))]
+  return ([d for d, v in zip(docs, val) if not v], [d for d, v in zip(docs, val) if v])
+
+
+def write_text_files(folder, docs):
+  folder.mkdir(parents=True, exist_ok=True)
+  for i, doc in enumerate(docs):
+    (folder / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
+  return str(folder / "*.txt")
+
+
+@pytest.fixture(scope="module")
+def docs():
+  return make_documents(60)
+
+
+@pytest.fixture(scope="module")
+def bpe_folder(tmp_path_factory):
+  """A tiny byte-level BPE tokenizer with <|endoftext|>, as GPT-2's folder would hold."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("bpe")
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(make_documents(200, seed=1), vocab_size=400, min_frequency=1,
+                          special_tokens=[BPETokenizer.END_OF_TEXT])
+  bpe.save(str(folder / "tokenizer.json"))
+  return folder
+
+
+@pytest.fixture
+def fake_hub(tmp_path):
+  """A stand-in `datasets` module on PYTHONPATH that streams rows from a JSON file."""
+  module_dir = tmp_path / "fake_datasets"
+  module_dir.mkdir()
+  (module_dir / "datasets.py").write_text(FAKE_DATASETS)
+
+  def environment(rows, delay=0.0):
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    return dict(PYTHONPATH=str(module_dir), FAKE_DATASETS_ROWS=str(tmp_path / "rows.json"),
+                FAKE_DATASETS_LOG=str(tmp_path / "calls.jsonl"), FAKE_DATASETS_DELAY=str(delay))
+  return environment
+
+
+def test_text_files_char_tokens_and_dataset_json(docs, tmp_path):
+  pattern = write_text_files(tmp_path / "corpus", docs)
+  out = tmp_path / "out"
+  result = prepare(f"--input={pattern}", f"--out={out}", "--shard_tokens=500")
+  train, val = by_split(docs)
+  tokenizer = load_tokenizer(str(out))
+  assert tokenizer.chars == "".join(sorted(set("".join(docs) + "\n")))
+  assert split_tokens(out, "train").tolist() == tokenizer.encode("\n".join(train)).tolist()
+  assert split_tokens(out, "val").tolist() == tokenizer.encode("\n".join(val)).tolist()
+  info = json.loads((out / "dataset.json").read_text())
+  assert set(info) == {"format", "version", "tokenizer", "vocab_size", "end_of_text_id", "dtype",
+                       "source", "splits", "documents"}
+  assert (info["format"], info["version"]) == (shards.FORMAT, shards.FORMAT_VERSION)
+  assert (info["tokenizer"], info["vocab_size"], info["end_of_text_id"], info["dtype"]) == (
+      "char", tokenizer.vocab_size, None, "uint16")
+  assert info["documents"] == {"train": len(train), "val": len(val)}
+  assert info["source"]["input"] == sorted(str(p) for p in (tmp_path / "corpus").glob("*.txt"))
+  assert info["source"]["val_fraction"] == 0.1 and "workers" not in info["source"]
+  assert len(info["splits"]["train"]) > 2  # several shards of 500 tokens
+  assert sorted(os.listdir(out)) == sorted(
+      ["dataset.json", "tokenizer.json"] + [e["file"] for s in ("train", "val")
+                                            for e in info["splits"][s]])
+  assert "prepared" in result.stdout and f"{len(docs)} documents" in result.stdout
+
+
+def write_jsonl(path, docs, field="text", opener=open):
+  with opener(path, "wt", encoding="utf-8") as f:
+    for i, doc in enumerate(docs):
+      f.write(json.dumps({"id": i, field: doc}) + "\n")
+      if i == 3:
+        f.write("\n")  # blank lines are skipped
+
+
+def write_parquet(path, docs, field="text"):
+  pa = pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  pq.write_table(pa.table({"id": list(range(len(docs))), field: docs}), path, row_group_size=7)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "parquet"])
+def test_structured_inputs_give_the_text_files_tokens(kind, docs, bpe_folder, tmp_path):
+  half = len(docs) // 2  # two files, so file order matters too
+  for part, chunk in (("a", docs[:half]), ("b", docs[half:])):
+    path = tmp_path / f"{part}.{kind}"
+    if kind == "parquet":
+      write_parquet(path, chunk, field="body")
+    else:
+      write_jsonl(path, chunk, field="body", opener=gzip.open if kind.endswith("gz") else open)
+  plain = prepare(f"--input={write_text_files(tmp_path / 'txt', docs)}",
+                  f"--out={tmp_path / 'plain'}", f"--tokenizer={bpe_folder}")
+  assert plain.returncode == 0
+  prepare(f"--input={tmp_path}/*.{kind}", f"--out={tmp_path / 'out'}", "--text_field=body",
+          f"--tokenizer={bpe_folder}")
+  for split in ("train", "val"):
+    assert split_tokens(tmp_path / "out", split).tolist() == split_tokens(
+        tmp_path / "plain", split).tolist()
+
+
+def test_bpe_puts_end_of_text_before_each_document(docs, bpe_folder, tmp_path):
+  pattern = write_text_files(tmp_path / "corpus", docs)
+  out = tmp_path / "out"
+  prepare(f"--input={pattern}", f"--out={out}", f"--tokenizer={bpe_folder}")
+  tokenizer = BPETokenizer.from_folder(str(bpe_folder))
+  eot = tokenizer.end_of_text_id
+  for split, texts in zip(("train", "val"), by_split(docs)):
+    expected = np.concatenate([np.concatenate([[eot], tokenizer.encode(t)]) for t in texts])
+    assert split_tokens(out, split).tolist() == expected.tolist()
+  info = json.loads((out / "dataset.json").read_text())
+  assert (info["tokenizer"], info["end_of_text_id"]) == ("gpt2", eot)
+  assert load_tokenizer(str(out)).encode("the darling buds").tolist() == tokenizer.encode(
+      "the darling buds").tolist()
+
+
+def test_hugging_face_dataset_is_streamed(docs, fake_hub, tmp_path):
+  rows = [{"text": d, "url": f"u{i}"} for i, d in enumerate(docs)]
+  env = fake_hub(rows)
+  out = tmp_path / "out"
+  prepare("--source=hf", "--name=someone/corpus", "--path=sample-10BT", f"--out={out}", **env)
+  train, val = by_split(docs)
+  tokenizer = load_tokenizer(str(out))
+  assert split_tokens(out, "train").tolist() == tokenizer.encode("\n".join(train)).tolist()
+  assert split_tokens(out, "val").tolist() == tokenizer.encode("\n".join(val)).tolist()
+  calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+  assert calls[0] == ["someone/corpus", "sample-10BT", "train"]
+  info = json.loads((out / "dataset.json").read_text())
+  assert (info["source"]["source"], info["source"]["name"]) == ("hf", "someone/corpus")
+
+
+def test_val_input_files_are_the_validation_split(docs, tmp_path):
+  train_glob = write_text_files(tmp_path / "train", docs[:40])
+  val_glob = write_text_files(tmp_path / "val", docs[40:])
+  out = tmp_path / "out"
+  prepare(f"--input={train_glob}", f"--val_input={val_glob}", f"--out={out}")
+  tokenizer = load_tokenizer(str(out))
+  assert split_tokens(out, "train").tolist() == tokenizer.encode("\n".join(docs[:40])).tolist()
+  assert split_tokens(out, "val").tolist() == tokenizer.encode("\n".join(docs[40:])).tolist()
+  info = json.loads((out / "dataset.json").read_text())
+  assert info["documents"] == {"train": 40, "val": 20}
+  assert info["source"]["val_fraction"] is None and len(info["source"]["val_input"]) == 20
+
+
+def test_held_out_is_a_deterministic_share_of_documents():
+  chosen = [documents.held_out(i, 0.1) for i in range(20_000)]
+  assert 0.09 < np.mean(chosen) < 0.11
+  assert chosen == [documents.held_out(i, 0.1) for i in range(20_000)]
+  assert not any(chosen[i] and not documents.held_out(i, 0.3) for i in range(20_000))
+
+
+def test_any_number_of_workers_writes_the_same_bytes(bpe_folder, tmp_path):
+  docs = make_documents(400, seed=5, words=(100, 3000))  # ~1.6 MB: chunks for both workers
+  pattern = write_text_files(tmp_path / "corpus", docs)
+  outs = [tmp_path / f"w{n}" for n in (1, 2)]
+  for n, out in zip((1, 2), outs):
+    prepare(f"--input={pattern}", f"--out={out}", f"--tokenizer={bpe_folder}",
+            "--shard_tokens=20000", f"--workers={n}")
+  assert len(os.listdir(outs[0])) > 6
+  assert folder_bytes(outs[0]) == folder_bytes(outs[1])
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_killed_then_rerun_writes_the_same_bytes(tokenizer, fake_hub, bpe_folder, tmp_path):
+  docs = make_documents(120, seed=7, words=(2000, 6000))  # ~4 MB in chunks of ~1 MB
+  args = ["--source=hf", "--name=corpus", "--shard_tokens=150000", "--workers=2",
+          f"--tokenizer={'char' if tokenizer == 'char' else bpe_folder}"]
+  env = fake_hub([{"text": d} for d in docs], delay=0.01)
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  prepare(*args, f"--out={whole}", **env)
+  process = subprocess.Popen([sys.executable, "-m", "jaxgpt.prepare", *map(str, args),
+                              f"--out={killed}"], cwd=REPO, env=env_with(**env),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first, finished = killed / "train_000000.bin", killed / "train_000000.progress.json"
+  deadline = time.monotonic() + 120
+  while not finished.exists() and process.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.005)
+  process.send_signal(signal.SIGKILL)  # the first shard is finished, the others not
+  assert process.wait() == -signal.SIGKILL, "prepare ended before it could be killed"
+  assert not (killed / "dataset.json").exists()
+  first_written = first.stat().st_mtime_ns
+  result = prepare(*args, f"--out={killed}", **env)
+  assert "going on from the finished shards" in result.stderr
+  assert first.stat().st_mtime_ns == first_written  # kept, not rewritten
+  assert len([n for n in os.listdir(whole) if n.startswith("train_")]) > 3
+  assert folder_bytes(killed) == folder_bytes(whole)
+
+
+def test_resumed_writer_matches_at_every_shard_boundary(tmp_path):
+  """SplitWriter alone: documents longer and shorter than shards, resumed after each shard."""
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 40, size=50)
+  lengths[[5, 20]] = 95  # documents spanning several shards
+  units = [np.concatenate([[0], rng.integers(1, 60, size=n)]) for n in lengths]
+
+  def write(out, resume=shard_writer.Resume(), stop_after=None):
+    out.mkdir(exist_ok=True)
+    writer = shard_writer.SplitWriter(str(out), "train", np.uint16, 23, {"k": 1}, resume,
+                                      drop_first_separator=True)
+    for start in range(0, len(units), 4):  # chunks of 4 documents
+      todo = [i for i in range(start, min(start + 4, len(units))) if writer.wants(i)]
+      if todo:
+        writer.append(np.concatenate([units[i] for i in todo]), [len(units[i]) for i in todo],
+                      todo[0])
+      if stop_after is not None and len(writer.entries) > stop_after:
+        return None
+    return writer.finish()
+
+  whole = write(tmp_path / "whole")
+  expected = np.concatenate(units)[1:]
+  assert sum(e["tokens"] for e in whole) == len(expected)
+  for stop in range(len(whole) - 1):  # stopped once, after each shard in turn
+    out = tmp_path / f"stop{stop}"
+    write(out, stop_after=stop)
+    resume = shard_writer.find_resume(str(out), "train", {"k": 1}, np.uint16)
+    assert len(resume.shards) > stop
+    assert write(out, resume) == whole, stop
+  assert shard_writer.find_resume(str(out), "train", {"k": 2}, np.uint16) == shard_writer.Resume()
+  out, entries, resume = tmp_path / "stepwise", None, shard_writer.Resume()
+  for _ in whole:  # stopped after every shard
+    entries = write(out, resume, stop_after=len(resume.shards))
+    if entries is not None:
+      break
+    resume = shard_writer.find_resume(str(out), "train", {"k": 1}, np.uint16)
+  assert entries == whole
+  os.remove(shard_writer.progress_path(str(out), "train", 2))  # killed before it was written
+  assert len(shard_writer.find_resume(str(out), "train", {"k": 1}, np.uint16).shards) == 2
+
+
+def plays_config(val_fraction=0.1):
+  data = config_lib.base_config().data
+  data.source, data.val_fraction = "shakespeare_plays", val_fraction
+  return data
+
+
+def test_plays_give_the_tokens_training_makes(tmp_path):
+  out = tmp_path / "plays"
+  prepare("--source=shakespeare_plays", f"--out={out}", "--shard_tokens=1000000")
+  train_text, val_text = sources.load_splits(plays_config())
+  tokenizer = CharTokenizer.from_text(train_text + val_text)
+  assert load_tokenizer(str(out)).chars == tokenizer.chars
+  assert np.array_equal(split_tokens(out, "train"), tokenizer.encode(train_text))
+  assert np.array_equal(split_tokens(out, "val"), tokenizer.encode(val_text))
+  info = json.loads((out / "dataset.json").read_text())
+  assert len(info["splits"]["train"]) > 1 and info["source"]["source"] == "shakespeare_plays"
+
+
+def test_text_source_with_a_bpe_folder_gives_the_tokens_training_makes(text_file, bpe_folder,
+                                                                       tmp_path):
+  out = tmp_path / "out"
+  prepare("--source=text", f"--path={text_file}", f"--tokenizer={bpe_folder}", f"--out={out}",
+          "--val_fraction=0.2")
+  with open(text_file, encoding="utf-8") as f:
+    text = f.read()
+  cut = int(len(text) * 0.8)
+  tokenizer = BPETokenizer.from_folder(str(bpe_folder))
+  assert split_tokens(out, "train").tolist() == tokenizer.encode(text[:cut]).tolist()
+  assert split_tokens(out, "val").tolist() == tokenizer.encode(text[cut:]).tolist()
+
+
+def test_already_prepared_and_a_different_dataset(docs, tmp_path):
+  pattern = write_text_files(tmp_path / "corpus", docs)
+  out = tmp_path / "out"
+  prepare(f"--input={pattern}", f"--out={out}")
+  before = folder_bytes(out)
+  again = prepare(f"--input={pattern}", f"--out={out}", "--workers=1")
+  assert "already prepared" in again.stdout
+  other = prepare(f"--input={pattern}", f"--out={out}", "--val_fraction=0.3", check=False)
+  assert_clean_error(other, str(out), "val_fraction", "another --out")
+  assert folder_bytes(out) == before
+
+
+def test_an_unfinished_prepare_of_other_arguments_is_kept(docs, tmp_path):
+  pattern = write_text_files(tmp_path / "corpus", docs)
+  out = tmp_path / "out"
+  out.mkdir()
+  record = {"fingerprint": {"source": {"source": "files", "input": ["/elsewhere.txt"]}}}
+  (out / "train_000000.progress.json").write_text(json.dumps(record))
+  result = prepare(f"--input={pattern}", f"--out={out}", check=False)
+  assert_clean_error(result, "unfinished", "another --out")
+  assert (out / "train_000000.progress.json").exists()
+
+
+def fake_missing_module(tmp_path, name):
+  """A folder for PYTHONPATH where importing `name` fails, as if it were not installed."""
+  folder = tmp_path / f"no_{name}"
+  (folder / name).mkdir(parents=True)
+  (folder / name / "__init__.py").write_text(f"raise ImportError('no module named {name}')")
+  return str(folder)
+
+
+def test_bad_input_is_one_clear_line(docs, tmp_path):
+  corpus = write_text_files(tmp_path / "corpus", docs[:5])
+  out = f"--out={tmp_path / 'out'}"
+  (tmp_path / "empty").mkdir()
+  for i in range(3):
+    (tmp_path / "empty" / f"{i}.txt").write_text("")
+  (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+  (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+  (tmp_path / "one.txt").write_text("a single document")
+  (tmp_path / "t.parquet").write_bytes(b"PAR1")  # never opened: pyarrow is missing
+  cases = [
+      ([f"--input={tmp_path}/nothing*.txt", out], ["nothing*.txt"]),
+      ([f"--input={tmp_path}/empty/*.txt", out], ["corpus is empty"]),
+      ([f"--input={tmp_path}/latin1.txt", out], ["latin1.txt", "UTF-8"]),
+      ([f"--input={tmp_path}/bad.jsonl", out], ["bad.jsonl line 2", "--text_field"]),
+      ([f"--input={corpus}", f"--val_input={corpus}", "--val_fraction=0.2", out],
+       ["--val_fraction", "--val_input"]),
+      ([f"--input={tmp_path}/one.txt", out], ["validation split", "--val_input"]),
+      (["--source=poems", out], ["--source=poems", "kaggle_csv", "hf"]),
+      ([f"--input={corpus}"], ["--out"]),
+      ([f"--input={corpus}", "--tokenizer=/no/such/folder", out], ["/no/such/folder"]),
+      ([f"--input={corpus}", "--val_fraction=1.5", out], ["--val_fraction"]),
+  ]
+  for args, words in cases:
+    assert_clean_error(prepare(*args, check=False), *words)
+  assert not os.path.exists(tmp_path / "out" / "dataset.json")
+  no_pyarrow = prepare(f"--input={tmp_path}/t.parquet", out, check=False,
+                       PYTHONPATH=fake_missing_module(tmp_path, "pyarrow"))
+  assert_clean_error(no_pyarrow, "pip install pyarrow")
+  no_datasets = prepare("--source=hf", "--name=x", out, check=False,
+                        PYTHONPATH=fake_missing_module(tmp_path, "datasets"))
+  assert_clean_error(no_datasets, "pip install datasets")
+
+
+def test_help_lists_the_flags():
+  result = prepare("--help")
+  for flag in ("--input", "--out", "--tokenizer", "--val_input", "--workers", "--shard_tokens"):
+    assert flag in result.stdout
