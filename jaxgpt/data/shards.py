@@ -89,15 +89,25 @@ def open_shard(path: str, expected_tokens: int | None = None) -> np.memmap:
 
 
 class TokenShards:
-  """Shards read as one long token sequence, lazily: memory does not grow with the corpus."""
+  """Shards read as one long token sequence, lazily: memory does not grow with the corpus.
 
-  def __init__(self, shards: list[np.ndarray], name: str = "tokens"):
+  Windows are read with pread, not through the shards' memory maps: a touched page of a map
+  stays in the process's resident memory (a whole 2 MB huge page where the kernel maps file
+  pages that way), so a long run would grow towards the corpus's size.
+  """
+
+  def __init__(self, shards: list[np.memmap], name: str = "tokens"):
     self.name = name
-    self._shards = [s for s in shards if len(s)]
-    self._ends = np.cumsum([len(s) for s in self._shards], dtype=np.int64)
+    shards = [s for s in shards if len(s)]
+    self._files = [(os.open(s.filename, os.O_RDONLY), s.offset, s.dtype) for s in shards]
+    self._ends = np.cumsum([len(s) for s in shards], dtype=np.int64)
 
   def __len__(self) -> int:
     return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __del__(self):
+    for fd, _, _ in getattr(self, "_files", ()):
+      os.close(fd)
 
   def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
     """int32 [len(starts), length]: the tokens from each start on, across shard ends."""
@@ -108,9 +118,11 @@ class TokenShards:
       filled = 0
       while filled < length:
         begin = start + filled - (self._ends[shard - 1] if shard else 0)
-        piece = self._shards[shard][begin:begin + length - filled]
-        out[row, filled:filled + len(piece)] = piece
-        filled += len(piece)
+        count = min(length - filled, int(self._ends[shard] - start - filled))
+        fd, offset, dtype = self._files[shard]
+        data = os.pread(fd, count * dtype.itemsize, offset + int(begin) * dtype.itemsize)
+        out[row, filled:filled + count] = np.frombuffer(data, dtype)
+        filled += count
         shard += 1
     return out
 
