@@ -50,7 +50,7 @@ def build_dataset(config, tokenizer=None) -> Dataset:
 
 
 def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> Dataset:
-  """The dataset `python -m jaxgpt.prepare` wrote: its shards memory-mapped, its tokenizer,
+  """The dataset `python -m jaxgpt.prepare` wrote: its shards checked, read lazily; its tokenizer,
   which must be a resumed run's own."""
   info = shards.read_dataset(directory)
   tokenizer = load_tokenizer(directory)

@@ -145,7 +145,7 @@ def read_dataset(directory: str) -> dict:
 
 
 def load_split(directory: str, info: dict, split: str) -> TokenShards:
-  """A split of the dataset in `directory`, its shards checked and memory-mapped."""
+  """A split of the dataset in `directory`, its shards checked, read lazily."""
   shards = [open_shard(os.path.join(directory, entry["file"]), entry["tokens"])
             for entry in info["splits"][split]]
   return TokenShards(shards, name=f"the {split} split of {directory}")
