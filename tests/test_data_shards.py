@@ -83,6 +83,15 @@ def test_windows_cross_shard_ends(tmp_path):
   np.testing.assert_array_equal(got, expected)
 
 
+def test_a_shard_damaged_during_training_is_named(tmp_path):
+  lazy = _split_into_shards(tmp_path, np.arange(1000), [600, 400])
+  with open(tmp_path / "1.bin", "r+b") as f:
+    f.truncate(1024 + 20)  # 10 of its 400 tokens left
+  lazy.windows(np.array([10]), 50)  # the first shard still reads
+  with pytest.raises(UserError, match=r"1\.bin cannot be read .*shorter"):
+    lazy.windows(np.array([590]), 50)
+
+
 def test_batches_from_shards_equal_batches_from_memory(tmp_path):
   tokens = np.random.default_rng(1).integers(0, 60, 5000).astype(np.int32)
   lazy = _split_into_shards(tmp_path, tokens, [1000, 2500, 1500])

@@ -99,7 +99,9 @@ class TokenShards:
   def __init__(self, shards: list[np.memmap], name: str = "tokens"):
     self.name = name
     shards = [s for s in shards if len(s)]
-    self._files = [(os.open(s.filename, os.O_RDONLY), s.offset, s.dtype) for s in shards]
+    self._paths = [s.filename for s in shards]
+    self._files = [(os.open(path, os.O_RDONLY), s.offset, s.dtype)
+                   for path, s in zip(self._paths, shards)]
     self._ends = np.cumsum([len(s) for s in shards], dtype=np.int64)
 
   def __len__(self) -> int:
@@ -120,11 +122,25 @@ class TokenShards:
         begin = start + filled - (self._ends[shard - 1] if shard else 0)
         count = min(length - filled, int(self._ends[shard] - start - filled))
         fd, offset, dtype = self._files[shard]
-        data = os.pread(fd, count * dtype.itemsize, offset + int(begin) * dtype.itemsize)
+        data = self._read(shard, count * dtype.itemsize, offset + int(begin) * dtype.itemsize)
         out[row, filled:filled + count] = np.frombuffer(data, dtype)
         filled += count
         shard += 1
     return out
+
+
+  def _read(self, shard: int, size: int, position: int) -> bytes:
+    """Bytes of a shard; a shard that shrank or broke since it was opened is a UserError."""
+    try:
+      data = os.pread(self._files[shard][0], size, position)
+    except OSError as e:
+      data, reason = b"", e.strerror
+    else:
+      reason = "it is shorter than when training started"
+    if len(data) != size:
+      raise UserError(f"token shard {self._paths[shard]} cannot be read ({reason}): restore it "
+                      "or prepare the dataset again, then resume")
+    return data
 
 
 def read_dataset(directory: str) -> dict:
