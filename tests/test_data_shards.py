@@ -92,6 +92,17 @@ def test_a_shard_damaged_during_training_is_named(tmp_path):
     lazy.windows(np.array([590]), 50)
 
 
+@pytest.mark.parametrize("use_tf", [False, True])
+def test_a_batch_stream_names_a_damaged_shard(tmp_path, use_tf):
+  if use_tf:
+    pytest.importorskip("tensorflow")
+  lazy = _split_into_shards(tmp_path, np.arange(1000), [500, 500])
+  with open(tmp_path / "0.bin", "r+b") as f:
+    f.truncate(1024)
+  with pytest.raises(UserError, match=r"0\.bin cannot be read"):
+    list(BatchStream(lazy, 0, 0, 8, 16, 0, 3, use_tf=use_tf))
+
+
 def test_batches_from_shards_equal_batches_from_memory(tmp_path):
   tokens = np.random.default_rng(1).integers(0, 60, 5000).astype(np.int32)
   lazy = _split_into_shards(tmp_path, tokens, [1000, 2500, 1500])

@@ -236,18 +236,29 @@ class BatchStream:
     """Memory-mapped shards have no TensorFlow form: tf.data runs the NumPy batch function
     on its background thread, ahead of the step."""
     shape = (self._batch_size, self._block_size)
+    failures = []  # a UserError reaches the loop wrapped in TensorFlow's error: keep it
 
     def numpy_batch(step):
-      return get_batch(self._tokens, self._seed, int(step), self._process_index,
-                       self._batch_size, self._block_size, process_count=self._process_count,
-                       micro_batches=self._micro_batches)
+      try:
+        return get_batch(self._tokens, self._seed, int(step), self._process_index,
+                         self._batch_size, self._block_size, process_count=self._process_count,
+                         micro_batches=self._micro_batches)
+      except UserError as e:
+        failures.append(e)
+        raise
 
     @tf.autograph.experimental.do_not_convert
     def make_batch(step):
       x, y = tf.numpy_function(numpy_batch, [step], (tf.int32, tf.int32), stateful=False)
       return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape)
 
-    return self._tf_steps(tf).map(make_batch).prefetch(2).as_numpy_iterator()
+    batches = self._tf_steps(tf).map(make_batch).prefetch(2).as_numpy_iterator()
+    try:
+      yield from batches
+    except tf.errors.OpError:
+      if failures:
+        raise failures[0] from None
+      raise
 
   def _tf_steps(self, tf):
     options = tf.data.Options()
