@@ -4,12 +4,13 @@ Trains a GPT (by default on all of Shakespeare's plays), then prints a short sam
 Running it again with the same workdir resumes from the newest checkpoint.
 """
 
+import contextlib
 import os
 import sys
 
 from absl import flags
 
-from jaxgpt import cli, peers, runtime
+from jaxgpt import cli, peers, runtime, workdir_lock
 from jaxgpt.errors import UserError, run_cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,12 +40,15 @@ def main(argv=None):
   cli.parse_flags(argv, __doc__)
   config = config_flag.value
   runtime.check_backend(config)
+  import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_path = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = os.path.abspath(workdir_flag.value or os.path.join("runs", _config_name(config_path)))
   runtime.enable_compilation_cache(workdir)
-  with peers.watch(config.train.peer_timeout_secs):
+  # Process 0 locks the workdir for all the processes of a run.
+  lock = workdir_lock.held(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with peers.watch(config.train.peer_timeout_secs), lock:
     _train_and_sample(Trainer(config, workdir), config, workdir)
 
 

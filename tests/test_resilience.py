@@ -85,6 +85,20 @@ def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text_file, re
   assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
 
 
+def test_a_second_run_on_a_busy_workdir_stops_before_writing(text_file, reference, tmp_path):
+  workdir = tmp_path / "run"
+  runs = [_start(text_file, workdir), _start(text_file, workdir)]
+  results = [(p, *p.communicate(timeout=300)) for p in runs]
+  (winner, _, _), = [r for r in results if r[0].returncode == 0]
+  (loser, _, stderr), = [r for r in results if r[0].returncode != 0]
+  assert loser.returncode == 2 and "Traceback" not in stderr
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "in use by another training run" in last, stderr
+  assert f"pid {winner.pid} " in last
+  assert _train_steps_in_order(workdir) == list(range(1, STEPS + 1))
+  assert _losses(workdir) == reference
+
+
 def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   process = _start(text_file, workdir)
