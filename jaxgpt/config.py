@@ -4,6 +4,8 @@ Config files in `configs/` start from `base_config()` and change what they need,
 key exists in every config and can be overridden with `--config.KEY=VALUE`.
 """
 
+import math
+
 import ml_collections
 
 from jaxgpt.errors import UserError
@@ -127,6 +129,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(c.model.attention in ("auto", "jaxgpt") or c.model.dropout == 0,
            f"model.attention={c.model.attention} has no attention dropout but model.dropout="
            f"{c.model.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
+  for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
+    _require(math.isfinite(c.train[key]),
+             f"train.{key} must be a finite number, got {c.train[key]}: pass a finite "
+             f"--config.train.{key}")
   for key in ("batch_size", "grad_accum_steps", "eval_every", "eval_steps", "log_every",
               "checkpoint_every", "keep_checkpoints", "learning_rate", "checkpoint_timeout_secs",
               "peer_timeout_secs"):
@@ -134,6 +140,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for key in ("max_steps", "warmup_steps", "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
     _require(c.train[key] >= 0,
              f"train.{key} must not be negative, got {c.train[key]}: pass --config.train.{key}=<0 or more>")
+  for key in ("beta1", "beta2"):
+    _require(0 <= c.train[key] < 1,
+             f"train.{key} must be in [0, 1), got {c.train[key]}: pass e.g. --config.train.{key}=0.9")
   _require(c.train.batch_size % c.train.grad_accum_steps == 0,
            f"train.batch_size={c.train.batch_size} is not divisible by "
            f"train.grad_accum_steps={c.train.grad_accum_steps}: the global batch is split into "

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 
 # XLA's CPU "YNN" fusions run the decode step's small reductions many times slower.
@@ -329,6 +330,15 @@ class _SampleText:
     piece = self.text[self.printed:end]
     self.printed = max(self.printed, end)
     return piece
+
+
+def default_prompt(tokenizer) -> str:
+  """A newline, or where the tokenizer has none (a text without one), its first token."""
+  try:
+    tokenizer.encode("\n")
+    return "\n"
+  except UserError:
+    return tokenizer.decode([0])
 
 
 def generate_text(model: GPT, params, tokenizer, prompt: str, max_new_tokens: int,

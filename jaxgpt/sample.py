@@ -25,7 +25,8 @@ _INIT_FROM = flags.DEFINE_string("init_from", None, "Sample from pretrained GPT-
                                  "GPT-2 folder.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
                                   "(lowest validation loss) or a step number.")
-_PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
+_PROMPT = flags.DEFINE_string("prompt", None, "Text to continue; default a newline (or, for a "
+                              "run whose text has none, its first character).")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A UTF-8 file whose text to continue.")
 _INTERACTIVE = flags.DEFINE_boolean("interactive", False, "Read prompts from stdin, one a "
                                     "line, until EOF; the run is loaded once.")
@@ -46,13 +47,14 @@ def _check_flags() -> None:
   if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
     raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
                     "printed) or --init_from (pretrained GPT-2), not both or neither")
-  for name, ok in (("max_new_tokens", _MAX_NEW_TOKENS.value >= 0),
-                   ("num_samples", _NUM_SAMPLES.value > 0),
-                   ("temperature", _TEMPERATURE.value >= 0),
-                   ("top_k", _TOP_K.value >= 0),
-                   ("top_p", 0 < _TOP_P.value <= 1)):
+  for name, ok, accepted in (
+      ("max_new_tokens", _MAX_NEW_TOKENS.value >= 0, "0 or more"),
+      ("num_samples", _NUM_SAMPLES.value > 0, "1 or more"),
+      ("temperature", 0 <= _TEMPERATURE.value < float("inf"), "0 (greedy) or more"),
+      ("top_k", _TOP_K.value >= 0, "0 (all tokens) or more"),
+      ("top_p", 0 < _TOP_P.value <= 1, "more than 0 and at most 1")):
     if not ok:
-      raise UserError(f"--{name}={flags.FLAGS[name].value} is out of range (see --help)")
+      raise UserError(f"--{name}={flags.FLAGS[name].value} is out of range: pass {accepted}")
   given = [f"--{name}" for name in ("prompt", "prompt_file", "interactive")
            if flags.FLAGS[name].present]
   if len(given) > 1:
@@ -76,6 +78,7 @@ def _write_samples(run, prompt: str, sampling) -> None:
   from jaxgpt import generate  # pylint: disable=g-import-not-at-top
   if not prompt:
     raise UserError("the prompt is empty: give at least one character")
+  run.tokenizer.encode(prompt)  # a prompt it cannot encode fails before anything is printed
   timing = generate.Timing()
   rest = [""] * (_NUM_SAMPLES.value - 1)
   sys.stdout.write(prompt)
@@ -93,6 +96,7 @@ def _write_samples(run, prompt: str, sampling) -> None:
 
 
 def _interactive(run, sampling) -> None:
+  from jaxgpt import generate  # pylint: disable=g-import-not-at-top
   while True:
     if sys.stdin.isatty():
       print("prompt> ", end="", file=sys.stderr, flush=True)
@@ -100,7 +104,7 @@ def _interactive(run, sampling) -> None:
     if not line:
       return
     try:
-      _write_samples(run, line.rstrip("\n") or "\n", sampling)
+      _write_samples(run, line.rstrip("\n") or generate.default_prompt(run.tokenizer), sampling)
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
 
@@ -121,7 +125,8 @@ def main(argv=None):
     if _INTERACTIVE.value:
       _interactive(run, sampling)
     else:
-      _write_samples(run, prompt, sampling)
+      _write_samples(run, generate.default_prompt(run.tokenizer) if prompt is None else prompt,
+                     sampling)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def _train_and_sample(trainer, config, workdir: str) -> None:
     if config.train.sample_tokens:
       print("---- sample ----")
       print(trainer.sample(max_new_tokens=config.train.sample_tokens))
-      print(f"---- more with: python -m jaxgpt.sample --workdir={workdir}")
+      if last["step"] > 0:  # a checkpoint to sample from exists
+        print(f"---- more with: python -m jaxgpt.sample --workdir={workdir}")
 
 
 def check_config_file(argv) -> None:

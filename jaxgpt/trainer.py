@@ -246,8 +246,9 @@ class Trainer:
     self.log(f"step {step:6d} | val loss {val_loss:.4f}")
     return val_loss
 
-  def sample(self, prompt: str = "\n", max_new_tokens: int = 300, seed: int = 0) -> str:
+  def sample(self, prompt: str | None = None, max_new_tokens: int = 300, seed: int = 0) -> str:
     """A short sample from the trained parameters (printed after training)."""
+    prompt = generate.default_prompt(self.tokenizer) if prompt is None else prompt
     with self.context():
       pieces = generate.generate_text(self.model, self.state.params, self.tokenizer, prompt,
                                       max_new_tokens, generate.Sampling(temperature=0.8, top_k=200),

@@ -78,5 +78,36 @@ def test_same_seed_same_text_stop_text_and_interactive(workdir):
 def test_sample_user_errors(workdir):
   assert_clean_error(run("sample", f"--workdir={workdir}", "--prompt_file=/no/such.txt",
                          check=False), "/no/such.txt")
-  assert_clean_error(_sample(workdir, "--top_p=0", check=False), "top_p")
+  assert_clean_error(_sample(workdir, "--top_p=0", check=False), "top_p", "at most 1")
+  assert_clean_error(_sample(workdir, "--temperature=-1", check=False), "temperature", "0")
   assert_clean_error(_sample(workdir, "--prompt=the \u4e2d", check=False), "'\u4e2d'", "vocabulary")
+
+
+def test_a_rejected_interactive_prompt_leaves_stdout_clean(workdir):
+  result = _interactive(workdir, "the \nthe \u4e2d\nthe \n", "--seed=5", "--max_new_tokens=20")
+  texts = _texts(result)
+  assert len(texts) == 2 and texts[0] == texts[1] and "\u4e2d" not in result.stdout
+  assert "error: " in result.stderr and "vocabulary" in result.stderr
+
+
+def test_a_text_without_a_newline_trains_and_samples(tmp_path):
+  (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 200)
+  trained = run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
+                f"--config.data.path={tmp_path / 'text.txt'}", "--config.data.pipeline=numpy",
+                "--config.model.n_layer=1", "--config.model.n_head=2",
+                "--config.model.n_embd=32", "--config.model.block_size=16",
+                "--config.train.batch_size=4", "--config.train.max_steps=4",
+                "--config.train.eval_every=4", "--config.train.eval_steps=1",
+                "--config.train.sample_tokens=20", f"--workdir={tmp_path / 'run'}")
+  assert "---- sample ----" in trained.stdout and "more with" in trained.stdout
+  sampled = run("sample", f"--workdir={tmp_path / 'run'}", "--max_new_tokens=20")
+  assert len(_texts(sampled)) == 1
+
+
+def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
+  result = run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
+               f"--config.data.path={text_file}", "--config.data.pipeline=numpy",
+               "--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=32",
+               "--config.model.block_size=16", "--config.train.max_steps=0",
+               "--config.train.sample_tokens=10", f"--workdir={tmp_path / 'run'}")
+  assert "done: step 0" in result.stdout and "more with" not in result.stdout
