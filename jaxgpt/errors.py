@@ -39,3 +39,5 @@ def run_cli(main, argv=None):
     return main(argv)
   except UserError as e:
     sys.exit(report(e))
+  except KeyboardInterrupt:
+    sys.exit(report(Interrupted("interrupted (Ctrl-C); nothing saved was changed", 130)))

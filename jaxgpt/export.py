@@ -43,6 +43,7 @@ def export_run(run, out: str) -> None:
 
 def main(argv=None):
   runtime.configure_cpu_devices()
+  runtime.start_backend()
   cli.parse_flags(argv, __doc__)
   _check_flags()
   from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top

@@ -36,7 +36,7 @@ def watch(timeout_secs: float, interval_secs: float = 1.0):
   watcher.start()
   try:
     yield
-  except Interrupted:  # every process stops at the same step: no failure
+  except (Interrupted, KeyboardInterrupt):  # every process stops at the same step: no failure
     watcher.stop(_DONE)
     raise
   except BaseException as e:  # pylint: disable=broad-except

@@ -111,6 +111,7 @@ def _interactive(run, sampling) -> None:
 
 def main(argv=None):
   runtime.configure_cpu_devices()
+  runtime.start_backend()
   cli.parse_flags(argv, __doc__)
   _check_flags()
   prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value

@@ -4,6 +4,7 @@ Trains a GPT (by default on all of Shakespeare's plays), then prints a short sam
 Running it again with the same workdir resumes from the newest checkpoint.
 """
 
+import ast
 import contextlib
 import os
 import sys
@@ -69,13 +70,31 @@ def _train_and_sample(trainer, config, workdir: str) -> None:
 
 
 def check_config_file(argv) -> None:
-  """A missing --config file is a clear error, not a flag-parser traceback."""
+  """A missing, unparsable or get_config-less --config file is a clear error, not a
+  flag-parser traceback or an "unknown key"."""
   for arg in argv[1:]:
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].split(":")[0]
       if not os.path.isfile(path):
         raise UserError(f"config file {path!r} does not exist: pass --config=configs/NAME.py "
                         f"(choices: {', '.join(sorted(os.listdir(os.path.join(REPO_ROOT, 'configs'))))})")
+      _check_config_source(path)
+
+
+def _check_config_source(path: str) -> None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read(), path)
+  except SyntaxError as e:
+    raise UserError(f"config file {path} has a syntax error at line {e.lineno} ({e.msg}): "
+                    "fix it, or start from configs/default.py") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"config file {path} cannot be read ({e}): pass a UTF-8 Python "
+                    "file") from None
+  if not any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
+             for node in tree.body):
+    raise UserError(f"config file {path} has no get_config() function: define one that "
+                    "returns the config, as configs/default.py does")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, me
 from jaxgpt import sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
-from jaxgpt.errors import Interrupted, UserError
+from jaxgpt.errors import Interrupted, UserError, first_line
 from jaxgpt.model import GPT, count_params, model_config
 
 CONFIG_FILE = "config.json"
@@ -33,10 +33,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise UserError(f"{workdir} holds no jaxgpt run ({CONFIG_FILE} is missing): pass the "
                     "--workdir that `python -m jaxgpt.train` printed")
-  with open(path, encoding="utf-8") as f:
-    config = config_lib.base_config()
-    config.update(json.load(f))
-    return config
+  config = config_lib.base_config()
+  try:
+    with open(path, encoding="utf-8") as f:
+      config.update(json.load(f))
+  except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+    raise UserError(f"{path} is damaged ({first_line(e)}): restore it from a copy (its keys "
+                    "and types are those of configs/default.py), or train in a new "
+                    "--workdir") from None
+  return config
 
 
 def _check_batch(config, mesh) -> int:

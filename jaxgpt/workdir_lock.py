@@ -26,8 +26,16 @@ _UNSUPPORTED = (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, err
 @contextlib.contextmanager
 def held(workdir: str):
   """Holds the workdir's lock while the block runs; a UserError if another run holds it."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, LOCK_FILE), "a+", encoding="utf-8") as f:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    f = open(os.path.join(workdir, LOCK_FILE), "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  except (FileExistsError, NotADirectoryError):
+    raise UserError(f"--workdir {workdir} is a file, not a folder: pass a folder (new or a "
+                    "run's)") from None
+  except OSError as e:
+    raise UserError(f"--workdir {workdir} cannot be written ({e.strerror}): pass a folder "
+                    "you can write to") from None
+  with f:
     try:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

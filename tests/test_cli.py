@@ -125,6 +125,23 @@ def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
   assert_clean_error(result, *words)
 
 
+@pytest.mark.parametrize("source, words", [
+    ("def get_config(:\n", ["syntax error", "line 1"]),
+    ("import ml_collections\nCONFIG = 1\n", ["no get_config"]),
+])
+def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):
+  (tmp_path / "broken.py").write_text(source)
+  result = run("train", f"--config={tmp_path / 'broken.py'}", f"--workdir={tmp_path / 'w'}",
+               check=False)
+  assert_clean_error(result, "broken.py", *words)
+
+
+def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path):
+  (tmp_path / "w").write_text("not a folder")
+  assert_clean_error(run("train", *TINY, f"--workdir={tmp_path / 'w'}", check=False),
+                     "is a file")
+
+
 def test_sample_errors(tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path / 'none'}", check=False), "does not exist")
   assert_clean_error(run("sample", check=False), "--workdir")

@@ -1,6 +1,8 @@
 """`python -m jaxgpt.sample` as a user runs it, on a tiny model trained once for the module."""
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -111,3 +113,39 @@ def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
                "--config.model.block_size=16", "--config.train.max_steps=0",
                "--config.train.sample_tokens=10", f"--workdir={tmp_path / 'run'}")
   assert "done: step 0" in result.stdout and "more with" not in result.stdout
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("config.json", "{not json", ["config.json", "damaged"]),
+    ("config.json", '{"model": {"n_layer": "many"}}', ["config.json", "damaged"]),
+    ("tokenizer.json", '{"kind": "char"}', ["tokenizer.json", "damaged"]),
+    ("tokenizer.json", '[1, 2]', ["tokenizer.json"]),
+])
+def test_a_damaged_run_file_is_one_clear_line(workdir, tmp_path, name, content, words):
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  (copy / name).write_text(content)
+  for command in (["sample", f"--workdir={copy}"],
+                  ["export", f"--workdir={copy}", f"--out={tmp_path / 'hf'}"]):
+    assert_clean_error(run(*command, check=False), *words)
+
+
+def test_an_accelerator_that_cannot_start_is_an_error_for_sample_and_export(workdir, tmp_path):
+  for command in (["sample", f"--workdir={workdir}"],
+                  ["export", f"--workdir={workdir}", f"--out={tmp_path / 'hf'}"]):
+    result = subprocess.run([sys.executable, "-m", f"jaxgpt.{command[0]}", *command[1:]],
+                            cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cuda"},
+                            capture_output=True, text=True, timeout=300)
+    assert_clean_error(result, "JAX_PLATFORMS")
+
+
+def test_ctrl_c_in_sample_is_one_line(workdir):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  process = subprocess.Popen([sys.executable, "-m", "jaxgpt.sample", f"--workdir={workdir}",
+                              "--prompt=the ", "--max_new_tokens=1000000"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process.stdout.read(20)  # it is generating
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted"), stderr

@@ -157,10 +157,16 @@ def load_tokenizer(directory: str):
     raise UserError(
         f"{path!r} is damaged ({e}): restore it, or retrain in a new workdir"
     ) from None
-  if spec.get("kind") == "char":
-    return CharTokenizer(spec["chars"])
-  if spec.get("kind") == "gpt2":
-    return BPETokenizer(json.dumps(spec["tokenizer"]), spec["vocab_size"])
+  if not isinstance(spec, dict):
+    spec = {"kind": spec}
+  try:
+    if spec.get("kind") == "char":
+      return CharTokenizer(spec["chars"])
+    if spec.get("kind") == "gpt2":
+      return BPETokenizer(json.dumps(spec["tokenizer"]), spec["vocab_size"])
+  except Exception as e:  # pylint: disable=broad-except  # a hand-edited file fails in many ways
+    raise UserError(f"{path!r} is damaged ({type(e).__name__}: {e}): restore it, or retrain "
+                    "in a new workdir") from None
   raise UserError(
       f"{path!r} holds an unknown tokenizer kind {spec.get('kind')!r}: this"
       f" jaxgpt reads {' and '.join(KINDS)}; use the jaxgpt version that wrote it")
