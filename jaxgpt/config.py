@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer_path = ""  # gpt2 tokenizer files (a Hugging Face folder); "" takes init_from's or the hub's
   c.data.val_fraction = 0.1
   c.data.pipeline = "auto"  # "tf" (tf.data), "numpy", or "auto": tf.data when TensorFlow is installed
+  c.data.fingerprint = ""  # set by the run: a hash of its training and validation tokens
 
   c.model = ml_collections.ConfigDict()
   c.model.n_layer = 6
@@ -82,6 +83,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  return c
+
+
+# What makes a run the run it is: a resume takes these from the workdir's config.json.
+IDENTITY_KEYS = ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
+                 "data.tokenizer", "data.tokenizer_path", "model.n_layer", "model.n_head",
+                 "model.n_embd", "model.block_size", "model.bias", "model.vocab_multiple",
+                 "lora.rank", "lora.alpha", "lora.targets")
+
+
+def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
+                   explicit: set[str], workdir: str) -> list[str]:
+  """Gives `c` the saved run's identity keys; a key given on the command line (`explicit`)
+  with another value is a UserError. Returns the keys that changed."""
+  changed = []
+  for key in IDENTITY_KEYS:
+    ours, theirs = _get(c, key), _get(saved, key)
+    if ours == theirs:
+      continue
+    _require(key not in explicit,
+             f"--config.{key}={ours} contradicts the run in {workdir}, which has {key}={theirs}: "
+             f"drop that flag to resume the run, or train with it in a new --workdir")
+    section, _, name = key.rpartition(".")
+    (c[section] if section else c)[name] = theirs
+    changed.append(f"{key}={theirs}")
+  return changed
+
+
+def _get(c, key: str):
+  for part in key.split("."):
+    c = c[part]
   return c
 
 

@@ -50,7 +50,9 @@ def main(argv=None):
   # Process 0 locks the workdir for all the processes of a run.
   lock = workdir_lock.held(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with peers.watch(config.train.peer_timeout_secs), lock:
-    _train_and_sample(Trainer(config, workdir), config, workdir)
+    trainer = Trainer(config, workdir, explicit_keys=_overridden_keys(sys.argv if argv is None
+                                                                      else argv))
+    _train_and_sample(trainer, config, workdir)
 
 
 def _train_and_sample(trainer, config, workdir: str) -> None:
@@ -67,6 +69,12 @@ def _train_and_sample(trainer, config, workdir: str) -> None:
       print(trainer.sample(max_new_tokens=config.train.sample_tokens))
       if last["step"] > 0:  # a checkpoint to sample from exists
         print(f"---- more with: python -m jaxgpt.sample --workdir={workdir}")
+
+
+def _overridden_keys(argv) -> set[str]:
+  """The config keys given on the command line (--config.KEY=VALUE or --config.KEY VALUE)."""
+  prefix = "--config."
+  return {arg[len(prefix):].split("=", 1)[0] for arg in argv[1:] if arg.startswith(prefix)}
 
 
 def check_config_file(argv) -> None:

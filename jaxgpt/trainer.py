@@ -60,14 +60,22 @@ def _check_batch(config, mesh) -> int:
 class Trainer:
   """Holds everything a run needs; `run()` trains from the newest checkpoint to max_steps."""
 
-  def __init__(self, config, workdir: str, devices=None):
+  def __init__(self, config, workdir: str, devices=None, explicit_keys: set[str] | None = None):
+    """`explicit_keys`: the config keys given on the command line. With them, resuming a run
+    takes its identity (config.IDENTITY_KEYS) from the workdir, and contradicting it is an
+    error; without them, a differing shape meets the checkpoint's strict restore."""
     config_lib.validate(config)
+    self.is_main = jax.process_index() == 0
+    saved = _saved_run_config(workdir)
+    if saved is not None and explicit_keys is not None:
+      changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
+      if changed and self.is_main:
+        print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)
     # Fine-tuning: the model's shape and tokenizer are the pretrained model's.
     self.pretrained = None if config.init_from == "scratch" else hf_gpt2.resolve(config.init_from)
     if self.pretrained:
       hf_gpt2.configure(config, self.pretrained)
     self.config, self.workdir = config, workdir
-    self.is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     # Prepared token shards bring their own tokenizer, which decides data.tokenizer.
     from_shards = config.data.source == "tokens"
@@ -76,6 +84,12 @@ class Trainer:
     self.dataset = data.build_dataset(config, tokenizer=tokenizer)
     self.tokenizer = self.dataset.tokenizer
     config.data.tokenizer = self.tokenizer.kind
+    config.data.fingerprint = data.fingerprint(self.dataset)
+    if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
+      raise UserError(f"the training data differs from the data the run in {workdir} was "
+                      f"trained on (data.source={config.data.source}, data.path="
+                      f"{config.data.path or '-'}): resume with the run's own data, or train "
+                      "on this data in a new --workdir")
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
     self.model = GPT(model_config(config, self.tokenizer.vocab_size))
@@ -98,18 +112,26 @@ class Trainer:
       state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed, params)
     elif step is None:
       state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
+    elif step > self.config.train.max_steps:
+      self.log(f"the run is already at step {step}, past train.max_steps="
+               f"{self.config.train.max_steps}: nothing to train (raise "
+               "--config.train.max_steps to go on)")
+      return self._restore(step)
     else:
       self.log(f"resuming from the checkpoint of step {step}")
-      abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
-      try:
-        state = self.checkpoints.restore(step, abstract)
-      except checkpoint.DamagedCheckpointError as e:
-        raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
-                        f"{self.workdir}/checkpoints to resume from the one before it") from e
+      state = self._restore(step)
     if self.is_main:
       self.tokenizer.save(self.workdir)
       save_config(self.config, self.workdir)
     return state
+
+  def _restore(self, step: int):
+    abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
+    try:
+      return self.checkpoints.restore(step, abstract)
+    except checkpoint.DamagedCheckpointError as e:
+      raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
+                      f"{self.workdir}/checkpoints to resume from the one before it") from e
 
   def context(self):
     """The mesh and logical-axis rules under which the model and steps run."""
@@ -259,6 +281,16 @@ class Trainer:
                                       max_new_tokens, generate.Sampling(temperature=0.8, top_k=200),
                                       seed=seed)
       return prompt + "".join(sample[0] for sample in pieces)
+
+
+def _saved_run_config(workdir: str):
+  """The config of the run in `workdir` if it has a checkpoint to resume from, else None."""
+  folder = os.path.join(workdir, checkpoint.LATEST_DIR)
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)) or not os.path.isdir(folder):
+    return None
+  if not any(name.isdigit() for name in os.listdir(folder)):
+    return None
+  return load_config(workdir)
 
 
 def _saved_tokenizer(workdir: str, kind: str | None):

@@ -99,6 +99,44 @@ def test_a_second_run_on_a_busy_workdir_stops_before_writing(text_file, referenc
   assert _losses(workdir) == reference
 
 
+def _without_model_flags(args):
+  return [a for a in args if not a.startswith("--config.model.")]
+
+
+def test_a_resume_keeps_the_runs_identity(text_file, tmp_path):
+  workdir, text = tmp_path / "run", tmp_path / "text.txt"
+  with open(text_file, encoding="utf-8") as f:
+    text.write_text(f.read())
+  text_file = str(text)
+  run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
+  # The config file alone sizes the model otherwise (as configs/default.py does by backend).
+  resumed = run("train", *_without_model_flags(_train_args(text_file, workdir)),
+                "--config.train.max_steps=20")
+  assert "with its own" in resumed.stdout and "model.n_layer=2" in resumed.stdout
+  assert "done: step 20" in resumed.stdout
+  contradicted = run("train", *_train_args(text_file, workdir), "--config.model.n_layer=3",
+                     "--config.train.max_steps=30", check=False)
+  assert_clean_error(contradicted, "model.n_layer=3", "model.n_layer=2", "new --workdir")
+  assert_clean_error(run("train", *_train_args(tmp_path / "other.txt", workdir), check=False),
+                     "data.path", "contradicts")
+  text.write_text(text.read_text()[::-1])  # the same file and characters, other data
+  best_before = _hashes(workdir / "best")
+  other_data = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=30",
+                   check=False)
+  assert_clean_error(other_data, "training data differs")
+  assert _hashes(workdir / "best") == best_before
+
+
+def test_max_steps_below_the_saved_step_trains_nothing_and_keeps_the_config(text_file, tmp_path):
+  workdir = tmp_path / "run"
+  run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
+  saved = (workdir / "config.json").read_text()
+  result = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=5")
+  assert "already at step 10, past train.max_steps=5" in result.stdout
+  assert (workdir / "config.json").read_text() == saved
+  assert _train_steps_in_order(workdir) == list(range(1, 11))
+
+
 def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   process = _start(text_file, workdir)

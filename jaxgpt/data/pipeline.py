@@ -8,6 +8,7 @@ processes, each making its own rows, together make the batch one process would.
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 from typing import Callable, Iterator, NamedTuple
 
@@ -65,6 +66,17 @@ def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> D
   for name, tokens in (("train", dataset.train), ("val", dataset.val)):
     _check_length(tokens, block_size, f"the {name} split of {directory}")
   return dataset
+
+
+def fingerprint(dataset: Dataset) -> str:
+  """A short hash of the training and validation tokens (of the shards' checksums)."""
+  digest = hashlib.sha256()
+  for tokens in (dataset.train, dataset.val):
+    if isinstance(tokens, shards.TokenShards):
+      digest.update(tokens.checksums.encode())
+    else:
+      digest.update(np.ascontiguousarray(tokens, np.int32).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def _identity(tokenizer) -> str:

@@ -96,8 +96,8 @@ class TokenShards:
   pages that way), so a long run would grow towards the corpus's size.
   """
 
-  def __init__(self, shards: list[np.memmap], name: str = "tokens"):
-    self.name = name
+  def __init__(self, shards: list[np.memmap], name: str = "tokens", checksums: str = ""):
+    self.name, self.checksums = name, checksums
     shards = [s for s in shards if len(s)]
     self._paths = [s.filename for s in shards]
     self._files = [(os.open(path, os.O_RDONLY), s.offset, s.dtype)
@@ -164,4 +164,5 @@ def load_split(directory: str, info: dict, split: str) -> TokenShards:
   """A split of the dataset in `directory`, its shards checked, read lazily."""
   shards = [open_shard(os.path.join(directory, entry["file"]), entry["tokens"])
             for entry in info["splits"][split]]
-  return TokenShards(shards, name=f"the {split} split of {directory}")
+  return TokenShards(shards, name=f"the {split} split of {directory}",
+                     checksums=" ".join(entry["sha256"] for entry in info["splits"][split]))
