@@ -72,6 +72,9 @@ def _local_mesh():
 def _restore(checkpoints, which: str, abstract, workdir: str):
   if which == "latest":
     step, state = checkpoints.restore_newest_good(abstract)
+    if step is None and checkpoints.best_step() is not None:
+      raise UserError(f"{workdir} has no readable checkpoint under checkpoints/, but a best one "
+                      f"(step {checkpoints.best_step()}): pass --checkpoint=best")
     if step is None:
       raise UserError(f"{workdir} has no readable checkpoint: train first with "
                       f"python -m jaxgpt.train --workdir={workdir}")

@@ -101,6 +101,13 @@ class Trainer:
         timeout_secs=config.train.checkpoint_timeout_secs)
     self.stop_request = signals.StopRequest()  # SIGTERM / SIGINT: save and stop
     self._stop_rows = {}
+    best = self.checkpoints.best_step()
+    if self.checkpoints.latest_step() is None and best is not None:
+      # A restart would measure a new "best" against the old run's and could replace it.
+      raise UserError(f"{workdir} holds a best checkpoint (step {best}) but nothing under "
+                      "checkpoints/ to resume from: sample or export it with "
+                      "--checkpoint=best, restore checkpoints/ to resume, or train in a new "
+                      "--workdir")
 
   def _initial_state(self):
     """The newest checkpoint's state, or a new one; only then are config and tokenizer saved."""

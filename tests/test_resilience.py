@@ -222,6 +222,19 @@ def test_best_checkpoint_is_kept_and_sampled(text_file, tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path}", "--checkpoint=3", check=False), "3")
 
 
+def test_a_workdir_with_only_its_best_checkpoint_is_kept(text_file, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  run("train", *_train_args(text_file, tmp_path), "--config.train.max_steps=40")
+  shutil.rmtree(tmp_path / "checkpoints")
+  best = _hashes(tmp_path / "best")
+  assert_clean_error(run("train", *_train_args(text_file, tmp_path), check=False),
+                     "best checkpoint (step 40)", "--checkpoint=best")
+  assert_clean_error(run("sample", f"--workdir={tmp_path}", check=False), "--checkpoint=best")
+  assert run("sample", f"--workdir={tmp_path}", "--checkpoint=best",
+             "--max_new_tokens=5").returncode == 0
+  assert _hashes(tmp_path / "best") == best
+
+
 def test_non_finite_loss_stops_with_the_step(text_file, tmp_path):
   result = run("train", *_train_args(text_file, tmp_path), "--config.train.learning_rate=1e12",
                "--config.train.grad_clip=0", "--config.train.warmup_steps=0", check=False)
