@@ -153,6 +153,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}")
   for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_multiple"):
     _check_positive(f"model.{key}", c.model[key])
+  _require(c.model.block_size >= 2,
+           f"model.block_size={c.model.block_size} leaves no token to predict from: pass "
+           "--config.model.block_size=2 or more")
   _require(c.model.n_embd % c.model.n_head == 0,
            f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}: "
            "choose n_embd as a multiple of n_head")

@@ -49,7 +49,12 @@ def main(argv=None):
   from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
   run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
   out = os.path.abspath(_OUT.value)
-  export_run(run, out)
+  try:
+    os.makedirs(out, exist_ok=True)
+    export_run(run, out)
+  except OSError as e:
+    raise UserError(f"--out={out} cannot be written ({e.strerror or e}): pass a folder you "
+                    "can write to") from None
   print(f"wrote step {run.step} of {os.path.abspath(_WORKDIR.value)} to {out}\n"
         f"load it with: transformers.GPT2LMHeadModel.from_pretrained({out!r})", flush=True)
 

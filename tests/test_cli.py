@@ -136,6 +136,14 @@ def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):
   assert_clean_error(result, "broken.py", *words)
 
 
+def test_a_kaggle_csv_that_is_not_text_is_one_clear_line(tmp_path):
+  (tmp_path / "data.csv").write_bytes(b"\x00\xff\xfe\x80 binary")
+  result = run("train", *TINY, "--config.data.source=kaggle_csv",
+               f"--config.data.path={tmp_path / 'data.csv'}", f"--workdir={tmp_path / 'w'}",
+               check=False)
+  assert_clean_error(result, "data.csv", "not a UTF-8 CSV")
+
+
 def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path):
   (tmp_path / "w").write_text("not a folder")
   assert_clean_error(run("train", *TINY, f"--workdir={tmp_path / 'w'}", check=False),

@@ -22,6 +22,7 @@ def test_base_config_is_valid():
     ({"model__n_embd": 100, "model__n_head": 6}, ["n_embd", "n_head"]),
     ({"model__n_layer": 0}, ["model.n_layer"]),
     ({"model__block_size": -1}, ["model.block_size"]),
+    ({"model__block_size": 1}, ["model.block_size=1", "2 or more"]),
     ({"model__dropout": 1.0}, ["model.dropout"]),
     ({"data__source": "poems"}, ["data.source", "shakespeare_plays"]),
     ({"data__source": "text"}, ["data.path"]),

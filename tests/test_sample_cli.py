@@ -149,3 +149,9 @@ def test_ctrl_c_in_sample_is_one_line(workdir):
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 130 and "Traceback" not in stderr, stderr
   assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted"), stderr
+
+
+def test_an_export_folder_that_cannot_be_written_is_one_clear_line(workdir, tmp_path):
+  (tmp_path / "file").write_text("a file, not a folder")
+  result = run("export", f"--workdir={workdir}", f"--out={tmp_path / 'file' / 'hf'}", check=False)
+  assert_clean_error(result, "cannot be written")

@@ -105,13 +105,17 @@ def plays_to_text(markdown: str) -> str:
 
 def _kaggle_rows(path: str):
   with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    missing = [c for c in KAGGLE_COLUMNS if c not in (reader.fieldnames or ())]
-    if missing:
-      raise UserError(
-          f"{path!r} lacks the columns {', '.join(missing)}: data.source=kaggle_csv"
-          " needs the Kaggle shakespeare-plays Shakespeare_data.csv")
-    yield from reader
+    try:
+      reader = csv.DictReader(f)
+      missing = [c for c in KAGGLE_COLUMNS if c not in (reader.fieldnames or ())]
+      if missing:
+        raise UserError(
+            f"{path!r} lacks the columns {', '.join(missing)}: data.source=kaggle_csv"
+            " needs the Kaggle shakespeare-plays Shakespeare_data.csv")
+      yield from reader
+    except (UnicodeDecodeError, csv.Error) as e:
+      raise UserError(f"{path!r} is not a UTF-8 CSV text file ({e}): data.source=kaggle_csv "
+                      "needs the Kaggle shakespeare-plays Shakespeare_data.csv") from None
 
 
 def _stage_paragraph(line: str) -> str:
