@@ -10,20 +10,13 @@ Prepare the shards once (see the README), then point data.path at them:
 32 on a TPU v4-8's 4 chips); on one GPU use --config.train.grad_accum_steps=8 (64 a step).
 """
 
-import jax
-
-from jaxgpt.config import base_config
+from configs import gpt2_owt
 
 
 def get_config():
-  config = base_config()
-  config.data.source = "tokens"
-  config.data.tokenizer = "gpt2"
-  config.precision = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  config.model.update(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0,
-                      bias=True)
-  config.train.update(batch_size=512, grad_accum_steps=4, max_steps=19_073,
-                      learning_rate=6e-4, min_lr=6e-5, warmup_steps=715, weight_decay=0.1,
-                      beta1=0.9, beta2=0.95, grad_clip=1.0, eval_every=250, eval_steps=20,
-                      log_every=10, checkpoint_every=1000)
+  """gpt2_owt's model, optimizer and precision; build-nanogpt's batch, schedule and biases."""
+  config = gpt2_owt.get_config()
+  config.model.bias = True
+  config.train.update(batch_size=512, grad_accum_steps=4, max_steps=19_073, warmup_steps=715,
+                      eval_every=250, eval_steps=20)
   return config
