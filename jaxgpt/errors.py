@@ -25,9 +25,14 @@ def first_line(error: Exception) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+def one_line(error: Exception) -> str:
+  """The error's message with its line breaks and runs of spaces made single spaces."""
+  return " ".join(str(error).split())
+
+
 def report(error: UserError) -> int:
   """Prints a UserError as one stderr line; returns its exit code."""
-  message = " ".join(str(error).split())
+  message = one_line(error)
   label = "stopped" if isinstance(error, Interrupted) else "error"
   print(f"{label}: {message}", file=sys.stderr, flush=True)
   return error.exit_code

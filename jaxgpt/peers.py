@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 
-from jaxgpt.errors import Interrupted, UserError, first_line, report
+from jaxgpt.errors import Interrupted, UserError, first_line, one_line, report
 
 _PREFIX = "jaxgpt/peers/"
 _FAILED = _PREFIX + "failed"
@@ -37,20 +37,20 @@ def watch(timeout_secs: float, interval_secs: float = 1.0):
   try:
     yield
   except (Interrupted, KeyboardInterrupt):  # every process stops at the same step: no failure
-    watcher.stop(_DONE)
+    watcher.stop()
     raise
   except BaseException as e:  # pylint: disable=broad-except
     # Reported, then gone at once: the others end as soon as they read the report, and
     # process 0 takes the coordination service with it, which JAX would answer with an abort
     # here if this process were still running.
     if isinstance(e, UserError):
-      code, reason = report(e), " ".join(str(e).split())
+      code, reason = report(e), one_line(e)
     else:
       traceback.print_exc()
       code, reason = 1, f"{type(e).__name__}: {first_line(e)}"
-    watcher.stop(_DONE, failure=reason)
+    watcher.stop(failure=reason)
     os._exit(code)  # pylint: disable=protected-access
-  watcher.stop(_DONE)
+  watcher.stop()
 
 
 def _client():
@@ -77,14 +77,14 @@ class _Watcher:
   def start(self):
     self._thread.start()
 
-  def stop(self, state: str, failure: str | None = None):
+  def stop(self, failure: str | None = None):
     """Ends the watch; `failure` tells the other processes that this one failed."""
     self._stopped.set()
     self._thread.join()
     with contextlib.suppress(Exception):
       if failure:
         self._client.key_value_set(_FAILED, f"process {self._id} failed: {failure}")
-      self._client.key_value_set(self._key(self._id), state, allow_overwrite=True)
+      self._client.key_value_set(self._key(self._id), _DONE, allow_overwrite=True)
 
   def _key(self, process_id):
     return f"{_PREFIX}{process_id}"
