@@ -6,8 +6,11 @@ when complete, so a run killed mid-save never leaves a checkpoint that looks who
 """
 
 import contextlib
+import errno
+import logging
 import os
 import sys
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
@@ -41,6 +44,8 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
                timeout_secs: int = DEFAULT_TIMEOUT_SECS):
     workdir = os.path.abspath(workdir)
+    if not read_only:
+      _quiet_background_failures()
     self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep, read_only, timeout_secs)
     self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only, timeout_secs,
                           best_fn=lambda m: m["val_loss"], best_mode="min")
@@ -123,11 +128,17 @@ class Checkpointer:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except  # Orbax raises many kinds
+      kept = (f"the newest complete checkpoint, {self._newest_complete()}, is kept: run the "
+              "same command to resume from it")
+      if _disk_full(e):
+        raise SaveFailedError(
+            f"the disk holding {manager.directory} is full (No space left on device), so a "
+            f"checkpoint could not be written: free space there or pass another --workdir; "
+            f"{kept}") from e
       raise SaveFailedError(
           f"writing a checkpoint in {manager.directory} failed ({first_line(e)}): check free "
           "space and write access there (with several processes, also the other processes' "
-          f"logs); the newest complete checkpoint, {self._newest_complete()}, is kept: run the "
-          "same command to resume from it") from e
+          f"logs); {kept}") from e
 
   def _newest_complete(self):
     try:
@@ -150,6 +161,44 @@ class DamagedCheckpointError(UserError):
 
 class SaveFailedError(UserError):
   """Writing a checkpoint failed or timed out."""
+
+
+def _disk_full(error: BaseException) -> bool:
+  """Whether ENOSPC caused `error` (TensorStore reports it inside a ValueError's text)."""
+  while error is not None:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _quiet_background_failures() -> None:
+  """Drops the many reports Orbax's background writers make of one failed save.
+
+  A full disk during a save makes them print some 1,500 lines: absl errors with tracebacks,
+  asyncio's "exception was never retrieved" for every array (some at exit), and TensorStore
+  callbacks into a closed event loop. The Checkpointer reports the failure itself, once, as a
+  SaveFailedError; other errors and all warnings pass as before. Installed once per process.
+  """
+  if sys.unraisablehook is not _unraisable:
+    _unraisable.default = sys.unraisablehook
+    sys.unraisablehook = _unraisable
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).addFilter(_not_from_orbax)
+
+
+def _unraisable(unraisable) -> None:
+  if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    _unraisable.default(unraisable)
+
+
+def _not_from_orbax(record: logging.LogRecord) -> bool:
+  if record.levelno < logging.ERROR:
+    return True
+  frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+  return not ("orbax" in record.pathname or "orbax" in record.getMessage()
+              or any("orbax" in frame.filename for frame in frames))
 
 
 def _save_args(state):

@@ -194,6 +194,14 @@ def load_params(folder: str, model_config: GPTConfig, abstract_params) -> dict:
   return flax.traverse_util.unflatten_dict(params)
 
 
+def _default_permissions(path: str) -> None:
+  """safetensors creates its file readable by its owner only; give it the mode that the
+  other files (and `open`) get under the user's umask."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
 def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   """Writes a Hugging Face GPT-2 folder that `transformers` loads (GPT2LMHeadModel).
 
@@ -210,7 +218,9 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
       value = value[:c.vocab_size]
     tensors[f"transformer.{name}"] = np.ascontiguousarray(value.reshape(hf_shape))
   os.makedirs(folder, exist_ok=True)
-  save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+  weights = os.path.join(folder, WEIGHTS_FILE)
+  save_file(tensors, weights, metadata={"format": "pt"})
+  _default_permissions(weights)
   eos = getattr(tokenizer, "end_of_text_id", None)
   hf_config = {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",

@@ -21,9 +21,12 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
 def define_config_flag():
   """--config (a config file, default configs/default.py) with --config.KEY=VALUE overrides."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  return config_flags.DEFINE_config_file(
-      "config", DEFAULT_CONFIG, "Config file (a get_config() function); keys are overridden "
-      "with --config.KEY=VALUE.", lock_config=True)
+  try:  # the default config file is read, and its overrides checked, here
+    return config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG, "Config file (a get_config() function); keys are overridden "
+        "with --config.KEY=VALUE.", lock_config=True)
+  except (AttributeError, KeyError) as e:
+    raise cli.unknown_config_key(e) from None
 
 
 def _config_name(config_path: str) -> str:

@@ -10,7 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, metrics, optim
+from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, memory, metrics
+from jaxgpt import optim
 from jaxgpt import sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
@@ -95,7 +96,9 @@ class Trainer:
     self.model = GPT(model_config(config, self.tokenizer.vocab_size))
     self.schedule = optim.learning_rate_schedule(config.train)
     self.optimizer = optim.make_optimizer(config.train)
-    self.shardings = state_lib.state_shardings(self.model, self.optimizer, self.mesh)
+    self.abstract_state = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
+    memory.check_state_fits(self.abstract_state)
+    self.shardings = jax.tree.map(lambda leaf: leaf.sharding, self.abstract_state)
     self.checkpoints = checkpoint.Checkpointer(
         workdir, keep=config.train.keep_checkpoints,
         timeout_secs=config.train.checkpoint_timeout_secs)
@@ -133,9 +136,8 @@ class Trainer:
     return state
 
   def _restore(self, step: int):
-    abstract = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
     try:
-      return self.checkpoints.restore(step, abstract)
+      return self.checkpoints.restore(step, self.abstract_state)
     except checkpoint.DamagedCheckpointError as e:
       raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
                       f"{self.workdir}/checkpoints to resume from the one before it") from e

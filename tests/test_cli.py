@@ -115,7 +115,9 @@ def test_bench_reports_a_benchmarks_row(text_file):
     (["--config.data.source=text", "--config.data.path=/no/such/file.txt"], ["/no/such/file.txt"]),
     (["--config.train.max_steps=-3"], ["max_steps"]),
     (["--config.train.batch_size=7"], ["batch_size"]),
-    (["--config.model.nope=1"], []),
+    (["--config.model.nope=1"], ["unknown config key 'nope'"]),
+    (["--config.model.n_layer=400", "--config.model.n_embd=4096", "--config.model.n_head=32"],
+     ["cannot fit", "GB per device", "model.n_layer"]),
     pytest.param(["--config.model.attention=cudnn", "--config.model.dropout=0"],
                  ["cudnn", "GPU", "auto"],
                  marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
@@ -123,6 +125,12 @@ def test_bench_reports_a_benchmarks_row(text_file):
 def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
   result = run("train", *TINY, *args, f"--workdir={tmp_path / 'w'}", check=False)
   assert_clean_error(result, *words)
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_an_unknown_key_of_the_default_config_is_one_clear_line(command, tmp_path):
+  result = run(command, "--config.train.nope=1", f"--workdir={tmp_path / 'w'}", check=False)
+  assert_clean_error(result, "unknown config key 'nope'")
 
 
 @pytest.mark.parametrize("source, words", [

@@ -7,6 +7,7 @@ transformers, stands in for OpenAI's checkpoints (nothing is downloaded).
 import json
 import os
 import shutil
+import stat
 
 import chex
 import jax
@@ -179,6 +180,9 @@ def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
   tokens = ids[None, :16]
   _assert_same_logits(_hf_logits(out, tokens),
                       _jax_logits(loaded.model, loaded.params, tokens))
+  modes = {name: stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode)
+           for name in os.listdir(out)}
+  assert len(set(modes.values())) == 1, f"exported files differ in permissions: {modes}"
 
 
 def test_bad_folders_are_clear_errors(hf_folder, tmp_path):

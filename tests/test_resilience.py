@@ -137,6 +137,51 @@ def test_max_steps_below_the_saved_step_trains_nothing_and_keeps_the_config(text
   assert _train_steps_in_order(workdir) == list(range(1, 11))
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 64 MB filesystem of its own (tmpfs), which a test may fill or make read-only."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_one_line_and_the_rerun_resumes(text_file, reference,
+                                                                      small_disk):
+  workdir, filler = small_disk / "run", small_disk / "filler"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  full = subprocess.run([sys.executable, os.path.join(REPO, "tests", "filling_save.py"),
+                         *_train_args(text_file, workdir)], cwd=REPO, capture_output=True,
+                        text=True, timeout=600, env={**env, "JAXGPT_TEST_FILLER": str(filler), "PYTHONPATH": REPO})
+  assert full.returncode == 2, full.stderr
+  assert "Traceback" not in full.stderr and "ERROR" not in full.stderr, full.stderr
+  last = full.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: the disk holding") and "is full" in last, full.stderr
+  assert "the newest complete checkpoint, 10, is kept" in last
+  assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [10]
+  filler.unlink()
+  run("train", *_train_args(text_file, workdir))
+  resumed = _losses(workdir)
+  assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_read_only_workdir_is_one_line_and_can_be_sampled(text_file, small_disk):
+  workdir = small_disk / "run"
+  run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
+  subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+  assert_clean_error(run("train", *_train_args(text_file, workdir), check=False),
+                     "cannot be written", "Read-only file system")
+  assert run("sample", f"--workdir={workdir}", "--max_new_tokens=5").stdout
+
+
 def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   process = _start(text_file, workdir)

@@ -22,15 +22,19 @@ def workdir(tmp_path_factory):
     yield _train(folder)
 
 
-def _train(folder):
+def _train_args(folder, steps=10, sample_tokens=0):
   (folder / "text.txt").write_text("the cat sat on the mat. a dog ate the bone.\n" * 100)
-  run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
-      f"--config.data.path={folder / 'text.txt'}", "--config.data.pipeline=numpy",
-      "--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=32",
-      "--config.model.block_size=64", "--config.train.batch_size=4",
-      "--config.train.max_steps=10", "--config.train.eval_every=10",
-      "--config.train.eval_steps=1", "--config.train.sample_tokens=0",
-      f"--workdir={folder / 'run'}")
+  return ["--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
+          f"--config.data.path={folder / 'text.txt'}", "--config.data.pipeline=numpy",
+          "--config.model.n_layer=1", "--config.model.n_head=2", "--config.model.n_embd=32",
+          "--config.model.block_size=64", "--config.train.batch_size=4",
+          f"--config.train.max_steps={steps}", f"--config.train.eval_every={steps}",
+          "--config.train.eval_steps=1", f"--config.train.sample_tokens={sample_tokens}",
+          f"--workdir={folder / 'run'}"]
+
+
+def _train(folder):
+  run("train", *_train_args(folder))
   return str(folder / "run")
 
 
@@ -149,6 +153,22 @@ def test_ctrl_c_in_sample_is_one_line(workdir):
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 130 and "Traceback" not in stderr, stderr
   assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted"), stderr
+
+
+def test_ctrl_c_in_the_end_of_training_sample_is_one_line_and_keeps_the_run(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  process = subprocess.Popen([sys.executable, "-m", "jaxgpt.train",
+                              *_train_args(tmp_path, steps=3, sample_tokens=10**6)],
+                             cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in process.stdout:
+    if line.startswith("---- sample"):
+      break
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted"), stderr
+  assert _sample(tmp_path / "run", "--max_new_tokens=5").stdout.startswith("the ")
 
 
 def test_an_export_folder_that_cannot_be_written_is_one_clear_line(workdir, tmp_path):

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import optim, sharding, state as state_lib, steps
+from jaxgpt import memory, optim, sharding, state as state_lib, steps
 from jaxgpt.model import GPT, model_config
 
 from conftest import tiny_config
@@ -133,3 +133,18 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 def test_weight_decay_only_on_matrices():
   mask = optim.decay_mask({"w": jnp.ones((2, 3)), "b": jnp.ones(3), "k": jnp.ones((2, 2, 2))})
   assert mask == {"w": True, "b": False, "k": True}
+
+
+def test_memory_per_device_counts_only_a_devices_shards():
+  config = tiny_config()
+  model = GPT(model_config(config, 30))
+  optimizer = optim.make_optimizer(config.train)
+  per_device = {}
+  for axes in ({"data": 4, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 1}):
+    config.mesh.update(**axes)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:4])
+    abstract = state_lib.abstract_state(model, optimizer, mesh)
+    per_device[axes["fsdp"]] = memory.bytes_per_device(abstract)
+  whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+  assert per_device[1] == whole  # data parallel: every device holds all of it
+  assert whole / 4 <= per_device[4] < whole / 2  # fsdp: a quarter of the large matrices
