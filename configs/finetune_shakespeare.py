@@ -7,16 +7,14 @@ validation loss is kept in WORKDIR/best (sample it with --checkpoint=best). 32 s
 --config.lora.targets=c_attn,c_proj --config.train.learning_rate=1e-3.
 """
 
-import jax
-
-from jaxgpt.config import base_config
+from jaxgpt.config import backend_precision, base_config
 
 
 def get_config():
   config = base_config()
   config.init_from = "gpt2"
   config.data.tokenizer = "gpt2"
-  config.precision = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  config.precision = backend_precision()
   config.model.update(block_size=1024, dropout=0.1)
   config.train.update(batch_size=32, grad_accum_steps=4, max_steps=200, learning_rate=3e-5,
                       min_lr=3e-5, warmup_steps=0, weight_decay=0.0, beta2=0.99,

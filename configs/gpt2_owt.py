@@ -10,16 +10,14 @@ shape on 8 devices (12 sequences each). Fewer devices need more, smaller micro-b
 the same step: e.g. --config.train.grad_accum_steps=40 on one GPU.
 """
 
-import jax
-
-from jaxgpt.config import base_config
+from jaxgpt.config import backend_precision, base_config
 
 
 def get_config():
   config = base_config()
   config.data.source = "tokens"
   config.data.tokenizer = "gpt2"
-  config.precision = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  config.precision = backend_precision()
   config.model.update(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0,
                       bias=False)
   config.train.update(batch_size=480, grad_accum_steps=5, max_steps=600_000,

@@ -3,12 +3,10 @@
 bfloat16 compute on GPU and TPU, float32 on CPU (which has no fast bfloat16).
 """
 
-import jax
-
-from jaxgpt.config import base_config
+from jaxgpt.config import backend_precision, base_config
 
 
 def get_config():
   config = base_config()
-  config.precision = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  config.precision = backend_precision()
   return config

@@ -87,9 +87,8 @@ def _end_to_end(config) -> str:
 def main(argv=None):
   runtime.configure_cpu_devices()
   runtime.start_backend()
-  from jaxgpt.train import define_config_flag, check_config_file  # pylint: disable=g-import-not-at-top
-  config_flag = define_config_flag()
-  check_config_file(sys.argv if argv is None else argv)
+  config_flag = cli.define_config_flag()
+  cli.check_config_file(sys.argv if argv is None else argv)
   cli.parse_flags(argv, __doc__)
   config = config_flag.value
   runtime.check_backend(config)

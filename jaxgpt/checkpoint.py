@@ -3,6 +3,10 @@
 WORKDIR/checkpoints/<step>/ holds the newest `keep` states; WORKDIR/best/<step>/ holds the
 one with the lowest validation loss. Orbax writes each into a temporary folder and renames it
 when complete, so a run killed mid-save never leaves a checkpoint that looks whole.
+
+Each checkpoint keeps the weights (item "params") apart from the step and the optimizer's
+state (item "optimizer"): sampling and export read only the weights, so they neither read
+Adam's moments (twice the weights' size) nor depend on the optimizer's structure.
 """
 
 import contextlib
@@ -24,6 +28,11 @@ BEST_DIR = "best"
 # How long a save may take, its cross-process barriers included, before it is an error.
 DEFAULT_TIMEOUT_SECS = 1200
 
+PARAMS, OPTIMIZER = "params", "optimizer"
+# Checkpoints written before 2026-11-30 hold the whole TrainState in one item, "state", and
+# each LayerNorm's parameters one level deeper: h_0/ln_1/LayerNorm_0/scale for h_0/ln_1/scale.
+OLD_STATE, OLD_NORM_LEVEL = "state", "LayerNorm_0"
+
 
 def _manager(directory: str, keep: int, read_only: bool, timeout_secs: int, **options):
   # Each manager's cross-process barriers get a key prefix of their own: without it, saves of
@@ -34,8 +43,9 @@ def _manager(directory: str, keep: int, read_only: bool, timeout_secs: int, **op
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=os.path.basename(directory)),
       **options)
-  return ocp.CheckpointManager(directory, options=options,
-                               item_handlers={"state": ocp.StandardCheckpointHandler()})
+  return ocp.CheckpointManager(directory, options=options, item_handlers={
+      PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
+      OLD_STATE: ocp.PyTreeCheckpointHandler()})  # whose partial restore reads params alone
 
 
 class Checkpointer:
@@ -82,7 +92,29 @@ class Checkpointer:
     return True
 
   def restore(self, step: int, abstract_state, which: str = "latest"):
-    """Restores checkpoint `step` into the shapes and shardings of `abstract_state`.
+    """The whole train state of checkpoint `step`, in the shapes and shardings of
+    `abstract_state` (on any mesh), for resuming."""
+    wanted = {"step": abstract_state.step, "params": abstract_state.params,
+              "opt_state": abstract_state.opt_state}
+    return abstract_state.replace(**self._read(step, which, wanted))
+
+  def restore_params(self, step: int, abstract_params, which: str = "latest"):
+    """Only the parameters of checkpoint `step`, for sampling and export."""
+    return self._read(step, which, {"params": abstract_params})["params"]
+
+  def restore_newest_good_params(self, abstract_params):
+    """The newest checkpoint's parameters that read; damaged newer ones are reported and
+    left alone. Returns (step, params), or (None, None)."""
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore_params(step, abstract_params)
+      except DamagedCheckpointError as e:
+        print(f"warning: {e}; trying an older checkpoint (the damaged one is left in place)",
+              file=sys.stderr, flush=True)
+    return None, None
+
+  def _read(self, step: int, which: str, wanted: dict) -> dict:
+    """Reads the parts of a train state named in `wanted` (abstract arrays), in any layout.
 
     Shapes are compared first: a differently shaped model is an error naming the first
     mismatch, never a partial restore.
@@ -90,29 +122,27 @@ class Checkpointer:
     manager = self._best if which == "best" else self._latest
     where = f"checkpoint {step} in {manager.directory}"
     try:
-      saved = manager.item_metadata(step)["state"].tree
+      saved = manager.item_metadata(step)
+      old_layout = saved.get(OLD_STATE) is not None
+      saved_params = saved[OLD_STATE].tree["params"] if old_layout else saved[PARAMS].tree
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
-    mismatch = _first_mismatch(saved["params"], abstract_state.params)
+    params = _unnest_norms(saved_params)
+    mismatch = _first_mismatch(params, wanted["params"])
     if mismatch:
       raise UserError(f"{where} does not fit this model: {mismatch}; use the run's own model "
                       "settings (see its config.json) or a new --workdir")
+    if jax.tree.structure(params) != jax.tree.structure(saved_params):
+      wanted = _nest_norms(wanted)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+      restored = manager.restore(step, args=_restore_args(wanted, old_layout))
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
-    return restored["state"]
-
-  def restore_newest_good(self, abstract_state):
-    """The newest checkpoint that reads; damaged newer ones are reported and left alone."""
-    for step in reversed(self.all_steps()):
-      try:
-        return step, self.restore(step, abstract_state)
-      except DamagedCheckpointError as e:
-        print(f"warning: {e}; trying an older checkpoint (the damaged one is left in place)",
-              file=sys.stderr, flush=True)
-    return None, None
+    if old_layout:
+      parts = restored[OLD_STATE]
+    else:
+      parts = {"params": restored[PARAMS], **(restored.get(OPTIMIZER) or {})}
+    return _unnest_norms(parts)
 
   def wait(self) -> None:
     """Blocks until every save is on disk; a failed save raises here."""
@@ -150,9 +180,10 @@ class Checkpointer:
   def close(self) -> None:
     try:
       self.wait()
-    finally:
-      self._latest.close()
-      self._best.close()
+    finally:  # each item of a failed save reports its own error, the later ones here
+      for manager in (self._latest, self._best):
+        with self._failures_as_errors(manager):
+          manager.close()
 
 
 class DamagedCheckpointError(UserError):
@@ -202,7 +233,40 @@ def _not_from_orbax(record: logging.LogRecord) -> bool:
 
 
 def _save_args(state):
-  return ocp.args.Composite(state=ocp.args.StandardSave(state))
+  return ocp.args.Composite(**{
+      PARAMS: ocp.args.StandardSave(state.params),
+      OPTIMIZER: ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state})})
+
+
+def _restore_args(wanted: dict, old_layout: bool):
+  """Orbax's arguments that read `wanted` ("params", and "step" and "opt_state" or neither)."""
+  if old_layout:
+    return ocp.args.Composite(**{OLD_STATE: ocp.args.PyTreeRestore(
+        wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+        partial_restore="opt_state" not in wanted)})
+  args = {PARAMS: ocp.args.StandardRestore(wanted["params"])}
+  if "opt_state" in wanted:
+    args[OPTIMIZER] = ocp.args.StandardRestore(
+        {"step": wanted["step"], "opt_state": wanted["opt_state"]})
+  return ocp.args.Composite(**args)
+
+
+def _is_norm(tree) -> bool:
+  return isinstance(tree, dict) and "scale" in tree
+
+
+def _is_nested_norm(tree) -> bool:
+  return isinstance(tree, dict) and set(tree) == {OLD_NORM_LEVEL}
+
+
+def _nest_norms(tree):
+  """Today's LayerNorm paths (in parameters and optimizer state) as old checkpoints have them."""
+  return jax.tree.map(lambda x: {OLD_NORM_LEVEL: x} if _is_norm(x) else x, tree, is_leaf=_is_norm)
+
+
+def _unnest_norms(tree):
+  return jax.tree.map(lambda x: x[OLD_NORM_LEVEL] if _is_nested_norm(x) else x, tree,
+                      is_leaf=_is_nested_norm)
 
 
 def _first_mismatch(saved_tree, target_tree) -> str | None:

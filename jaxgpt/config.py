@@ -4,19 +4,29 @@ Config files in `configs/` start from `base_config()` and change what they need,
 key exists in every config and can be overridden with `--config.KEY=VALUE`.
 """
 
+import json
 import math
+import os
 
 import ml_collections
 
-from jaxgpt.errors import UserError
+from jaxgpt import files
+from jaxgpt.errors import UserError, first_line
 
-DATA_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds", "tokens")
+TEXT_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
+DATA_SOURCES = (*TEXT_SOURCES, "tokens")  # tokens: shards that `python -m jaxgpt.prepare` wrote
 TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
 PIPELINES = ("auto", "tf", "numpy")
 ATTENTIONS = ("auto", "jaxgpt", "cudnn", "xla")
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
+
+
+def backend_precision() -> str:
+  """bfloat16 compute on GPU and TPU, float32 on CPU (which has no fast bfloat16)."""
+  import jax  # pylint: disable=g-import-not-at-top  # this module loads without JAX
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -72,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   # and how long a silent process is waited for, before the run stops with an error.
   c.train.checkpoint_timeout_secs = 1200
   c.train.peer_timeout_secs = 60
+  c.train.profile_steps = ""  # "START,END": a jax.profiler trace of those steps (see README)
 
   # LoRA: rank > 0 trains only low-rank adapters on the named layers; the rest stays frozen.
   c.lora = ml_collections.ConfigDict()
@@ -120,6 +131,20 @@ def _get(c, key: str):
 def lora_targets(c: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The layer names in the comma-separated `lora.targets`."""
   return tuple(t.strip() for t in c.lora.targets.split(",") if t.strip())
+
+
+def profile_window(c: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """The first and last step of `train.profile_steps` ("START,END"), or None when it is empty."""
+  text = c.train.profile_steps.strip()
+  if not text:
+    return None
+  parts = [part.strip() for part in text.split(",")]
+  ok = len(parts) == 2 and all(part.isdecimal() for part in parts)
+  start, end = (int(part) for part in parts) if ok else (0, 0)
+  _require(ok and 1 <= start <= end,
+           f"train.profile_steps={c.train.profile_steps!r} is not two steps START,END with "
+           "1 <= START <= END: pass e.g. --config.train.profile_steps=10,20")
+  return start, end
 
 
 def _require(ok: bool, message: str) -> None:
@@ -182,6 +207,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"train.batch_size={c.train.batch_size} is not divisible by "
            f"train.grad_accum_steps={c.train.grad_accum_steps}: the global batch is split into "
            "that many micro-batches")
+  profile_window(c)
   _require(c.lora.rank >= 0, f"lora.rank must not be negative, got {c.lora.rank}: pass "
            "--config.lora.rank=0 (off) or a small positive rank such as 8")
   if c.lora.rank:
@@ -193,3 +219,40 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for axis in ("data", "fsdp", "tensor"):
     _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
              f"mesh.{axis} must be a positive size or -1 (the remaining devices), got {c.mesh[axis]}")
+
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(config, workdir: str) -> None:
+  files.write_atomically(os.path.join(workdir, CONFIG_FILE),
+                         config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """A run's saved config; keys added to jaxgpt since the run was saved get their defaults."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} holds no jaxgpt run ({CONFIG_FILE} is missing): pass the "
+                    "--workdir that `python -m jaxgpt.train` printed")
+  config = base_config()
+  try:
+    with open(path, encoding="utf-8") as f:
+      config.update(json.load(f))
+  except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+    raise UserError(f"{path} is damaged ({first_line(e)}): restore it from a copy (its keys "
+                    "and types are those of configs/default.py), or train in a new "
+                    "--workdir") from None
+  return config
+
+
+def model_config(config, vocab_size: int):
+  """The model's GPTConfig from a run config (`config.model`, `config.precision`, `config.lora`)."""
+  from jaxgpt.model import GPTConfig  # pylint: disable=g-import-not-at-top  # config files load without JAX
+  m = config.model
+  return GPTConfig(
+      vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
+      block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+      dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
+      lora_alpha=config.lora.alpha, lora_targets=lora_targets(config),
+      attention=m.attention, remat=m.remat)

@@ -67,14 +67,14 @@ def filter_logits(logits_BxV, sampling: Sampling):
 
 def _top_k_top_p(logits_BxV, top_k, top_p):
   neg_inf = jnp.finfo(jnp.float32).min
-  rank_V = jnp.arange(logits_BxV.shape[-1])
+  rank_1xV = jnp.arange(logits_BxV.shape[-1])[None, :]
   sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
-  sorted_BxV = jnp.where(rank_V < top_k, sorted_BxV, neg_inf)
+  sorted_BxV = jnp.where(rank_1xV < top_k, sorted_BxV, neg_inf)
   # Keep each token whose higher-ranked tokens hold less than top_p of the probability,
   # so the token that crosses top_p is kept (and the top token always is).
   probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
   mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-  kept_BxV = (mass_before_BxV < top_p) & (rank_V < top_k) | (rank_V == 0)
+  kept_BxV = (mass_before_BxV < top_p) & (rank_1xV < top_k) | (rank_1xV == 0)
   num_kept_Bx1 = kept_BxV.sum(axis=-1, keepdims=True)
   cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, num_kept_Bx1 - 1, axis=-1)
   return jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
@@ -95,7 +95,8 @@ def gumbel_noise(bits_B, vocab: int):
   A few integer operations that fuse into the sampling step; drawing all (B, steps, V)
   numbers from jax.random instead runs threefry as a loop of many kernels on CPU.
   """
-  h_BxV = bits_B[:, None] ^ (jnp.arange(vocab, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9))
+  spread_1xV = jnp.arange(vocab, dtype=jnp.uint32)[None, :] * jnp.uint32(0x9E3779B9)
+  h_BxV = bits_B[:, None] ^ spread_1xV
   for shift, multiplier in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
     h_BxV = (h_BxV ^ (h_BxV >> shift)) * jnp.uint32(multiplier)
   h_BxV = h_BxV ^ (h_BxV >> 16)
@@ -200,7 +201,11 @@ def compile_fns(prefill_fn, decode_fn):
           jit(decode_fn, static_argnames=("model", "max_steps"), donate_argnames=("state",)))
 
 
-prefill, decode = compile_fns(_prefill, _decode)
+@functools.cache
+def compiled():
+  """The jitted (prefill, decode), made on first use, when the compile-time counter starts."""
+  jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+  return compile_fns(_prefill, _decode)
 
 
 def prompt_bucket(length: int, block_size: int) -> int:
@@ -241,9 +246,6 @@ def _count_compile_time(event: str, duration: float, **_):
     _compile_seconds[0] += duration
 
 
-jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
-
-
 @dataclasses.dataclass
 class Timing:
   """Where a generation's time went: compiling (first calls only) and generating."""
@@ -269,6 +271,7 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   if not len(prompt) or s < 2:
     raise ValueError("generation needs a prompt of at least one token and block_size >= 2")
   timing = Timing() if timing is None else timing
+  prefill, decode = compiled()
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
@@ -277,7 +280,7 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
     padded = jax.device_put(padded, NamedSharding(mesh, PartitionSpec("batch")))
   sampling = sampling.as_arrays()
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can
-  # deadlock XLA's collectives (NOTES.md).
+  # make XLA's all-reduce rendezvous time out and abort (see the training loop, trainer.py).
   with _placed(mesh):
     state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
   remaining = max_new_tokens

@@ -21,7 +21,7 @@ from jaxgpt.model import GPTConfig
 
 HUB_REPOS = {name: f"openai-community/{name}"
              for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
-CONFIG_FILE = "config.json"
+HF_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 _HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json",
@@ -33,9 +33,9 @@ def resolve(init_from: str) -> str:
   """The local folder for `gpt2`..`gpt2-xl` (Hugging Face cache, else download) or a path."""
   if init_from not in HUB_REPOS:
     folder = os.path.abspath(os.path.expanduser(init_from))
-    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+    if not os.path.isfile(os.path.join(folder, HF_CONFIG_FILE)):
       raise UserError(f"init_from={init_from!r} is neither {', '.join(HUB_REPOS)} nor a "
-                      f"Hugging Face GPT-2 folder ({folder}/{CONFIG_FILE} is missing): pass one")
+                      f"Hugging Face GPT-2 folder ({folder}/{HF_CONFIG_FILE} is missing): pass one")
     return folder
   import huggingface_hub  # pylint: disable=g-import-not-at-top
   repo = HUB_REPOS[init_from]
@@ -54,7 +54,7 @@ def resolve(init_from: str) -> str:
 
 def read_config(folder: str) -> dict:
   """The GPT-2 shape from config.json; architectures jaxgpt cannot reproduce are refused."""
-  path = os.path.join(folder, CONFIG_FILE)
+  path = os.path.join(folder, HF_CONFIG_FILE)
   try:
     with open(path, encoding="utf-8") as f:
       hf = json.load(f)
@@ -104,6 +104,16 @@ def load_tokenizer(folder: str) -> BPETokenizer:
   return tokenizer
 
 
+def run_tokenizer(config, pretrained: str | None):
+  """GPT-2's tokenizer from the pretrained folder, data.tokenizer_path or the hub; None for
+  a character tokenizer, which build_dataset makes from the text."""
+  if config.data.tokenizer != "gpt2" or config.data.source == "tokens":
+    return None
+  if pretrained:
+    return load_tokenizer(pretrained)
+  return BPETokenizer.from_folder(config.data.tokenizer_path or resolve("gpt2"))
+
+
 def _tensor_table(c: GPTConfig):
   """(Hugging Face name, jaxgpt parameter path, Hugging Face shape) of every GPT-2 tensor."""
   d = c.n_embd
@@ -111,8 +121,8 @@ def _tensor_table(c: GPTConfig):
           ("wpe.weight", ("wpe",), (c.block_size, d))]
 
   def layer_norm(hf, ours):
-    rows.extend([(f"{hf}.weight", ours + ("LayerNorm_0", "scale"), (d,)),
-                 (f"{hf}.bias", ours + ("LayerNorm_0", "bias"), (d,))])
+    rows.extend([(f"{hf}.weight", ours + ("scale",), (d,)),
+                 (f"{hf}.bias", ours + ("bias",), (d,))])
 
   def conv1d(hf, ours, n_in, n_out):
     rows.extend([(f"{hf}.weight", ours + ("kernel",), (n_in, n_out)),
@@ -221,7 +231,7 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   weights = os.path.join(folder, WEIGHTS_FILE)
   save_file(tensors, weights, metadata={"format": "pt"})
   _default_permissions(weights)
-  eos = getattr(tokenizer, "end_of_text_id", None)
+  eos = tokenizer.end_of_text_id
   hf_config = {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
       "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
@@ -231,6 +241,6 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
       "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos,
       "dtype": "float32",
   }
-  with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(folder, HF_CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(hf_config, f, indent=2)
   write_hf_tokenizer(tokenizer, folder, c.block_size)

@@ -1,10 +1,12 @@
-"""Console progress, metrics.jsonl, TensorBoard event files, tokens/s and MFU."""
+"""Console progress, metrics.jsonl, TensorBoard event files, profiler traces, tokens/s and MFU."""
 
 import json
 import os
 import time
 
 import jax
+
+from jaxgpt.errors import UserError
 
 # Dense bf16 peak FLOP/s per device, by a substring of `device.device_kind` (lower case).
 PEAK_FLOPS = (
@@ -37,21 +39,43 @@ class MetricsWriter:
     self._enabled = enabled
     if not enabled:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    _drop_torn_last_line(self._path)
+    self._jsonl = open(self._path, "a", encoding="utf-8")
     self._tensorboard = _TensorBoard(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, **values) -> None:
     if not self._enabled:
       return
     record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
+    except OSError as e:
+      raise UserError(f"writing {self._path} failed ({e.strerror}): free space there or pass "
+                      "another --workdir; the checkpoints already written are kept: run the "
+                      "same command to resume from the newest") from None
     self._tensorboard.scalars(step, values)
 
   def close(self) -> None:
     if self._enabled:
       self._jsonl.close()
       self._tensorboard.close()
+
+
+def _drop_torn_last_line(path: str) -> None:
+  """Cuts a last line that a full disk or a kill left without its newline, so that every line
+  of the file stays one JSON record."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    end = f.seek(0, os.SEEK_END)
+    f.seek(max(0, end - 1))
+    if end == 0 or f.read(1) == b"\n":
+      return
+    start = max(0, end - (1 << 20))  # a record is far shorter than a megabyte
+    f.seek(start)
+    f.truncate(start + f.read().rfind(b"\n") + 1)
 
 
 class _TensorBoard:
@@ -72,6 +96,40 @@ class _TensorBoard:
 
   def close(self) -> None:
     self._writer.close()
+
+
+class StepTrace:
+  """A jax.profiler trace of the train steps first..last of `window` (what remains of them in
+  a resumed run), written under `logdir` as plugins/profile/<time>/<host>.xplane.pb and
+  .trace.json.gz, where TensorBoard's profile tab finds it."""
+
+  def __init__(self, logdir: str, window: tuple[int, int] | None):
+    self._logdir = logdir
+    self._first, self._last = window or (1, 0)
+    self._started = self._latest = None  # the first and the latest step traced
+
+  def before(self, step: int) -> None:
+    if self._first <= step <= self._last:
+      if self._started is None:
+        jax.profiler.start_trace(self._logdir)
+        self._started = step
+      self._latest = step
+
+  def after(self, step: int, state) -> None:
+    """Ends the trace at the window's last step, once that step has run."""
+    if step == self._last:
+      jax.block_until_ready(state)
+      self.stop()
+
+  def stop(self) -> None:
+    """Writes the trace, if one is running (a run may end before the window does)."""
+    if self._started is None:
+      return
+    jax.profiler.stop_trace()
+    print(f"profile of steps {self._started}-{self._latest} written to {self._logdir}/plugins/"
+          f"profile: view it with `tensorboard --logdir {self._logdir}` (its Profile tab needs "
+          "`pip install xprof`), or open its .trace.json.gz in ui.perfetto.dev", flush=True)
+    self._started = None
 
 
 class Throughput:

@@ -6,8 +6,9 @@ names of their own. `jaxgpt/sharding.py` maps both to the device mesh.
 The residual stream is kept 2-D, (B*T, D): every weight matmul is then a plain 2-D dot,
 which XLA's CPU backend runs much faster (backward especially) than batched 3-D dots.
 
-Shape suffixes: B batch, T time, D model width, H heads, K head size, F MLP width,
-V vocabulary, S cached length.
+Shape suffixes: B batch, T time (the positions computed now), S positions attended to
+(the cache's length when decoding), N tokens of the flattened batch B*T (in the cached
+attention: batch x heads), D model width, H heads, K head size, F MLP width, V vocabulary.
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgpt import config as config_lib
+INIT_STD = 0.02  # GPT-2's initialisation of every weight matrix and embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,19 +44,14 @@ class GPTConfig:
     return self.n_embd // self.n_head
 
   @property
+  def residual_std(self) -> float:
+    """GPT-2's smaller initialisation of the projections into the residual stream, one per
+    residual addition (two per layer), so the stream's variance does not grow with depth."""
+    return INIT_STD / math.sqrt(2 * self.n_layer)
+
+  @property
   def padded_vocab_size(self) -> int:
     return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
-
-
-def model_config(config, vocab_size: int) -> GPTConfig:
-  """The GPTConfig of a run config (`config.model`, `config.precision`)."""
-  m = config.model
-  return GPTConfig(
-      vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
-      block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-      dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
-      lora_alpha=config.lora.alpha, lora_targets=config_lib.lora_targets(config),
-      attention=m.attention, remat=m.remat)
 
 
 def attention_implementation(c: GPTConfig, deterministic: bool) -> str:
@@ -85,16 +81,11 @@ def _constrain(x, names):
   return nn.with_logical_constraint(x, names)
 
 
-class LayerNorm(nn.Module):
-  bias: bool
-  dtype: str
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.LayerNorm(
-        epsilon=1e-5, use_bias=self.bias, dtype=self.dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-        bias_init=_zeros(("embed",)))(x)
+def _layer_norm(c: GPTConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=1e-5, use_bias=c.bias, dtype=c.dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+      bias_init=_zeros(("embed",)), name=name)
 
 
 def _contract(x, kernel, num_in: int, dtype):
@@ -160,7 +151,8 @@ class Dense(nn.Module):
       y = y + self._adapter(x)
     if c.bias:
       out_shape, out_names = self.shape[self.num_in:], self.names[self.num_in:]
-      y = y + self.param("bias", _zeros(out_names), out_shape).astype(c.dtype)
+      bias = self.param("bias", _zeros(out_names), out_shape).astype(c.dtype)
+      y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
     return y
 
   def _adapter(self, x):
@@ -178,10 +170,9 @@ class CausalSelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool):
     c = self.config
-    residual_std = 0.02 / math.sqrt(2 * c.n_layer)
-    qkv_Nx3xHxK = Dense((c.n_embd, 3, c.n_head, c.head_size),
-                        ("embed", "qkv", "heads", "head_dim"), 1, 0.02, c,
-                        name="c_attn")(x_NxD)
+    qkv_Nx3xHxK = Dense(shape=(c.n_embd, 3, c.n_head, c.head_size),
+                        names=("embed", "qkv", "heads", "head_dim"), num_in=1,
+                        stddev=INIT_STD, config=c, name="c_attn")(x_NxD)
     qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
     implementation = attention_implementation(c, deterministic)
     if decode:
@@ -194,8 +185,8 @@ class CausalSelfAttention(nn.Module):
           implementation=implementation)
     names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
     y_NxHxK = _constrain(y_BxTxHxK, names).reshape(-1, c.n_head, c.head_size)
-    y_NxD = Dense((c.n_head, c.head_size, c.n_embd), ("heads", "head_dim", "embed"), 2,
-                  residual_std, c, name="c_proj")(y_NxHxK)
+    y_NxD = Dense(shape=(c.n_head, c.head_size, c.n_embd), names=("heads", "head_dim", "embed"),
+                  num_in=2, stddev=c.residual_std, config=c, name="c_proj")(y_NxHxK)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
   def _attention(self, qkv_BxTx3xHxK, deterministic):
@@ -211,8 +202,8 @@ class CausalSelfAttention(nn.Module):
     q_BxHxTxK = q_BxHxTxK * (1.0 / math.sqrt(c.head_size))
     att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
                              preferred_element_type=jnp.float32)
-    mask_TxS = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), 0.0, -jnp.inf)
-    probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_TxS, axis=-1)
+    mask_1x1xTxS = jnp.where(jnp.tril(jnp.ones((1, 1, t, t), dtype=bool)), 0.0, -jnp.inf)
+    probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_1x1xTxS, axis=-1)
     probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=deterministic)
     y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
     return y_BxHxTxK.transpose(0, 2, 1, 3)
@@ -260,10 +251,11 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_NxD, deterministic: bool):
     c = self.config
-    h_NxF = Dense((c.n_embd, 4 * c.n_embd), ("embed", "mlp"), 1, 0.02, c, name="c_fc")(x_NxD)
+    h_NxF = Dense(shape=(c.n_embd, 4 * c.n_embd), names=("embed", "mlp"), num_in=1,
+                  stddev=INIT_STD, config=c, name="c_fc")(x_NxD)
     h_NxF = _constrain(nn.gelu(h_NxF, approximate=True), ("activation_tokens", "activation_mlp"))
-    y_NxD = Dense((4 * c.n_embd, c.n_embd), ("mlp", "embed"), 1,
-                  0.02 / math.sqrt(2 * c.n_layer), c, name="c_proj")(h_NxF)
+    y_NxD = Dense(shape=(4 * c.n_embd, c.n_embd), names=("mlp", "embed"), num_in=1,
+                  stddev=c.residual_std, config=c, name="c_proj")(h_NxF)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
 
@@ -274,9 +266,9 @@ class Block(nn.Module):
   def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool):
     c = self.config
     x_NxD = x_NxD + CausalSelfAttention(c, name="attn")(
-        LayerNorm(c.bias, c.dtype, name="ln_1")(x_NxD), batch, deterministic, decode)
+        _layer_norm(c, "ln_1")(x_NxD), batch, deterministic, decode)
     x_NxD = x_NxD + MLP(c, name="mlp")(
-        LayerNorm(c.bias, c.dtype, name="ln_2")(x_NxD), deterministic)
+        _layer_norm(c, "ln_2")(x_NxD), deterministic)
     return _constrain(x_NxD, ("activation_tokens", "activation_embed"))
 
 
@@ -293,9 +285,9 @@ class GPT(nn.Module):
                positions_T=None):
     c = self.config
     b, t = tokens_BxT.shape
-    wte_VxD = self.param("wte", _normal(0.02, ("vocab", "embed")),
+    wte_VxD = self.param("wte", _normal(INIT_STD, ("vocab", "embed")),
                          (c.padded_vocab_size, c.n_embd))
-    wpe_TxD = self.param("wpe", _normal(0.02, ("position", "embed")), (c.block_size, c.n_embd))
+    wpe_TxD = self.param("wpe", _normal(INIT_STD, ("position", "embed")), (c.block_size, c.n_embd))
     if positions_T is None:
       positions_T = jnp.arange(t)
     # Gather the (small) table before the lookup rather than looking up a sharded table.
@@ -308,7 +300,7 @@ class GPT(nn.Module):
     block = nn.remat(Block, static_argnums=(2, 3, 4)) if c.remat else Block
     for i in range(c.n_layer):
       x_NxD = block(c, name=f"h_{i}")(x_NxD, b, deterministic, decode)
-    x_NxD = LayerNorm(c.bias, c.dtype, name="ln_f")(x_NxD)
+    x_NxD = _layer_norm(c, "ln_f")(x_NxD)
     logits_NxV = jnp.dot(x_NxD, wte_VxD.astype(c.dtype).T, preferred_element_type=jnp.float32)
     # Padded ids get no probability: padding changes neither training nor sampling.
     logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)

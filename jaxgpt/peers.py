@@ -59,7 +59,7 @@ def _client():
   if jax.process_count() == 1:
     return None
   try:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top  # no public API
     return distributed.global_state.client
   except (ImportError, AttributeError):  # a JAX without it: JAX's own heartbeat still applies
     return None

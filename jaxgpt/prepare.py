@@ -23,12 +23,12 @@ import time
 
 from absl import flags
 
-from jaxgpt import cli
+from jaxgpt import cli, config as config_lib
 from jaxgpt.data import corpus, documents, shard_writer, shards
 from jaxgpt.errors import Interrupted, UserError, run_cli
 from jaxgpt.progress import duration
 
-SOURCES = corpus.TEXT_SOURCES + ("hf",)
+SOURCES = config_lib.TEXT_SOURCES + ("hf",)
 SPLITS = corpus.SPLITS
 
 _INPUT = flags.DEFINE_string("input", "", "Comma-separated globs of the corpus's files "
@@ -67,7 +67,7 @@ def main(argv=None):
   shard_writer.remove_temporaries(out)
   records = _unfinished_records(out, source)
   try:
-    if source["source"] in corpus.TEXT_SOURCES:
+    if source["source"] in config_lib.TEXT_SOURCES:
       prepared = corpus.prepare_text(out, source)
     else:
       prepared = corpus.prepare_documents(out, source, records, _WORKERS.value)

@@ -6,12 +6,11 @@ import os
 
 import ml_collections
 
-from jaxgpt import checkpoint, data, hf_gpt2, optim, sharding
+from jaxgpt import checkpoint, data, hf_gpt2, sharding
 from jaxgpt import config as config_lib
 from jaxgpt import state as state_lib
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, model_config
-from jaxgpt.trainer import load_config
+from jaxgpt.model import GPT
 
 
 @dataclasses.dataclass
@@ -33,19 +32,18 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
   if not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} does not exist: pass the --workdir that "
                     "`python -m jaxgpt.train` printed")
-  config = load_config(workdir)
+  config = config_lib.load_config(workdir)
   tokenizer = data.load_tokenizer(workdir)
-  model = GPT(model_config(config, tokenizer.vocab_size))
-  optimizer = optim.make_optimizer(config.train)
+  model = GPT(config_lib.model_config(config, tokenizer.vocab_size))
   mesh = _local_mesh()
   checkpoints = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     with sharding.rules_context(mesh):
-      abstract = state_lib.abstract_state(model, optimizer, mesh)
-      step, state = _restore(checkpoints, which, abstract, workdir)
+      abstract = state_lib.abstract_params(model, mesh)
+      step, params = _restore(checkpoints, which, abstract, workdir)
   finally:
     checkpoints.close()
-  return LoadedRun(config, tokenizer, model, state.params, mesh, step)
+  return LoadedRun(config, tokenizer, model, params, mesh, step)
 
 
 def load_pretrained(init_from: str) -> LoadedRun:
@@ -56,7 +54,7 @@ def load_pretrained(init_from: str) -> LoadedRun:
   config.model.block_size = hf_gpt2.read_config(folder)["n_positions"]
   hf_gpt2.configure(config, folder)
   tokenizer = hf_gpt2.load_tokenizer(folder)
-  model = GPT(model_config(config, tokenizer.vocab_size))
+  model = GPT(config_lib.model_config(config, tokenizer.vocab_size))
   mesh = _local_mesh()
   with sharding.rules_context(mesh):
     params = hf_gpt2.load_params(folder, model.config,
@@ -70,25 +68,26 @@ def _local_mesh():
 
 
 def _restore(checkpoints, which: str, abstract, workdir: str):
+  """The step and parameters (only) of the checkpoint `which` names."""
   if which == "latest":
-    step, state = checkpoints.restore_newest_good(abstract)
+    step, params = checkpoints.restore_newest_good_params(abstract)
     if step is None and checkpoints.best_step() is not None:
       raise UserError(f"{workdir} has no readable checkpoint under checkpoints/, but a best one "
                       f"(step {checkpoints.best_step()}): pass --checkpoint=best")
     if step is None:
       raise UserError(f"{workdir} has no readable checkpoint: train first with "
                       f"python -m jaxgpt.train --workdir={workdir}")
-    return step, state
+    return step, params
   if which == "best":
     step = checkpoints.best_step()
     if step is None:
       raise UserError(f"{workdir} has no best checkpoint yet (one is kept at each evaluation): "
                       "use --checkpoint=latest")
-    return step, checkpoints.restore(step, abstract, which="best")
+    return step, checkpoints.restore_params(step, abstract, which="best")
   if not which.isdigit():
     raise UserError(f"--checkpoint={which} is not latest, best or a step number")
   step = int(which)
   if step not in checkpoints.all_steps():
     raise UserError(f"{workdir} has no checkpoint of step {step}: its checkpoints are "
                     f"{checkpoints.all_steps() or 'none'}")
-  return step, checkpoints.restore(step, abstract)
+  return step, checkpoints.restore_params(step, abstract)

@@ -63,7 +63,7 @@ def _cluster_process_count() -> int:
   they read its metadata server, elsewhere only environment variables.
   """
   try:
-    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top  # no public API
     detectors = [c for c in clusters.ClusterEnv._cluster_types if not c.opt_in_only_method]  # pylint: disable=protected-access
   except (ImportError, AttributeError):  # a JAX without these internals: no detection
     return 1

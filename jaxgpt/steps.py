@@ -53,8 +53,13 @@ def train_step(state: TrainState, x_AxBxT, y_AxBxT, stop_B, *, model, optimizer,
   trainable, frozen = lora.partition(state.params, model.config.lora_rank)
   loss, grads = _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng)
   updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
-  params = lora.combine(optax.apply_updates(trainable, updates), frozen)
+  new_trainable = optax.apply_updates(trainable, updates)
+  params = lora.combine(new_trainable, frozen)
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+             # In float32, as the parameters are; the update is what the step moved them by.
+             "param_norm": optax.global_norm(params),
+             "update_norm": optax.global_norm(jax.tree.map(jnp.subtract, new_trainable,
+                                                           trainable)),
              # A float32 sum, so that XLA can combine its all-reduce with the gradients'.
              "stop": jnp.sum(stop_B.astype(jnp.float32)) > 0}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,13 +1,11 @@
 """The training loop: data, mesh, state, then batch(seed, step) -> train_step -> log -> eval -> save."""
 
 import collections
-import json
 import math
 import os
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
 from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, memory, metrics
@@ -15,34 +13,8 @@ from jaxgpt import optim
 from jaxgpt import sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
-from jaxgpt.errors import Interrupted, UserError, first_line
-from jaxgpt.model import GPT, count_params, model_config
-
-CONFIG_FILE = "config.json"
-
-
-def save_config(config, workdir: str) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """A run's saved config; keys added to jaxgpt since the run was saved get their defaults."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise UserError(f"{workdir} holds no jaxgpt run ({CONFIG_FILE} is missing): pass the "
-                    "--workdir that `python -m jaxgpt.train` printed")
-  config = config_lib.base_config()
-  try:
-    with open(path, encoding="utf-8") as f:
-      config.update(json.load(f))
-  except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
-    raise UserError(f"{path} is damaged ({first_line(e)}): restore it from a copy (its keys "
-                    "and types are those of configs/default.py), or train in a new "
-                    "--workdir") from None
-  return config
+from jaxgpt.errors import Interrupted, UserError
+from jaxgpt.model import GPT, count_params
 
 
 def _check_batch(config, mesh) -> int:
@@ -80,8 +52,8 @@ class Trainer:
     os.makedirs(workdir, exist_ok=True)
     # Prepared token shards bring their own tokenizer, which decides data.tokenizer.
     from_shards = config.data.source == "tokens"
-    tokenizer = (_saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
-                 or _new_tokenizer(config, self.pretrained))
+    tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
+                 or hf_gpt2.run_tokenizer(config, self.pretrained))
     self.dataset = data.build_dataset(config, tokenizer=tokenizer)
     self.tokenizer = self.dataset.tokenizer
     config.data.tokenizer = self.tokenizer.kind
@@ -93,7 +65,7 @@ class Trainer:
                       "on this data in a new --workdir")
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
-    self.model = GPT(model_config(config, self.tokenizer.vocab_size))
+    self.model = GPT(config_lib.model_config(config, self.tokenizer.vocab_size))
     self.schedule = optim.learning_rate_schedule(config.train)
     self.optimizer = optim.make_optimizer(config.train)
     self.abstract_state = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
@@ -132,7 +104,7 @@ class Trainer:
       state = self._restore(step)
     if self.is_main:
       self.tokenizer.save(self.workdir)
-      save_config(self.config, self.workdir)
+      config_lib.save_config(self.config, self.workdir)
     return state
 
   def _restore(self, step: int):
@@ -182,10 +154,14 @@ class Trainer:
   def run(self) -> dict:
     """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
+    # Process 0 alone traces: processes sharing a host would write the same file (per host).
+    trace = metrics.StepTrace(os.path.join(self.workdir, "tensorboard"),
+                              config_lib.profile_window(self.config) if self.is_main else None)
     try:
       with self.context(), self.stop_request.installed():
-        return self._train(writer)
+        return self._train(writer, trace)
     finally:
+      trace.stop()
       self.checkpoints.close()  # waits for the last save to be on disk
       writer.close()
 
@@ -199,7 +175,7 @@ class Trainer:
                                                     self.mesh)
     return self._stop_rows[flag]
 
-  def _train(self, writer) -> dict:
+  def _train(self, writer, trace) -> dict:
     c, t = self.config, self.config.train
     state = self._initial_state()
     num_params = count_params(state.params)
@@ -214,8 +190,10 @@ class Trainer:
     train_step, eval_loss = self.compiled_steps()
     eval_set = self.eval_set()
     stream = self.batch_stream(start, t.max_steps)
-    # On CPU with several devices, more than one step in flight can deadlock XLA's
-    # collectives (NOTES.md); elsewhere one step may run while the next is dispatched.
+    # On CPU with several devices, dispatching sharded steps without waiting can make XLA's
+    # all-reduce rendezvous time out and abort the process ("Termination timeout for all
+    # reduce RendezvousKey", jax 0.10.2, even with 2 devices on 2 cores); elsewhere one step
+    # may run while the next is dispatched.
     max_pending = 0 if jax.default_backend() == "cpu" else 1
     pending = collections.deque()
     last = {"step": start}
@@ -225,8 +203,11 @@ class Trainer:
     batch = next(batches, None)
     stop = False
     for step in range(start + 1, t.max_steps + 1):
-      state, step_metrics = train_step(state, *batch, self.stop_rows())
-      batch = next(batches, None)  # made and placed while the step runs
+      trace.before(step)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_metrics = train_step(state, *batch, self.stop_rows())
+        batch = next(batches, None)  # made and placed while the step runs
+      trace.after(step, state)
       pending.append((step, step_metrics))
       evaluate = step % t.eval_every == 0 or step == t.max_steps
       save = step % t.checkpoint_every == 0 or step == t.max_steps
@@ -263,8 +244,8 @@ class Trainer:
     if step % t.log_every and step != t.max_steps:
       return stop
     rate = throughput.measure(step)
-    values = {"train_loss": loss, "lr": float(step_metrics["lr"]),
-              "grad_norm": float(step_metrics["grad_norm"]), **rate}
+    values = {"train_loss": loss, **{key: float(step_metrics[key]) for key in (
+        "lr", "grad_norm", "param_norm", "update_norm")}, **rate}
     writer.write(step, **values)
     elapsed = time.perf_counter() - started
     eta = elapsed / max(step - start, 1) * (t.max_steps - step)
@@ -295,33 +276,12 @@ class Trainer:
 def _saved_run_config(workdir: str):
   """The config of the run in `workdir` if it has a checkpoint to resume from, else None."""
   folder = os.path.join(workdir, checkpoint.LATEST_DIR)
-  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)) or not os.path.isdir(folder):
+  if not (os.path.exists(os.path.join(workdir, config_lib.CONFIG_FILE))
+          and os.path.isdir(folder)):
     return None
   if not any(name.isdigit() for name in os.listdir(folder)):
     return None
-  return load_config(workdir)
-
-
-def _saved_tokenizer(workdir: str, kind: str | None):
-  """The tokenizer a resumed run must keep using (of `kind`, if given), or None for a new run."""
-  if not os.path.exists(os.path.join(workdir, "tokenizer.json")):
-    return None
-  tokenizer = data.load_tokenizer(workdir)
-  if kind is not None and tokenizer.kind != kind:
-    raise UserError(f"{workdir} was trained with the {tokenizer.kind} tokenizer but "
-                    f"data.tokenizer={kind}: pass --config.data.tokenizer={tokenizer.kind} "
-                    "or use a new --workdir")
-  return tokenizer
-
-
-def _new_tokenizer(config, pretrained: str | None):
-  """GPT-2's tokenizer from the pretrained folder, data.tokenizer_path or the hub; None for
-  a character tokenizer, which build_dataset makes from the text."""
-  if config.data.tokenizer != "gpt2" or config.data.source == "tokens":
-    return None
-  if pretrained:
-    return hf_gpt2.load_tokenizer(pretrained)
-  return data.build_tokenizer("gpt2", "", config.data.tokenizer_path or hf_gpt2.resolve("gpt2"))
+  return config_lib.load_config(workdir)
 
 
 def _use_tf(config):

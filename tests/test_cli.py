@@ -10,30 +10,7 @@ import pytest
 
 from jaxgpt.data import plays, sources
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
-        "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=32",
-        "--config.train.batch_size=8", "--config.data.pipeline=numpy",
-        "--config.train.eval_steps=4", "--config.train.log_every=50"]
-
-
-def run(module, *args, check=True, cwd=REPO):
-  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-  result = subprocess.run([sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-  if check and result.returncode != 0:
-    raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
-  return result
-
-
-def assert_clean_error(result, *words):
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr, result.stderr
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: "), result.stderr
-  for word in words:
-    assert word in last, last
+from helpers import REPO, TINY, assert_clean_error, run
 
 
 def _speech_rows(play_name, text):
@@ -65,6 +42,7 @@ def kaggle_csv(tmp_path_factory):
   return str(path)
 
 
+@pytest.mark.slow
 def test_train_on_kaggle_csv_then_sample(kaggle_csv, tmp_path):
   workdir = str(tmp_path / "run")
   result = run("train", *TINY, "--config.data.source=kaggle_csv",
@@ -82,6 +60,7 @@ def test_train_on_kaggle_csv_then_sample(kaggle_csv, tmp_path):
   assert all(len(t.strip().split("ROMEO:", 1)[1]) > 0 for t in texts)
 
 
+@pytest.mark.slow
 def test_default_workdir_is_named_after_the_config(tmp_path):
   args = [a for a in TINY if not a.startswith("--config=")]
   result = run("train", f"--config={REPO}/configs/shakespeare_char_cpu.py", *args,
@@ -98,6 +77,7 @@ def test_help_exits_zero():
     assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_reports_a_benchmarks_row(text_file):
   result = run("bench", *TINY, "--config.data.source=text", f"--config.data.path={text_file}",
                "--steps=3", "--end_to_end", "--config.train.max_steps=4",
@@ -108,6 +88,7 @@ def test_bench_reports_a_benchmarks_row(text_file):
     assert words in row, row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
     (["--config.model.n_embd=30", "--config.model.n_head=4"], ["n_embd", "n_head"]),

@@ -96,3 +96,10 @@ def test_mesh_shape(axes, devices, expected):
 def test_impossible_mesh_is_a_user_error(axes):
   with pytest.raises(UserError, match="mesh"):
     sharding.mesh_shape(axes, 8)
+
+
+def test_a_val_fraction_outside_0_1_is_rejected():
+  config = config_lib.base_config()
+  config.data.val_fraction = 1.0
+  with pytest.raises(UserError, match="val_fraction"):
+    config_lib.validate(config)

@@ -68,6 +68,7 @@ def test_numpy_stream_equals_get_batch():
   assert_same_batches(list(stream), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed, start_step", [(0, 0), (-1, 2**33 - 2), (2**40 + 3, 5)])
 def test_tf_stream_equals_numpy_stream(seed, start_step):
   pytest.importorskip("tensorflow")

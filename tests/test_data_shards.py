@@ -11,9 +11,8 @@ from jaxgpt.data import BatchStream, get_batch, pipeline, shards
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
-from conftest import tiny_config
-from test_cli import assert_clean_error, run
-from test_trainer import _config, _losses
+from helpers import assert_clean_error, logged_losses, run, text_config, tiny_config
+
 
 
 @pytest.mark.parametrize("dtype, magic, version", [(np.uint16, 20240520, 1),
@@ -135,13 +134,14 @@ def test_offsets_of_corpora_past_2_to_the_32_tokens():
   np.testing.assert_array_equal(starts, again)
 
 
+@pytest.mark.slow
 def test_training_on_shards_equals_training_on_the_text(text_file, token_dir, tmp_path):
-  Trainer(_config(text_file), str(tmp_path / "text")).run()
-  from_shards = _config(text_file)
+  Trainer(text_config(text_file), str(tmp_path / "text")).run()
+  from_shards = text_config(text_file)
   from_shards.data.update(source="tokens", path=token_dir)
   Trainer(from_shards, str(tmp_path / "shards")).run()
-  assert _losses(tmp_path / "shards") == _losses(tmp_path / "text")
-  assert _losses(tmp_path / "shards", "val_loss") == _losses(tmp_path / "text", "val_loss")
+  assert logged_losses(tmp_path / "shards") == logged_losses(tmp_path / "text")
+  assert logged_losses(tmp_path / "shards", "val_loss") == logged_losses(tmp_path / "text", "val_loss")
   with open(tmp_path / "shards" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["data"]["tokenizer"] == "char"
 
@@ -160,11 +160,12 @@ def test_the_plays_prepared_train_like_the_plays(tmp_path):
   prepared.train.update(max_steps=6, log_every=1, eval_every=6)
   prepared.data.update(source="tokens", path=str(tmp_path / "plays"))
   Trainer(prepared, str(tmp_path / "from_tokens")).run()
-  assert _losses(tmp_path / "from_tokens") == _losses(tmp_path / "from_plays")
-  assert _losses(tmp_path / "from_tokens", "val_loss") == _losses(tmp_path / "from_plays",
+  assert logged_losses(tmp_path / "from_tokens") == logged_losses(tmp_path / "from_plays")
+  assert logged_losses(tmp_path / "from_tokens", "val_loss") == logged_losses(tmp_path / "from_plays",
                                                                   "val_loss")
 
 
+@pytest.mark.slow
 def test_resuming_on_a_dataset_with_another_tokenizer_is_refused(text_file, token_dir, tmp_path):
   c = tiny_config()
   c.data.update(source="tokens", path=token_dir)
@@ -190,6 +191,7 @@ def _train_on(token_folder, workdir, *args):
              "--config.data.pipeline=numpy", *args, check=False)
 
 
+@pytest.mark.slow
 def test_bad_token_folders_are_one_line(token_dir, tmp_path):
   assert_clean_error(_train_on(tmp_path, tmp_path / "a"), "dataset.json", "jaxgpt.prepare")
   damaged = tmp_path / "damaged"

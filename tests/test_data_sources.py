@@ -202,11 +202,6 @@ def test_unknown_source_lists_choices():
     sources.load_splits(data_config(source="web"))
 
 
-def test_bad_val_fraction():
-  with pytest.raises(UserError, match="val_fraction"):
-    sources.load_splits(data_config(val_fraction=1.0))
-
-
 def test_tfds_unknown_dataset():
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(UserError, match="no_such_dataset"):

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import LINES, require_transformers, tiny_config
-from test_cli import assert_clean_error, run
 from jaxgpt import export, hf_gpt2, lora, run_loader
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
+
+from helpers import LINES, assert_clean_error, require_transformers, run, tiny_config
 
 transformers = require_transformers()
 torch = pytest.importorskip("torch")
@@ -91,6 +91,7 @@ def _tokens(vocab, seed=0):
   return np.random.default_rng(seed).integers(0, vocab, size=(2, 40))
 
 
+@pytest.mark.slow
 def test_loaded_weights_give_transformers_logits(hf_folder):
   loaded = run_loader.load_pretrained(hf_folder)
   c = loaded.model.config
@@ -101,6 +102,7 @@ def test_loaded_weights_give_transformers_logits(hf_folder):
                       _hf_logits(hf_folder, tokens))
 
 
+@pytest.mark.slow
 def test_sample_init_from_prints_transformers_greedy_text(hf_folder):
   result = run("sample", f"--init_from={hf_folder}", f"--prompt={PROMPT}", "--temperature=0",
                "--max_new_tokens=24")
@@ -108,6 +110,7 @@ def test_sample_init_from_prints_transformers_greedy_text(hf_folder):
   assert text == _hf_greedy(hf_folder, PROMPT, 24)
 
 
+@pytest.mark.slow
 def test_finetune_then_export_gives_the_same_model_in_transformers(hf_folder, text_file,
                                                                      tmp_path):
   workdir, out = tmp_path / "run", tmp_path / "hf"
@@ -138,6 +141,7 @@ def _lora_config(hf_folder, text_file):
   return config
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_exports_merged(hf_folder, text_file, tmp_path):
   workdir = str(tmp_path / "lora")
   trainer = Trainer(_lora_config(hf_folder, text_file), workdir, devices=jax.devices()[:2])
@@ -164,6 +168,7 @@ def test_lora_trains_only_adapters_and_exports_merged(hf_folder, text_file, tmp_
                       _jax_logits(loaded.model, loaded.params, tokens))
 
 
+@pytest.mark.slow
 def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
   config = tiny_config()
   config.data.update(source="text", path=text_file)
@@ -210,6 +215,7 @@ def test_export_never_overwrites(tmp_path):
   assert (out / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_finetune_shakespeare_config_runs(hf_folder, text_file, tmp_path):
   from configs import finetune_shakespeare  # pylint: disable=g-import-not-at-top
   config = finetune_shakespeare.get_config()
@@ -242,6 +248,7 @@ def _fake_hub_cache(hf_folder, home):
   shutil.copytree(hf_folder, repo / "snapshots" / ("0" * 40))
 
 
+@pytest.mark.slow
 def test_gpt2_by_name_comes_from_the_hugging_face_cache(hf_folder, tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))

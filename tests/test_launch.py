@@ -14,8 +14,8 @@ import sys
 import pytest
 
 import fake_gcloud
-from conftest import LINES
-from test_cli import REPO
+
+from helpers import LINES, REPO
 
 TPU_SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
 NOTEBOOK = os.path.join(REPO, "launch", "colab.ipynb")
@@ -303,6 +303,7 @@ def _as_python(source: str) -> str:
   return "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_notebook_trains_and_samples_on_cpu(tmp_path, text_file):
   small = [*SMALL, f"--config.data.path={text_file}"]
   outputs = []

@@ -5,12 +5,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxgpt import lora, optim, sharding, state as state_lib
-from jaxgpt.model import GPT, model_config
+from jaxgpt.config import model_config
+from jaxgpt.model import GPT
 
-from conftest import tiny_config
-from test_steps import _run
+from helpers import tiny_config, train_on_one_batch
+
 
 TARGETS = "c_attn,c_proj,c_fc"
 
@@ -31,6 +33,7 @@ def _tokens(config):
   return np.random.default_rng(0).integers(0, 30, (2, config.model.block_size))
 
 
+@pytest.mark.slow
 def test_adapters_start_as_a_no_op_and_merge_into_the_base_model():
   config = _lora_config()
   model, params = _params(config)
@@ -51,6 +54,7 @@ def test_adapters_start_as_a_no_op_and_merge_into_the_base_model():
   chex.assert_trees_all_close(base_model.apply({"params": merged}, tokens), adapted, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_step_changes_only_the_adapters_and_keeps_no_state_for_the_rest():
   config = _lora_config()
   config.train.learning_rate = 1e-2
@@ -58,7 +62,7 @@ def test_a_step_changes_only_the_adapters_and_keeps_no_state_for_the_rest():
   optimizer = optim.make_optimizer(config.train)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   before = jax.device_get(state_lib.init_state(model, optimizer, mesh, config.seed))
-  losses, after = _run(config, 5)
+  losses, after = train_on_one_batch(config, 5)
   after = jax.device_get(after)
   assert losses[-1] < losses[0]
   adapters_before, frozen_before = lora.partition(before.params, 4)

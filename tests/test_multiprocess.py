@@ -15,12 +15,11 @@ from jaxgpt import checkpoint, runtime
 from jaxgpt.data.pipeline import row_ids
 from jaxgpt.errors import UserError
 
-from test_cli import REPO
-from test_resilience import SMALL
-from test_trainer import _losses
+from helpers import REPO, SMALL_RUN, logged_losses
+
 
 STEPS = 10
-ARGS = [*SMALL, f"--config.train.max_steps={STEPS}", "--config.train.checkpoint_every=5",
+ARGS = [*SMALL_RUN, f"--config.train.max_steps={STEPS}", "--config.train.checkpoint_every=5",
         "--config.train.eval_every=5"]
 FAILING_SAVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failing_save.py")
 
@@ -68,7 +67,7 @@ def _wait_for_step(workdir, step, processes):
   while time.time() < deadline:
     for p in processes:
       assert p.poll() is None, _finish(p)
-    if os.path.exists(path) and max(_losses(workdir), default=0) >= step:
+    if os.path.exists(path) and max(logged_losses(workdir), default=0) >= step:
       return
     time.sleep(0.05)
   raise AssertionError(f"step {step} never came")
@@ -92,16 +91,17 @@ def reference(text_file, tmp_path_factory):
 
 
 def _assert_same_run(workdir, reference):
-  expected, got = _losses(reference), _losses(workdir)
+  expected, got = logged_losses(reference), logged_losses(workdir)
   assert sorted(got) == list(range(1, STEPS + 1))
   assert max(abs(got[s] - expected[s]) for s in expected) <= 1e-4
-  assert _losses(workdir, "val_loss") == pytest.approx(_losses(reference, "val_loss"), abs=1e-4)
+  assert logged_losses(workdir, "val_loss") == pytest.approx(logged_losses(reference, "val_loss"), abs=1e-4)
 
 
 def _stop_step(stderr) -> int:
   return int(stderr.split("after step ")[1].split(",")[0])
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_together(text_file, tmp_path, started,
                                                           reference):
   workdir = tmp_path / "two"

@@ -16,8 +16,8 @@ from jaxgpt import config as config_lib
 from jaxgpt.data import documents, shard_writer, shards, sources
 from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
-from test_cli import REPO
-from test_cli import assert_clean_error as assert_one_line_error
+from helpers import REPO, assert_clean_error
+
 WORDS = ("thou art more lovely and more temperate rough winds do shake the darling buds of may "
          "and summer's lease hath all too short a date").split()
 
@@ -63,11 +63,6 @@ def prepare(*args, check=True, **env):
   if check and result.returncode != 0:
     raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
   return result
-
-
-def assert_clean_error(result, *words):
-  assert result.returncode == 2, (result.returncode, result.stderr)
-  assert_one_line_error(result, *words)
 
 
 def split_tokens(out, split):
@@ -242,6 +237,7 @@ def test_any_number_of_workers_writes_the_same_bytes(bpe_folder, tmp_path):
   assert folder_bytes(outs[0]) == folder_bytes(outs[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
 def test_killed_then_rerun_writes_the_same_bytes(tokenizer, fake_hub, bpe_folder, tmp_path):
   docs = make_documents(120, seed=7, words=(2000, 6000))  # ~4 MB in chunks of ~1 MB

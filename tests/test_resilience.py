@@ -16,22 +16,13 @@ from jaxgpt import checkpoint
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
-from conftest import tiny_config
-from test_cli import REPO, assert_clean_error, run
-from test_trainer import _config, _losses
-
-STEPS = 80
-SMALL = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
-         "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=16",
-         "--config.model.dropout=0.1", "--config.train.batch_size=8",
-         "--config.data.pipeline=numpy", "--config.train.eval_steps=2",
-         f"--config.train.max_steps={STEPS}", "--config.train.eval_every=40",
-         "--config.train.checkpoint_every=10", "--config.train.log_every=1",
-         "--config.train.sample_tokens=0"]
+from helpers import REPO, SMALL_RUN, SMALL_RUN_STEPS, assert_clean_error, logged_losses, run
+from helpers import text_config, tiny_config
 
 
+STEPS = SMALL_RUN_STEPS
 def _train_args(text_file, workdir):
-  return [*SMALL, "--config.data.source=text", f"--config.data.path={text_file}", f"--workdir={workdir}"]
+  return [*SMALL_RUN, "--config.data.source=text", f"--config.data.path={text_file}", f"--workdir={workdir}"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def reference(text_file, tmp_path_factory):
   """The uninterrupted run's losses by step."""
   workdir = tmp_path_factory.mktemp("reference")
   run("train", *_train_args(text_file, workdir))
-  return _losses(workdir)
+  return logged_losses(workdir)
 
 
 def _start(text_file, workdir):
@@ -54,7 +45,7 @@ def _wait_for_step(workdir, step, process):
   deadline = time.time() + 300
   while time.time() < deadline:
     assert process.poll() is None, process.communicate()
-    if os.path.exists(path) and max(_losses(workdir), default=0) >= step:
+    if os.path.exists(path) and max(logged_losses(workdir), default=0) >= step:
       return
     time.sleep(0.05)
   raise AssertionError(f"step {step} never came")
@@ -65,6 +56,7 @@ def _train_steps_in_order(workdir):
     return [json.loads(l)["step"] for l in f if "train_loss" in l]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   process = _start(text_file, workdir)
@@ -81,10 +73,11 @@ def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text_file, re
   run("train", *_train_args(text_file, workdir))
   steps = _train_steps_in_order(workdir)
   assert steps == list(range(1, STEPS + 1)), "a step was lost or repeated"
-  resumed = _losses(workdir)
+  resumed = logged_losses(workdir)
   assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_stops_before_writing(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   runs = [_start(text_file, workdir), _start(text_file, workdir)]
@@ -96,13 +89,14 @@ def test_a_second_run_on_a_busy_workdir_stops_before_writing(text_file, referenc
   assert last.startswith("error: ") and "in use by another training run" in last, stderr
   assert f"pid {winner.pid} " in last
   assert _train_steps_in_order(workdir) == list(range(1, STEPS + 1))
-  assert _losses(workdir) == reference
+  assert logged_losses(workdir) == reference
 
 
 def _without_model_flags(args):
   return [a for a in args if not a.startswith("--config.model.")]
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_runs_identity(text_file, tmp_path):
   workdir, text = tmp_path / "run", tmp_path / "text.txt"
   with open(text_file, encoding="utf-8") as f:
@@ -127,6 +121,7 @@ def test_a_resume_keeps_the_runs_identity(text_file, tmp_path):
   assert _hashes(workdir / "best") == best_before
 
 
+@pytest.mark.slow
 def test_max_steps_below_the_saved_step_trains_nothing_and_keeps_the_config(text_file, tmp_path):
   workdir = tmp_path / "run"
   run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
@@ -168,7 +163,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_rerun_resumes(text_file, 
   assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [10]
   filler.unlink()
   run("train", *_train_args(text_file, workdir))
-  resumed = _losses(workdir)
+  resumed = logged_losses(workdir)
   assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
 
 
@@ -182,6 +177,7 @@ def test_a_read_only_workdir_is_one_line_and_can_be_sampled(text_file, small_dis
   assert run("sample", f"--workdir={workdir}", "--max_new_tokens=5").stdout
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   process = _start(text_file, workdir)
@@ -193,7 +189,7 @@ def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, referenc
   run("train", *_train_args(text_file, workdir))
   steps = _train_steps_in_order(workdir)
   assert steps[-1] == STEPS and set(steps) == set(range(1, STEPS + 1))
-  resumed = _losses(workdir)  # the last value logged for each step
+  resumed = logged_losses(workdir)  # the last value logged for each step
   assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
   assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
 
@@ -203,11 +199,12 @@ def _drop_checkpoint(workdir, step):
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, second", [((2, 2, 2), (1, 1, 1)), ((1, 1, 1), (2, 2, 2))])
 def test_resume_on_another_mesh(text_file, tmp_path, first, second):
   """Checkpoint 5 of a 10-step run resumes on another mesh and ends like the 1-device run."""
   def trainer(workdir, mesh):
-    c = _config(text_file)
+    c = text_config(text_file)
     c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
     return Trainer(c, str(workdir), devices=jax.devices()[:int(np.prod(mesh))])
 
@@ -215,13 +212,14 @@ def test_resume_on_another_mesh(text_file, tmp_path, first, second):
   trainer(tmp_path / "moved", first).run()
   _drop_checkpoint(tmp_path / "moved", 10)
   trainer(tmp_path / "moved", second).run()
-  expected, got = _losses(tmp_path / "one"), _losses(tmp_path / "moved")
+  expected, got = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "moved")
   np.testing.assert_allclose([got[s] for s in expected], list(expected.values()), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_differently_shaped_model_is_refused_by_name(text_file, tmp_path):
-  Trainer(_config(text_file), str(tmp_path)).run()
-  wider = _config(text_file)
+  Trainer(text_config(text_file), str(tmp_path)).run()
+  wider = text_config(text_file)
   wider.model.n_embd = 48
   with pytest.raises(UserError, match=r"parameter .* has shape"):
     Trainer(wider, str(tmp_path)).run()
@@ -238,6 +236,7 @@ def _hashes(folder):
   return out
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint(text_file, tmp_path):
   workdir = tmp_path / "run"
   run("train", *_train_args(text_file, workdir), "--config.train.max_steps=20")
@@ -255,11 +254,12 @@ def test_a_damaged_newest_checkpoint(text_file, tmp_path):
   assert _hashes(workdir / "checkpoints" / "10") == older
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_and_sampled(text_file, tmp_path):
   run("train", *_train_args(text_file, tmp_path), "--config.train.eval_every=10",
       "--config.train.keep_checkpoints=1")
   best = checkpoint.Checkpointer(tmp_path, read_only=True).best_step()
-  val = _losses(tmp_path, "val_loss")
+  val = logged_losses(tmp_path, "val_loss")
   assert best == min(val, key=val.get)
   for which in ("best", "latest", str(STEPS)):
     result = run("sample", f"--workdir={tmp_path}", f"--checkpoint={which}", "--max_new_tokens=5")
@@ -267,6 +267,7 @@ def test_best_checkpoint_is_kept_and_sampled(text_file, tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path}", "--checkpoint=3", check=False), "3")
 
 
+@pytest.mark.slow
 def test_a_workdir_with_only_its_best_checkpoint_is_kept(text_file, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   run("train", *_train_args(text_file, tmp_path), "--config.train.max_steps=40")
@@ -280,6 +281,7 @@ def test_a_workdir_with_only_its_best_checkpoint_is_kept(text_file, tmp_path):
   assert _hashes(tmp_path / "best") == best
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step(text_file, tmp_path):
   result = run("train", *_train_args(text_file, tmp_path), "--config.train.learning_rate=1e12",
                "--config.train.grad_clip=0", "--config.train.warmup_steps=0", check=False)

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from test_cli import REPO, assert_clean_error, run
+
+from helpers import REPO, assert_clean_error, run
 
 MAX_NEW = 2100  # far past the block of 64
 
@@ -56,6 +57,7 @@ def _texts(result):
   return result.stdout.split("---------------\n")[:-1]
 
 
+@pytest.mark.slow
 def test_greedy_ignores_the_seed_equals_top_p_tiny_and_runs_past_the_block(workdir, tmp_path):
   (tmp_path / "prompt.txt").write_text("the ")
   greedy = run("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'prompt.txt'}",
@@ -69,6 +71,7 @@ def test_greedy_ignores_the_seed_equals_top_p_tiny_and_runs_past_the_block(workd
                         f"--max_new_tokens={MAX_NEW}")) == [text]
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_stop_text_and_interactive(workdir):
   # Interactive: one load, two prompts with the same seed give the same text.
   same = _interactive(workdir, "the \nthe \n", "--seed=5", "--max_new_tokens=300",
@@ -81,6 +84,21 @@ def test_same_seed_same_text_stop_text_and_interactive(workdir):
   assert _texts(stopped)[0] == "the " + generated.split("e")[0] + "\n"
 
 
+@pytest.mark.slow
+def test_sample_and_export_import_neither_the_trainer_nor_the_optimizer(workdir, tmp_path,
+                                                                        monkeypatch):
+  """They read a checkpoint's weights alone. PYTHONPROFILEIMPORTTIME makes a process list
+  on stderr every module it imports, also those imported while it runs."""
+  monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+  for result in (_sample(workdir, "--max_new_tokens=3"),
+                 run("export", f"--workdir={workdir}", f"--out={tmp_path / 'hf'}")):
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "jaxgpt.run_loader" in imported
+    assert not imported & {"jaxgpt.trainer", "jaxgpt.optim"}
+
+
+@pytest.mark.slow
 def test_sample_user_errors(workdir):
   assert_clean_error(run("sample", f"--workdir={workdir}", "--prompt_file=/no/such.txt",
                          check=False), "/no/such.txt")
@@ -96,6 +114,7 @@ def test_a_rejected_interactive_prompt_leaves_stdout_clean(workdir):
   assert "error: " in result.stderr and "vocabulary" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_text_without_a_newline_trains_and_samples(tmp_path):
   (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 200)
   trained = run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
@@ -110,6 +129,7 @@ def test_a_text_without_a_newline_trains_and_samples(tmp_path):
   assert len(_texts(sampled)) == 1
 
 
+@pytest.mark.slow
 def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
   result = run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
                f"--config.data.path={text_file}", "--config.data.pipeline=numpy",
@@ -155,6 +175,7 @@ def test_ctrl_c_in_sample_is_one_line(workdir):
   assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted"), stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_end_of_training_sample_is_one_line_and_keeps_the_run(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
   process = subprocess.Popen([sys.executable, "-m", "jaxgpt.train",

@@ -4,71 +4,42 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxgpt import memory, optim, sharding, state as state_lib, steps
-from jaxgpt.model import GPT, model_config
+from jaxgpt.config import model_config
+from jaxgpt.model import GPT
 
-from conftest import tiny_config
-
-
-def _setup(config, devices):
-  model = GPT(model_config(config, 30))
-  optimizer = optim.make_optimizer(config.train)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  shardings = state_lib.state_shardings(model, optimizer, mesh)
-  state = state_lib.init_state(model, optimizer, mesh, config.seed)
-  step = steps.jit_train_step(model, optimizer, optim.learning_rate_schedule(config.train),
-                              state_lib.dropout_key(config.seed), mesh, shardings)
-  return model, mesh, state, step
+from helpers import no_stop, random_batch, setup_step, tiny_config, train_on_one_batch
 
 
-def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.integers(0, 30, (config.train.batch_size, config.model.block_size), dtype=np.int32)
-  return x, np.roll(x, -1, axis=1)
 
-
-def _no_stop(rows):
-  return np.zeros(rows, np.int32)
-
-
-def _run(config, num_steps, devices=None, dropout=0.0):
-  config.model.dropout = dropout
-  _, mesh, state, step = _setup(config, devices or jax.devices()[:1])
-  a = config.train.grad_accum_steps
-  x, y = _batch(config)
-  losses = []
-  with sharding.rules_context(mesh):
-    for _ in range(num_steps):
-      xs, ys = (sharding.global_batch(z.reshape(a, -1, z.shape[-1]), mesh, 1) for z in (x, y))
-      state, metrics = step(state, xs, ys, _no_stop(x.shape[0] // a))
-      losses.append(float(metrics["loss"]))  # blocks: one step in flight at most
-  return losses, state
-
-
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
-  big_losses, big = _run(tiny_config(), 3)
+  big_losses, big = train_on_one_batch(tiny_config(), 3)
   config = tiny_config()
   config.train.grad_accum_steps = 4
-  accum_losses, accum = _run(config, 3)
+  accum_losses, accum = train_on_one_batch(config, 3)
   np.testing.assert_allclose(accum_losses, big_losses, rtol=1e-5)
   chex.assert_trees_all_close(jax.device_get(accum.params), jax.device_get(big.params), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
   config = tiny_config()
   config.train.update(warmup_steps=0, max_steps=15, learning_rate=3e-3)
-  losses, state = _run(config, 15)
+  losses, state = train_on_one_batch(config, 15)
   assert losses[-1] < losses[0] - 0.5
   assert int(state.step) == 15
   chex.assert_tree_all_finite(state.params)
 
 
+@pytest.mark.slow
 def test_dropout_changes_with_the_step_and_is_reproducible():
   config = tiny_config()
-  first, _ = _run(config, 4, dropout=0.3)
-  second, _ = _run(tiny_config(), 4, dropout=0.3)
-  no_dropout, _ = _run(tiny_config(), 4)
+  first, _ = train_on_one_batch(config, 4, dropout=0.3)
+  second, _ = train_on_one_batch(tiny_config(), 4, dropout=0.3)
+  no_dropout, _ = train_on_one_batch(tiny_config(), 4)
   assert first == second
   assert first != no_dropout
 
@@ -84,21 +55,22 @@ def test_train_step_compiles_once():
 
   @chex.assert_max_traces(n=1)
   def traced_step(st, x, y):
-    return steps.train_step(st, x, y, _no_stop(x.shape[1]), model=model, optimizer=optimizer, schedule=schedule,
+    return steps.train_step(st, x, y, no_stop(x.shape[1]), model=model, optimizer=optimizer, schedule=schedule,
                             dropout_key=state_lib.dropout_key(0))
 
   step = jax.jit(traced_step, donate_argnums=0)
   with sharding.rules_context(mesh):
     for seed in range(3):
-      x, y = _batch(config, seed)
+      x, y = random_batch(config, seed)
       state, metrics = step(state, x[None], y[None])
       float(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_a_stop_request_of_any_row_reaches_the_metrics():
   config = tiny_config()
-  _, mesh, state, step = _setup(config, jax.devices()[:2])
-  x, y = _batch(config)
+  _, mesh, state, step = setup_step(config, jax.devices()[:2])
+  x, y = random_batch(config)
   requests = np.zeros(config.train.batch_size, np.int32)
   requests[-1] = 1  # the rows of the last data-parallel device
   with sharding.rules_context(mesh):
@@ -109,10 +81,11 @@ def test_a_stop_request_of_any_row_reaches_the_metrics():
     assert int(metrics["stop"]) == 1
 
 
+@pytest.mark.slow
 def test_eval_loss_averages_the_batches():
   config = tiny_config()
-  model, mesh, state, _ = _setup(config, jax.devices()[:1])
-  batches = [_batch(config, s) for s in range(3)]
+  model, mesh, state, _ = setup_step(config, jax.devices()[:1])
+  batches = [random_batch(config, s) for s in range(3)]
   xs, ys = (jnp.stack(z) for z in zip(*batches))
   with sharding.rules_context(mesh):
     mean = steps.eval_loss(state.params, xs, ys, model=model)
@@ -148,3 +121,16 @@ def test_memory_per_device_counts_only_a_devices_shards():
   whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
   assert per_device[1] == whole  # data parallel: every device holds all of it
   assert whole / 4 <= per_device[4] < whole / 2  # fsdp: a quarter of the large matrices
+
+
+# The first three losses of tiny_config() on one fixed batch, seed 1337, float32 on CPU.
+GOLDEN_LOSSES = [3.4153647422790527, 3.3949790000915527, 3.355881452560425]
+
+
+def test_the_first_losses_of_a_fixed_seed_are_unchanged():
+  losses, _ = train_on_one_batch(tiny_config(), 3)
+  np.testing.assert_allclose(
+      losses, GOLDEN_LOSSES, rtol=1e-6,
+      err_msg="the model's numbers changed: if the change meant to change them (initialisation, "
+              "the model's maths, the optimizer, the default config), set GOLDEN_LOSSES to the new "
+              "values; if not, the change broke something that every nanoGPT-exact config relies on")

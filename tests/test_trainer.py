@@ -8,43 +8,32 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint, sharding, state as state_lib
+from jaxgpt import checkpoint, metrics, sharding, state as state_lib
 from jaxgpt.trainer import Trainer
 
-from conftest import tiny_config
-
-def _config(text_file, **train):
-  c = tiny_config()
-  c.data.update(source="text", path=text_file)
-  c.train.update(log_every=1, **train)
-  return c
-
-
-def _losses(workdir, key="train_loss"):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    records = [json.loads(line) for line in f]
-  return {r["step"]: r[key] for r in records if key in r}
+from helpers import logged_losses, text_config, tiny_config
 
 
 def test_ten_steps_on_a_2x2x2_mesh_equal_one_device(text_file, tmp_path):
-  one = _config(text_file)
+  one = text_config(text_file)
   one.mesh.update(data=1, fsdp=1, tensor=1)
   Trainer(one, str(tmp_path / "one"), devices=jax.devices()[:1]).run()
-  eight = _config(text_file)
+  eight = text_config(text_file)
   eight.mesh.update(data=2, fsdp=2, tensor=2)
   Trainer(eight, str(tmp_path / "eight"), devices=jax.devices()[:8]).run()
-  single, meshed = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+  single, meshed = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
   assert sorted(single) == list(range(1, 11))
   np.testing.assert_allclose([meshed[s] for s in single], list(single.values()), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_run_leaves_metrics_config_tokenizer_and_checkpoints(text_file, tmp_path):
   workdir = str(tmp_path / "run")
-  trainer = Trainer(_config(text_file), workdir, devices=jax.devices()[:2])
+  trainer = Trainer(text_config(text_file), workdir, devices=jax.devices()[:2])
   last = trainer.run()
   assert last["step"] == 10 and np.isfinite(last["val_loss"])
-  assert set(_losses(workdir)) == set(range(1, 11))
-  assert set(_losses(workdir, "val_loss")) == {5, 10}
+  assert set(logged_losses(workdir)) == set(range(1, 11))
+  assert set(logged_losses(workdir, "val_loss")) == {5, 10}
   assert any("tokens_per_sec" in json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")))
   for name in ("config.json", "tokenizer.json", "tensorboard", "checkpoints"):
     assert os.path.exists(os.path.join(workdir, name))
@@ -55,7 +44,7 @@ def test_run_leaves_metrics_config_tokenizer_and_checkpoints(text_file, tmp_path
 
 def test_running_again_resumes_from_the_checkpoint(text_file, tmp_path):
   workdir = str(tmp_path / "run")
-  config = _config(text_file, max_steps=10)
+  config = text_config(text_file, max_steps=10)
   Trainer(config, workdir, devices=jax.devices()[:1]).run()
   config.train.max_steps = 12
   trainer = Trainer(config, workdir, devices=jax.devices()[:1])
@@ -65,8 +54,9 @@ def test_running_again_resumes_from_the_checkpoint(text_file, tmp_path):
   assert steps == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_checkpoint_save_then_restore_is_identical_on_another_mesh(text_file, tmp_path):
-  config = _config(text_file)
+  config = text_config(text_file)
   trainer = Trainer(config, str(tmp_path / "a"), devices=jax.devices()[:4])
   with sharding.rules_context(trainer.mesh):
     state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh, 3)
@@ -81,3 +71,11 @@ def test_checkpoint_save_then_restore_is_identical_on_another_mesh(text_file, tm
   chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(state))
   wte = restored.params["wte"]
   assert wte.sharding.mesh.shape["tensor"] == 2
+
+
+def test_a_torn_last_metrics_line_is_dropped_before_appending(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 2.0}\n{"step": 2, "tra')
+  writer = metrics.MetricsWriter(str(tmp_path))
+  writer.write(2, train_loss=1.5)
+  writer.close()
+  assert logged_losses(tmp_path) == {1: 2.0, 2: 1.5}

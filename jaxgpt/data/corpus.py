@@ -22,14 +22,13 @@ from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 from jaxgpt.progress import ProgressLine
 
-TEXT_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
 SPLITS = ("train", "val")
 
 
 @dataclasses.dataclass
 class Prepared:
   """A tokenized corpus: its tokenizer, each split's writer, each split's documents."""
-  tokenizer: object
+  tokenizer: tokenizer_lib.Tokenizer
   writers: dict
   documents: dict
 
@@ -69,7 +68,7 @@ def prepare_documents(out: str, source: dict, records: list[dict], workers: int)
 def empty_split_message(source: dict, split: str, documents: dict) -> str:
   """Why a split has no tokens, and what to do."""
   kind, total = source["source"], documents["train"] + documents["val"]
-  if kind in TEXT_SOURCES:
+  if kind in config_lib.TEXT_SOURCES:
     return f"the {split} split of --source={kind} is empty: change --val_fraction"
   where = (f"the Hugging Face dataset {source['name']}" if kind == "hf"
            else "the files of --input")

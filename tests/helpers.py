@@ -1,0 +1,150 @@
+"""Helpers shared by the test files: commands as a user runs them, tiny configs and runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import config as config_lib, optim, sharding, state as state_lib, steps
+from jaxgpt.model import GPT
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny model of the CPU config, for commands that train.
+TINY = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
+        "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=32",
+        "--config.train.batch_size=8", "--config.data.pipeline=numpy",
+        "--config.train.eval_steps=4", "--config.train.log_every=50"]
+
+
+def run(module, *args, check=True, cwd=REPO):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+  result = subprocess.run([sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+def assert_clean_error(result, *words):
+  """Bad input: exit status 2 and one last line on stderr, `error: ...` with `words`."""
+  assert result.returncode == 2, (result.returncode, result.stderr)
+  assert "Traceback" not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), result.stderr
+  for word in words:
+    assert word in last, last
+
+
+def require_transformers():
+  """transformers (with PyTorch) for the parity tests. CI installs it (.ci/run) and sets
+  JAXGPT_REQUIRE_TRANSFORMERS=1, so there these tests fail rather than skip without it."""
+  if os.environ.get("JAXGPT_REQUIRE_TRANSFORMERS"):
+    import transformers  # pylint: disable=g-import-not-at-top
+    return transformers
+  return pytest.importorskip("transformers")
+
+
+def tiny_config(**model):
+  """A config small enough to train in a test: 2 layers, 32 wide, block 16."""
+  c = config_lib.base_config()
+  c.model.update(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0, vocab_multiple=8)
+  c.model.update(**model)
+  c.train.update(batch_size=8, max_steps=10, warmup_steps=2, eval_every=5, eval_steps=2,
+                 log_every=5, checkpoint_every=5, sample_tokens=0)
+  c.data.pipeline = "numpy"
+  return c
+
+
+LINES = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
+         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n"
+         "MERCUTIO:\nA plague o' both your houses!\n\n")
+
+
+def write_token_dataset(text: str, directory, val_fraction=0.1, shard_chars=2000) -> str:
+  """The token folder `python -m jaxgpt.prepare` makes of `text`, split as data.source=text
+  splits it, each split in shards of `shard_chars` characters."""
+  from jaxgpt.data import CharTokenizer, shards  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  tokenizer = CharTokenizer.from_text(text)
+  cut = int(len(text) * (1 - val_fraction))
+  splits = {}
+  for split, part in (("train", text[:cut]), ("val", text[cut:])):
+    tokens = tokenizer.encode(part)
+    pieces = [tokens[i:i + shard_chars] for i in range(0, len(tokens), shard_chars)]
+    splits[split] = [shards.write_shard(os.path.join(directory, f"{split}_{i:06d}.bin"), piece,
+                                        shards.token_dtype(tokenizer.vocab_size))
+                     for i, piece in enumerate(pieces)]
+  tokenizer.save(str(directory))
+  info = {"format": shards.FORMAT, "version": shards.FORMAT_VERSION, "tokenizer": "char",
+          "vocab_size": tokenizer.vocab_size, "end_of_text_id": None, "dtype": "uint16",
+          "source": {}, "splits": splits, "documents": {"train": 1, "val": 1}}
+  with open(os.path.join(directory, shards.DATASET_FILE), "w", encoding="utf-8") as f:
+    json.dump(info, f)
+  return str(directory)
+
+
+def text_config(text_file, **train):
+  """tiny_config() training on `text_file`, logging every step."""
+  c = tiny_config()
+  c.data.update(source="text", path=text_file)
+  c.train.update(log_every=1, **train)
+  return c
+
+
+def logged_losses(workdir, key="train_loss"):
+  """{step: value} of one key of a run's metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: r[key] for r in records if key in r}
+
+
+def setup_step(config, devices):
+  model = GPT(config_lib.model_config(config, 30))
+  optimizer = optim.make_optimizer(config.train)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  shardings = state_lib.state_shardings(model, optimizer, mesh)
+  state = state_lib.init_state(model, optimizer, mesh, config.seed)
+  step = steps.jit_train_step(model, optimizer, optim.learning_rate_schedule(config.train),
+                              state_lib.dropout_key(config.seed), mesh, shardings)
+  return model, mesh, state, step
+
+
+def random_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 30, (config.train.batch_size, config.model.block_size), dtype=np.int32)
+  return x, np.roll(x, -1, axis=1)
+
+
+def no_stop(rows):
+  return np.zeros(rows, np.int32)
+
+
+def train_on_one_batch(config, num_steps, devices=None, dropout=0.0):
+  """(losses, state) of `num_steps` jitted train steps on one random batch."""
+  config.model.dropout = dropout
+  _, mesh, state, step = setup_step(config, devices or jax.devices()[:1])
+  a = config.train.grad_accum_steps
+  x, y = random_batch(config)
+  losses = []
+  with sharding.rules_context(mesh):
+    for _ in range(num_steps):
+      xs, ys = (sharding.global_batch(z.reshape(a, -1, z.shape[-1]), mesh, 1) for z in (x, y))
+      state, metrics = step(state, xs, ys, no_stop(x.shape[0] // a))
+      losses.append(float(metrics["loss"]))  # blocks: one step in flight at most
+  return losses, state
+
+
+SMALL_RUN_STEPS = 80
+SMALL_RUN = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
+             "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=16",
+             "--config.model.dropout=0.1", "--config.train.batch_size=8",
+             "--config.data.pipeline=numpy", "--config.train.eval_steps=2",
+             f"--config.train.max_steps={SMALL_RUN_STEPS}", "--config.train.eval_every=40",
+             "--config.train.checkpoint_every=10", "--config.train.log_every=1",
+             "--config.train.sample_tokens=0"]

@@ -1,0 +1,89 @@
+"""What a checkpoint holds: weights apart from the optimizer's state, and older layouts."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxgpt import checkpoint, generate, run_loader
+from jaxgpt.errors import UserError
+from jaxgpt.state import TrainState
+from jaxgpt.trainer import Trainer
+
+from helpers import logged_losses, text_config
+
+
+def _train(text_file, workdir, max_steps=10, **model):
+  config = text_config(text_file, max_steps=max_steps)
+  config.model.update(**model)
+  trainer = Trainer(config, str(workdir), devices=jax.devices()[:1])
+  trainer.run()
+  return trainer
+
+
+def _restore_state(trainer, step):
+  """Checkpoint `step` of the trainer's run, as a resume reads it."""
+  with trainer.context():
+    saved = checkpoint.Checkpointer(trainer.workdir, read_only=True)
+    return jax.device_get(saved.restore(step, trainer.abstract_state))
+
+
+def _sample(workdir):
+  """The newest checkpoint's step and a sample from it (temperature 1: every logit counts)."""
+  run = run_loader.load_run(str(workdir))
+  with run.context():
+    pieces = generate.generate_text(run.model, run.params, run.tokenizer, "ROMEO:", 40,
+                                    generate.Sampling(temperature=1.0), seed=3)
+    return run.step, "".join(p[0] for p in pieces)
+
+
+@pytest.mark.slow
+def test_samples_do_not_depend_on_the_optimizer(text_file, tmp_path):
+  """A checkpoint whose optimizer state has another structure (as after a change of the
+  optimizer) cannot resume the run, yet samples exactly as before: sampling reads weights only."""
+  trainer = _train(text_file, tmp_path)
+  step, text = _sample(tmp_path)
+  params = _restore_state(trainer, step).params
+  other = optax.chain(optax.clip(1.0), optax.sgd(0.1, momentum=0.9)).init(params)
+  saver = checkpoint.Checkpointer(str(tmp_path))
+  saver.save(step + 1, TrainState(step=np.int32(step + 1), params=params, opt_state=other))
+  saver.close()
+  with pytest.raises(UserError):
+    _restore_state(trainer, step + 1)
+  assert _sample(tmp_path) == (step + 1, text)
+
+
+def _with_layer_norm_level(tree):
+  """Parameter paths as the model named them before 2026-11-30: h_0/ln_1/LayerNorm_0/scale."""
+  is_norm = lambda x: isinstance(x, dict) and "scale" in x
+  return jax.tree.map(lambda x: {"LayerNorm_0": x} if is_norm(x) else x, tree, is_leaf=is_norm)
+
+
+def _save_in_the_old_layout(state, workdir, step):
+  """A checkpoint as jaxgpt wrote them before 2026-11-30: the whole TrainState in one item."""
+  manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_with_layer_norm_level(state))))
+  manager.wait_until_finished()
+  manager.close()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_in_the_old_layout_samples_and_resumes_exactly(text_file, tmp_path):
+  new, old = tmp_path / "new", tmp_path / "old"
+  trainer = _train(text_file, new, bias=True)
+  os.makedirs(old)
+  for name in ("config.json", "tokenizer.json"):
+    shutil.copy(new / name, old / name)
+  _save_in_the_old_layout(_restore_state(trainer, 10), str(old), 10)
+  assert os.listdir(old / "checkpoints" / "10" / "state")
+  assert _sample(old) == _sample(new)
+  _train(text_file, new, max_steps=12, bias=True)
+  _train(text_file, old, max_steps=12, bias=True)
+  expected, got = logged_losses(new), logged_losses(old)
+  assert got == {step: expected[step] for step in (11, 12)}  # exactly
