@@ -78,18 +78,17 @@ class Checkpointer:
       self._latest.check_for_errors()
       self._latest.save(step, args=_save_args(state), force=True)
 
-  def save_if_best(self, step: int, state, val_loss: float) -> bool:
+  def save_if_best(self, step: int, state, val_loss: float) -> None:
     """Keeps `state` as the best checkpoint if its validation loss is the lowest yet."""
     if self.best_val_loss is not None and val_loss >= self.best_val_loss:
-      return False
+      return
     if step in self._best.all_steps():  # this step was kept before a crash and its resume
-      return False
+      return
     with self._failures_as_errors(self._best):
       self._best.check_for_errors()
       self._best.save(step, args=_save_args(state), metrics={"val_loss": float(val_loss)},
                       force=True)
     self.best_val_loss = val_loss
-    return True
 
   def restore(self, step: int, abstract_state, which: str = "latest"):
     """The whole train state of checkpoint `step`, in the shapes and shardings of

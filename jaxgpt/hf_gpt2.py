@@ -15,7 +15,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from jaxgpt.data.tokenizer import BPETokenizer, write_hf_tokenizer
+from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE, BPETokenizer, write_hf_tokenizer
 from jaxgpt.errors import UserError, first_line
 from jaxgpt.model import GPTConfig
 
@@ -24,8 +24,8 @@ HUB_REPOS = {name: f"openai-community/{name}"
 HF_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
-_HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json",
-              "model-*.safetensors", "tokenizer.json", "vocab.json", "merges.txt"]
+_HUB_FILES = [HF_CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX, "model-*.safetensors",
+              TOKENIZER_FILE, "vocab.json", "merges.txt"]
 LAYER_NORM_EPSILON = 1e-5
 
 

@@ -10,8 +10,7 @@ import numpy as np
 from jaxgpt import config as config_lib, files
 from jaxgpt.errors import UserError
 
-FILENAME = "tokenizer.json"
-HF_FILENAME = "tokenizer.json"  # the same name, in a Hugging Face folder
+FILENAME = "tokenizer.json"  # a run's tokenizer; Hugging Face folders use the same name
 
 
 class Tokenizer(Protocol):
@@ -89,7 +88,7 @@ class BPETokenizer:
   @classmethod
   def from_folder(cls, folder: str, vocab_size: int = 0) -> "BPETokenizer":
     """From `tokenizer.json`, or else GPT-2's original `vocab.json` and `merges.txt`."""
-    path = os.path.join(folder, HF_FILENAME)
+    path = os.path.join(folder, FILENAME)
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
         return cls(f.read(), vocab_size)
@@ -138,7 +137,7 @@ def _char_hf_json(chars: str) -> str:
 def write_hf_tokenizer(tokenizer: Tokenizer, folder: str, max_length: int) -> None:
   """Writes `tokenizer.json` and `tokenizer_config.json` that `transformers` loads."""
   os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, HF_FILENAME), "w", encoding="utf-8") as f:
+  with open(os.path.join(folder, FILENAME), "w", encoding="utf-8") as f:
     f.write(tokenizer.hf_json())
   settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
               "clean_up_tokenization_spaces": False}
