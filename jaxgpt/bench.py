@@ -1,5 +1,5 @@
 """python -m jaxgpt.bench [--config=configs/NAME.py] [--config.KEY=VALUE ...] [--steps=N]
-                        [--end_to_end]
+                        [--end_to_end] [--compile_only [--json]]
 
 Times a config's real train step (its data pipeline, mesh and precision) and prints one
 Markdown row for BENCHMARKS.md: compile time, median step time over --steps steps after
@@ -8,9 +8,15 @@ token, MFU against the device's peak (on CPU, a float32 matmul measured at start
 time of one evaluation over train.eval_steps batches. --end_to_end also runs the whole
 training run (as `python -m jaxgpt.train` would, in a temporary workdir) and reports its
 wall time and final validation loss.
+
+--compile_only compiles the train step from abstract shapes alone, allocating no parameters
+(and reading no data, except the text a character vocabulary is made from), and prints its
+compile time and memory per device, as a training run prints them at its start: whether a
+config fits, before it runs. --json prints the figures as one JSON object (bytes per device).
 """
 
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -25,6 +31,11 @@ from jaxgpt.errors import run_cli
 
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps, after 5 of warm-up.")
 _END_TO_END = flags.DEFINE_boolean("end_to_end", False, "Also time the whole training run.")
+_COMPILE_ONLY = flags.DEFINE_boolean(
+    "compile_only", False, "Only compile the train step from abstract shapes and print its "
+    "compile time and memory per device.")
+_JSON = flags.DEFINE_boolean("json", False, "With --compile_only: print one JSON object.")
+GPT2_VOCAB_SIZE = 50257
 
 
 def measured_cpu_flops(size: int = 2048) -> float:
@@ -59,7 +70,7 @@ def _time_steps(trainer, num_steps: int):
   from jaxgpt import state as state_lib  # pylint: disable=g-import-not-at-top
   state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh,
                                trainer.config.seed)
-  train_step, eval_loss = trainer.compiled_steps()
+  train_step, figures, eval_loss = trainer.compiled_steps()
   times = []
   for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):
     batch = trainer.global_micro_batches(x_BxT, y_BxT)
@@ -71,7 +82,30 @@ def _time_steps(trainer, num_steps: int):
   jax.block_until_ready(eval_loss(state.params, *eval_set))  # compiles
   started = time.perf_counter()
   jax.block_until_ready(eval_loss(state.params, *eval_set))
-  return times[0], statistics.median(times[6:]), time.perf_counter() - started, state
+  return (figures["compile_seconds"], statistics.median(times[6:]),
+          time.perf_counter() - started, state)
+
+
+def _vocab_size(config) -> int:
+  """The vocabulary a run of `config` would have, found without its data where possible:
+  a pretrained model's (whose shape `config` takes), GPT-2's, or the data's tokenizer's."""
+  from jaxgpt import config as config_lib, data, hf_gpt2  # pylint: disable=g-import-not-at-top
+  if config.init_from != "scratch":
+    folder = hf_gpt2.resolve(config.init_from)
+    hf_gpt2.configure(config, folder)
+    return hf_gpt2.read_config(folder)["vocab_size"]
+  if config.data.tokenizer == "gpt2":
+    return GPT2_VOCAB_SIZE
+  config_lib.validate(config)  # the data's settings too: its text makes the vocabulary
+  return data.build_dataset(config).tokenizer.vocab_size
+
+
+def _compile_only(config) -> str:
+  from jaxgpt import config as config_lib, memory  # pylint: disable=g-import-not-at-top
+  from jaxgpt.trainer import Program  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config, needs_data=False)
+  _, figures = Program(config, _vocab_size(config)).compile_train_step()
+  return json.dumps(figures) if _JSON.value else memory.describe(figures)
 
 
 def _end_to_end(config) -> str:
@@ -92,6 +126,9 @@ def main(argv=None):
   cli.parse_flags(argv, __doc__)
   config = config_flag.value
   runtime.check_backend(config)
+  if _COMPILE_ONLY.value:
+    print(_compile_only(config), flush=True)
+    return
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt import metrics  # pylint: disable=g-import-not-at-top
   from jaxgpt.model import count_params  # pylint: disable=g-import-not-at-top

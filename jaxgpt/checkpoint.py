@@ -19,6 +19,7 @@ import traceback
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgpt import layers
 from jaxgpt.errors import UserError, first_line
 
 LATEST_DIR = "checkpoints"
@@ -115,8 +116,9 @@ class Checkpointer:
   def _read(self, step: int, which: str, wanted: dict) -> dict:
     """Reads the parts of a train state named in `wanted` (abstract arrays), in any layout.
 
-    Shapes are compared first: a differently shaped model is an error naming the first
-    mismatch, never a partial restore.
+    A checkpoint whose blocks are in the other form (model.scan_layers) is read in its own
+    form, on shardings derived from the wanted ones, and converted. Shapes are compared first:
+    a differently shaped model is an error naming the first mismatch, never a partial restore.
     """
     manager = self._best if which == "best" else self._latest
     where = f"checkpoint {step} in {manager.directory}"
@@ -127,21 +129,22 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
     params = _unnest_norms(saved_params)
-    mismatch = _first_mismatch(params, wanted["params"])
+    target = layers.in_form(wanted, layers.is_scanned(params))
+    mismatch = _first_mismatch(params, target["params"])
     if mismatch:
       raise UserError(f"{where} does not fit this model: {mismatch}; use the run's own model "
                       "settings (see its config.json) or a new --workdir")
     if jax.tree.structure(params) != jax.tree.structure(saved_params):
-      wanted = _nest_norms(wanted)
+      target = _nest_norms(target)
     try:
-      restored = manager.restore(step, args=_restore_args(wanted, old_layout))
+      restored = manager.restore(step, args=_restore_args(target, old_layout))
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
     if old_layout:
       parts = restored[OLD_STATE]
     else:
       parts = {"params": restored[PARAMS], **(restored.get(OPTIMIZER) or {})}
-    return _unnest_norms(parts)
+    return layers.converted(_unnest_norms(parts), wanted)
 
   def wait(self) -> None:
     """Blocks until every save is on disk; a failed save raises here."""

@@ -20,6 +20,7 @@ PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
 PIPELINES = ("auto", "tf", "numpy")
 ATTENTIONS = ("auto", "jaxgpt", "cudnn", "xla")
+REMATS = ("none", "full", "dots")  # see jaxgpt/model.py's _remat
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 
 
@@ -59,7 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
   # "auto": cuDNN flash attention on NVIDIA GPUs where it applies, jaxgpt's own elsewhere;
   # or "jaxgpt", "cudnn", "xla" (the last two: jax.nn.dot_product_attention, no dropout).
   c.model.attention = "auto"
-  c.model.remat = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+  # Recompute activations in the backward pass: "none", "full" (least memory, ~1/3 more
+  # compute) or "dots" (keeps the weight matmuls' outputs). Older runs' True/False still load:
+  # any type is accepted here, and validate checks the value.
+  c.model.remat = ml_collections.FieldReference("none", field_type=object)
+  # Run the blocks as one loop (flax.linen.scan) over parameters stacked along a leading
+  # layers axis: one block to compile instead of n_layer. Checkpoints convert either way.
+  c.model.scan_layers = False
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -161,17 +168,18 @@ def _check_positive(name: str, value) -> None:
   _require(value > 0, f"{name} must be positive, got {value}: pass --config.{name}=<a positive number>")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises UserError for any setting that cannot work, naming the key and the fix."""
+def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
+  """Raises UserError for any setting that cannot work, naming the key and the fix;
+  `needs_data=False` (compiling without training) lets data.path be empty."""
   _check_choice("data.source", c.data.source, DATA_SOURCES)
   _check_choice("data.tokenizer", c.data.tokenizer, TOKENIZERS)
   _check_choice("data.pipeline", c.data.pipeline, PIPELINES)
   _check_choice("precision", c.precision, PRECISIONS)
   _check_choice("backend", c.backend, BACKENDS)
-  if c.data.source in ("text", "kaggle_csv"):
+  if needs_data and c.data.source in ("text", "kaggle_csv"):
     _require(bool(c.data.path),
              f"data.source={c.data.source} needs a file: pass --config.data.path=FILE")
-  if c.data.source == "tokens":
+  if needs_data and c.data.source == "tokens":
     _require(bool(c.data.path), "data.source=tokens needs the folder `python -m jaxgpt.prepare` "
              "wrote: pass --config.data.path=DIR")
   _require(0 < c.data.val_fraction < 1,
@@ -189,6 +197,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(c.model.attention in ("auto", "jaxgpt") or c.model.dropout == 0,
            f"model.attention={c.model.attention} has no attention dropout but model.dropout="
            f"{c.model.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
+  _require(isinstance(c.model.remat, bool) or c.model.remat in REMATS,
+           f"model.remat={c.model.remat!r} is not one of {', '.join(REMATS)}: pass "
+           "--config.model.remat=<one of those>")
   for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
     _require(math.isfinite(c.train[key]),
              f"train.{key} must be a finite number, got {c.train[key]}: pass a finite "
@@ -255,4 +266,10 @@ def model_config(config, vocab_size: int):
       block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
       dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
       lora_alpha=config.lora.alpha, lora_targets=lora_targets(config),
-      attention=m.attention, remat=m.remat)
+      scan_layers=m.scan_layers,
+      attention=m.attention, remat=_remat_policy(m.remat))
+
+
+def _remat_policy(remat) -> str:
+  """model.remat as a policy name: older configs' True is "full" and False "none"."""
+  return {True: "full", False: "none"}[remat] if isinstance(remat, bool) else remat

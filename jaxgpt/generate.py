@@ -113,8 +113,9 @@ def sample_token(logits_BxV, sampling: Sampling, bits_B):
 
 
 def _set_cache_length(cache, length):
+  """Every layer's cache index (one per layer, or an array of them with model.scan_layers)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.asarray(length, x.dtype) if path[-1].key == "index" else x, cache)
+      lambda path, x: jnp.full_like(x, length) if path[-1].key == "index" else x, cache)
 
 
 def _run(model: GPT, params, cache, tokens_BxT, start):

@@ -15,9 +15,10 @@ import flax.traverse_util
 import jax
 import numpy as np
 
+from jaxgpt import layers
 from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE, BPETokenizer, write_hf_tokenizer
 from jaxgpt.errors import UserError, first_line
-from jaxgpt.model import GPTConfig
+from jaxgpt.model import GPTConfig, unrolled_name
 
 HUB_REPOS = {name: f"openai-community/{name}"
              for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -129,7 +130,7 @@ def _tensor_table(c: GPTConfig):
                  (f"{hf}.bias", ours + ("bias",), (n_out,))])
 
   for i in range(c.n_layer):
-    hf, ours = f"h.{i}", (f"h_{i}",)
+    hf, ours = f"h.{i}", (unrolled_name(i),)
     layer_norm(f"{hf}.ln_1", ours + ("ln_1",))
     conv1d(f"{hf}.attn.c_attn", ours + ("attn", "c_attn"), d, 3 * d)
     conv1d(f"{hf}.attn.c_proj", ours + ("attn", "c_proj"), d, d)
@@ -190,9 +191,10 @@ def _to_jaxgpt(name: str, value: np.ndarray, hf_shape, target_shape, c: GPTConfi
 def load_params(folder: str, model_config: GPTConfig, abstract_params) -> dict:
   """The folder's weights as jaxgpt parameters of the shapes and shardings in
   `abstract_params` (ShapeDtypeStructs), each array created shard by shard on the devices
-  that hold it (so a model larger than one device loads)."""
+  that hold it (so a model larger than one device loads); read layer by layer, then stacked
+  for the scanned form."""
   weights = _Weights(folder)
-  targets = flax.traverse_util.flatten_dict(abstract_params)
+  targets = flax.traverse_util.flatten_dict(layers.unstack_layers(abstract_params))
   params = {}
   for name, path, hf_shape in _tensor_table(model_config):
     if path not in targets:
@@ -201,7 +203,7 @@ def load_params(folder: str, model_config: GPTConfig, abstract_params) -> dict:
     value = _to_jaxgpt(name, weights.get(name), hf_shape, target.shape, model_config)
     params[path] = jax.make_array_from_callback(target.shape, target.sharding,
                                                 lambda index, v=value: v[index])
-  return flax.traverse_util.unflatten_dict(params)
+  return layers.converted(flax.traverse_util.unflatten_dict(params), abstract_params)
 
 
 def _default_permissions(path: str) -> None:
@@ -219,7 +221,7 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   c = model_config
-  flat = flax.traverse_util.flatten_dict(jax.device_get(params))
+  flat = flax.traverse_util.flatten_dict(layers.unstack_layers(jax.device_get(params)))
   tensors = {}
   for name, path, hf_shape in _tensor_table(c):
     value = flat.get(path)

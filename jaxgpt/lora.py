@@ -5,8 +5,13 @@ Without LoRA every parameter trains. With `lora.rank > 0` only the adapters (`lo
 are taken only for them, and the frozen weights pass through a step bit for bit.
 """
 
+import functools
+
 import flax.traverse_util
+import jax
 import jax.numpy as jnp
+
+from jaxgpt.model import SCANNED
 
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
@@ -34,7 +39,8 @@ def combine(trainable, frozen):
 
 
 def merge(params, lora_rank: int, lora_alpha: float):
-  """The parameters of the same model without adapters: kernel + (alpha / r) A . B."""
+  """The parameters of the same model without adapters: kernel + (alpha / r) A . B, layer by
+  layer in the scanned form (model.scan_layers)."""
   flat = flax.traverse_util.flatten_dict(params)
   merged = {}
   for path, value in flat.items():
@@ -43,6 +49,9 @@ def merge(params, lora_rank: int, lora_alpha: float):
     adapter = path[:-1]
     if path[-1] == "kernel" and adapter + ("lora_a",) in flat:
       a, b = flat[adapter + ("lora_a",)], flat[adapter + ("lora_b",)]
-      value = value + (lora_alpha / lora_rank) * jnp.tensordot(a, b, axes=1)
+      a_dot_b = functools.partial(jnp.tensordot, axes=1)
+      if path[0] == SCANNED:  # one product per layer
+        a_dot_b = jax.vmap(a_dot_b)
+      value = value + (lora_alpha / lora_rank) * a_dot_b(a, b)
     merged[path] = value
   return flax.traverse_util.unflatten_dict(merged)

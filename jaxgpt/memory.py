@@ -1,4 +1,5 @@
-"""Whether a train state fits in the devices' memory, checked before any of it is allocated."""
+"""Whether a train state fits in the devices' memory, checked before any of it is allocated,
+and what a compiled train step needs of each device's memory."""
 
 import math
 import os
@@ -36,3 +37,40 @@ def check_state_fits(abstract_state) -> None:
         f"optimizer state need {needed / 1e9:.1f} GB per device before any activation, more "
         f"than the {available / 1e9:.1f} GB of {what}: lower model.n_layer or model.n_embd, "
         "or shard it over more devices with mesh.fsdp")
+
+
+# What XLA's memory analysis reports, per device: arguments (the donated state and the
+# batch), outputs ("alias": the part of them written in place of the donated arguments),
+# temporaries (activations and the like) and the generated code.
+_COMPILED = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def compiled_memory(compiled) -> dict[str, int]:
+  """The bytes per device of a compiled program, and their total (aliased outputs counted
+  once); empty where the backend does not report them."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  figures = {f"{name}_bytes": getattr(stats, f"{name}_size_in_bytes") for name in _COMPILED}
+  figures["total_bytes"] = (figures["argument_bytes"] + figures["output_bytes"]
+                           - figures["alias_bytes"] + figures["temp_bytes"]
+                           + figures["generated_code_bytes"])
+  return figures
+
+
+def describe(figures: dict) -> str:
+  """One line of a compiled train step's figures (compile_seconds and compiled_memory's)."""
+  line = f"train step compiled in {figures['compile_seconds']:.1f} s"
+  if "total_bytes" not in figures:
+    return line + "; this backend reports no memory figures"
+  size = {key: _size(value) for key, value in figures.items()}
+  available, what = device_memory(jax.local_devices()[0])
+  return (f"{line}; memory per device: arguments {size['argument_bytes']} (the donated state "
+          f"and the batch), outputs {size['output_bytes']} ({size['alias_bytes']} of them in "
+          f"the donated state's place), temporaries {size['temp_bytes']}, generated code "
+          f"{size['generated_code_bytes']}: {size['total_bytes']} in all, of "
+          f"{_size(available)} ({what})")
+
+
+def _size(num_bytes: int) -> str:
+  return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e8 else f"{num_bytes / 1e6:.2f} MB"

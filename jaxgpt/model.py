@@ -18,8 +18,10 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 INIT_STD = 0.02  # GPT-2's initialisation of every weight matrix and embedding
+SCANNED = "h"  # the blocks with model.scan_layers (stacked by layer); else h_0 .. h_{L-1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,8 @@ class GPTConfig:
   lora_alpha: float = 16.0
   lora_targets: tuple = ()  # e.g. ("c_attn", "c_proj", "c_fc")
   attention: str = "auto"  # see attention_implementation
-  remat: bool = False  # recompute each block's activations in the backward pass (less memory)
+  remat: str = "none"  # see _remat: "none", "full" or "dots"
+  scan_layers: bool = False  # run the blocks as one nn.scan over parameters stacked by layer
 
   @property
   def head_size(self) -> int:
@@ -89,8 +92,9 @@ def _layer_norm(c: GPTConfig, name: str) -> nn.LayerNorm:
 
 
 def _contract(x, kernel, num_in: int, dtype):
-  """x . kernel over the last `num_in` axes of x and the first `num_in` of kernel."""
-  return _tensordot(x.astype(dtype), kernel.astype(dtype), num_in)
+  """x . kernel over the last `num_in` axes of x and the first `num_in` of kernel, named
+  "dot" for remat="dots" (the custom VJP hides the dot from JAX's own dots policies)."""
+  return checkpoint_name(_tensordot(x.astype(dtype), kernel.astype(dtype), num_in), "dot")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -269,7 +273,31 @@ class Block(nn.Module):
         _layer_norm(c, "ln_1")(x_NxD), batch, deterministic, decode)
     x_NxD = x_NxD + MLP(c, name="mlp")(
         _layer_norm(c, "ln_2")(x_NxD), deterministic)
-    return _constrain(x_NxD, ("activation_tokens", "activation_embed"))
+    x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
+    return (x_NxD, None) if c.scan_layers else x_NxD  # nn.scan's (carry, output)
+
+
+# What each block keeps for the backward pass besides its input; the rest is recomputed.
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.save_only_these_names("dot")}
+
+
+def _remat(block_cls, c: GPTConfig, scanned: bool = False):
+  """`block_cls` as `c.remat` has it: "none" keeps every activation for the backward pass;
+  "full" keeps only each block's input and recomputes the rest (least memory, about a third
+  more compute); "dots" also keeps the weight matmuls' outputs, recomputing the element-wise
+  work and attention's T x T scores.
+
+  Unrolled blocks rely on the optimization barriers of prevent_cse=True to keep the
+  recomputation in the backward pass; XLA's GPU compiler keeps them until after scheduling,
+  its CPU compiler drops them before, so on CPU only scanned blocks save memory (see
+  BENCHMARKS.md). Inside nn.scan the loop keeps the recomputation there, and
+  prevent_cse=False (flax's advice) spares the barriers."""
+  if c.remat == "none":
+    return block_cls
+  # Argument 0 is the module: batch, deterministic and decode are Python values.
+  return nn.remat(block_cls, policy=REMAT_POLICIES[c.remat], prevent_cse=not scanned,
+                  static_argnums=(2, 3, 4))
 
 
 class GPT(nn.Module):
@@ -296,16 +324,31 @@ class GPT(nn.Module):
              + jnp.take(wpe_TxD, positions_T, axis=0)[None]).reshape(b * t, -1)
     x_NxD = nn.Dropout(c.dropout)(x_NxD.astype(c.dtype), deterministic=deterministic)
     x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
-    # Argument 0 is the module: batch, deterministic and decode are Python values.
-    block = nn.remat(Block, static_argnums=(2, 3, 4)) if c.remat else Block
-    for i in range(c.n_layer):
-      x_NxD = block(c, name=f"h_{i}")(x_NxD, b, deterministic, decode)
+    block = _remat(Block, c, scanned=c.scan_layers)
+    if c.scan_layers:
+      x_NxD, _ = _scanned(block, c.n_layer)(c, name=SCANNED)(x_NxD, b, deterministic, decode)
+    else:
+      for i in range(c.n_layer):
+        x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode)
     x_NxD = _layer_norm(c, "ln_f")(x_NxD)
     logits_NxV = jnp.dot(x_NxD, wte_VxD.astype(c.dtype).T, preferred_element_type=jnp.float32)
     # Padded ids get no probability: padding changes neither training nor sampling.
     logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)
     logits_NxV = _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
     return logits_NxV.reshape(b, t, c.padded_vocab_size)
+
+
+def _scanned(block, num_layers: int):
+  """`block` run `num_layers` times as one loop, its parameters and cache stacked along a
+  leading "layers" axis; batch, deterministic and decode stay Python values (broadcast)."""
+  return nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                 split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+def unrolled_name(i: int) -> str:
+  return f"h_{i}"
 
 
 def count_params(params) -> int:

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxgpt.model import SCANNED
+
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
   """nanoGPT's schedule: linear warm-up to `learning_rate`, cosine decay to `min_lr` at `max_steps`."""
@@ -20,8 +22,10 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """Weight decay on matrices (and the embedding tables); not on biases or LayerNorm."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices (and the embedding tables); not on biases or LayerNorm. The
+  scanned form's leading layers axis (model.scan_layers) is not counted."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim - (path[0].key == SCANNED) >= 2, params)
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:

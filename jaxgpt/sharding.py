@@ -27,6 +27,7 @@ LOGICAL_RULES = (
     ("qkv", None),
     ("position", None),
     ("lora", None),
+    ("layers", None),  # model.scan_layers' stacked blocks
     ("activation_batch", BATCH_AXES),
     ("activation_tokens", BATCH_AXES),
     ("activation_length", None),

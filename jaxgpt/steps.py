@@ -84,6 +84,16 @@ def jit_train_step(model, optimizer, schedule, dropout_key, mesh, state_sharding
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+def abstract_batch(mesh, batch_size: int, micro_batches: int, block_size: int):
+  """ShapeDtypeStructs of the train step's x and y (A, B/A, T) and stop (B/A,) arguments,
+  A = micro_batches: what the step is compiled for before any batch exists."""
+  rows = batch_size // micro_batches
+  xy = jax.ShapeDtypeStruct((micro_batches, rows, block_size), jnp.int32,
+                            sharding=sharding.global_batch_sharding(mesh, leading_dims=1))
+  stop = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding.global_batch_sharding(mesh))
+  return xy, xy, stop
+
+
 def jit_eval_loss(model, mesh, params_shardings):
   batches = sharding.global_batch_sharding(mesh, leading_dims=1)
   return jax.jit(functools.partial(eval_loss, model=model),

@@ -30,7 +30,40 @@ def _check_batch(config, mesh) -> int:
   return micro_batch // jax.process_count()
 
 
-class Trainer:
+class Program:
+  """What a run compiles: the mesh, the model, its optimizer, and the train state's shapes
+  and shardings. Compiling the train step needs neither parameters nor data."""
+
+  def __init__(self, config, vocab_size: int, devices=None):
+    self.config = config
+    self.mesh = sharding.make_mesh(config.mesh, devices)
+    _check_batch(config, self.mesh)
+    self.model = GPT(config_lib.model_config(config, vocab_size))
+    self.schedule = optim.learning_rate_schedule(config.train)
+    self.optimizer = optim.make_optimizer(config.train)
+    self.abstract_state = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
+    self.shardings = jax.tree.map(lambda leaf: leaf.sharding, self.abstract_state)
+
+  def context(self):
+    """The mesh and logical-axis rules under which the model and steps run."""
+    return sharding.rules_context(self.mesh)
+
+  def compile_train_step(self):
+    """The train step compiled ahead of time from abstract shapes, and its figures: the
+    seconds lowering and compiling took and memory.compiled_memory's bytes per device."""
+    c = self.config
+    train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
+                                      state_lib.dropout_key(c.seed), self.mesh, self.shardings)
+    batch = steps.abstract_batch(self.mesh, c.train.batch_size, c.train.grad_accum_steps,
+                                 c.model.block_size)
+    started = time.perf_counter()
+    with self.context():
+      compiled = train_step.lower(self.abstract_state, *batch).compile()
+    return compiled, {"compile_seconds": time.perf_counter() - started,
+                      **memory.compiled_memory(compiled)}
+
+
+class Trainer(Program):
   """Holds everything a run needs; `run()` trains from the newest checkpoint to max_steps."""
 
   def __init__(self, config, workdir: str, devices=None, explicit_keys: set[str] | None = None):
@@ -63,14 +96,8 @@ class Trainer:
                       f"trained on (data.source={config.data.source}, data.path="
                       f"{config.data.path or '-'}): resume with the run's own data, or train "
                       "on this data in a new --workdir")
-    self.mesh = sharding.make_mesh(config.mesh, devices)
-    _check_batch(config, self.mesh)
-    self.model = GPT(config_lib.model_config(config, self.tokenizer.vocab_size))
-    self.schedule = optim.learning_rate_schedule(config.train)
-    self.optimizer = optim.make_optimizer(config.train)
-    self.abstract_state = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
+    super().__init__(config, self.tokenizer.vocab_size, devices)
     memory.check_state_fits(self.abstract_state)
-    self.shardings = jax.tree.map(lambda leaf: leaf.sharding, self.abstract_state)
     self.checkpoints = checkpoint.Checkpointer(
         workdir, keep=config.train.keep_checkpoints,
         timeout_secs=config.train.checkpoint_timeout_secs)
@@ -114,20 +141,15 @@ class Trainer:
       raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
                       f"{self.workdir}/checkpoints to resume from the one before it") from e
 
-  def context(self):
-    """The mesh and logical-axis rules under which the model and steps run."""
-    return sharding.rules_context(self.mesh)
-
   def log(self, message: str) -> None:
     if self.is_main:
       print(message, flush=True)
 
   def compiled_steps(self):
-    """The run's jitted train step and evaluation loop."""
-    train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
-                                      state_lib.dropout_key(self.config.seed), self.mesh,
-                                      self.shardings)
-    return train_step, steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+    """The run's train step, compiled ahead of time, its figures (compile_train_step's), and
+    the jitted evaluation loop."""
+    train_step, figures = self.compile_train_step()
+    return train_step, figures, steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
 
   def batch_stream(self, start_step: int, end_step: int):
     """This process's training batches for the steps after start_step, up to end_step."""
@@ -187,7 +209,8 @@ class Trainer:
                                     metrics.flops_per_token(self.model.config, num_params),
                                     jax.device_count())
     start = int(state.step)
-    train_step, eval_loss = self.compiled_steps()
+    train_step, figures, eval_loss = self.compiled_steps()
+    self.log(memory.describe(figures))
     eval_set = self.eval_set()
     stream = self.batch_stream(start, t.max_steps)
     # On CPU with several devices, dispatching sharded steps without waiting can make XLA's

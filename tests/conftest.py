@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # pylint: disable=wrong-import-position
 
-from helpers import LINES, tiny_config, write_token_dataset  # pylint: disable=wrong-import-position
+from helpers import LINES, require_transformers, tiny_config, write_token_dataset  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +30,28 @@ def text_file(tmp_path_factory):
 @pytest.fixture
 def tiny():
   return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+  """transformers' GPT-2 (2 layers, 32 wide, 64 positions) with a BPE trained on LINES."""
+  transformers = require_transformers()
+  torch = pytest.importorskip("torch")
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
+                          special_tokens=["<|endoftext|>"], show_progress=False)
+  tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer)  # pylint: disable=protected-access
+  end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  config = transformers.GPT2Config(
+      vocab_size=bpe.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+      bos_token_id=end, eos_token_id=end, initializer_range=0.3)
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(config)
+  folder = str(tmp_path_factory.mktemp("gpt2"))
+  model.save_pretrained(folder)
+  tokenizer.save_pretrained(folder)
+  return folder
 
 
 @pytest.fixture(scope="session")

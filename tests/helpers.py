@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import config as config_lib, optim, sharding, state as state_lib, steps
+from jaxgpt import config as config_lib, layers, optim, sharding, state as state_lib, steps
 from jaxgpt.model import GPT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,10 +125,12 @@ def no_stop(rows):
   return np.zeros(rows, np.int32)
 
 
-def train_on_one_batch(config, num_steps, devices=None, dropout=0.0):
-  """(losses, state) of `num_steps` jitted train steps on one random batch."""
+def train_on_one_batch(config, num_steps, devices=None, dropout=0.0, state=None):
+  """(losses, state) of `num_steps` jitted train steps on one random batch, from a fresh
+  state or from `state` (host arrays; either form of the layers, converted to the config's)."""
   config.model.dropout = dropout
-  _, mesh, state, step = setup_step(config, devices or jax.devices()[:1])
+  _, mesh, fresh, step = setup_step(config, devices or jax.devices()[:1])
+  state = fresh if state is None else layers.converted(state, fresh)
   a = config.train.grad_accum_steps
   x, y = random_batch(config)
   losses = []

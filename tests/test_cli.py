@@ -2,8 +2,6 @@
 
 import csv
 import os
-import subprocess
-import sys
 
 import jax
 import pytest

@@ -41,6 +41,7 @@ def test_base_config_is_valid():
     ({"lora__rank": 4, "lora__alpha": 0.0}, ["lora.alpha"]),
     ({"model__attention": "flash"}, ["model.attention", "cudnn"]),
     ({"model__attention": "cudnn", "model__dropout": 0.2}, ["model.attention", "dropout"]),
+    ({"model__remat": "some"}, ["model.remat", "dots"]),
 ])
 def test_impossible_settings_name_the_key(changes, words):
   with pytest.raises(UserError) as error:
@@ -55,7 +56,7 @@ def _load_config_file(name):
 
 
 @pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu",
-                                  "finetune_shakespeare", "gpt2_owt", "gpt2_fineweb"])
+                                  "finetune_shakespeare", "gpt2_owt", "gpt2_fineweb", "gpt2_xl"])
 def test_every_config_file_is_valid(name):
   c = _load_config_file(name)
   if c.data.source == "tokens":
@@ -70,6 +71,17 @@ def test_gpt2_recipes_keep_their_step(name, tokens_per_step, micro_batch):
   assert c.train.batch_size * c.model.block_size == tokens_per_step
   assert c.train.batch_size // c.train.grad_accum_steps == micro_batch
   assert c.data.source == "tokens" and c.model.n_embd == 768 and c.model.n_layer == 12
+
+
+@pytest.mark.parametrize("remat, policy", [(True, "full"), (False, "none"), ("dots", "dots")])
+def test_remat_is_a_policy_and_older_runs_true_false_still_load(remat, policy, tmp_path):
+  c = config_lib.base_config()
+  c.model.remat = remat  # as a config file, or an older run's config.json, sets it
+  config_lib.validate(c)
+  config_lib.save_config(c, str(tmp_path))
+  saved = config_lib.load_config(str(tmp_path))
+  assert saved.model.remat == remat
+  assert config_lib.model_config(saved, vocab_size=65).remat == policy
 
 
 def test_precision_must_be_known():

@@ -18,32 +18,12 @@ from jaxgpt import export, hf_gpt2, lora, run_loader
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
-from helpers import LINES, assert_clean_error, require_transformers, run, tiny_config
+from helpers import assert_clean_error, require_transformers, run, tiny_config
 
 transformers = require_transformers()
 torch = pytest.importorskip("torch")
 
 PROMPT = "ROMEO:"
-
-
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-  """transformers' GPT-2 (2 layers, 32 wide, 64 positions) with a BPE trained on LINES."""
-  import tokenizers  # pylint: disable=g-import-not-at-top
-  bpe = tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
-                          special_tokens=["<|endoftext|>"], show_progress=False)
-  tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer)  # pylint: disable=protected-access
-  end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-  config = transformers.GPT2Config(
-      vocab_size=bpe.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-      bos_token_id=end, eos_token_id=end, initializer_range=0.3)
-  torch.manual_seed(0)
-  model = transformers.GPT2LMHeadModel(config)
-  folder = str(tmp_path_factory.mktemp("gpt2"))
-  model.save_pretrained(folder)
-  tokenizer.save_pretrained(folder)
-  return folder
 
 
 def _hf_model(folder):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import lora, optim, sharding, state as state_lib
+from jaxgpt import lora
 from jaxgpt.config import model_config
 from jaxgpt.model import GPT
 
@@ -55,13 +55,12 @@ def test_adapters_start_as_a_no_op_and_merge_into_the_base_model():
 
 
 @pytest.mark.slow
-def test_a_step_changes_only_the_adapters_and_keeps_no_state_for_the_rest():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_a_step_changes_only_the_adapters_and_keeps_no_state_for_the_rest(scan_layers):
   config = _lora_config()
+  config.model.scan_layers = scan_layers
   config.train.learning_rate = 1e-2
-  model = GPT(model_config(config, 30))
-  optimizer = optim.make_optimizer(config.train)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  before = jax.device_get(state_lib.init_state(model, optimizer, mesh, config.seed))
+  before = jax.device_get(train_on_one_batch(config, 0)[1])
   losses, after = train_on_one_batch(config, 5)
   after = jax.device_get(after)
   assert losses[-1] < losses[0]

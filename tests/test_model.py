@@ -1,6 +1,7 @@
 """The GPT: shapes, dtypes, causality, parameter count, initialisation, the KV cache."""
 
 import ast
+import math
 import os
 
 import chex
@@ -168,14 +169,40 @@ def test_auto_attention_takes_cudnn_where_it_applies(monkeypatch, backend, dtype
   assert model_lib.attention_implementation(config, deterministic) == expected
 
 
-def test_remat_gives_the_same_loss_and_gradients():
-  params = _unboxed(_init())
-  remat = GPTConfig(**{**CONFIG.__dict__, "remat": True})
+@pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_remat_gives_the_same_loss_and_gradients(policy, scan_layers):
+  config = GPTConfig(**{**CONFIG.__dict__, "scan_layers": scan_layers})
+  params = _unboxed(_init(config))
+  remat = GPTConfig(**{**config.__dict__, "remat": policy})
   chex.assert_trees_all_close(_mean_logit_and_grads(remat, params),
-                              _mean_logit_and_grads(CONFIG, params), rtol=1e-5, atol=1e-6)
-  tokens = jnp.zeros((1, CONFIG.block_size), jnp.int32)
-  grad_jaxpr = jax.make_jaxpr(jax.grad(lambda p: GPT(remat).apply({"params": p}, tokens).mean()))
-  assert "remat" in str(grad_jaxpr(params))
+                              _mean_logit_and_grads(config, params), rtol=1e-5, atol=1e-6)
+
+
+def _size(shape: str) -> int:
+  """The number of elements of a shape printed as "f32[2,16,32]" ("f32[]": one)."""
+  return math.prod(int(size) for size in shape.split("[")[1].rstrip("]").split(",") if size)
+
+
+def test_each_remat_policy_keeps_what_it_says(capsys):
+  """For the backward pass "none" keeps every activation, "dots" the blocks' inputs and the
+  weight matmuls' outputs (not attention's T x T scores), "full" the blocks' inputs alone."""
+  params = _unboxed(_init())
+  tokens = jnp.zeros((2, CONFIG.block_size), jnp.int32)
+  kept = {}
+  for policy in ("none", "dots", "full"):
+    model = GPT(GPTConfig(**{**CONFIG.__dict__, "remat": policy}))
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p: model.apply({"params": p}, tokens).mean(), params)  # "f32[32,128] why"
+    residuals = [line.split(" ", 1) for line in capsys.readouterr().out.splitlines()]
+    activations = [shape for shape, why in residuals if "from the argument" not in why]
+    kept[policy] = (sum(_size(shape) for shape in activations),
+                    {shape for shape, why in residuals if "named 'dot'" in why})
+  n, d, h, k = 2 * CONFIG.block_size, CONFIG.n_embd, CONFIG.n_head, CONFIG.head_size
+  assert kept["full"][0] < kept["dots"][0] < kept["none"][0] / 2
+  # c_attn's, attention's c_proj's and c_fc's outputs (the MLP's c_proj's is never needed).
+  assert kept["dots"][1] == {f"f32[{n},3,{h},{k}]", f"f32[{n},{d}]", f"f32[{n},{4 * d}]"}
+  assert not kept["full"][1]
 
 
 def test_the_model_imports_nothing_else_from_jaxgpt():

@@ -1,6 +1,5 @@
 """Several processes: two processes x 2 CPU devices train exactly like one process x 4."""
 
-import json
 import os
 import signal
 import socket

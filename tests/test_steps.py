@@ -49,7 +49,6 @@ def test_train_step_compiles_once():
   model = GPT(model_config(config, 30))
   optimizer = optim.make_optimizer(config.train)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  shardings = state_lib.state_shardings(model, optimizer, mesh)
   state = state_lib.init_state(model, optimizer, mesh, config.seed)
   schedule = optim.learning_rate_schedule(config.train)
 

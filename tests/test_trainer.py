@@ -11,9 +11,10 @@ import pytest
 from jaxgpt import checkpoint, metrics, sharding, state as state_lib
 from jaxgpt.trainer import Trainer
 
-from helpers import logged_losses, text_config, tiny_config
+from helpers import logged_losses, text_config
 
 
+@pytest.mark.slow
 def test_ten_steps_on_a_2x2x2_mesh_equal_one_device(text_file, tmp_path):
   one = text_config(text_file)
   one.mesh.update(data=1, fsdp=1, tensor=1)
@@ -42,13 +43,15 @@ def test_run_leaves_metrics_config_tokenizer_and_checkpoints(text_file, tmp_path
   assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20
 
 
-def test_running_again_resumes_from_the_checkpoint(text_file, tmp_path):
+def test_running_again_resumes_from_the_checkpoint(text_file, tmp_path, capsys):
   workdir = str(tmp_path / "run")
   config = text_config(text_file, max_steps=10)
   Trainer(config, workdir, devices=jax.devices()[:1]).run()
   config.train.max_steps = 12
   trainer = Trainer(config, workdir, devices=jax.devices()[:1])
   assert trainer.run()["step"] == 12
+  # Each run compiles its step ahead of time, and says what it needs of each device.
+  assert capsys.readouterr().out.count("train step compiled in") == 2
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     steps = [json.loads(line)["step"] for line in f if "train_loss" in line]
   assert steps == list(range(1, 13))

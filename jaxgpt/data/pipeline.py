@@ -17,8 +17,7 @@ import numpy as np
 from jaxgpt.data import shards
 from jaxgpt.data import sources
 from jaxgpt.data import tfhost
-from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, build_tokenizer
-from jaxgpt.data.tokenizer import load_tokenizer
+from jaxgpt.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from jaxgpt.errors import UserError
 
 TRAIN_STREAM = 0

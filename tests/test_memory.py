@@ -1,0 +1,39 @@
+"""What a compiled train step needs of each device's memory, known before anything is allocated."""
+
+import json
+
+import jax
+
+from jaxgpt import memory
+from jaxgpt.trainer import Program
+
+from helpers import run, tiny_config
+
+
+def test_the_compiled_step_reports_its_memory_with_the_state_donated():
+  config = tiny_config()
+  config.mesh.update(data=1, fsdp=-1)
+  program = Program(config, vocab_size=30, devices=jax.devices()[:2])
+  _, figures = program.compile_train_step()
+  state_bytes = memory.bytes_per_device(program.abstract_state)
+  assert figures["alias_bytes"] == state_bytes  # the new state overwrites the donated one
+  assert figures["argument_bytes"] > state_bytes and figures["temp_bytes"] > 0
+  assert figures["total_bytes"] == (figures["argument_bytes"] + figures["output_bytes"]
+                                    - state_bytes + figures["temp_bytes"]
+                                    + figures["generated_code_bytes"])
+  line = memory.describe(figures)
+  assert "train step compiled in" in line and "temporaries" in line and "in all, of" in line
+
+
+def test_bench_compile_only_allocates_no_parameters():
+  """A state of 87 GB a device (2 layers, 16,384 wide, AdamW, float32): allocating it would
+  fail on a machine such as CI's (24 GB), compiling it takes seconds. remat=True: the older
+  spelling, still accepted on the command line."""
+  result = run("bench", "--compile_only", "--json", "--config=gpt2_owt",
+               "--config.model.n_layer=2", "--config.model.n_embd=16384",
+               "--config.model.n_head=16", "--config.model.block_size=64",
+               "--config.model.remat=True", "--config.train.batch_size=2",
+               "--config.train.grad_accum_steps=1")
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  assert figures["argument_bytes"] > 80e9, figures  # every device holds the whole state
+  assert figures["compile_seconds"] > 0 and figures["temp_bytes"] > 0
