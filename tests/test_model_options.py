@@ -295,3 +295,16 @@ def test_a_run_with_every_option_checkpoints_loads_and_refuses_export(tmp_path):
   result = run("export", f"--workdir={workdir}", f"--out={out}", check=False)
   assert_clean_error(result, "model.position='rope'", "model.mlp='swiglu'", "GPT-2")
   assert not out.exists()
+
+
+@pytest.mark.slow
+def test_every_option_shards_over_fsdp_and_tensor_as_on_one_device():
+  """From the same weights, a (data 1, fsdp 2, tensor 2) mesh takes the steps of one device."""
+  start = jax.device_get(train_on_one_batch(tiny_config(**ALL_ON), 0)[1])
+  losses, one = train_on_one_batch(tiny_config(**ALL_ON), 2, state=start)
+  config = tiny_config(**ALL_ON)
+  config.mesh.update(data=1, fsdp=2, tensor=2)
+  sharded_losses, sharded = train_on_one_batch(config, 2, devices=jax.devices()[:4], state=start)
+  np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(one.params),
+                              rtol=1e-4, atol=1e-6)
