@@ -22,6 +22,13 @@ PIPELINES = ("auto", "tf", "numpy")
 ATTENTIONS = ("auto", "jaxgpt", "cudnn", "xla")
 REMATS = ("none", "full", "dots")  # see jaxgpt/model.py's _remat
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+# The model options whose values here are GPT-2's architecture (and the defaults); another
+# value makes a model that GPT-2's weights do not load into and `export` does not write.
+GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False,
+                     "mlp": "gelu", "tie_embeddings": True}
 
 
 def backend_precision() -> str:
@@ -67,6 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Run the blocks as one loop (flax.linen.scan) over parameters stacked along a leading
   # layers axis: one block to compile instead of n_layer. Checkpoints convert either way.
   c.model.scan_layers = False
+  # Today's recipe as options; every default is nanoGPT's GPT-2 (see README's config keys).
+  c.model.position = "learned"  # "learned" (a wpe table) or "rope" (rotary embeddings on q, k)
+  c.model.norm = "layernorm"    # or "rmsnorm"
+  c.model.qk_norm = False       # RMSNorm of q and k per head before their dot product
+  c.model.mlp = "gelu"          # "gelu", "relu2" (ReLU squared) or "swiglu" (width 8/3 D, to 64)
+  c.model.tie_embeddings = True  # False: the output layer has its own kernel, lm_head
+  c.model.zero_init_proj = False  # True: the c_proj layers start at zero (modded-nanogpt)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -108,6 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
 IDENTITY_KEYS = ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
                  "data.tokenizer", "data.tokenizer_path", "model.n_layer", "model.n_head",
                  "model.n_embd", "model.block_size", "model.bias", "model.vocab_multiple",
+                 "model.position", "model.norm", "model.qk_norm", "model.mlp",
+                 "model.tie_embeddings",
                  "lora.rank", "lora.alpha", "lora.targets")
 
 
@@ -200,6 +216,22 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   _require(isinstance(c.model.remat, bool) or c.model.remat in REMATS,
            f"model.remat={c.model.remat!r} is not one of {', '.join(REMATS)}: pass "
            "--config.model.remat=<one of those>")
+  _check_choice("model.position", c.model.position, POSITIONS)
+  _check_choice("model.norm", c.model.norm, NORMS)
+  _check_choice("model.mlp", c.model.mlp, MLPS)
+  for key in ("qk_norm", "tie_embeddings", "zero_init_proj"):
+    _require(isinstance(c.model[key], bool),
+             f"model.{key}={c.model[key]!r} is not True or False: pass --config.model.{key}=True "
+             "or False")
+  _require(c.model.position != "rope" or (c.model.n_embd // c.model.n_head) % 2 == 0,
+           f"model.position=rope turns pairs of head features, but the head size "
+           f"model.n_embd/model.n_head={c.model.n_embd // c.model.n_head} is odd: choose an even one")
+  if c.init_from != "scratch":
+    options = [f"model.{name}={c.model[name]!r}" for name, gpt2 in GPT2_ARCHITECTURE.items()
+               if c.model[name] != gpt2]
+    _require(not options, f"init_from={c.init_from} loads GPT-2's architecture, which "
+             f"{', '.join(options)} is not: drop that option to fine-tune GPT-2, or train it with "
+             "init_from=scratch")
   for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
     _require(math.isfinite(c.train[key]),
              f"train.{key} must be a finite number, got {c.train[key]}: pass a finite "
@@ -266,7 +298,8 @@ def model_config(config, vocab_size: int):
       block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
       dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
       lora_alpha=config.lora.alpha, lora_targets=lora_targets(config),
-      scan_layers=m.scan_layers,
+      scan_layers=m.scan_layers, position=m.position, norm=m.norm, qk_norm=m.qk_norm,
+      mlp=m.mlp, tie_embeddings=m.tie_embeddings, zero_init_proj=m.zero_init_proj,
       attention=m.attention, remat=_remat_policy(m.remat))
 
 

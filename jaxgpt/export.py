@@ -4,7 +4,8 @@ Writes a run's model as a Hugging Face GPT-2 folder (config.json, model.safetens
 tokenizer.json, tokenizer_config.json) that `transformers` loads with
 GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained, giving the same logits.
 LoRA adapters are merged into the weights they adapt. A character-level run's tokenizer is
-written as a `tokenizers` word-level tokenizer over single characters.
+written as a `tokenizers` word-level tokenizer over single characters. A model with a
+non-GPT-2 option (model.position, norm, qk_norm, mlp, tie_embeddings) is not exported.
 """
 
 import os
@@ -48,6 +49,8 @@ def main(argv=None):
   _check_flags()
   from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
   run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
+  from jaxgpt import hf_gpt2  # pylint: disable=g-import-not-at-top
+  hf_gpt2.check_exportable(run.model.config)  # before --out is made
   out = os.path.abspath(_OUT.value)
   try:
     os.makedirs(out, exist_ok=True)

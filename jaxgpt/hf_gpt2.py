@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxgpt import layers
+from jaxgpt.config import GPT2_ARCHITECTURE
 from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE, BPETokenizer, write_hf_tokenizer
 from jaxgpt.errors import UserError, first_line
 from jaxgpt.model import GPTConfig, unrolled_name
@@ -214,6 +215,18 @@ def _default_permissions(path: str) -> None:
   os.chmod(path, 0o666 & ~umask)
 
 
+def check_exportable(model_config: GPTConfig) -> None:
+  """A UserError naming the model options (jaxgpt.config.GPT2_ARCHITECTURE) that make the
+  model another architecture than GPT-2's, which is all that `export` writes."""
+  options = [f"model.{name}={getattr(model_config, name)!r}"
+             for name, gpt2 in GPT2_ARCHITECTURE.items() if getattr(model_config, name) != gpt2]
+  if options:
+    raise UserError(f"export writes only GPT-2's architecture, and this run has "
+                    f"{', '.join(options)}: only runs trained with that option's default "
+                    f"({', '.join(f'{n}={v!r}' for n, v in GPT2_ARCHITECTURE.items())}) "
+                    "can be exported")
+
+
 def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   """Writes a Hugging Face GPT-2 folder that `transformers` loads (GPT2LMHeadModel).
 
@@ -221,6 +234,7 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   c = model_config
+  check_exportable(c)
   flat = flax.traverse_util.flatten_dict(layers.unstack_layers(jax.device_get(params)))
   tensors = {}
   for name, path, hf_shape in _tensor_table(c):

@@ -28,7 +28,8 @@ def peak_flops_per_device(device=None) -> float | None:
 def flops_per_token(model_config, num_params: int) -> float:
   """nanoGPT's estimate: 6 per weight (position table excluded) plus attention's 12*L*D*T."""
   c = model_config
-  matmul_params = num_params - c.block_size * c.n_embd
+  position_table = c.block_size * c.n_embd if c.position == "learned" else 0
+  matmul_params = num_params - position_table
   return 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.block_size
 
 

@@ -1,4 +1,10 @@
-"""The GPT-2 model as nanoGPT has it, in Flax Linen.
+"""The GPT-2 model as nanoGPT has it, in Flax Linen, with today's recipe as options.
+
+Every option's default is nanoGPT's GPT-2; the alternatives are `position="rope"` (rotary
+embeddings on q and k, no position table), `norm="rmsnorm"`, `qk_norm=True` (RMSNorm of q
+and k per head), `mlp="relu2"` (ReLU squared) or "swiglu", `tie_embeddings=False` (a
+separate output kernel `lm_head`) and `zero_init_proj=True` (the projections into the
+residual stream start at zero).
 
 Parameters are float32 and carry logical axis names; activations carry activation axis
 names of their own. `jaxgpt/sharding.py` maps both to the device mesh.
@@ -8,7 +14,8 @@ which XLA's CPU backend runs much faster (backward especially) than batched 3-D 
 
 Shape suffixes: B batch, T time (the positions computed now), S positions attended to
 (the cache's length when decoding), N tokens of the flattened batch B*T (in the cached
-attention: batch x heads), D model width, H heads, K head size, F MLP width, V vocabulary.
+attention: batch x heads), D model width, H heads, K head size, F MLP width, V vocabulary;
+K2 is K/2, and a digit is an axis of that length (SwiGLU's gate and value: Nx2xF).
 """
 
 import dataclasses
@@ -21,6 +28,9 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 INIT_STD = 0.02  # GPT-2's initialisation of every weight matrix and embedding
+NORM_EPSILON = 1e-5  # GPT-2's LayerNorm's, and RMSNorm's (as Llama 2's)
+ROPE_BASE = 10000.0  # the rotary embeddings' longest wavelength is 2 pi times this
+SWIGLU_MULTIPLE = 64  # the SwiGLU MLP's width is 8/3 D rounded up to a multiple of this
 SCANNED = "h"  # the blocks with model.scan_layers (stacked by layer); else h_0 .. h_{L-1}
 
 
@@ -41,6 +51,12 @@ class GPTConfig:
   attention: str = "auto"  # see attention_implementation
   remat: str = "none"  # see _remat: "none", "full" or "dots"
   scan_layers: bool = False  # run the blocks as one nn.scan over parameters stacked by layer
+  position: str = "learned"  # "learned" (a wpe table) or "rope" (rotary, on q and k)
+  norm: str = "layernorm"    # or "rmsnorm"
+  qk_norm: bool = False      # RMSNorm of q and k per head before their dot product
+  mlp: str = "gelu"          # "gelu", "relu2" (ReLU squared) or "swiglu"
+  tie_embeddings: bool = True  # the output layer reads wte; False: its own kernel lm_head
+  zero_init_proj: bool = False  # the c_proj layers start at zero (as modded-nanogpt)
 
   @property
   def head_size(self) -> int:
@@ -51,6 +67,19 @@ class GPTConfig:
     """GPT-2's smaller initialisation of the projections into the residual stream, one per
     residual addition (two per layer), so the stream's variance does not grow with depth."""
     return INIT_STD / math.sqrt(2 * self.n_layer)
+
+  @property
+  def proj_std(self) -> float:
+    """The c_proj layers' initialisation: residual_std, or zero with zero_init_proj."""
+    return 0.0 if self.zero_init_proj else self.residual_std
+
+  @property
+  def mlp_width(self) -> int:
+    """F: 4 D; SwiGLU's three matrices keep about the 8 D^2 weights of two with 8/3 D,
+    rounded up to a multiple of SWIGLU_MULTIPLE."""
+    if self.mlp != "swiglu":
+      return 4 * self.n_embd
+    return -(-8 * self.n_embd // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
 
   @property
   def padded_vocab_size(self) -> int:
@@ -84,11 +113,31 @@ def _constrain(x, names):
   return nn.with_logical_constraint(x, names)
 
 
-def _layer_norm(c: GPTConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=1e-5, use_bias=c.bias, dtype=c.dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-      bias_init=_zeros(("embed",)), name=name)
+def _ones(names):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _norm(c: GPTConfig, name: str) -> nn.Module:
+  """The residual stream's normalisation: c.norm, LayerNorm or RMSNorm (no bias)."""
+  if c.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=NORM_EPSILON, dtype=c.dtype, scale_init=_ones(("embed",)),
+                      name=name)
+  return nn.LayerNorm(epsilon=NORM_EPSILON, use_bias=c.bias, dtype=c.dtype,
+                      scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)), name=name)
+
+
+def _rope(x_BxTxHxK, positions_T):
+  """Rotary position embeddings: each pair of features (i, i + K/2) of x turned by the
+  angle position / ROPE_BASE^(2i/K), in float32 (the Hugging Face Llama layout)."""
+  half = x_BxTxHxK.shape[-1] // 2
+  inv_freq_K2 = 1.0 / ROPE_BASE ** (jnp.arange(half, dtype=jnp.float32) / half)
+  angles_TxK2 = positions_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
+  cos_1xTx1xK2, sin_1xTx1xK2 = (f(angles_TxK2)[None, :, None, :] for f in (jnp.cos, jnp.sin))
+  x = x_BxTxHxK.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  rotated = jnp.concatenate([x1 * cos_1xTx1xK2 - x2 * sin_1xTx1xK2,
+                             x2 * cos_1xTx1xK2 + x1 * sin_1xTx1xK2], axis=-1)
+  return rotated.astype(x_BxTxHxK.dtype)
 
 
 def _contract(x, kernel, num_in: int, dtype):
@@ -143,7 +192,7 @@ class Dense(nn.Module):
   shape: tuple
   names: tuple
   num_in: int
-  stddev: float
+  stddev: float  # 0 starts the kernel at zero
   config: GPTConfig
 
   @nn.compact
@@ -172,15 +221,20 @@ class CausalSelfAttention(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool):
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T):
     c = self.config
     qkv_Nx3xHxK = Dense(shape=(c.n_embd, 3, c.n_head, c.head_size),
                         names=("embed", "qkv", "heads", "head_dim"), num_in=1,
                         stddev=INIT_STD, config=c, name="c_attn")(x_NxD)
     qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
+    index = None
+    if decode:  # the cache's index is the position of this call's first token
+      index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+      positions_T = index.value + jnp.arange(qkv_BxTx3xHxK.shape[1])
+    qkv_BxTx3xHxK = self._normed_and_rotated(qkv_BxTx3xHxK, positions_T)
     implementation = attention_implementation(c, deterministic)
     if decode:
-      y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)))
+      y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)), index)
     elif implementation == "jaxgpt":
       y_BxTxHxK = self._attention(qkv_BxTx3xHxK, deterministic)
     else:  # no dropout on the attention probabilities (config.validate requires dropout 0)
@@ -190,8 +244,23 @@ class CausalSelfAttention(nn.Module):
     names = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
     y_NxHxK = _constrain(y_BxTxHxK, names).reshape(-1, c.n_head, c.head_size)
     y_NxD = Dense(shape=(c.n_head, c.head_size, c.n_embd), names=("heads", "head_dim", "embed"),
-                  num_in=2, stddev=c.residual_std, config=c, name="c_proj")(y_NxHxK)
+                  num_in=2, stddev=c.proj_std, config=c, name="c_proj")(y_NxHxK)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
+
+  def _normed_and_rotated(self, qkv_BxTx3xHxK, positions_T):
+    """q and k with c.qk_norm's RMSNorm per head (a learned scale per head feature, shared
+    by the heads) and then c.position's rotary embeddings; unchanged with neither."""
+    c = self.config
+    if not c.qk_norm and c.position != "rope":
+      return qkv_BxTx3xHxK
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+    if c.qk_norm:
+      q_BxTxHxK, k_BxTxHxK = (
+          nn.RMSNorm(epsilon=NORM_EPSILON, dtype=c.dtype, scale_init=_ones(("head_dim",)),
+                     name=name)(x) for name, x in (("q_norm", q_BxTxHxK), ("k_norm", k_BxTxHxK)))
+    if c.position == "rope":
+      q_BxTxHxK, k_BxTxHxK = _rope(q_BxTxHxK, positions_T), _rope(k_BxTxHxK, positions_T)
+    return jnp.stack([q_BxTxHxK, k_BxTxHxK, v_BxTxHxK.astype(q_BxTxHxK.dtype)], axis=2)
 
   def _attention(self, qkv_BxTx3xHxK, deterministic):
     """Causal attention over the whole sequence, heads-major so that every dot is a plain
@@ -222,8 +291,9 @@ class CausalSelfAttention(nn.Module):
     probs_NxTxS = jax.nn.softmax(att_NxTxS, axis=-1)
     return jnp.einsum("nts,nsk->ntk", probs_NxTxS.astype(v_NxSxK.dtype), v_NxSxK)
 
-  def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-    """Appends this call's keys and values to the cache and attends over all of it.
+  def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, index):
+    """Appends this call's keys and values to the cache at `index` (a cache variable: the
+    number of positions filled) and attends over all of it.
 
     Keys are cached as (B*H, K, S) and values as (B*H, S, K), the layouts the two matmuls
     read; one batch axis of batch x heads keeps a batch of one from giving the matmuls
@@ -236,7 +306,6 @@ class CausalSelfAttention(nn.Module):
                              k_BxTxHxK.dtype)
     cached_v = self.variable("cache", "v", jnp.zeros, (n, c.block_size, c.head_size),
                              v_BxTxHxK.dtype)
-    index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     start = index.value
     k_NxKxT = k_BxTxHxK.transpose(0, 2, 3, 1).reshape(n, c.head_size, t)
     v_NxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
@@ -255,11 +324,18 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_NxD, deterministic: bool):
     c = self.config
-    h_NxF = Dense(shape=(c.n_embd, 4 * c.n_embd), names=("embed", "mlp"), num_in=1,
-                  stddev=INIT_STD, config=c, name="c_fc")(x_NxD)
-    h_NxF = _constrain(nn.gelu(h_NxF, approximate=True), ("activation_tokens", "activation_mlp"))
-    y_NxD = Dense(shape=(4 * c.n_embd, c.n_embd), names=("mlp", "embed"), num_in=1,
-                  stddev=c.residual_std, config=c, name="c_proj")(h_NxF)
+    f = c.mlp_width
+    if c.mlp == "swiglu":  # c_fc computes the gate and the value side by side: (D, 2, F)
+      gv_Nx2xF = Dense(shape=(c.n_embd, 2, f), names=("embed", "gate", "mlp"), num_in=1,
+                       stddev=INIT_STD, config=c, name="c_fc")(x_NxD)
+      h_NxF = nn.silu(gv_Nx2xF[:, 0]) * gv_Nx2xF[:, 1]
+    else:
+      h_NxF = Dense(shape=(c.n_embd, f), names=("embed", "mlp"), num_in=1,
+                    stddev=INIT_STD, config=c, name="c_fc")(x_NxD)
+      h_NxF = jnp.square(nn.relu(h_NxF)) if c.mlp == "relu2" else nn.gelu(h_NxF, approximate=True)
+    h_NxF = _constrain(h_NxF, ("activation_tokens", "activation_mlp"))
+    y_NxD = Dense(shape=(f, c.n_embd), names=("mlp", "embed"), num_in=1,
+                  stddev=c.proj_std, config=c, name="c_proj")(h_NxF)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
 
@@ -267,12 +343,12 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool):
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T):
     c = self.config
     x_NxD = x_NxD + CausalSelfAttention(c, name="attn")(
-        _layer_norm(c, "ln_1")(x_NxD), batch, deterministic, decode)
+        _norm(c, "ln_1")(x_NxD), batch, deterministic, decode, positions_T)
     x_NxD = x_NxD + MLP(c, name="mlp")(
-        _layer_norm(c, "ln_2")(x_NxD), deterministic)
+        _norm(c, "ln_2")(x_NxD), deterministic)
     x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
     return (x_NxD, None) if c.scan_layers else x_NxD  # nn.scan's (carry, output)
 
@@ -295,7 +371,8 @@ def _remat(block_cls, c: GPTConfig, scanned: bool = False):
   prevent_cse=False (flax's advice) spares the barriers."""
   if c.remat == "none":
     return block_cls
-  # Argument 0 is the module: batch, deterministic and decode are Python values.
+  # Argument 0 is the module: batch, deterministic and decode are Python values (positions_T,
+  # argument 5, is an array).
   return nn.remat(block_cls, policy=REMAT_POLICIES[c.remat], prevent_cse=not scanned,
                   static_argnums=(2, 3, 4))
 
@@ -304,7 +381,8 @@ class GPT(nn.Module):
   """tokens (B, T) -> float32 logits (B, T, V), V the padded vocabulary size.
 
   With `decode=True` the attention layers keep a key/value cache (collection "cache")
-  of `block_size` positions, and `positions` gives each new token's position.
+  of `block_size` positions, and `positions_T` gives each new token's position in the
+  learned table (rotary embeddings take it from the cache's index, which equals it).
   """
   config: GPTConfig
 
@@ -315,23 +393,32 @@ class GPT(nn.Module):
     b, t = tokens_BxT.shape
     wte_VxD = self.param("wte", _normal(INIT_STD, ("vocab", "embed")),
                          (c.padded_vocab_size, c.n_embd))
-    wpe_TxD = self.param("wpe", _normal(INIT_STD, ("position", "embed")), (c.block_size, c.n_embd))
     if positions_T is None:
       positions_T = jnp.arange(t)
     # Gather the (small) table before the lookup rather than looking up a sharded table.
     table_VxD = _constrain(wte_VxD, (None, None))
-    x_NxD = (jnp.take(table_VxD, tokens_BxT.reshape(-1), axis=0).reshape(b, t, -1)
-             + jnp.take(wpe_TxD, positions_T, axis=0)[None]).reshape(b * t, -1)
+    x_BxTxD = jnp.take(table_VxD, tokens_BxT.reshape(-1), axis=0).reshape(b, t, -1)
+    if c.position == "learned":
+      wpe_TxD = self.param("wpe", _normal(INIT_STD, ("position", "embed")),
+                           (c.block_size, c.n_embd))
+      x_BxTxD = x_BxTxD + jnp.take(wpe_TxD, positions_T, axis=0)[None]
+    x_NxD = x_BxTxD.reshape(b * t, -1)
     x_NxD = nn.Dropout(c.dropout)(x_NxD.astype(c.dtype), deterministic=deterministic)
     x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
     block = _remat(Block, c, scanned=c.scan_layers)
     if c.scan_layers:
-      x_NxD, _ = _scanned(block, c.n_layer)(c, name=SCANNED)(x_NxD, b, deterministic, decode)
+      x_NxD, _ = _scanned(block, c.n_layer)(c, name=SCANNED)(x_NxD, b, deterministic, decode,
+                                                               positions_T)
     else:
       for i in range(c.n_layer):
-        x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode)
-    x_NxD = _layer_norm(c, "ln_f")(x_NxD)
-    logits_NxV = jnp.dot(x_NxD, wte_VxD.astype(c.dtype).T, preferred_element_type=jnp.float32)
+        x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T)
+    x_NxD = _norm(c, "ln_f")(x_NxD)
+    if c.tie_embeddings:
+      head_DxV = wte_VxD.astype(c.dtype).T
+    else:
+      head_DxV = self.param("lm_head", _normal(INIT_STD, ("embed", "vocab")),
+                            (c.n_embd, c.padded_vocab_size)).astype(c.dtype)
+    logits_NxV = jnp.dot(x_NxD, head_DxV, preferred_element_type=jnp.float32)
     # Padded ids get no probability: padding changes neither training nor sampling.
     logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)
     logits_NxV = _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
@@ -340,10 +427,11 @@ class GPT(nn.Module):
 
 def _scanned(block, num_layers: int):
   """`block` run `num_layers` times as one loop, its parameters and cache stacked along a
-  leading "layers" axis; batch, deterministic and decode stay Python values (broadcast)."""
+  leading "layers" axis; batch, deterministic and decode stay Python values, and every
+  layer reads the same positions (all broadcast)."""
   return nn.scan(block, variable_axes={"params": 0, "cache": 0},
                  split_rngs={"params": True, "dropout": True},
-                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=num_layers,
+                 in_axes=(nn.broadcast,) * 4, length=num_layers,
                  metadata_params={nn.PARTITION_NAME: "layers"})
 
 

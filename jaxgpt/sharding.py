@@ -25,6 +25,7 @@ LOGICAL_RULES = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("qkv", None),
+    ("gate", None),  # a SwiGLU MLP's c_fc: its gate and value halves
     ("position", None),
     ("lora", None),
     ("layers", None),  # model.scan_layers' stacked blocks
