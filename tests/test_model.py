@@ -80,21 +80,6 @@ def test_every_parameter_has_logical_axis_names():
   assert all(len(x.names) == x.value.ndim for x in leaves)
 
 
-def test_cached_decoding_equals_full_forward():
-  params = _unboxed(_init())
-  model = GPT(CONFIG)
-  tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, CONFIG.vocab_size)
-  full = model.apply({"params": params}, tokens)
-  logits, cache = model.apply({"params": params}, tokens[:, :5], decode=True,
-                              positions_T=jnp.arange(5), mutable=["cache"])
-  steps = [logits]
-  for i in range(5, 12):
-    logits, cache = model.apply({"params": params, **cache}, tokens[:, i:i + 1], decode=True,
-                                positions_T=jnp.array([i]), mutable=["cache"])
-    steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
-
-
 def test_padded_vocabulary_gets_no_probability():
   config = GPTConfig(**{**CONFIG.__dict__, "vocab_size": 65, "vocab_multiple": 64})
   assert config.padded_vocab_size == 128

@@ -110,8 +110,8 @@ def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
   assert not np.isclose(dot(5, 2), dot(5, 3))
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-@pytest.mark.parametrize("options", [dict(position="rope"), ALL_ON])
+@pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("options", [dict(), dict(position="rope"), ALL_ON])
 def test_cached_decoding_equals_full_forward(options, scan_layers):
   c = _with(scan_layers=scan_layers, **options)
   params = _params(c)
@@ -149,6 +149,7 @@ def test_rope_generation_equals_recomputation_past_the_block():
   assert got == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", EACH_OPTION + [ALL_ON], ids=str)
 def test_each_option_trains_and_is_causal(options):
   config = tiny_config(**options)
@@ -179,6 +180,7 @@ def test_scanned_and_unrolled_forms_agree(options):
   chex.assert_trees_all_close(layers.unstack_layers(scanned_grads), grads, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_zero_init_proj_starts_the_projections_at_zero():
   for scan_layers in (False, True):
     c = _with(zero_init_proj=True, scan_layers=scan_layers)
@@ -224,6 +226,7 @@ def test_every_parameter_has_logical_names_that_the_rules_map(scan_layers):
     assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= ruled, leaf.names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_lora_targets_apply_to_a_swiglu_mlp_and_merge(scan_layers):
   c = _with(scan_layers=scan_layers, lora_rank=4, lora_targets=("c_attn", "c_proj", "c_fc"),
