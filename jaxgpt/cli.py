@@ -40,7 +40,6 @@ def parse_flags(argv, usage: str) -> None:
                     "(see --help)")
 
 
-
 def define_config_flag():
   """--config (a config file, default configs/default.py) with --config.KEY=VALUE overrides."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
