@@ -25,6 +25,7 @@ LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")
+OPTIMIZERS = ("adamw", "muon")
 # The model options whose values here are GPT-2's architecture (and the defaults); another
 # value makes a model that GPT-2's weights do not load into and `export` does not write.
 GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False,
@@ -84,6 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
+  # "adamw", or "muon": Muon (momentum orthogonalised by Newton-Schulz) for the hidden
+  # matrices (c_attn, c_proj, c_fc kernels), AdamW for embeddings, head, norms and biases.
+  c.train.optimizer = "adamw"
+  c.train.muon_learning_rate = 0.02  # Muon's peak; it follows the same warm-up and decay
+  c.train.muon_momentum = 0.95
+  c.train.muon_weight_decay = 0.0
   c.train.max_steps = 5000
   c.train.learning_rate = 1e-3
   c.train.min_lr = 1e-4
@@ -123,7 +130,7 @@ IDENTITY_KEYS = ("init_from", "data.source", "data.path", "data.tfds_name", "dat
                  "data.tokenizer", "data.tokenizer_path", "model.n_layer", "model.n_head",
                  "model.n_embd", "model.block_size", "model.bias", "model.vocab_multiple",
                  "model.position", "model.norm", "model.qk_norm", "model.mlp",
-                 "model.tie_embeddings",
+                 "model.tie_embeddings", "train.optimizer",
                  "lora.rank", "lora.alpha", "lora.targets")
 
 
@@ -232,18 +239,23 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
     _require(not options, f"init_from={c.init_from} loads GPT-2's architecture, which "
              f"{', '.join(options)} is not: drop that option to fine-tune GPT-2, or train it with "
              "init_from=scratch")
-  for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
+  _require(c.train.optimizer in OPTIMIZERS,
+           f"train.optimizer={c.train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}: pass "
+           "--config.train.optimizer=adamw or muon")
+  for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2",
+              "muon_learning_rate", "muon_momentum", "muon_weight_decay"):
     _require(math.isfinite(c.train[key]),
              f"train.{key} must be a finite number, got {c.train[key]}: pass a finite "
              f"--config.train.{key}")
   for key in ("batch_size", "grad_accum_steps", "eval_every", "eval_steps", "log_every",
               "checkpoint_every", "keep_checkpoints", "learning_rate", "checkpoint_timeout_secs",
-              "peer_timeout_secs"):
+              "peer_timeout_secs", "muon_learning_rate"):
     _check_positive(f"train.{key}", c.train[key])
-  for key in ("max_steps", "warmup_steps", "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
+  for key in ("max_steps", "warmup_steps", "min_lr", "weight_decay", "grad_clip", "sample_tokens",
+              "muon_weight_decay"):
     _require(c.train[key] >= 0,
              f"train.{key} must not be negative, got {c.train[key]}: pass --config.train.{key}=<0 or more>")
-  for key in ("beta1", "beta2"):
+  for key in ("beta1", "beta2", "muon_momentum"):
     _require(0 <= c.train[key] < 1,
              f"train.{key} must be in [0, 1), got {c.train[key]}: pass e.g. --config.train.{key}=0.9")
   _require(c.train.batch_size % c.train.grad_accum_steps == 0,

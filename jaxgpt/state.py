@@ -25,7 +25,17 @@ def _boxed_state(model: GPT, optimizer: optax.GradientTransformation, rng) -> Tr
   params = model.init(rng, tokens)["params"]
   trainable, _ = lora.partition(params, model.config.lora_rank)
   return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                    opt_state=optimizer.init(trainable))
+                    opt_state=_unbox_masked(optimizer.init(trainable)))
+
+
+def _unbox_masked(opt_state):
+  """An optimizer that leaves some parameters to another (optax.partition: Muon and AdamW)
+  keeps an empty MaskedNode for each of them, inside the parameter's logical-axis box; out
+  of the box it has no leaves, as in the unboxed state, and so no sharding."""
+  def is_boxed_mask(x):
+    return isinstance(x, nn.meta.AxisMetadata) and isinstance(x.unbox(), optax.MaskedNode)
+  return jax.tree.map(lambda x: x.unbox() if is_boxed_mask(x) else x, opt_state,
+                      is_leaf=is_boxed_mask)
 
 
 def state_shardings(model, optimizer, mesh):
