@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import time
 
 import jax
@@ -52,11 +53,11 @@ class MetricsWriter:
     try:
       self._jsonl.write(json.dumps(record) + "\n")
       self._jsonl.flush()
+      self._tensorboard.scalars(step, values)
     except OSError as e:
       raise UserError(f"writing {self._path} failed ({e.strerror}): free space there or pass "
                       "another --workdir; the checkpoints already written are kept: run the "
                       "same command to resume from the newest") from None
-    self._tensorboard.scalars(step, values)
 
   def close(self) -> None:
     if self._enabled:
@@ -80,23 +81,31 @@ def _drop_torn_last_line(path: str) -> None:
 
 
 class _TensorBoard:
-  """Event files written with the tensorboard package alone (no TensorFlow needed)."""
+  """An event file written with the tensorboard package's record format alone: its own
+  EventFileWriter opens files through TensorFlow when TensorFlow is installed, and importing
+  TensorFlow takes seconds of every run's start-up."""
 
   def __init__(self, logdir: str):
     from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer.record_writer import RecordWriter  # pylint: disable=g-import-not-at-top
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    self._writer = EventFileWriter(logdir)
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"
+    self._file = open(os.path.join(logdir, name), "wb")  # pylint: disable=consider-using-with
+    self._writer = RecordWriter(self._file)
+    self._write(self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write(self, event) -> None:
+    self._writer.write(event.SerializeToString())
+    self._file.flush()
 
   def scalars(self, step: int, values: dict) -> None:
     summary = self._summary_pb2.Summary(value=[
         self._summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
-    self._writer.add_event(self._event_pb2.Event(wall_time=time.time(), step=int(step),
-                                                 summary=summary))
-    self._writer.flush()
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def close(self) -> None:
-    self._writer.close()
+    self._file.close()
 
 
 class StepTrace:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -11,7 +13,12 @@ import pytest
 from jaxgpt import checkpoint, metrics, sharding, state as state_lib
 from jaxgpt.trainer import Trainer
 
-from helpers import logged_losses, text_config
+from helpers import REPO, logged_losses, text_config
+
+TINY_RUN = ["--config.model.n_layer=1", "--config.model.n_embd=16", "--config.model.n_head=2",
+            "--config.model.block_size=8", "--config.train.batch_size=8",
+            "--config.train.max_steps=4", "--config.train.log_every=1",
+            "--config.train.sample_tokens=0", "--config.data.pipeline=numpy"]
 
 
 @pytest.mark.slow
@@ -82,3 +89,28 @@ def test_a_torn_last_metrics_line_is_dropped_before_appending(tmp_path):
   writer.write(2, train_loss=1.5)
   writer.close()
   assert logged_losses(tmp_path) == {1: 2.0, 2: 1.5}
+
+
+@pytest.mark.slow
+def test_a_run_writes_tensorboard_events_without_importing_tensorflow(text_file, tmp_path):
+  """TensorBoard reads the run's scalars; with the NumPy pipeline nothing imports TensorFlow,
+  whose import alone costs seconds of start-up (tensorboard's own writer imports it)."""
+  workdir = tmp_path / "run"
+  script = ("import runpy, sys\n"
+            "sys.argv = ['train', *sys.argv[1:]]\n"
+            "try:\n  runpy.run_module('jaxgpt.train', run_name='__main__')\n"
+            "except SystemExit:\n  pass\n"
+            "print('tensorflow imported:', 'tensorflow' in sys.modules)\n")
+  result = subprocess.run(
+      [sys.executable, "-c", script, "--config=shakespeare_char_cpu", f"--workdir={workdir}",
+       "--config.data.source=text", f"--config.data.path={text_file}", *TINY_RUN],
+      cwd=REPO, capture_output=True, text=True, check=True)
+  assert "tensorflow imported: False" in result.stdout, result.stdout + result.stderr
+  assert "done: step 4" in result.stdout, result.stdout + result.stderr
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  losses = {e.step: e.value for e in events.Scalars("train_loss")}
+  np.testing.assert_allclose([losses[s] for s in sorted(losses)],
+                             [v for _, v in sorted(logged_losses(workdir).items())], rtol=1e-6)
+  assert [e.step for e in events.Scalars("val_loss")] == [4]
