@@ -42,9 +42,12 @@ def split_tail(play: str, val_fraction: float) -> tuple[str, str]:
   return play[:cut + 1], play[cut + 2:]
 
 
+_MARKUP = str.maketrans("", "", "\\_*")
+
+
 def _plain(markdown: str) -> str:
   """Drops emphasis markers and backslash escapes (the plays use no literal ones)."""
-  return re.sub(r"[\\_*]", "", markdown).strip()
+  return markdown.translate(_MARKUP).strip()
 
 
 def _is_closed(line: str) -> bool:
