@@ -1,7 +1,8 @@
 """The model options (issue 17's recipe): rotary positions, RMSNorm, QK-norm, ReLU^2 and
 SwiGLU MLPs, untied embeddings, zero-initialised projections. Each matches its formula,
 trains, is causal, decodes from the cache as it computes from scratch, runs in both forms
-of model.scan_layers, takes LoRA, shards, and is refused by the GPT-2 export."""
+of model.scan_layers, takes LoRA, shards, and is refused by export where transformers has no
+equivalent (tests/test_export_llama.py exports the combinations it has)."""
 
 import dataclasses
 
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import config as config_lib, generate, hf_gpt2, layers, lora, sharding, steps
+from jaxgpt import (config as config_lib, generate, hf_export, hf_gpt2, layers, lora, sharding,
+                    steps)
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, CausalSelfAttention, GPTConfig, NORM_EPSILON, _norm, count_params
 
@@ -263,11 +265,11 @@ def test_options_reach_the_model_config_and_default_to_gpt2():
   assert {name: getattr(mapped, name) for name in ALL_ON} == ALL_ON
 
 
-def test_gpt2_export_refuses_other_architectures():
-  hf_gpt2.check_exportable(CONFIG)
-  hf_gpt2.check_exportable(_with(zero_init_proj=True))  # only the initialisation differs
+def test_export_refuses_options_without_a_transformers_equivalent():
+  assert hf_export.check_exportable(CONFIG) == "GPT-2"
+  assert hf_export.check_exportable(_with(zero_init_proj=True)) == "GPT-2"  # only the start
   with pytest.raises(UserError, match="model.position='rope'") as error:
-    hf_gpt2.check_exportable(_with(position="rope"))
+    hf_export.check_exportable(_with(position="rope"))  # rotary positions with LayerNorm
   assert "\n" not in str(error.value)
   with pytest.raises(UserError, match="model.norm='rmsnorm', model.tie_embeddings=False"):
     hf_gpt2.export({}, _with(norm="rmsnorm", tie_embeddings=False), None, "/nonexistent")
@@ -275,20 +277,22 @@ def test_gpt2_export_refuses_other_architectures():
 
 @pytest.mark.slow
 def test_a_run_with_every_option_checkpoints_loads_and_refuses_export(tmp_path):
+  """Every option on, and a ReLU^2 MLP, which no transformers architecture has."""
   from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  options = dict(ALL_ON, mlp="relu2")
   text = tmp_path / "input.txt"
   text.write_text("To be, or not to be, that is the question.\n" * 40)
-  config = tiny_config(**ALL_ON)
+  config = tiny_config(**options)
   config.data.update(source="text", path=str(text))
   config.train.max_steps = 1
   workdir, out = tmp_path / "run", tmp_path / "hf"
   Trainer(config, str(workdir), devices=jax.devices()[:1]).run()
   loaded = run_loader.load_run(str(workdir))
-  assert {name: getattr(loaded.model.config, name) for name in ALL_ON} == ALL_ON
+  assert {name: getattr(loaded.model.config, name) for name in options} == options
   assert "lm_head" in loaded.params and "wpe" not in loaded.params
   result = run("export", f"--workdir={workdir}", f"--out={out}", check=False)
-  assert_clean_error(result, "model.position='rope'", "model.mlp='swiglu'", "GPT-2")
+  assert_clean_error(result, "Qwen3 has no model.mlp='relu2'", "GPT-2 (", "Llama (")
   assert not out.exists()
 
 
