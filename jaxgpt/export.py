@@ -1,11 +1,14 @@
 """python -m jaxgpt.export --workdir=DIR --out=FOLDER [--checkpoint=latest|best|STEP]
 
-Writes a run's model as a Hugging Face GPT-2 folder (config.json, model.safetensors,
+Writes a run's model as a Hugging Face folder (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json) that `transformers` loads with
-GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained, giving the same logits.
+AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained, giving the same logits.
+The model options pick the architecture (jaxgpt/hf_export.py): GPT-2's defaults write GPT-2
+(GPT2LMHeadModel); model.position=rope, norm=rmsnorm and mlp=swiglu write Llama
+(LlamaForCausalLM), and with model.qk_norm=True (and model.bias=False) Qwen3
+(Qwen3ForCausalLM). Any other combination stops with an error before --out is made.
 LoRA adapters are merged into the weights they adapt. A character-level run's tokenizer is
-written as a `tokenizers` word-level tokenizer over single characters. A model with a
-non-GPT-2 option (model.position, norm, qk_norm, mlp, tie_embeddings) is not exported.
+written as a `tokenizers` word-level tokenizer over single characters.
 """
 
 import os
@@ -31,15 +34,19 @@ def _check_flags() -> None:
                     "(nothing is overwritten)")
 
 
-def export_run(run, out: str) -> None:
-  """Writes a loaded run as a Hugging Face GPT-2 folder, LoRA adapters merged."""
+def export_run(run, out: str) -> str:
+  """Writes a loaded run as a Hugging Face folder of its architecture, LoRA adapters merged;
+  returns the transformers class that loads it."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from jaxgpt import hf_gpt2, lora  # pylint: disable=g-import-not-at-top
+  from jaxgpt import hf_export, hf_gpt2, hf_llama, lora  # pylint: disable=g-import-not-at-top
   model_config, params = run.model.config, run.params
+  architecture = hf_export.check_exportable(model_config)
   if model_config.lora_rank:
     params = lora.merge(params, model_config.lora_rank, model_config.lora_alpha)
     model_config = dataclasses.replace(model_config, lora_rank=0, lora_targets=())
-  hf_gpt2.export(params, model_config, run.tokenizer, out)
+  writer = hf_gpt2.export if architecture == "GPT-2" else hf_llama.export
+  writer(params, model_config, run.tokenizer, out)
+  return hf_export.HF_CLASSES[architecture][1]
 
 
 def main(argv=None):
@@ -49,17 +56,18 @@ def main(argv=None):
   _check_flags()
   from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
   run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
-  from jaxgpt import hf_gpt2  # pylint: disable=g-import-not-at-top
-  hf_gpt2.check_exportable(run.model.config)  # before --out is made
+  from jaxgpt import hf_export  # pylint: disable=g-import-not-at-top
+  hf_export.check_exportable(run.model.config)  # before --out is made
   out = os.path.abspath(_OUT.value)
   try:
     os.makedirs(out, exist_ok=True)
-    export_run(run, out)
+    hf_class = export_run(run, out)
   except OSError as e:
     raise UserError(f"--out={out} cannot be written ({e.strerror or e}): pass a folder you "
                     "can write to") from None
   print(f"wrote step {run.step} of {os.path.abspath(_WORKDIR.value)} to {out}\n"
-        f"load it with: transformers.GPT2LMHeadModel.from_pretrained({out!r})", flush=True)
+        f"load it with: transformers.{hf_class}.from_pretrained({out!r}) (or "
+        "AutoModelForCausalLM)", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,14 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from jaxgpt import layers
-from jaxgpt.config import GPT2_ARCHITECTURE
-from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE, BPETokenizer, write_hf_tokenizer
+from jaxgpt import hf_export, layers
+from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE, BPETokenizer
 from jaxgpt.errors import UserError, first_line
 from jaxgpt.model import GPTConfig, unrolled_name
 
 HUB_REPOS = {name: f"openai-community/{name}"
              for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
-HF_CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+HF_CONFIG_FILE, WEIGHTS_FILE = hf_export.HF_CONFIG_FILE, hf_export.WEIGHTS_FILE
 WEIGHTS_INDEX = "model.safetensors.index.json"
 _HUB_FILES = [HF_CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX, "model-*.safetensors",
               TOKENIZER_FILE, "vocab.json", "merges.txt"]
@@ -207,56 +205,21 @@ def load_params(folder: str, model_config: GPTConfig, abstract_params) -> dict:
   return layers.converted(flax.traverse_util.unflatten_dict(params), abstract_params)
 
 
-def _default_permissions(path: str) -> None:
-  """safetensors creates its file readable by its owner only; give it the mode that the
-  other files (and `open`) get under the user's umask."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(path, 0o666 & ~umask)
-
-
-def check_exportable(model_config: GPTConfig) -> None:
-  """A UserError naming the model options (jaxgpt.config.GPT2_ARCHITECTURE) that make the
-  model another architecture than GPT-2's, which is all that `export` writes."""
-  options = [f"model.{name}={getattr(model_config, name)!r}"
-             for name, gpt2 in GPT2_ARCHITECTURE.items() if getattr(model_config, name) != gpt2]
-  if options:
-    raise UserError(f"export writes only GPT-2's architecture, and this run has "
-                    f"{', '.join(options)}: only runs trained with that option's default "
-                    f"({', '.join(f'{n}={v!r}' for n, v in GPT2_ARCHITECTURE.items())}) "
-                    "can be exported")
-
-
 def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   """Writes a Hugging Face GPT-2 folder that `transformers` loads (GPT2LMHeadModel).
 
   Parameters a bias-free model lacks are written as zeros, which computes the same.
   """
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   c = model_config
-  check_exportable(c)
-  flat = flax.traverse_util.flatten_dict(layers.unstack_layers(jax.device_get(params)))
-  tensors = {}
-  for name, path, hf_shape in _tensor_table(c):
-    value = flat.get(path)
-    value = np.zeros(hf_shape, np.float32) if value is None else np.asarray(value, np.float32)
-    if name == "wte.weight":
-      value = value[:c.vocab_size]
-    tensors[f"transformer.{name}"] = np.ascontiguousarray(value.reshape(hf_shape))
-  os.makedirs(folder, exist_ok=True)
-  weights = os.path.join(folder, WEIGHTS_FILE)
-  save_file(tensors, weights, metadata={"format": "pt"})
-  _default_permissions(weights)
-  eos = tokenizer.end_of_text_id
+  architecture, params = hf_export.exported_params(params, c, ("GPT-2",))
+  flat = flax.traverse_util.flatten_dict(params)
+  tensors = {f"transformer.{name}": (np.zeros(hf_shape, np.float32) if path not in flat
+                                     else flat[path].reshape(hf_shape))
+             for name, path, hf_shape in _tensor_table(c)}
   hf_config = {
-      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-      "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
-      "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
-      "activation_function": "gelu_new", "layer_norm_epsilon": LAYER_NORM_EPSILON,
-      "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
-      "tie_word_embeddings": True, "bos_token_id": eos, "eos_token_id": eos,
-      "dtype": "float32",
+      "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
+      "n_head": c.n_head, "n_inner": None, "activation_function": "gelu_new",
+      "layer_norm_epsilon": LAYER_NORM_EPSILON, "resid_pdrop": c.dropout,
+      "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
   }
-  with open(os.path.join(folder, HF_CONFIG_FILE), "w", encoding="utf-8") as f:
-    json.dump(hf_config, f, indent=2)
-  write_hf_tokenizer(tokenizer, folder, c.block_size)
+  hf_export.write_folder(folder, architecture, tensors, hf_config, tokenizer, c)

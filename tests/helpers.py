@@ -50,6 +50,30 @@ def require_transformers():
   return pytest.importorskip("transformers")
 
 
+def perturbed_params(config, seed=0, scale=1.0):
+  """A freshly initialised GPT's parameters (host arrays, either form of the layers), each
+  scaled and given normal noise of std 0.05: norm scales of one and projections of zero
+  would hide mistakes in code that maps or reorders them."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  tokens = np.zeros((1, config.block_size), np.int32)
+  params = nn.meta.unbox(GPT(config).init(jax.random.key(seed), tokens)["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jax.numpy.float32(scale) * np.asarray(x)
+                      + rng.normal(0, 0.05, x.shape).astype(np.float32), params)
+
+
+def jax_logits(model, params, tokens_BxT):
+  """The model's logits over the tokenizer's vocabulary (the padded ids cut), as NumPy."""
+  logits = model.apply({"params": params}, np.asarray(tokens_BxT, np.int32))
+  return np.asarray(logits)[..., :model.config.vocab_size]
+
+
+def assert_same_logits(actual, expected):
+  """Equal to float32 rounding: within 1e-4 of the largest logit (a model with large weights
+  has logits that differ by a few 1e-4 between runs of the same float32 computation)."""
+  np.testing.assert_allclose(actual, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
 def tiny_config(**model):
   """A config small enough to train in a test: 2 layers, 32 wide, block 16."""
   c = config_lib.base_config()

@@ -1,7 +1,9 @@
 """GPT-2 weights in and out, checked against Hugging Face transformers itself (PyTorch, CPU).
 
 A small randomly initialised GPT2LMHeadModel with a byte-level BPE tokenizer, saved by
-transformers, stands in for OpenAI's checkpoints (nothing is downloaded).
+transformers, stands in for OpenAI's checkpoints (nothing is downloaded). Its weights are large
+(initializer_range 0.3, for varied greedy text), so its logits (up to about 5) differ by up to
+2.5e-4 between runs of the same float32 computation: they are compared to 1e-4 of the largest.
 """
 
 import json
@@ -18,7 +20,8 @@ from jaxgpt import export, hf_gpt2, lora, run_loader
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
-from helpers import assert_clean_error, require_transformers, run, tiny_config
+from helpers import (assert_clean_error, assert_same_logits, jax_logits, require_transformers,
+                     run, tiny_config)
 
 transformers = require_transformers()
 torch = pytest.importorskip("torch")
@@ -33,11 +36,6 @@ def _hf_model(folder):
 def _hf_logits(folder, tokens_BxT):
   with torch.no_grad():
     return _hf_model(folder)(torch.tensor(np.asarray(tokens_BxT))).logits.numpy()
-
-
-def _jax_logits(model, params, tokens_BxT):
-  logits = model.apply({"params": params}, np.asarray(tokens_BxT, np.int32))
-  return np.asarray(logits)[..., :model.config.vocab_size]
 
 
 def _hf_greedy(folder, prompt, max_new_tokens):
@@ -60,13 +58,6 @@ def _jax_greedy(loaded, prompt, max_new_tokens):
     return prompt + "".join(p[0] for p in pieces)
 
 
-def _assert_same_logits(actual, expected):
-  """Equal to float32 rounding: within 1e-4 of the largest logit. The test model's weights are
-  large (initializer_range 0.3, for varied greedy text), and its logits (up to about 5) then
-  differ by up to 2.5e-4 between runs of the same float32 computation."""
-  np.testing.assert_allclose(actual, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
-
-
 def _tokens(vocab, seed=0):
   return np.random.default_rng(seed).integers(0, vocab, size=(2, 40))
 
@@ -78,7 +69,7 @@ def test_loaded_weights_give_transformers_logits(hf_folder):
   assert (c.n_layer, c.n_embd, c.block_size, c.bias) == (2, 32, 64, True)
   assert c.padded_vocab_size > c.vocab_size  # padded rows are loaded as zeros and masked
   tokens = _tokens(c.vocab_size)
-  _assert_same_logits(_jax_logits(loaded.model, loaded.params, tokens),
+  assert_same_logits(jax_logits(loaded.model, loaded.params, tokens),
                       _hf_logits(hf_folder, tokens))
 
 
@@ -107,8 +98,8 @@ def test_finetune_then_export_gives_the_same_model_in_transformers(hf_folder, te
   pretrained = run_loader.load_pretrained(hf_folder)
   assert not np.allclose(loaded.params["wte"], pretrained.params["wte"])  # it did train
   tokens = _tokens(loaded.model.config.vocab_size, seed=1)
-  _assert_same_logits(_hf_logits(str(out), tokens),
-                      _jax_logits(loaded.model, loaded.params, tokens))
+  assert_same_logits(_hf_logits(str(out), tokens),
+                      jax_logits(loaded.model, loaded.params, tokens))
   assert _hf_greedy(str(out), PROMPT, 24) == _jax_greedy(loaded, PROMPT, 24)
 
 
@@ -144,8 +135,8 @@ def test_lora_trains_only_adapters_and_exports_merged(hf_folder, text_file, tmp_
   loaded = run_loader.load_run(workdir)
   export.export_run(loaded, out)
   tokens = _tokens(loaded.model.config.vocab_size, seed=2)[:, :16]
-  _assert_same_logits(_hf_logits(out, tokens),
-                      _jax_logits(loaded.model, loaded.params, tokens))
+  assert_same_logits(_hf_logits(out, tokens),
+                      jax_logits(loaded.model, loaded.params, tokens))
 
 
 @pytest.mark.slow
@@ -163,8 +154,8 @@ def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
   assert hf_tokenizer(text)["input_ids"] == ids.tolist()
   assert hf_tokenizer.decode(ids) == text
   tokens = ids[None, :16]
-  _assert_same_logits(_hf_logits(out, tokens),
-                      _jax_logits(loaded.model, loaded.params, tokens))
+  assert_same_logits(_hf_logits(out, tokens),
+                      jax_logits(loaded.model, loaded.params, tokens))
   modes = {name: stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode)
            for name in os.listdir(out)}
   assert len(set(modes.values())) == 1, f"exported files differ in permissions: {modes}"

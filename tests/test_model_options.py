@@ -1,7 +1,8 @@
 """The model options (issue 17's recipe): rotary positions, RMSNorm, QK-norm, ReLU^2 and
 SwiGLU MLPs, untied embeddings, zero-initialised projections. Each matches its formula,
 trains, is causal, decodes from the cache as it computes from scratch, runs in both forms
-of model.scan_layers, takes LoRA, shards, and is refused by the GPT-2 export."""
+of model.scan_layers, takes LoRA, shards, and is refused by export where transformers has no
+equivalent (tests/test_export_llama.py exports the combinations it has)."""
 
 import dataclasses
 
@@ -12,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import config as config_lib, generate, hf_gpt2, layers, lora, sharding, steps
+from jaxgpt import (config as config_lib, generate, hf_export, hf_gpt2, layers, lora, sharding,
+                    steps)
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, CausalSelfAttention, GPTConfig, NORM_EPSILON, _norm, count_params
 
-from helpers import assert_clean_error, random_batch, run, tiny_config, train_on_one_batch
+from helpers import (assert_clean_error, perturbed_params, random_batch, run, tiny_config,
+                     train_on_one_batch)
 
 CONFIG = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=16, n_layer=2, n_head=2,
                    n_embd=32)
@@ -29,15 +32,6 @@ EACH_OPTION = [dict(position="rope"), dict(norm="rmsnorm"), dict(qk_norm=True),
 
 def _with(config=CONFIG, **options):
   return dataclasses.replace(config, **options)
-
-
-def _params(config, seed=0, scale=1.0):
-  tokens = jnp.zeros((1, config.block_size), jnp.int32)
-  params = nn.meta.unbox(jax.jit(GPT(config).init)(jax.random.key(seed), tokens)["params"])
-  # Norm scales of one and c_proj kernels of zero would hide mistakes: perturb everything.
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda x: jnp.float32(scale) * np.asarray(x)
-                      + rng.normal(0, 0.05, x.shape).astype(np.float32), params)
 
 
 def _rms_norm(x, scale):
@@ -60,7 +54,7 @@ def test_rmsnorm_matches_its_formula():
   scale = np.asarray(jax.random.normal(jax.random.key(1), (config.n_embd,)))
   got = norm.apply({"params": {"scale": scale}}, x)
   np.testing.assert_allclose(got, _rms_norm(x, scale), rtol=1e-5, atol=1e-6)
-  params = _params(config)
+  params = perturbed_params(config)
   assert set(params["ln_f"]) == {"scale"} and set(params["h_0"]["ln_1"]) == {"scale"}
 
 
@@ -100,7 +94,7 @@ def test_attention_with_qk_norm_and_rope_matches_numpy(options):
 
 def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
   c = _with(position="rope")
-  params = _params(c)
+  params = perturbed_params(c)
   assert "wpe" not in params
   q = np.asarray(jax.random.normal(jax.random.key(0), (1, 1, 1, c.head_size)))
   k = np.asarray(jax.random.normal(jax.random.key(1), (1, 1, 1, c.head_size)))
@@ -114,7 +108,7 @@ def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
 @pytest.mark.parametrize("options", [dict(), dict(position="rope"), ALL_ON])
 def test_cached_decoding_equals_full_forward(options, scan_layers):
   c = _with(scan_layers=scan_layers, **options)
-  params = _params(c)
+  params = perturbed_params(c)
   model = GPT(c)
   tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, c.vocab_size)
   full = model.apply({"params": params}, tokens)
@@ -133,7 +127,7 @@ def test_rope_generation_equals_recomputation_past_the_block():
   """jaxgpt.generate's cached greedy decoding, refilling the cache past the block, gives the
   tokens of recomputing the whole context each step."""
   c = _with(block_size=32, **ALL_ON)
-  model, params = GPT(c), _params(c, scale=3.0)
+  model, params = GPT(c), perturbed_params(c, scale=3.0)
   prompt, n = [3, 1, 4, 1, 5, 9], 2 * c.block_size + 5
   chunks = generate.generate(model, params, prompt, n, generate.Sampling(temperature=0.0),
                              num_samples=1, seed=0, chunk=16)
@@ -170,7 +164,7 @@ def test_each_option_trains_and_is_causal(options):
 def test_scanned_and_unrolled_forms_agree(options):
   config = tiny_config(bias=True, **options)
   unrolled = GPT(config_lib.model_config(config, 30))
-  params = _params(unrolled.config)
+  params = perturbed_params(unrolled.config)
   scanned = GPT(dataclasses.replace(unrolled.config, scan_layers=True))
   x, y = random_batch(config)
   loss_and_grads = jax.jit(jax.value_and_grad(steps.loss_fn, argnums=1), static_argnums=0)
@@ -231,7 +225,7 @@ def test_every_parameter_has_logical_names_that_the_rules_map(scan_layers):
 def test_lora_targets_apply_to_a_swiglu_mlp_and_merge(scan_layers):
   c = _with(scan_layers=scan_layers, lora_rank=4, lora_targets=("c_attn", "c_proj", "c_fc"),
             **ALL_ON)
-  params = _params(c)  # perturbed: lora_b is not zero, so the adapters change the output
+  params = perturbed_params(c)  # perturbed: lora_b is not zero, so the adapters change the output
   block = params["h"] if scan_layers else params["h_0"]
   assert {"lora_a", "lora_b"} <= set(block["mlp"]["c_fc"])
   tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, c.vocab_size)
@@ -271,11 +265,11 @@ def test_options_reach_the_model_config_and_default_to_gpt2():
   assert {name: getattr(mapped, name) for name in ALL_ON} == ALL_ON
 
 
-def test_gpt2_export_refuses_other_architectures():
-  hf_gpt2.check_exportable(CONFIG)
-  hf_gpt2.check_exportable(_with(zero_init_proj=True))  # only the initialisation differs
+def test_export_refuses_options_without_a_transformers_equivalent():
+  assert hf_export.check_exportable(CONFIG) == "GPT-2"
+  assert hf_export.check_exportable(_with(zero_init_proj=True)) == "GPT-2"  # only the start
   with pytest.raises(UserError, match="model.position='rope'") as error:
-    hf_gpt2.check_exportable(_with(position="rope"))
+    hf_export.check_exportable(_with(position="rope"))  # rotary positions with LayerNorm
   assert "\n" not in str(error.value)
   with pytest.raises(UserError, match="model.norm='rmsnorm', model.tie_embeddings=False"):
     hf_gpt2.export({}, _with(norm="rmsnorm", tie_embeddings=False), None, "/nonexistent")
@@ -283,20 +277,22 @@ def test_gpt2_export_refuses_other_architectures():
 
 @pytest.mark.slow
 def test_a_run_with_every_option_checkpoints_loads_and_refuses_export(tmp_path):
+  """Every option on, and a ReLU^2 MLP, which no transformers architecture has."""
   from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  options = dict(ALL_ON, mlp="relu2")
   text = tmp_path / "input.txt"
   text.write_text("To be, or not to be, that is the question.\n" * 40)
-  config = tiny_config(**ALL_ON)
+  config = tiny_config(**options)
   config.data.update(source="text", path=str(text))
   config.train.max_steps = 1
   workdir, out = tmp_path / "run", tmp_path / "hf"
   Trainer(config, str(workdir), devices=jax.devices()[:1]).run()
   loaded = run_loader.load_run(str(workdir))
-  assert {name: getattr(loaded.model.config, name) for name in ALL_ON} == ALL_ON
+  assert {name: getattr(loaded.model.config, name) for name in options} == options
   assert "lm_head" in loaded.params and "wpe" not in loaded.params
   result = run("export", f"--workdir={workdir}", f"--out={out}", check=False)
-  assert_clean_error(result, "model.position='rope'", "model.mlp='swiglu'", "GPT-2")
+  assert_clean_error(result, "Qwen3 has no model.mlp='relu2'", "GPT-2 (", "Llama (")
   assert not out.exists()
 
 

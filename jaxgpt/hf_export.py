@@ -1,0 +1,101 @@
+"""Which Hugging Face transformers architecture a run's model exports as, and the files that
+every export writes: config.json, model.safetensors and the tokenizer's files.
+
+The model options (jaxgpt/model.py) decide the architecture. GPT-2's defaults export as GPT-2
+(jaxgpt/hf_gpt2.py); rotary positions, RMSNorm and a SwiGLU MLP export as Llama, and with
+QK-norm as Qwen3 (jaxgpt/hf_llama.py). Any other combination has no transformers equivalent.
+Options an architecture does not name may take any value: `zero_init_proj` changes only the
+start, an untied head is Llama's and Qwen3's `lm_head`, and biases are GPT-2's (zeros when the
+model has none) and Llama's `attention_bias` and `mlp_bias` (Qwen3's MLP has none).
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from jaxgpt import layers
+from jaxgpt.config import GPT2_ARCHITECTURE
+from jaxgpt.data.tokenizer import write_hf_tokenizer
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPTConfig
+
+HF_CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+_LLAMA = {"position": "rope", "norm": "rmsnorm", "qk_norm": False, "mlp": "swiglu"}
+# The model options each architecture needs (the others may take any value).
+ARCHITECTURES = {"GPT-2": GPT2_ARCHITECTURE, "Llama": _LLAMA,
+                 "Qwen3": {**_LLAMA, "qk_norm": True, "bias": False}}
+# Each architecture's transformers model_type and model class.
+HF_CLASSES = {"GPT-2": ("gpt2", "GPT2LMHeadModel"), "Llama": ("llama", "LlamaForCausalLM"),
+              "Qwen3": ("qwen3", "Qwen3ForCausalLM")}
+
+
+def _differences(model_config: GPTConfig, options: dict) -> list:
+  return [f"model.{name}={getattr(model_config, name)!r}" for name, value in options.items()
+          if getattr(model_config, name) != value]
+
+
+def check_exportable(model_config: GPTConfig) -> str:
+  """The architecture (a key of ARCHITECTURES) that the model exports as, or a UserError
+  naming the options that the closest architectures lack, and what each one needs."""
+  differences = {name: _differences(model_config, options)
+                 for name, options in ARCHITECTURES.items()}
+  fewest = min(map(len, differences.values()))
+  if not fewest:
+    return next(name for name, diff in differences.items() if not diff)
+  closest = [f"{name} has no {', '.join(diff)}" for name, diff in differences.items()
+             if len(diff) == fewest]
+  *others, last = (f"{name} ({', '.join(f'{n}={v!r}' for n, v in options.items())})"
+                   for name, options in ARCHITECTURES.items())
+  raise UserError(f"this run's model options have no Hugging Face transformers equivalent "
+                  f"({'; '.join(closest)}): export writes only models with the options of "
+                  f"{', '.join(others)} or {last}")
+
+
+def exported_params(params, model_config: GPTConfig, architectures: tuple) -> tuple:
+  """(architecture, parameters): the model's architecture, which must be one of
+  `architectures` (those the caller writes), and its parameters on the host as float32 NumPy
+  arrays, the blocks unrolled and the vocabulary's padding cut from `wte` and `lm_head`.
+  LoRA adapters must already be merged (jaxgpt.lora.merge)."""
+  architecture = check_exportable(model_config)
+  if architecture not in architectures:
+    raise ValueError(f"a {architecture} model, but this writes only {', '.join(architectures)}")
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32),
+                        layers.unstack_layers(jax.device_get(params)))
+  v = model_config.vocab_size
+  params["wte"] = params["wte"][:v]
+  if "lm_head" in params:
+    params["lm_head"] = params["lm_head"][:, :v]
+  return architecture, params
+
+
+def _default_permissions(path: str) -> None:
+  """safetensors creates its file readable by its owner only; give it the mode that the
+  other files (and `open`) get under the user's umask."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
+def write_folder(folder: str, architecture: str, tensors: dict, hf_config: dict, tokenizer,
+                 model_config: GPTConfig) -> None:
+  """Writes `tensors` (Hugging Face name: array) as model.safetensors, `hf_config` with the
+  keys every architecture shares as config.json, and the tokenizer's files."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  weights = os.path.join(folder, WEIGHTS_FILE)
+  save_file({name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()},
+            weights, metadata={"format": "pt"})
+  _default_permissions(weights)
+  model_type, hf_class = HF_CLASSES[architecture]
+  eos = tokenizer.end_of_text_id
+  hf_config = {"architectures": [hf_class], "model_type": model_type,
+               "vocab_size": model_config.vocab_size, **hf_config,
+               "tie_word_embeddings": model_config.tie_embeddings, "bos_token_id": eos,
+               "eos_token_id": eos, "dtype": "float32"}
+  with open(os.path.join(folder, HF_CONFIG_FILE), "w", encoding="utf-8") as f:
+    json.dump(hf_config, f, indent=2)
+  write_hf_tokenizer(tokenizer, folder, model_config.block_size)

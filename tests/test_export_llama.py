@@ -1,0 +1,163 @@
+"""Runs with Llama's architecture (rotary positions, RMSNorm, SwiGLU) exported as Hugging Face
+Llama folders, and with QK-norm as Qwen3 ones, checked against transformers itself (PyTorch,
+CPU): the logits of the loaded model are jaxgpt's. Other option combinations are refused."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from jaxgpt import export, hf_export, hf_llama, layers, run_loader
+from jaxgpt.data import CharTokenizer
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, NORM_EPSILON, ROPE_BASE, GPTConfig
+
+from helpers import (LINES, assert_clean_error, assert_same_logits, jax_logits, perturbed_params,
+                     require_transformers, run)
+
+transformers = require_transformers()
+torch = pytest.importorskip("torch")
+
+LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu")
+TOKENIZER = CharTokenizer.from_text(LINES)  # 39 characters; the table is padded to 48
+CONFIG = GPTConfig(vocab_size=TOKENIZER.vocab_size, vocab_multiple=16, block_size=16, n_layer=2,
+                   n_head=2, n_embd=32, **LLAMA)
+
+
+def _hf_logits(hf_class, folder, tokens_BxT):
+  model = hf_class.from_pretrained(folder, dtype=torch.float32).eval()
+  with torch.no_grad():
+    return model(torch.tensor(np.asarray(tokens_BxT))).logits.numpy()
+
+
+def _tokens(seed=0, length=16):
+  return np.random.default_rng(seed).integers(0, TOKENIZER.vocab_size, size=(2, length))
+
+
+def _assert_exports_jaxgpt_logits(config, params, folder, hf_class):
+  hf_llama.export(params, config, TOKENIZER, folder)
+  tokens = _tokens()
+  assert_same_logits(_hf_logits(hf_class, folder, tokens),
+                     jax_logits(GPT(config), params, tokens))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(tie_embeddings=False), dict(bias=True)],
+                         ids=["tied", "untied", "bias"])
+def test_llama_export_gives_jaxgpt_logits(options, tmp_path):
+  config = dataclasses.replace(CONFIG, **options)
+  assert config.padded_vocab_size > config.vocab_size  # the padded rows are cut
+  _assert_exports_jaxgpt_logits(config, perturbed_params(config), str(tmp_path),
+                                transformers.LlamaForCausalLM)
+  hf_config = json.loads((tmp_path / "config.json").read_text())
+  assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["model_type"] == "llama"
+  expected = {"vocab_size": 39, "hidden_size": 32, "intermediate_size": config.mlp_width,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+              "max_position_embeddings": 16, "rms_norm_eps": NORM_EPSILON, "hidden_act": "silu",
+              "attention_bias": config.bias, "mlp_bias": config.bias, "dtype": "float32",
+              "tie_word_embeddings": config.tie_embeddings, "bos_token_id": None}
+  assert {key: hf_config[key] for key in expected} == expected
+  assert hf_config["rope_parameters"]["rope_theta"] == ROPE_BASE
+  names = set(load_file(str(tmp_path / "model.safetensors")))
+  assert ("lm_head.weight" in names) != config.tie_embeddings
+  assert {"model.embed_tokens.weight", "model.norm.weight", "model.layers.1.mlp.gate_proj.weight",
+          "model.layers.0.input_layernorm.weight"} <= names
+  assert ("model.layers.0.mlp.up_proj.bias" in names) == config.bias
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False], ids=["tied", "untied"])
+def test_qk_norm_exports_as_qwen3_with_jaxgpt_logits(tie_embeddings, tmp_path):
+  config = dataclasses.replace(CONFIG, qk_norm=True, tie_embeddings=tie_embeddings)
+  _assert_exports_jaxgpt_logits(config, perturbed_params(config), str(tmp_path),
+                                transformers.Qwen3ForCausalLM)
+  hf_config = json.loads((tmp_path / "config.json").read_text())
+  assert hf_config["model_type"] == "qwen3" and not hf_config["use_sliding_window"]
+  assert "model.layers.1.self_attn.k_norm.weight" in load_file(str(tmp_path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(qk_norm=True)], ids=["llama", "qwen3"])
+def test_scanned_lora_run_exports_merged(options, tmp_path):
+  """export_run of the scanned form with LoRA adapters (not zero) on every target. The
+  unrolled model gives the expected logits (test_scan.py: the two forms agree)."""
+  unrolled = dataclasses.replace(CONFIG, lora_rank=4, lora_targets=("c_attn", "c_proj", "c_fc"),
+                                 **options)
+  params = perturbed_params(unrolled)
+  assert np.any(params["h_0"]["mlp"]["c_fc"]["lora_b"])
+  scanned = GPT(dataclasses.replace(unrolled, scan_layers=True))
+  loaded = run_loader.LoadedRun(config=None, tokenizer=TOKENIZER, model=scanned,
+                                params=layers.stack_layers(params), mesh=None, step=0)
+  assert export.export_run(loaded, str(tmp_path)) == ("Qwen3ForCausalLM" if options
+                                                      else "LlamaForCausalLM")
+  tokens = _tokens(seed=1)
+  assert_same_logits(_hf_logits(transformers.AutoModelForCausalLM, str(tmp_path), tokens),
+                     jax_logits(GPT(unrolled), params, tokens))
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(position="rope"), ["GPT-2 has no model.position='rope'"]),
+    (dict(mlp="relu2"), ["model.mlp='relu2'"]),
+    (dict(norm="rmsnorm"), ["model.norm='rmsnorm'"]),
+    (dict(qk_norm=True), ["model.qk_norm=True"]),
+    (dict(tie_embeddings=False), ["model.tie_embeddings=False"]),
+    (dict(LLAMA, mlp="gelu"), ["(Llama has no model.mlp='gelu')"]),
+    (dict(LLAMA, position="learned"), ["model.position='learned'"]),
+    (dict(LLAMA, qk_norm=True, mlp="relu2"), ["(Qwen3 has no model.mlp='relu2')"]),
+    (dict(LLAMA, norm="layernorm", qk_norm=True, bias=True), ["model.norm='layernorm'"]),
+])
+def test_other_combinations_are_refused_in_one_line(options, words):
+  with pytest.raises(UserError) as error:
+    hf_export.check_exportable(GPTConfig(vocab_size=40, **options))
+  message = str(error.value)
+  assert "\n" not in message
+  for word in words + ["GPT-2 (position='learned'", "Llama (position='rope'",
+                       "Qwen3 (position='rope'", "qk_norm=True, mlp='swiglu', bias=False)"]:
+    assert word in message, message
+
+
+def test_qwen3_with_biases_is_refused():
+  """Qwen3's MLP has no biases, so model.bias=True exports only without QK-norm (Llama)."""
+  assert hf_export.check_exportable(dataclasses.replace(CONFIG, bias=True)) == "Llama"
+  with pytest.raises(UserError, match="Qwen3 has no model.bias=True"):
+    hf_export.check_exportable(dataclasses.replace(CONFIG, bias=True, qk_norm=True))
+
+
+def _train(text_file, workdir, *options):
+  run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
+      f"--config.data.path={text_file}", "--config.data.pipeline=numpy",
+      "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
+      "--config.model.block_size=16", "--config.model.vocab_multiple=16",
+      "--config.train.max_steps=3", "--config.train.batch_size=4", "--config.train.eval_every=3",
+      "--config.train.eval_steps=1", "--config.train.sample_tokens=0", f"--workdir={workdir}",
+      *options)
+
+
+@pytest.mark.slow
+def test_trained_run_exports_end_to_end(text_file, tmp_path):
+  """train (scanned layers, untied head), then export, then transformers' Auto classes."""
+  workdir, out = tmp_path / "run", tmp_path / "hf"
+  _train(text_file, workdir, *(f"--config.model.{k}={v}" for k, v in LLAMA.items()),
+         "--config.model.tie_embeddings=False", "--config.model.scan_layers=True")
+  result = run("export", f"--workdir={workdir}", f"--out={out}")
+  assert "transformers.LlamaForCausalLM.from_pretrained" in result.stdout
+  loaded = run_loader.load_run(str(workdir))
+  assert "h" in loaded.params and loaded.model.config.scan_layers
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+  text = "JULIET:\nO Romeo, Romeo!\n"
+  ids = loaded.tokenizer.encode(text)
+  assert hf_tokenizer(text)["input_ids"] == ids.tolist()
+  tokens = np.stack([ids[:16], ids[-16:]])
+  assert_same_logits(_hf_logits(transformers.AutoModelForCausalLM, str(out), tokens),
+                     jax_logits(loaded.model, jax.device_get(loaded.params), tokens))
+
+
+@pytest.mark.slow
+def test_a_refused_run_stops_before_out_is_made(text_file, tmp_path):
+  """Rotary positions with LayerNorm: neither GPT-2 nor Llama."""
+  workdir, out = tmp_path / "run", tmp_path / "hf"
+  _train(text_file, workdir, "--config.model.position=rope")
+  result = run("export", f"--workdir={workdir}", f"--out={out}", check=False)
+  assert_clean_error(result, "no Hugging Face transformers equivalent",
+                     "GPT-2 has no model.position='rope'")
+  assert not out.exists()
