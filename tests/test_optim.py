@@ -12,7 +12,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt import layers, optim, state as state_lib
+from jaxgpt import layers, muon, optim, state as state_lib
 from jaxgpt.model import GPT, GPTConfig
 
 from helpers import assert_clean_error, logged_losses, run, tiny_config, train_on_one_batch
@@ -44,7 +44,7 @@ def _reference_first_update(path, g, lr):
   """Muon's first step on one hidden kernel: Nesterov momentum from zero is a multiple of g,
   which the iteration's normalisation removes, so the update is -lr * width scale * NS(g),
   each q, k, v (or gate, value) and each layer orthogonalised on its own."""
-  d = optim.muon_dimensions(path, g)
+  d = muon.dimensions(path, g)
   g = np.asarray(g, np.float64)
   batch = [a for a in range(g.ndim) if a not in d.reduction_axis + d.output_axis]
   order = batch + list(d.reduction_axis) + list(d.output_axis)
@@ -69,15 +69,15 @@ def test_muon_updates_hidden_matrices_by_newton_schulz_and_the_rest_by_adamw(sca
   model = GPTConfig(**{**MODEL.__dict__, "scan_layers": scan})
   params, grads = _params_and_grads(model)
   train = _muon_config()
-  muon = optim.make_optimizer(train)
-  updates, _ = jax.jit(muon.update)(grads, muon.init(params), params)
+  optimizer = optim.make_optimizer(train)
+  updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
   adamw = optax.adamw(train.learning_rate, b1=train.beta1, b2=train.beta2,
                       weight_decay=train.weight_decay, mask=optim.decay_mask)
   adamw_updates, _ = jax.jit(adamw.update)(grads, adamw.init(params), params)
   hidden = []
 
   def check(path, update, grad, adamw_update):
-    if optim.is_hidden_matrix(path):
+    if muon.is_hidden_matrix(path):
       hidden.append(jax.tree_util.keystr(path))
       expected = _reference_first_update(path, grad, train.muon_learning_rate)
       np.testing.assert_allclose(update, expected, atol=2e-5 * train.muon_learning_rate)
@@ -91,7 +91,7 @@ def test_muon_updates_hidden_matrices_by_newton_schulz_and_the_rest_by_adamw(sca
 def test_the_hidden_matrices_are_the_block_kernels_only():
   params, _ = _params_and_grads(GPTConfig(**{**MODEL.__dict__, "tie_embeddings": False,
                                              "lora_rank": 2, "lora_targets": ("c_attn",)}))
-  labels = {jax.tree_util.keystr(p): optim.is_hidden_matrix(p)
+  labels = {jax.tree_util.keystr(p): muon.is_hidden_matrix(p)
             for p, _ in jax.tree_util.tree_leaves_with_path(params)}
   assert {k for k, v in labels.items() if v} == {
       f"['h_{i}']['{m}']['{layer}']['kernel']" for i in range(2)
@@ -111,7 +111,7 @@ def test_muon_state_shards_like_the_parameters():
   adam_mu = shardings.opt_state[1].inner_states["adamw"].inner_state[0].mu
 
   def same(path, param_sharding):
-    moment = muon_mu if optim.is_hidden_matrix(path) else adam_mu
+    moment = muon_mu if muon.is_hidden_matrix(path) else adam_mu
     for key in path:
       moment = moment[key.key]
     assert moment == param_sharding, jax.tree_util.keystr(path)
@@ -178,3 +178,24 @@ def test_a_muon_run_resumes_exactly_and_keeps_its_optimizer(text_file, tmp_path)
   result = run("train", *config, f"--workdir={workdir}", "--config.train.optimizer=adamw",
                check=False)
   assert_clean_error(result, "train.optimizer=adamw", "contradicts")
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_muon_takes_optax_contribs_steps(scan):
+  """jaxgpt's Muon (same-shape matrices stacked into one batch) against optax.contrib.muon's
+  (each matrix on its own) over three steps of changing gradients."""
+  model = GPTConfig(**{**MODEL.__dict__, "scan_layers": scan})
+  params, _ = _params_and_grads(model)
+  hidden = jax.tree_util.tree_map_with_path(
+      lambda path, p: p if muon.is_hidden_matrix(path) else None, params)
+  ours = muon.scale_by_muon(0.95)
+  reference = optax.contrib.muon(1.0, beta=0.95, nesterov=True,
+                                 muon_weight_dimension_numbers=lambda tree: jax.tree_util.
+                                 tree_map_with_path(muon.dimensions, tree))
+  ours_state, reference_state = ours.init(hidden), reference.init(hidden)
+  for step in range(3):
+    keys = iter(jax.random.split(jax.random.key(step), 100))
+    grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), hidden)
+    got, ours_state = jax.jit(ours.update)(grads, ours_state)
+    want, reference_state = jax.jit(reference.update)(grads, reference_state, hidden)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, -b, atol=2e-5), got, want)
