@@ -1,6 +1,7 @@
 """The training loop: data, mesh, state, then batch(seed, step) -> train_step -> log -> eval -> save."""
 
 import collections
+import concurrent.futures
 import math
 import os
 import time
@@ -146,10 +147,25 @@ class Trainer(Program):
       print(message, flush=True)
 
   def compiled_steps(self):
-    """The run's train step, compiled ahead of time, its figures (compile_train_step's), and
-    the jitted evaluation loop."""
-    train_step, figures = self.compile_train_step()
-    return train_step, figures, steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+    """The run's train step and evaluation loop, both compiled ahead of time, and the train
+    step's figures (compile_train_step's). XLA compiles on one core: the evaluation loop
+    compiles on another thread meanwhile."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      eval_loss = pool.submit(self._in_context, self._compile_eval_loss)
+      train_step, figures = self.compile_train_step()
+      return train_step, figures, eval_loss.result()
+
+  def _in_context(self, function):
+    """`function()` under the run's mesh and rules (a context of the thread that enters it)."""
+    with self.context():
+      return function()
+
+  def _compile_eval_loss(self):
+    t = self.config.train
+    batches = jax.ShapeDtypeStruct((t.eval_steps, t.batch_size, self.config.model.block_size),
+                                   np.int32, sharding=sharding.global_batch_sharding(self.mesh, 1))
+    eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
+    return eval_loss.lower(self.abstract_state.params, batches, batches).compile()
 
   def batch_stream(self, start_step: int, end_step: int):
     """This process's training batches for the steps after start_step, up to end_step."""
@@ -198,8 +214,15 @@ class Trainer(Program):
     return self._stop_rows[flag]
 
   def _train(self, writer, trace) -> dict:
+    # The steps compile (from abstract shapes) while the state is made or restored.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      compiling = pool.submit(self._in_context, self.compiled_steps)
+      state = self._initial_state()
+      compiled = compiling.result()
+    return self._train_from(state, compiled, writer, trace)
+
+  def _train_from(self, state, compiled, writer, trace) -> dict:
     c, t = self.config, self.config.train
-    state = self._initial_state()
     num_params = count_params(state.params)
     self.log(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
              f"{self.tokenizer.vocab_size} (padded to {self.model.config.padded_vocab_size}); "
@@ -209,7 +232,7 @@ class Trainer(Program):
                                     metrics.flops_per_token(self.model.config, num_params),
                                     jax.device_count())
     start = int(state.step)
-    train_step, figures, eval_loss = self.compiled_steps()
+    train_step, figures, eval_loss = compiled
     self.log(memory.describe(figures))
     eval_set = self.eval_set()
     stream = self.batch_stream(start, t.max_steps)
