@@ -56,7 +56,8 @@ def _load_config_file(name):
 
 
 @pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu",
-                                  "finetune_shakespeare", "gpt2_owt", "gpt2_fineweb", "gpt2_xl"])
+                                  "finetune_shakespeare", "gpt2_owt", "gpt2_fineweb", "gpt2_xl",
+                                  "speedrun_shakespeare", "speedrun_fineweb"])
 def test_every_config_file_is_valid(name):
   c = _load_config_file(name)
   if c.data.source == "tokens":
@@ -71,6 +72,32 @@ def test_gpt2_recipes_keep_their_step(name, tokens_per_step, micro_batch):
   assert c.train.batch_size * c.model.block_size == tokens_per_step
   assert c.train.batch_size // c.train.grad_accum_steps == micro_batch
   assert c.data.source == "tokens" and c.model.n_embd == 768 and c.model.n_layer == 12
+
+
+@pytest.mark.parametrize("name", ["speedrun_shakespeare", "speedrun_fineweb"])
+def test_the_speedrun_configs_are_their_base_configs_with_the_whole_recipe(name):
+  """Each speedrun config is its nanoGPT-exact config (shakespeare_char, gpt2_fineweb) with
+  every recipe key set: the model options and Muon."""
+  from configs import recipe  # pylint: disable=g-import-not-at-top
+  speedrun = _load_config_file(name)
+  base = _load_config_file({"speedrun_shakespeare": "shakespeare_char",
+                            "speedrun_fineweb": "gpt2_fineweb"}[name])
+  for key, value in recipe.MODEL.items():
+    assert speedrun.model[key] == value != base.model[key], key
+  assert speedrun.train.optimizer == "muon" and base.train.optimizer == "adamw"
+  assert (speedrun.model.n_layer, speedrun.model.n_embd, speedrun.model.block_size) == (
+      base.model.n_layer, base.model.n_embd, base.model.block_size)
+  assert speedrun.precision == base.precision
+
+
+def test_the_cpu_default_is_the_recipe_on_nanogpts_cpu_model():
+  from configs import default, recipe  # pylint: disable=g-import-not-at-top
+  c = default.cpu_config()
+  assert {k: c.model[k] for k in recipe.MODEL} == recipe.MODEL
+  assert {k: c.train[k] for k in recipe.TRAIN} == recipe.TRAIN
+  assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) == (4, 4, 128, 64)
+  assert c.train.eval_every == c.train.max_steps and c.train.eval_steps == 200
+  config_lib.validate(c)
 
 
 @pytest.mark.parametrize("remat, policy", [(True, "full"), (False, "none"), ("dots", "dots")])
