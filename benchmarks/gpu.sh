@@ -13,13 +13,21 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 data=(--config.data.source=text "--config.data.path=$text" --config.data.pipeline=numpy)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
+timed_run() {  # the whole training run of configs/$1.py, timed from the command line
+  local workdir start
+  workdir=$(mktemp -d)
+  start=$(date +%s.%N)
+  python -m jaxgpt.train --config="configs/$1.py" "${data[@]}" --workdir="$workdir" \
+    --config.train.sample_tokens=0 | grep -E "val loss|^model|^done"
+  echo "end to end: $(echo "$(date +%s.%N) - $start" | bc) s (start-up and compilation included)"
+  rm -rf "$workdir"
+}
+
 echo "== shakespeare_char: 5,000 steps, evaluation every 250 over 200 batches (target <= 25 s, best val <= 1.47)"
-workdir=$(mktemp -d)
-start=$(date +%s.%N)
-python -m jaxgpt.train --config=configs/shakespeare_char.py "${data[@]}" --workdir="$workdir" \
-  --config.train.sample_tokens=0 | grep -E "val loss|^model|^done"
-echo "end to end: $(echo "$(date +%s.%N) - $start" | bc) s (start-up and compilation included)"
-rm -rf "$workdir"
+timed_run shakespeare_char
+
+echo "== speedrun_shakespeare: the same model with today's recipe (RoPE, RMSNorm, QK-norm, ReLU², untied head, Muon), 2,000 steps"
+timed_run speedrun_shakespeare
 
 echo "== its train step, evaluation and compile time"
 python -m jaxgpt.bench --config=configs/shakespeare_char.py "${data[@]}" --steps=200
