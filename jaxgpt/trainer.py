@@ -71,6 +71,8 @@ class Trainer(Program):
     """`explicit_keys`: the config keys given on the command line. With them, resuming a run
     takes its identity (config.IDENTITY_KEYS) from the workdir, and contradicting it is an
     error; without them, a differing shape meets the checkpoint's strict restore."""
+    if config.init_from != "scratch":
+      config_lib.adopt_gpt2_architecture(config, explicit_keys)
     config_lib.validate(config)
     self.is_main = jax.process_index() == 0
     saved = _saved_run_config(workdir)

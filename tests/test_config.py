@@ -142,3 +142,18 @@ def test_a_val_fraction_outside_0_1_is_rejected():
   config.data.val_fraction = 1.0
   with pytest.raises(UserError, match="val_fraction"):
     config_lib.validate(config)
+
+
+def test_a_pretrained_gpt2_takes_its_architecture_unless_an_option_was_given():
+  """init_from=gpt2 with configs/default.py: the recipe's options become GPT-2's, as the
+  shape does; the same option given on the command line is a clear error."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.cpu_config()
+  c.init_from = "gpt2"
+  config_lib.adopt_gpt2_architecture(c, explicit={"init_from", "train.max_steps"})
+  assert {k: c.model[k] for k in config_lib.GPT2_ARCHITECTURE} == config_lib.GPT2_ARCHITECTURE
+  config_lib.validate(c)
+  c = default.cpu_config()
+  c.init_from = "gpt2"
+  with pytest.raises(UserError, match="model.position='rope'"):
+    config_lib.adopt_gpt2_architecture(c, explicit={"init_from", "model.position"})

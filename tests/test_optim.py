@@ -64,7 +64,7 @@ def _params_and_grads(config):
   return params, grads
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_muon_updates_hidden_matrices_by_newton_schulz_and_the_rest_by_adamw(scan):
   model = GPTConfig(**{**MODEL.__dict__, "scan_layers": scan})
   params, grads = _params_and_grads(model)
@@ -180,7 +180,7 @@ def test_a_muon_run_resumes_exactly_and_keeps_its_optimizer(text_file, tmp_path)
   assert_clean_error(result, "train.optimizer=adamw", "contradicts")
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_muon_takes_optax_contribs_steps(scan):
   """jaxgpt's Muon (same-shape matrices stacked into one batch) against optax.contrib.muon's
   (each matrix on its own) over three steps of changing gradients."""
