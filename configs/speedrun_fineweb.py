@@ -18,6 +18,5 @@ from configs import gpt2_fineweb, recipe
 def get_config():
   config = recipe.apply(gpt2_fineweb.get_config(), recipe.ACCELERATOR)
   config.model.bias = False
-  config.train.update(max_steps=3200, warmup_steps=100, muon_learning_rate=0.02,
-                      eval_every=125)
+  config.train.update(max_steps=3200, warmup_steps=100, eval_every=125)
   return config
