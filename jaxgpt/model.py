@@ -126,18 +126,51 @@ def _norm(c: GPTConfig, name: str) -> nn.Module:
                       scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)), name=name)
 
 
-def _rope(x_BxTxHxK, positions_T):
-  """Rotary position embeddings: each pair of features (i, i + K/2) of x turned by the
-  angle position / ROPE_BASE^(2i/K), in float32 (the Hugging Face Llama layout)."""
-  half = x_BxTxHxK.shape[-1] // 2
+def _rotary_tables(positions_T, head_size: int):
+  """(cos, sin), each (T, 3, K), that rotate q and k of a (B, T, 3, H, K) q, k, v array by
+  rotary embeddings and leave v as it is (cos 1, sin 0): see _rotated."""
+  half = head_size // 2
   inv_freq_K2 = 1.0 / ROPE_BASE ** (jnp.arange(half, dtype=jnp.float32) / half)
   angles_TxK2 = positions_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
-  cos_1xTx1xK2, sin_1xTx1xK2 = (f(angles_TxK2)[None, :, None, :] for f in (jnp.cos, jnp.sin))
-  x = x_BxTxHxK.astype(jnp.float32)
-  x1, x2 = x[..., :half], x[..., half:]
-  rotated = jnp.concatenate([x1 * cos_1xTx1xK2 - x2 * sin_1xTx1xK2,
-                             x2 * cos_1xTx1xK2 + x1 * sin_1xTx1xK2], axis=-1)
-  return rotated.astype(x_BxTxHxK.dtype)
+  cos_TxK2, sin_TxK2 = jnp.cos(angles_TxK2), jnp.sin(angles_TxK2)
+  cos_TxK = jnp.concatenate([cos_TxK2, cos_TxK2], axis=-1)
+  sin_TxK = jnp.concatenate([-sin_TxK2, sin_TxK2], axis=-1)
+  cos_Tx3xK = jnp.stack([cos_TxK, cos_TxK, jnp.ones_like(cos_TxK)], axis=1)
+  sin_Tx3xK = jnp.stack([sin_TxK, sin_TxK, jnp.zeros_like(sin_TxK)], axis=1)
+  return cos_Tx3xK, sin_Tx3xK
+
+
+def _rotated(qkv_BxTx3xHxK, positions_T):
+  """Rotary position embeddings on q and k: each pair of features (i, i + K/2) turned by the
+  angle position / ROPE_BASE^(2i/K), in float32 (the Hugging Face Llama layout).
+
+  Written as qkv * cos + qkv with its halves swapped * sin over the whole q, k, v array, one
+  element-wise pass that XLA fuses (and its backward too), rather than slicing q and k out,
+  rotating them apart and stacking them back, which costs copies of the array."""
+  b, t, three, h, k = qkv_BxTx3xHxK.shape
+  cos_Tx3xK, sin_Tx3xK = _rotary_tables(positions_T, k)
+  x = qkv_BxTx3xHxK.astype(jnp.float32)
+  swapped = x.reshape(b, t, three, h, 2, k // 2)[..., ::-1, :].reshape(x.shape)
+  rotated = x * cos_Tx3xK[None, :, :, None] + swapped * sin_Tx3xK[None, :, :, None]
+  return rotated.astype(qkv_BxTx3xHxK.dtype)
+
+
+class _Scale(nn.Module):
+  """A learned scale per feature, named as nn.RMSNorm's ("scale")."""
+  size: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("scale", _ones(("head_dim",)), (self.size,))
+
+
+def _qk_normed(qkv_BxTx3xHxK, q_scale_K, k_scale_K):
+  """RMSNorm over the head features of q and k (with their learned scales), in float32."""
+  x = qkv_BxTx3xHxK.astype(jnp.float32)
+  inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + NORM_EPSILON)
+  is_qk_1x1x3x1x1 = (jnp.arange(3) < 2).reshape(1, 1, 3, 1, 1)
+  scale_1x1x3x1xK = jnp.stack([q_scale_K, k_scale_K, jnp.ones_like(q_scale_K)])[None, None, :, None]
+  return x * jnp.where(is_qk_1x1x3x1x1, inv_rms, 1.0) * scale_1x1x3x1xK
 
 
 def _contract(x, kernel, num_in: int, dtype):
@@ -249,18 +282,15 @@ class CausalSelfAttention(nn.Module):
 
   def _normed_and_rotated(self, qkv_BxTx3xHxK, positions_T):
     """q and k with c.qk_norm's RMSNorm per head (a learned scale per head feature, shared
-    by the heads) and then c.position's rotary embeddings; unchanged with neither."""
+    by the heads) and then c.position's rotary embeddings; v as it is. Both work on the
+    whole q, k, v array (v's factors are 1), which XLA fuses into one or two passes."""
     c = self.config
-    if not c.qk_norm and c.position != "rope":
-      return qkv_BxTx3xHxK
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if c.qk_norm:
-      q_BxTxHxK, k_BxTxHxK = (
-          nn.RMSNorm(epsilon=NORM_EPSILON, dtype=c.dtype, scale_init=_ones(("head_dim",)),
-                     name=name)(x) for name, x in (("q_norm", q_BxTxHxK), ("k_norm", k_BxTxHxK)))
+      qkv_BxTx3xHxK = _qk_normed(qkv_BxTx3xHxK, *(
+          _Scale(c.head_size, name=name)() for name in ("q_norm", "k_norm"))).astype(c.dtype)
     if c.position == "rope":
-      q_BxTxHxK, k_BxTxHxK = _rope(q_BxTxHxK, positions_T), _rope(k_BxTxHxK, positions_T)
-    return jnp.stack([q_BxTxHxK, k_BxTxHxK, v_BxTxHxK.astype(q_BxTxHxK.dtype)], axis=2)
+      qkv_BxTx3xHxK = _rotated(qkv_BxTx3xHxK, positions_T)
+    return qkv_BxTx3xHxK
 
   def _attention(self, qkv_BxTx3xHxK, deterministic):
     """Causal attention over the whole sequence, heads-major so that every dot is a plain

@@ -96,12 +96,13 @@ def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
   c = _with(position="rope")
   params = perturbed_params(c)
   assert "wpe" not in params
-  q = np.asarray(jax.random.normal(jax.random.key(0), (1, 1, 1, c.head_size)))
-  k = np.asarray(jax.random.normal(jax.random.key(1), (1, 1, 1, c.head_size)))
-  from jaxgpt.model import _rope as rope  # pylint: disable=g-import-not-at-top
-  dot = lambda i, j: float(np.sum(rope(q, jnp.array([i])) * rope(k, jnp.array([j]))))
+  qkv_1x1x3x1xK = jax.random.normal(jax.random.key(0), (1, 1, 3, 1, c.head_size))
+  from jaxgpt.model import _rotated  # pylint: disable=g-import-not-at-top
+  at = lambda i: np.asarray(_rotated(qkv_1x1x3x1xK, jnp.array([i])))[0, 0, :, 0]
+  dot = lambda i, j: float(np.sum(at(i)[0] * at(j)[1]))  # q at position i, k at j
   np.testing.assert_allclose(dot(5, 2), dot(13, 10), rtol=1e-5)
   assert not np.isclose(dot(5, 2), dot(5, 3))
+  np.testing.assert_array_equal(at(7)[2], qkv_1x1x3x1xK[0, 0, 2, 0])  # v is not rotated
 
 
 @pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
