@@ -69,7 +69,7 @@ def _time_steps(trainer, num_steps: int):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt import state as state_lib  # pylint: disable=g-import-not-at-top
   state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh,
-                               trainer.config.seed)
+                               trainer.config.seed, shardings=trainer.shardings)
   train_step, figures, eval_loss = trainer.compiled_steps()
   times = []
   for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):

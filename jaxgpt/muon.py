@@ -84,25 +84,27 @@ def newton_schulz(x_BxMxN):
 
 def orthogonalized(updates):
   """Each hidden matrix of `updates` replaced by its Newton-Schulz orthogonalisation times
-  sqrt(max(1, fan_out / fan_in)); matrices of one shape go as one batch over the devices."""
+  sqrt(max(1, fan_out / fan_in)). Matrices go wide side last (M <= N), and those of one
+  (M, N) as one batch over the devices: c_fc's (D, F) with the MLP c_proj's (F, D)."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
-  groups = collections.defaultdict(list)  # (M, N) -> [(leaf index, matrices, restore)]
+  groups = collections.defaultdict(list)  # (M, N) -> [(leaf index, B x M x N, tall, restore)]
   for i, (path, x) in enumerate(leaves):
-    matrices, restore = _as_matrices(path, x)
-    tall = matrices.shape[1] > matrices.shape[2]
-    groups[matrices.shape[1:], tall].append((i, matrices, restore))
+    matrices_BxIxO, restore = _as_matrices(path, x)
+    tall = matrices_BxIxO.shape[1] > matrices_BxIxO.shape[2]
+    matrices_BxMxN = matrices_BxIxO.transpose(0, 2, 1) if tall else matrices_BxIxO
+    groups[matrices_BxMxN.shape[1:]].append((i, matrices_BxMxN, tall, restore))
   out = [None] * len(leaves)
-  for (shape, tall), members in groups.items():
-    stack_BxIxO = jnp.concatenate([m for _, m, _ in members])
-    stack_BxMxN = stack_BxIxO.transpose(0, 2, 1) if tall else stack_BxIxO
+  for members in groups.values():
+    stack_BxMxN = jnp.concatenate([m for _, m, _, _ in members])
     stack_BxMxN = nn.with_logical_constraint(stack_BxMxN, ("activation_batch", None, None))
     result_BxMxN = newton_schulz(stack_BxMxN)
-    result_BxIxO = result_BxMxN.transpose(0, 2, 1) if tall else result_BxMxN
-    result_BxIxO = result_BxIxO * math.sqrt(max(1.0, shape[1] / shape[0]))
     start = 0
-    for i, matrices, restore in members:
-      out[i] = restore(result_BxIxO[start:start + len(matrices)])
-      start += len(matrices)
+    for i, matrices_BxMxN, tall, restore in members:
+      part_BxMxN = result_BxMxN[start:start + len(matrices_BxMxN)]
+      start += len(matrices_BxMxN)
+      part_BxIxO = part_BxMxN.transpose(0, 2, 1) if tall else part_BxMxN
+      fan_in, fan_out = part_BxIxO.shape[1:]
+      out[i] = restore(part_BxIxO * math.sqrt(max(1.0, fan_out / fan_in)))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 

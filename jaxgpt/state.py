@@ -38,10 +38,17 @@ def _unbox_masked(opt_state):
                       is_leaf=is_boxed_mask)
 
 
+def _abstract_boxed_state(model, optimizer) -> TrainState:
+  return jax.eval_shape(lambda: _boxed_state(model, optimizer, jax.random.key(0)))
+
+
+def _shardings_of(boxed, mesh):
+  return sharding.logical_shardings(mesh, nn.get_partition_spec(boxed))
+
+
 def state_shardings(model, optimizer, mesh):
   """NamedShardings for every leaf of the (unboxed) TrainState on `mesh`."""
-  abstract = jax.eval_shape(lambda: _boxed_state(model, optimizer, jax.random.key(0)))
-  return sharding.logical_shardings(mesh, nn.get_partition_spec(abstract))
+  return _shardings_of(_abstract_boxed_state(model, optimizer), mesh)
 
 
 def abstract_params(model, mesh):
@@ -51,18 +58,25 @@ def abstract_params(model, mesh):
 
 def abstract_state(model, optimizer, mesh):
   """ShapeDtypeStructs with shardings: the target a checkpoint is restored into."""
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(_boxed_state(model, optimizer, jax.random.key(0))))
+  boxed = _abstract_boxed_state(model, optimizer)  # one trace of the model for both
+  # Out of the box without nn.meta.unbox's sharding constraint, which needs a trace.
+  is_boxed = lambda x: isinstance(x, nn.Partitioned)
+  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_boxed(x) else x, boxed,
+                        is_leaf=is_boxed)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, state_shardings(model, optimizer, mesh))
+                      shapes, _shardings_of(boxed, mesh))
 
 
-def init_state(model, optimizer, mesh, seed: int, pretrained=None) -> TrainState:
+def init_state(model, optimizer, mesh, seed: int, pretrained=None,
+               shardings=None) -> TrainState:
   """A freshly initialised state, each array created where its shard lives.
 
   `pretrained` (arrays on the mesh, e.g. GPT-2's weights) replaces the matching initial
-  parameters; the others (LoRA adapters) keep their initial values.
+  parameters; the others (LoRA adapters) keep their initial values. `shardings`: the
+  state's (state_shardings'), when the caller has them.
   """
-  shardings = state_shardings(model, optimizer, mesh)
+  if shardings is None:
+    shardings = state_shardings(model, optimizer, mesh)
 
   def create(rng, pretrained):
     state = nn.meta.unbox(_boxed_state(model, optimizer, rng))

@@ -121,9 +121,11 @@ class Trainer(Program):
       self.log(f"initialising from {self.config.init_from} ({self.pretrained})")
       params = hf_gpt2.load_params(self.pretrained, self.model.config,
                                    state_lib.abstract_params(self.model, self.mesh))
-      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed, params)
+      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed, params,
+                                   self.shardings)
     elif step is None:
-      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed)
+      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed,
+                                   shardings=self.shardings)
     elif step > self.config.train.max_steps:
       self.log(f"the run is already at step {step}, past train.max_steps="
                f"{self.config.train.max_steps}: nothing to train (raise "
