@@ -90,12 +90,13 @@ def test_the_speedrun_configs_are_their_base_configs_with_the_whole_recipe(name)
   assert speedrun.precision == base.precision
 
 
-def test_the_cpu_default_is_the_recipe_on_nanogpts_cpu_model():
+def test_the_cpu_default_is_the_recipe_on_a_small_model():
   from configs import default, recipe  # pylint: disable=g-import-not-at-top
   c = default.cpu_config()
   assert {k: c.model[k] for k in recipe.MODEL} == recipe.MODEL
-  assert {k: c.train[k] for k in recipe.TRAIN} == recipe.TRAIN
-  assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) == (4, 4, 128, 64)
+  assert {k: c.train[k] for k in recipe.CPU["train"]} == recipe.CPU["train"]
+  assert c.train.muon_learning_rate != recipe.ACCELERATOR["train"]["muon_learning_rate"]
+  assert (c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size) == (3, 4, 64, 64)
   assert c.train.eval_every == c.train.max_steps and c.train.eval_steps == 200
   config_lib.validate(c)
 
