@@ -156,13 +156,19 @@ def adopt_gpt2_architecture(c: ml_collections.ConfigDict, explicit: set[str] | N
   """A pretrained GPT-2 (init_from) decides the model options, as it decides the shape: those a
   config file set (configs/default.py's recipe) become GPT-2's; one given on the command line
   (`explicit`; any, when None) that GPT-2 does not have is a UserError."""
+  check_gpt2_architecture(c, explicit)
+  c.model.update(GPT2_ARCHITECTURE)
+
+
+def check_gpt2_architecture(c: ml_collections.ConfigDict, explicit: set[str] | None) -> None:
+  """A UserError for each model option given on the command line (`explicit`; any, when None)
+  that a pretrained GPT-2 (init_from) does not have."""
   differing = [name for name, gpt2 in GPT2_ARCHITECTURE.items() if c.model[name] != gpt2]
   given = [f"model.{name}={c.model[name]!r}" for name in differing
            if explicit is None or f"model.{name}" in explicit]
   _require(not given, f"init_from={c.init_from} loads GPT-2's architecture, which "
            f"{', '.join(given)} is not: drop that option to fine-tune GPT-2, or train it with "
            "init_from=scratch")
-  c.model.update(GPT2_ARCHITECTURE)
 
 
 def _get(c, key: str):
@@ -247,7 +253,7 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
            f"model.position=rope turns pairs of head features, but the head size "
            f"model.n_embd/model.n_head={c.model.n_embd // c.model.n_head} is odd: choose an even one")
   if c.init_from != "scratch":
-    adopt_gpt2_architecture(c, explicit=None)
+    check_gpt2_architecture(c, explicit=None)
   _require(c.train.optimizer in OPTIMIZERS,
            f"train.optimizer={c.train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}: pass "
            "--config.train.optimizer=adamw or muon")
