@@ -6,7 +6,8 @@ On a GPU or TPU it is configs/speedrun_shakespeare.py. On a CPU, the model and b
 reach the lowest validation loss in about a minute of a 2-core CPU's steps: 3 layers, 4 heads,
 64 wide, block 64, batch 32, for 1,500 steps, evaluated once at the end on 200 batches.
 A smaller model that sees more text beats nanoGPT's 4-layer, 128-wide one at equal time
-(3 layers of 64 reached 1.487 where 4 of 128 reached 1.598 in the same 50 s of steps).
+(with the same learning rates, 3 layers of 64 reached 1.496 where 4 layers of 128 reached
+1.598 in the same 50 s of steps).
 BENCHMARKS.md compares the run with nanoGPT (benchmarks/vs_nanogpt.py), shows how the shape
 was chosen, and says what each option of the recipe is worth (benchmarks/ablation.py).
 """
