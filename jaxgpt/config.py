@@ -125,6 +125,92 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# What each key of base_config means: `python -m jaxgpt.train --help` lists these with each
+# key's value (a test checks that every key has one).
+KEY_MEANINGS = {
+    "seed": "One seed for initialisation, data order and dropout.",
+    "backend": f"{', '.join(BACKENDS)}: auto takes what JAX finds; another insists on it.",
+    "precision": f"Compute dtype, {' or '.join(PRECISIONS)}; parameters, logits and loss "
+                 "stay float32.",
+    "init_from": "scratch, or start from pretrained weights: gpt2, gpt2-medium, gpt2-large, "
+                 "gpt2-xl or a Hugging Face GPT-2 folder.",
+    "data.source": f"The training text: {', '.join(DATA_SOURCES)} (the folder "
+                   "`python -m jaxgpt.prepare` wrote).",
+    "data.path": "The file of text and kaggle_csv; the prepared folder of tokens.",
+    "data.tfds_name": "The TFDS text dataset of data.source=tfds.",
+    "data.tokenizer": f"{' or '.join(TOKENIZERS)} (GPT-2's byte-level BPE).",
+    "data.tokenizer_path": "A folder with GPT-2 tokenizer files for data.tokenizer=gpt2; '' "
+                           "takes init_from's, or the hub's gpt2.",
+    "data.val_fraction": "The share of the text held out for validation.",
+    "data.pipeline": f"{', '.join(PIPELINES)}: auto is tf.data when TensorFlow is installed; "
+                     "both give identical batches.",
+    "data.fingerprint": "Set by the run: a hash of its training and validation tokens.",
+    "model.n_layer": "Transformer blocks.",
+    "model.n_head": "Attention heads per block.",
+    "model.n_embd": "Width of the residual stream.",
+    "model.block_size": "Context length, in tokens.",
+    "model.dropout": "Dropout rate, in [0, 1).",
+    "model.bias": "Biases in the linear layers and LayerNorms.",
+    "model.vocab_multiple": "The embedding table is padded to a multiple of this (padded ids "
+                            "are never sampled).",
+    "model.attention": f"{', '.join(ATTENTIONS)}: auto is cuDNN flash attention on NVIDIA "
+                       "GPUs where it applies, jaxgpt's own elsewhere; cudnn and xla have no "
+                       "attention dropout.",
+    "model.remat": f"What the backward pass recomputes: {', '.join(REMATS)} (dots keeps the "
+                   "weight matmuls' outputs).",
+    "model.scan_layers": "Run the blocks as one loop over stacked parameters (one block to "
+                         "compile).",
+    "model.position": f"Positions: {' or '.join(POSITIONS)} (rotary embeddings on q and k).",
+    "model.norm": f"{' or '.join(NORMS)}.",
+    "model.qk_norm": "RMSNorm of q and k per head before their dot product.",
+    "model.mlp": f"{', '.join(MLPS)} (relu2 is ReLU squared).",
+    "model.tie_embeddings": "The output layer reads the token embedding table; False gives it "
+                            "its own kernel.",
+    "model.zero_init_proj": "The projections into the residual stream start at zero.",
+    "train.batch_size": "Global batch, in sequences per optimizer step.",
+    "train.optimizer": f"{' or '.join(OPTIMIZERS)} (Muon for the hidden matrices, AdamW for "
+                       "the rest).",
+    "train.muon_learning_rate": "Muon's peak learning rate (same warm-up and decay).",
+    "train.muon_momentum": "Muon's momentum.",
+    "train.muon_weight_decay": "Muon's decoupled weight decay.",
+    "train.max_steps": "Optimizer steps; the cosine decay ends here.",
+    "train.learning_rate": "Peak learning rate, after the warm-up.",
+    "train.min_lr": "Learning rate at max_steps.",
+    "train.warmup_steps": "Steps of linear warm-up.",
+    "train.weight_decay": "AdamW's weight decay (matrices only).",
+    "train.beta1": "AdamW's beta1.",
+    "train.beta2": "AdamW's beta2.",
+    "train.grad_clip": "Global gradient norm clipping (0: off).",
+    "train.grad_accum_steps": "Micro-batches the global batch is split into.",
+    "train.eval_every": "Steps between evaluations (and best checkpoints).",
+    "train.eval_steps": "Validation batches per evaluation.",
+    "train.log_every": "Steps between logged train losses.",
+    "train.checkpoint_every": "Steps between checkpoints.",
+    "train.keep_checkpoints": "Checkpoints kept (the newest).",
+    "train.sample_tokens": "Length of the sample printed after training (0: none).",
+    "train.checkpoint_timeout_secs": "How long a checkpoint save may take before the run "
+                                     "stops with an error.",
+    "train.peer_timeout_secs": "With several processes: how long a silent process is waited "
+                               "for.",
+    "train.profile_steps": "START,END: a jax.profiler trace of those steps ('' is off).",
+    "lora.rank": "LoRA adapters' rank; 0 is off (the whole model trains).",
+    "lora.alpha": "LoRA's scale numerator.",
+    "lora.targets": f"Comma-separated layers that get adapters: {', '.join(LORA_TARGETS)}.",
+    "mesh.data": "Data-parallel devices; -1 takes the remaining devices.",
+    "mesh.fsdp": "Devices the parameters are sharded over (FSDP); -1 takes the remaining.",
+    "mesh.tensor": "Tensor-parallel devices; -1 takes the remaining.",
+}
+
+
+def flat_items(c: ml_collections.ConfigDict, prefix: str = ""):
+  """(KEY, value) of every key, a section's keys spelt SECTION.KEY."""
+  for name, value in c.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flat_items(value, f"{prefix}{name}.")
+    else:
+      yield prefix + name, value
+
+
 # What makes a run the run it is: a resume takes these from the workdir's config.json.
 IDENTITY_KEYS = ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
                  "data.tokenizer", "data.tokenizer_path", "model.n_layer", "model.n_head",
@@ -289,6 +375,20 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   for axis in ("data", "fsdp", "tensor"):
     _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
              f"mesh.{axis} must be a positive size or -1 (the remaining devices), got {c.mesh[axis]}")
+  _check_integer_sizes(c)
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _check_integer_sizes(c: ml_collections.ConfigDict) -> None:
+  """Steps, sizes and counts reach the device as int32; the seed is a 64-bit integer."""
+  _require(-2**63 <= c.seed < 2**63, f"seed={c.seed} does not fit in 64 bits: pass "
+           "--config.seed=<an integer from 0 to 2**63-1>")
+  for key, value in flat_items(c):
+    if isinstance(value, int) and not isinstance(value, bool) and key != "seed":
+      _require(value <= INT32_MAX, f"{key}={value} is too large: pass --config.{key}=<at most "
+               f"{INT32_MAX}>")
 
 
 CONFIG_FILE = "config.json"

@@ -42,6 +42,8 @@ def test_base_config_is_valid():
     ({"model__attention": "flash"}, ["model.attention", "cudnn"]),
     ({"model__attention": "cudnn", "model__dropout": 0.2}, ["model.attention", "dropout"]),
     ({"model__remat": "some"}, ["model.remat", "dots"]),
+    ({"train__max_steps": 2**32}, ["train.max_steps=4294967296", "at most 2147483647"]),
+    ({"train__sample_tokens": 2**70}, ["train.sample_tokens", "at most 2147483647"]),
 ])
 def test_impossible_settings_name_the_key(changes, words):
   with pytest.raises(UserError) as error:
@@ -110,6 +112,21 @@ def test_remat_is_a_policy_and_older_runs_true_false_still_load(remat, policy, t
   saved = config_lib.load_config(str(tmp_path))
   assert saved.model.remat == remat
   assert config_lib.model_config(saved, vocab_size=65).remat == policy
+
+
+def test_a_seed_past_64_bits_is_rejected():
+  c = config_lib.base_config()
+  c.seed = 2**63 - 1
+  config_lib.validate(c)
+  c.seed = 2**70
+  with pytest.raises(UserError, match="seed=1180591620717411303424 does not fit in 64 bits"):
+    config_lib.validate(c)
+
+
+def test_every_key_has_a_meaning_and_every_meaning_a_key():
+  keys = {key for key, _ in config_lib.flat_items(config_lib.base_config())}
+  assert keys == set(config_lib.KEY_MEANINGS)
+  assert all(meaning.strip() for meaning in config_lib.KEY_MEANINGS.values())
 
 
 def test_precision_must_be_known():
