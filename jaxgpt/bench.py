@@ -27,9 +27,10 @@ import time
 from absl import flags
 
 from jaxgpt import cli, runtime
-from jaxgpt.errors import run_cli
+from jaxgpt.config import INT32_MAX
+from jaxgpt.errors import UserError, run_cli
 
-_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps, after 5 of warm-up.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps, after 6 of warm-up.")
 _END_TO_END = flags.DEFINE_boolean("end_to_end", False, "Also time the whole training run.")
 _COMPILE_ONLY = flags.DEFINE_boolean(
     "compile_only", False, "Only compile the train step from abstract shapes and print its "
@@ -124,6 +125,8 @@ def main(argv=None):
   config_flag = cli.define_config_flag()
   cli.check_config_file(sys.argv if argv is None else argv)
   cli.parse_flags(argv, __doc__)
+  if not 1 <= _STEPS.value <= INT32_MAX:
+    raise UserError(f"--steps={_STEPS.value} is out of range: pass 1 to {INT32_MAX}")
   config = config_flag.value
   runtime.check_backend(config)
   if _COMPILE_ONLY.value:

@@ -2,8 +2,10 @@
 errors as one clear line."""
 
 import ast
+import difflib
 import os
 import sys
+import textwrap
 
 from absl import flags
 
@@ -15,26 +17,52 @@ CONFIGS = os.path.join(REPO_ROOT, "configs")
 DEFAULT_CONFIG = os.path.join(CONFIGS, "default.py")
 
 
-def unknown_config_key(error: Exception) -> UserError:
-  """ml_collections' AttributeError or KeyError for an override of a key that does not exist."""
-  key = first_line(error).strip("'\"")
-  return UserError(f"unknown config key {key!r}: run with --help and see the config file for "
-                   "the keys that exist")
+def unknown_config_key(error: Exception, argv) -> UserError:
+  """ml_collections' AttributeError or KeyError for an override (in argv) of a key that does
+  not exist, as that key and the existing key nearest to it."""
+  from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
+  keys = [key for key, _ in config_lib.flat_items(config_lib.base_config())]
+  unknown = sorted(overridden_config_keys(argv) - set(keys))
+  # A KeyError's str() is the repr of its message (escaped quotes, a literal "\\n").
+  message = str(error.args[0]) if error.args else ""
+  key = unknown[0] if unknown else message.split("\n")[0].strip("'\"")
+  nearest = _nearest_key(key, keys)
+  hint = f" (did you mean {nearest}?)" if nearest else ""
+  return UserError(f"unknown config key {key!r}{hint}: python -m jaxgpt.train --help lists "
+                   "every key")
+
+
+def _nearest_key(key: str, keys: list[str]) -> str | None:
+  """The key whose name (after the last dot) is nearest to `key`'s, preferring one in the
+  same section; None if no name is near."""
+  section, _, name = key.rpartition(".")
+  names = [k.rpartition(".")[2] for k in keys]
+  nearest = difflib.get_close_matches(name, names, n=1)
+  matches = [k for k, n in zip(keys, names) if nearest and n == nearest[0]]
+  return min(matches, key=lambda k: not k.startswith(section + "."), default=None)
 
 
 def parse_flags(argv, usage: str) -> None:
-  """Parses absl flags; `--help` prints them and exits 0; bad flags raise UserError."""
+  """Parses absl flags; bad flags raise UserError. `--help` prints them (for a command with
+  --config, also the named configs and every config key with its value) and exits 0."""
   argv = sys.argv if argv is None else argv
   if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
     print(usage.strip() + "\n")
     print(flags.FLAGS.module_help(sys.modules["__main__"]))
+    if "config" in flags.FLAGS:
+      _parse([argv[0], *(a for a in argv[1:] if a.startswith("--config="))])
+      print("\n" + config_help())
     sys.exit(0)
+  _parse(argv)
+
+
+def _parse(argv) -> None:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     raise UserError(f"{first_line(e)} (see --help for the accepted flags)") from None
   except (AttributeError, KeyError) as e:
-    raise unknown_config_key(e) from None
+    raise unknown_config_key(e, argv) from None
   if len(rest) > 1:
     raise UserError(f"unexpected argument {rest[1]!r}: flags are written --name=value "
                     "(see --help)")
@@ -45,10 +73,11 @@ def define_config_flag():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   try:  # the default config file is read, and its overrides checked, here
     return config_flags.DEFINE_config_file(
-        "config", DEFAULT_CONFIG, "Config file (a get_config() function); keys are overridden "
-        "with --config.KEY=VALUE.", lock_config=True)
+        "config", DEFAULT_CONFIG, "NAME (a named config, below) or the path of a config file "
+        "(a get_config() function); its keys are overridden with --config.KEY=VALUE.",
+        lock_config=True)
   except (AttributeError, KeyError) as e:
-    raise unknown_config_key(e) from None
+    raise unknown_config_key(e, sys.argv) from None
 
 
 def config_name(config_path: str) -> str:
@@ -75,27 +104,62 @@ def check_config_file(argv) -> None:
       path = bundled_config(path)
       argv[i] = f"--config={path}{colon}{config_arg}"
       if not os.path.isfile(path):
-        names = sorted(name[:-3] for name in os.listdir(CONFIGS)
-                       if name.endswith(".py") and name != "__init__.py")
         raise UserError(f"config file {path!r} does not exist: pass --config=NAME or a config "
-                        f"file's path (NAME: {', '.join(names)})")
-      _check_config_source(path)
+                        f"file's path (NAME: {', '.join(named_configs())})")
+      if not _defines_get_config(_config_source(path)):
+        raise UserError(f"config file {path} has no get_config() function: define one that "
+                        "returns the config, as configs/default.py does")
 
 
-def _check_config_source(path: str) -> None:
+def _config_source(path: str) -> ast.Module:
   try:
     with open(path, encoding="utf-8") as f:
-      tree = ast.parse(f.read(), path)
+      return ast.parse(f.read(), path)
   except SyntaxError as e:
     raise UserError(f"config file {path} has a syntax error at line {e.lineno} ({e.msg}): "
                     "fix it, or start from configs/default.py") from None
   except (OSError, UnicodeDecodeError) as e:
     raise UserError(f"config file {path} cannot be read ({e}): pass a UTF-8 Python "
                     "file") from None
-  if not any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
-             for node in tree.body):
-    raise UserError(f"config file {path} has no get_config() function: define one that "
-                    "returns the config, as configs/default.py does")
+
+
+def _defines_get_config(tree: ast.Module) -> bool:
+  return any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
+             for node in tree.body)
+
+
+def named_configs() -> dict[str, str]:
+  """{NAME: the first paragraph of its docstring} of the bundled configs/NAME.py files that
+  are configs (have a get_config(); configs/recipe.py, which configs apply, has none)."""
+  named = {}
+  for file in sorted(os.listdir(CONFIGS)):
+    tree = _config_source(os.path.join(CONFIGS, file)) if file.endswith(".py") else None
+    if tree and _defines_get_config(tree):
+      named[file[:-3]] = " ".join((ast.get_docstring(tree) or "").split("\n\n")[0].split())
+  return named
+
+
+def config_help() -> str:
+  """--config, the named configs, and every key of the config --config names with its value
+  and meaning, in the layout of absl's flag help."""
+  from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flag = flags.FLAGS["config"]
+  path = config_flags.get_config_filename(flag)
+  shown = config_name(path) if os.path.dirname(path) == CONFIGS else path
+  entries = [_help_entry("--config", flag.help, config_name(DEFAULT_CONFIG)), "",
+             "named configs (--config=NAME):"]
+  entries += [_help_entry(name, text) for name, text in named_configs().items()]
+  entries += ["", f"config keys (--config.KEY=VALUE), with the values of --config={shown}:"]
+  entries += [_help_entry(f"--config.{key}", config_lib.KEY_MEANINGS.get(key, ""), repr(value))
+              for key, value in config_lib.flat_items(flag.value)]
+  return "\n".join(entries)
+
+
+def _help_entry(name: str, text: str, default: str | None = None) -> str:
+  entry = textwrap.fill(f"{name}: {text}", 80, initial_indent="  ", subsequent_indent="    ",
+                        break_on_hyphens=False)
+  return entry if default is None else f"{entry}\n    (default: {default})"
 
 
 def overridden_config_keys(argv) -> set[str]:

@@ -6,6 +6,8 @@ import os
 import jax
 import pytest
 
+from configs import default as default_config
+from jaxgpt import config as config_lib
 from jaxgpt.data import plays, sources
 
 from helpers import REPO, TINY, assert_clean_error, run
@@ -86,6 +88,11 @@ def test_bench_reports_a_benchmarks_row(text_file):
     assert words in row, row
 
 
+@pytest.mark.parametrize("steps", ["0", "-1"])
+def test_bench_steps_out_of_range_is_one_clear_line(steps):
+  assert_clean_error(run("bench", f"--steps={steps}", check=False), f"--steps={steps}", "1 to")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
@@ -94,7 +101,7 @@ def test_bench_reports_a_benchmarks_row(text_file):
     (["--config.data.source=text", "--config.data.path=/no/such/file.txt"], ["/no/such/file.txt"]),
     (["--config.train.max_steps=-3"], ["max_steps"]),
     (["--config.train.batch_size=7"], ["batch_size"]),
-    (["--config.model.nope=1"], ["unknown config key 'nope'"]),
+    (["--config.model.nope=1"], ["unknown config key 'model.nope'", "--help"]),
     (["--config.model.n_layer=400", "--config.model.n_embd=4096", "--config.model.n_head=32"],
      ["cannot fit", "GB per device", "model.n_layer"]),
     pytest.param(["--config.model.attention=cudnn", "--config.model.dropout=0"],
@@ -107,9 +114,34 @@ def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["train", "bench"])
-def test_an_unknown_key_of_the_default_config_is_one_clear_line(command, tmp_path):
-  result = run(command, "--config.train.nope=1", f"--workdir={tmp_path / 'w'}", check=False)
-  assert_clean_error(result, "unknown config key 'nope'")
+def test_an_unknown_key_of_the_default_config_names_the_nearest_key(command):
+  result = run(command, "--config.train.max_stepz=1", check=False)
+  assert_clean_error(result)
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: unknown config key 'train.max_stepz' (did you mean train.max_steps?): "
+      "python -m jaxgpt.train --help lists every key")
+
+
+def _help_entries(text):
+  """{name: its lines} of absl-style help: an entry starts at a line `  NAME: ...`."""
+  entries, name = {}, None
+  for line in text.splitlines():
+    if line.startswith("  ") and not line.startswith("   ") and ": " in line:
+      name = line.split(": ", 1)[0].strip()
+      entries[name] = []
+    if name is not None:
+      entries[name].append(line)
+  return {name: "\n".join(lines) for name, lines in entries.items()}
+
+
+def test_train_help_lists_the_named_configs_and_every_key_with_its_default_and_meaning():
+  entries = _help_entries(run("train", "--help").stdout)
+  for key, value in config_lib.flat_items(default_config.get_config()):
+    assert f"(default: {value!r})" in entries[f"--config.{key}"], key
+    assert config_lib.KEY_MEANINGS[key] in " ".join(entries[f"--config.{key}"].split()), key
+  named = {name for name in entries if not name.startswith("--")}
+  assert {"default", "shakespeare_char_cpu", "gpt2_owt", "speedrun_shakespeare"} <= named
+  assert "recipe" not in named  # it has no get_config(): configs apply it
 
 
 @pytest.mark.parametrize("source, words", [
