@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxgpt import memory
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 
@@ -237,6 +238,39 @@ def _placed(mesh):
   constraints name the caller's mesh, so they are off, and the placed mesh is the context."""
   with nn.logical_axis_rules(()), jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
     yield
+
+
+def check_memory(model: GPT, params, num_samples: int) -> None:
+  """A UserError if `num_samples` rows' decode state and prompt logits (abstract shapes, none
+  allocated) exceed the memory of all the devices here."""
+  prompt_BxS = jax.ShapeDtypeStruct((num_samples, model.config.block_size), jnp.int32)
+  with _placed(None):
+    state = jax.eval_shape(functools.partial(_prefill, model), params, prompt_BxS, 1, 0)
+  logits_bytes = prompt_BxS.size * model.config.padded_vocab_size * 4
+  needed = logits_bytes + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  per_device, what = memory.device_memory(jax.local_devices()[0])
+  count = jax.local_device_count()
+  if needed > per_device * count:
+    raise UserError(f"--num_samples={num_samples} needs {needed / 1e9:,.1f} GB for its caches "
+                    f"and logits, more than the {per_device * count / 1e9:,.1f} GB of the "
+                    f"{count} devices here ({what}): pass fewer samples")
+
+
+def logits(model: GPT, params, tokens_BxT) -> np.ndarray:
+  """The model's float32 logits (B, T, vocabulary) on whole sequences of token ids (B, T),
+  the rows split over devices as generation splits its samples."""
+  tokens_BxT = np.asarray(tokens_BxT, np.int32)
+  params, mesh = place(params, tokens_BxT.shape[0])
+  if mesh is not None:
+    tokens_BxT = jax.device_put(tokens_BxT, NamedSharding(mesh, PartitionSpec("batch")))
+  with _placed(mesh):
+    logits_BxTxV = _forward(model, params, tokens_BxT)
+  return np.asarray(logits_BxTxV, np.float32)[..., :model.config.vocab_size]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _forward(model: GPT, params, tokens_BxT):
+  return model.apply({"params": params}, tokens_BxT)
 
 
 _compile_seconds = [0.0]  # tracing, lowering and compiling, in this process so far

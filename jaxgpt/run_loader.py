@@ -1,10 +1,15 @@
 """A saved run (config, tokenizer, model, a checkpoint's parameters) or pretrained GPT-2
-weights, loaded for sampling and export."""
+weights, loaded for sampling, export and logits from Python:
+
+  run = load_run("runs/default")
+  logits_BxTxV = run.logits(run.tokenizer.encode("ROMEO:")[None])
+"""
 
 import dataclasses
 import os
 
 import ml_collections
+import numpy as np
 
 from jaxgpt import checkpoint, data, hf_gpt2, sharding
 from jaxgpt import config as config_lib
@@ -24,6 +29,24 @@ class LoadedRun:
 
   def context(self):
     return sharding.rules_context(self.mesh)
+
+  def logits(self, tokens_BxT) -> np.ndarray:
+    """The model's float32 logits (batch, time, vocabulary) on int token ids (batch, time):
+    position t's predict token t + 1 from tokens 0..t. Rows hold 1 to model.block_size ids."""
+    from jaxgpt import generate  # pylint: disable=g-import-not-at-top  # export does not need it
+    tokens_BxT = np.asarray(tokens_BxT)
+    _check_tokens(tokens_BxT, self.model.config.block_size, self.model.config.vocab_size)
+    return generate.logits(self.model, self.params, tokens_BxT)
+
+
+def _check_tokens(tokens_BxT: np.ndarray, block_size: int, vocab_size: int) -> None:
+  if (tokens_BxT.ndim != 2 or not np.issubdtype(tokens_BxT.dtype, np.integer)
+      or not tokens_BxT.size or tokens_BxT.shape[1] > block_size):
+    raise ValueError(f"tokens must be integer ids of shape (batch, time) with 1 <= time <= "
+                     f"block_size={block_size}, got {tokens_BxT.dtype} {tokens_BxT.shape}")
+  if tokens_BxT.min() < 0 or tokens_BxT.max() >= vocab_size:
+    raise ValueError(f"token ids must lie in [0, {vocab_size}), got {tokens_BxT.min()} to "
+                     f"{tokens_BxT.max()}")
 
 
 def load_run(workdir: str, which: str = "latest") -> LoadedRun:
@@ -84,7 +107,7 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
       raise UserError(f"{workdir} has no best checkpoint yet (one is kept at each evaluation): "
                       "use --checkpoint=latest")
     return step, checkpoints.restore_params(step, abstract, which="best")
-  if not which.isdigit():
+  if not which.isdecimal():
     raise UserError(f"--checkpoint={which} is not latest, best or a step number")
   step = int(which)
   if step not in checkpoints.all_steps():

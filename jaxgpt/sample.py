@@ -17,6 +17,7 @@ import sys
 from absl import flags
 
 from jaxgpt import cli, runtime
+from jaxgpt.config import INT32_MAX
 from jaxgpt.errors import UserError, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from (as printed by train).")
@@ -51,14 +52,26 @@ def _check_flags() -> None:
       ("max_new_tokens", _MAX_NEW_TOKENS.value >= 0, "0 or more"),
       ("num_samples", _NUM_SAMPLES.value > 0, "1 or more"),
       ("temperature", 0 <= _TEMPERATURE.value < float("inf"), "0 (greedy) or more"),
-      ("top_k", _TOP_K.value >= 0, "0 (all tokens) or more"),
-      ("top_p", 0 < _TOP_P.value <= 1, "more than 0 and at most 1")):
+      ("top_k", 0 <= _TOP_K.value <= INT32_MAX, f"0 (all tokens) to {INT32_MAX}"),
+      ("top_p", 0 < _TOP_P.value <= 1, "more than 0 and at most 1"),
+      ("seed", 0 <= _SEED.value <= INT32_MAX, f"0 to {INT32_MAX}")):
     if not ok:
       raise UserError(f"--{name}={flags.FLAGS[name].value} is out of range: pass {accepted}")
+  _check_utf8(_STOP.value, "--stop")
   given = [f"--{name}" for name in ("prompt", "prompt_file", "interactive")
            if flags.FLAGS[name].present]
   if len(given) > 1:
     raise UserError(f"{' and '.join(given)} were both given: pass only one of them")
+
+
+def _check_utf8(text: str, what: str) -> None:
+  """Python keeps bytes of the command line or stdin that are not UTF-8 as lone surrogates,
+  which no tokenizer or terminal takes."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise UserError(f"{what} is not valid UTF-8 text (byte 0x{ord(text[e.start]) & 0xff:02x} "
+                    f"at character {e.start}): pass UTF-8 text") from None
 
 
 def _file_prompt(path: str) -> str:
@@ -78,6 +91,7 @@ def _write_samples(run, prompt: str, sampling) -> None:
   from jaxgpt import generate  # pylint: disable=g-import-not-at-top
   if not prompt:
     raise UserError("the prompt is empty: give at least one character")
+  _check_utf8(prompt, "the prompt")
   run.tokenizer.encode(prompt)  # a prompt it cannot encode fails before anything is printed
   timing = generate.Timing()
   rest = [""] * (_NUM_SAMPLES.value - 1)
@@ -97,6 +111,7 @@ def _write_samples(run, prompt: str, sampling) -> None:
 
 def _interactive(run, sampling) -> None:
   from jaxgpt import generate  # pylint: disable=g-import-not-at-top
+  sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is then reported
   while True:
     if sys.stdin.isatty():
       print("prompt> ", end="", file=sys.stderr, flush=True)
@@ -122,6 +137,7 @@ def main(argv=None):
     run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
+  generate.check_memory(run.model, run.params, _NUM_SAMPLES.value)
   with run.context():
     if _INTERACTIVE.value:
       _interactive(run, sampling)

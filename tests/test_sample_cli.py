@@ -6,9 +6,12 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from helpers import REPO, assert_clean_error, run
+from jaxgpt import run_loader
+
+from helpers import REPO, assert_clean_error, assert_same_logits, jax_logits, run
 
 MAX_NEW = 2100  # far past the block of 64
 
@@ -44,11 +47,13 @@ def _sample(workdir, *args, **kwargs):
 
 
 def _interactive(workdir, stdin, *args):
-  """`run` with text on stdin (run itself gives the command none)."""
+  """`run` with text on stdin (run itself gives the command none); a surrogate such as
+  "\udcff" in `stdin` is sent as the byte it stands for (0xff), which is not UTF-8."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
   result = subprocess.run([sys.executable, "-m", "jaxgpt.sample", f"--workdir={workdir}",
                            "--interactive", *args], cwd=REPO, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, errors="surrogateescape",
+                          timeout=600, check=False)
   assert result.returncode == 0, result.stderr
   return result
 
@@ -105,6 +110,43 @@ def test_sample_user_errors(workdir):
   assert_clean_error(_sample(workdir, "--top_p=0", check=False), "top_p", "at most 1")
   assert_clean_error(_sample(workdir, "--temperature=-1", check=False), "temperature", "0")
   assert_clean_error(_sample(workdir, "--prompt=the \u4e2d", check=False), "'\u4e2d'", "vocabulary")
+  assert_clean_error(_sample(workdir, f"--top_k={2**40}", check=False), "--top_k", "2147483647")
+  assert_clean_error(_sample(workdir, "--seed=-1", check=False), "--seed=-1", "0 to")
+  assert_clean_error(_sample(workdir, "--stop=\udcfe", check=False), "--stop", "UTF-8")
+  assert_clean_error(_sample(workdir, "--checkpoint=\u00b2", check=False), "step number")
+
+
+def test_a_huge_seed_or_number_of_samples_is_one_clear_line(workdir):
+  assert_clean_error(_sample(workdir, f"--seed={2**70}", check=False), f"--seed={2**70}",
+                     "0 to 2147483647")
+  assert_clean_error(_sample(workdir, f"--num_samples={10**12}", check=False),
+                     "--num_samples", "GB", "pass fewer samples")
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line_and_interactive_goes_on(workdir):
+  """Python keeps command-line and stdin bytes that are not UTF-8 as surrogates ("\udcff"
+  for 0xff); run() and _interactive() send them as those bytes."""
+  result = run("sample", f"--workdir={workdir}", "--prompt=the\udcff", check=False)
+  assert_clean_error(result, "the prompt is not valid UTF-8", "0xff")
+  result = _interactive(workdir, "the \nthe\udcff\nthe \n", "--seed=5", "--max_new_tokens=20")
+  texts = _texts(result)
+  assert len(texts) == 2 and texts[0] == texts[1]
+  assert "error: the prompt is not valid UTF-8" in result.stderr, result.stderr
+
+
+def test_logits_of_a_runs_workdir_are_the_models_forward_pass(workdir):
+  run_ = run_loader.load_run(workdir)
+  tokens_BxT = np.stack([run_.tokenizer.encode(text)
+                         for text in ("the cat sat", "a dog ate t", "on the mat.")])
+  logits_BxTxV = run_.logits(tokens_BxT)
+  assert logits_BxTxV.dtype == np.float32
+  assert logits_BxTxV.shape == (3, 11, run_.tokenizer.vocab_size)
+  assert_same_logits(logits_BxTxV, jax_logits(run_.model, run_.params, tokens_BxT))
+  assert_same_logits(run_.logits(tokens_BxT[1:2].tolist()), logits_BxTxV[1:2])
+  with pytest.raises(ValueError, match="block_size=64"):
+    run_.logits(np.zeros((1, 65), np.int32))
+  with pytest.raises(ValueError, match="token ids"):
+    run_.logits([[run_.tokenizer.vocab_size]])
 
 
 def test_a_rejected_interactive_prompt_leaves_stdout_clean(workdir):
