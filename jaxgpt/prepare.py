@@ -13,18 +13,27 @@ training's own sources (shakespeare_plays, text, kaggle_csv, tfds), which give e
 tokens that training makes from them in memory. With --tokenizer=gpt2 or a BPE folder each
 document is preceded by <|endoftext|>; with char, documents are joined with a newline.
 
-DIR gets train_NNNNNN.bin and val_NNNNNN.bin shards, tokenizer.json and dataset.json (written
-last). A prepare that was stopped goes on from its last finished shard when run again with
-the same arguments, and writes the same bytes as one that was never stopped.
+DIR gets train_NNNNNN.bin and val_NNNNNN.bin shards (each with a small .progress.json),
+tokenizer.json and dataset.json (written last); DIR must be new, empty, or prepare's own. A
+prepare that was stopped goes on from its last finished shard when run again with the same
+arguments, and writes the same bytes as one that was never stopped. Run again on a finished
+dataset, it checks every shard (size and SHA-256) and remakes the damaged ones.
+
+python -m jaxgpt.prepare --verify=DIR checks a dataset's shards (headers, sizes, SHA-256, ids
+within the vocabulary) against its dataset.json, without changing anything.
 """
 
+import contextlib
+import errno
 import os
+import sys
 import time
 
 from absl import flags
 
 from jaxgpt import cli, config as config_lib
 from jaxgpt.data import corpus, documents, shard_writer, shards
+from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import Interrupted, UserError, run_cli
 from jaxgpt.progress import duration
 
@@ -54,28 +63,67 @@ _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Tokenizing proc
                                 "(default: one per core); the output does not depend on it.")
 _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per shard (the last "
                                      "of each split has fewer).")
+_VERIFY = flags.DEFINE_string("verify", "", "Instead of preparing: check every shard of the "
+                              "dataset folder DIR (header, size, SHA-256, ids within the "
+                              "vocabulary) against its dataset.json.")
 
 
 def main(argv=None):
   cli.parse_flags(argv, __doc__)
+  if _VERIFY.value:
+    _verify(os.path.abspath(os.path.expanduser(_VERIFY.value)))
+    return
   started = time.monotonic()
   source = describe_source()
   out = os.path.abspath(os.path.expanduser(_OUT.value))
   if _already_prepared(out, source):
     return
+  _check_out_is_ours(out)
+  try:
+    info = _prepare(out, source)
+  except KeyboardInterrupt:
+    raise Interrupted(f"prepare was interrupted: run the same command again to go on from "
+                      f"its last finished shard in {out}", exit_code=130) from None
+  except OSError as e:
+    raise _write_error(out, e) from None
+  print(_summary(out, info, time.monotonic() - started), flush=True)
+
+
+def _prepare(out: str, source: dict) -> dict:
   _make_folder(out)
   shard_writer.remove_temporaries(out)
   records = _unfinished_records(out, source)
-  try:
-    if source["source"] in config_lib.TEXT_SOURCES:
-      prepared = corpus.prepare_text(out, source)
-    else:
-      prepared = corpus.prepare_documents(out, source, records, _WORKERS.value)
-  except KeyboardInterrupt:
-    raise Interrupted(f"prepare was interrupted: run the same command again to go on from "
-                      f"its last finished shard in {out}") from None
-  info = _finish(out, source, prepared)
-  print(_summary(out, info, time.monotonic() - started), flush=True)
+  if source["source"] in config_lib.TEXT_SOURCES:
+    prepared = corpus.prepare_text(out, source)
+  else:
+    prepared = corpus.prepare_documents(out, source, records, _workers())
+  return _finish(out, source, prepared)
+
+
+def _workers() -> int:
+  """--workers, at most one per core: more only add processes that wait."""
+  cores = os.cpu_count() or 1
+  if _WORKERS.value > cores:
+    print(f"--workers={_WORKERS.value} is more than the {cores} cores here: using {cores}",
+          file=sys.stderr, flush=True)
+  return min(_WORKERS.value, cores)
+
+
+def _write_error(out: str, error: OSError) -> UserError:
+  """One line for a write that failed (a full disk, a read-only folder); the partial shard
+  is removed, the finished ones are kept for the rerun."""
+  with contextlib.suppress(OSError):
+    shard_writer.remove_temporaries(out)
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    itemsize = 2 if _TOKENIZER.value in ("char", "gpt2") else 4
+    shard_mb = (shards.HEADER_BYTES + _SHARD_TOKENS.value * itemsize) / 1e6
+    return UserError(f"the disk holding {out} is full ({error.strerror}): free at least "
+                     f"{shard_mb:,.1f} MB there (one shard of --shard_tokens="
+                     f"{_SHARD_TOKENS.value:,}) and run the same command again: it goes on "
+                     "from its last finished shard")
+  where = error.filename or out
+  return UserError(f"{where} cannot be written ({error.strerror}): pass another --out, or "
+                   "fix its permissions and run the same command again")
 
 
 def describe_source() -> dict:
@@ -122,8 +170,9 @@ def _check_flags() -> str:
   if source == "hf" and not _NAME.value:
     raise UserError("--source=hf needs --name=DATASET (a Hugging Face dataset, e.g. "
                     "HuggingFaceFW/fineweb-edu) and optionally --path=CONFIG")
-  if _WORKERS.value < 1 or _SHARD_TOKENS.value < 1:
-    raise UserError("--workers and --shard_tokens must be at least 1")
+  if _WORKERS.value < 1 or not 1 <= _SHARD_TOKENS.value <= shards.MAX_SHARD_TOKENS:
+    raise UserError(f"--workers must be at least 1 and --shard_tokens from 1 to "
+                    f"{shards.MAX_SHARD_TOKENS:,} (a shard's header counts its tokens in 32 bits)")
   return source or "files"
 
 
@@ -144,8 +193,9 @@ def _make_folder(out: str) -> None:
 
 
 def _already_prepared(out: str, source: dict) -> bool:
-  """True (said on stdout) for a folder with this dataset, finished; a folder with another
-  finished dataset is a UserError, and nothing of it is touched."""
+  """True (said on stdout) for a folder with this dataset, finished and every shard intact;
+  a folder with another finished dataset is a UserError, and nothing of it is touched.
+  Damaged shards are removed with dataset.json, so that the prepare goes on to remake them."""
   path = os.path.join(out, shards.DATASET_FILE)
   if not os.path.exists(path):
     return False
@@ -158,11 +208,64 @@ def _already_prepared(out: str, source: dict) -> bool:
     raise UserError(f"{out} already holds a dataset prepared from other arguments ("
                     f"{', '.join(differ)} differ): pass another --out, or delete {out} to "
                     "prepare this one there")
+  shards.check_schema(info, path)
   files = tuple(e["file"] for split in SPLITS for e in info["splits"][split])
   shard_writer.remove_leftovers(out, keep=files)  # a run stopped just after dataset.json
-  print(f"{out} is already prepared from these arguments ({len(files)} shards): nothing to do",
-        flush=True)
-  return True
+  damaged = shards.damaged_shards(out, info)
+  if not damaged:
+    print(f"{out} is already prepared from these arguments: its {len(files)} shards are intact "
+          "(sizes and SHA-256 checked): nothing to do", flush=True)
+    return True
+  _remove_damaged(out, damaged)
+  return False
+
+
+def _remove_damaged(out: str, damaged: list[tuple[str, str, str]]) -> None:
+  """Removes dataset.json and the damaged shards (with their progress files), saying which:
+  the prepare then remakes each split from its first damaged shard on."""
+  for split, file, problem in damaged:
+    print(f"{os.path.join(out, file)} is damaged ({problem}): making it again",
+          file=sys.stderr, flush=True)
+    for name in (file, file[:-len(".bin")] + shard_writer.PROGRESS_SUFFIX):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, name))
+  os.remove(os.path.join(out, shards.DATASET_FILE))
+
+
+def _check_out_is_ours(out: str) -> None:
+  """A UserError, before anything is written, where --out holds files prepare did not write
+  (a training run's workdir, anyone's folder): prepare would overwrite or mix with them."""
+  if not os.path.isdir(out):
+    if os.path.exists(out):
+      raise UserError(f"--out={out} is a file: pass a new or empty folder")
+    return
+  foreign = sorted(name for name in os.listdir(out) if not _written_by_prepare(out, name))
+  if foreign:
+    listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    raise UserError(f"--out={out} holds files that prepare did not write ({listed}): pass a new "
+                    "or empty folder, not a training run's workdir or a folder of other files")
+
+
+def _written_by_prepare(out: str, name: str) -> bool:
+  if name == tokenizer_lib.FILENAME:  # jaxgpt's own spec; a Hugging Face one has "model"
+    spec = shard_writer.read_json(os.path.join(out, name))
+    return isinstance(spec, dict) and "kind" in spec and not os.path.exists(
+        os.path.join(out, config_lib.CONFIG_FILE))
+  return (name == shards.DATASET_FILE or name.endswith(".tmp")
+          or name.endswith(shard_writer.PROGRESS_SUFFIX) or shard_writer.is_shard_name(name))
+
+
+def _verify(directory: str) -> None:
+  """--verify=DIR: every shard's header, size, SHA-256 and ids against dataset.json."""
+  info = shards.read_dataset(directory)
+  damaged = shards.damaged_shards(directory, info)
+  count = sum(len(info["splits"][split]) for split in SPLITS)
+  if damaged:
+    named = "; ".join(f"{file}: {problem}" for _, file, problem in damaged)
+    raise UserError(f"{len(damaged)} of the {count} shards of {directory} are damaged ({named}): "
+                    f"{shards.REPAIR}")
+  print(f"{directory}: all {count} shards are intact (headers, sizes, SHA-256 and ids below "
+        f"{info['vocab_size']:,} checked)", flush=True)
 
 
 def _unfinished_records(out: str, source: dict) -> list[dict]:
@@ -184,6 +287,7 @@ def _finish(out: str, source: dict, prepared) -> dict:
   for split in SPLITS:
     if not prepared.writers[split].tokens:
       shard_writer.remove_leftovers(out)  # these shards cannot make a dataset: start clean
+      os.remove(os.path.join(out, tokenizer_lib.FILENAME))
       raise UserError(corpus.empty_split_message(source, split, prepared.documents))
   splits = {split: prepared.writers[split].finish() for split in SPLITS}
   tokenizer = prepared.tokenizer

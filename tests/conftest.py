@@ -1,6 +1,7 @@
 """Tests run on CPU with 8 simulated devices; each test picks the devices its mesh uses."""
 
 import os
+import subprocess
 import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -59,3 +60,18 @@ def token_dir(text_file, tmp_path_factory):
   """text_file as token shards, split and tokenized as data.source=text does."""
   with open(text_file, encoding="utf-8") as f:
     return write_token_dataset(f.read(), tmp_path_factory.mktemp("tokens"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 64 MB filesystem of its own (tmpfs), which a test may fill or make read-only."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=True)

@@ -203,3 +203,100 @@ def test_bad_token_folders_are_one_line(token_dir, tmp_path):
                      "too short", "block_size")
   assert_clean_error(run("train", "--config.data.source=tokens", f"--workdir={tmp_path / 'd'}",
                          check=False), "data.path")
+
+
+def _llm_c_shard(path, tokens):
+  """A shard as llm.c's write_datafile writes it (GPT-2 ids, uint16)."""
+  header = np.zeros(256, np.int32)
+  header[:3] = (20240520, 1, len(tokens))
+  with open(path, "wb") as f:
+    f.write(header.tobytes())
+    f.write(np.asarray(tokens, np.uint16).tobytes())
+
+
+def _llm_c_dataset(folder):
+  """llm.c-style shards of a small BPE's ids, Hugging Face's tokenizer.json as it is, and a
+  dataset.json written by hand from the README's schema: returns that dataset.json."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from helpers import LINES  # pylint: disable=g-import-not-at-top
+  folder.mkdir()
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
+                          special_tokens=["<|endoftext|>"], show_progress=False)
+  bpe.save(str(folder / "tokenizer.json"))
+  ids = bpe.encode(LINES * 40).ids
+  splits = {"train": [], "val": []}
+  for split, name, part in (("train", "fineweb_train_000001.bin", ids[:3000]),
+                            ("train", "fineweb_train_000002.bin", ids[3000:-500]),
+                            ("val", "fineweb_val_000000.bin", ids[-500:])):
+    _llm_c_shard(folder / name, part)
+    splits[split].append({"file": name, "tokens": len(part),
+                          "sha256": shards.file_sha256(str(folder / name))})
+  info = {"format": "jaxgpt-tokens", "version": 1, "vocab_size": bpe.get_vocab_size(),
+          "splits": splits}
+  (folder / "dataset.json").write_text(json.dumps(info))
+  return info
+
+
+@pytest.mark.slow
+def test_a_hand_written_llm_c_dataset_trains_and_each_missing_key_is_named(tmp_path):
+  folder = tmp_path / "llmc"
+  info = _llm_c_dataset(folder)
+  trained = _train_on(folder, tmp_path / "run")
+  assert trained.returncode == 0, trained.stderr
+  assert "val_loss" in (tmp_path / "run" / "metrics.jsonl").read_text()
+  removals = [("format",), ("version",), ("vocab_size",), ("splits",), ("splits", "val"),
+              ("splits", "train", 1, "file"), ("splits", "train", 0, "tokens"),
+              ("splits", "val", 0, "sha256")]
+  for keys in removals:
+    broken = json.loads(json.dumps(info))
+    parent = broken
+    for key in keys[:-1]:
+      parent = parent[key]
+    del parent[keys[-1]]
+    (folder / "dataset.json").write_text(json.dumps(broken))
+    with pytest.raises(UserError, match=f'"{keys[-1]}"') as error:
+      shards.read_dataset(str(folder))
+    assert "README" in str(error.value)
+  assert_clean_error(_train_on(folder, tmp_path / "run2"), "dataset.json", '"sha256"')
+
+
+def test_ids_past_the_vocabulary_are_named_where_batches_are_read(tmp_path):
+  tokens = np.arange(100) % 50
+  tokens[70] = 60
+  shards.write_shard(str(tmp_path / "0.bin"), tokens, np.uint16)
+  lazy = shards.TokenShards([shards.open_shard(str(tmp_path / "0.bin"))], vocab_size=50)
+  lazy.windows(np.array([0]), 60)
+  with pytest.raises(UserError, match=r"0\.bin holds id 60, past the vocabulary's 50 ids"):
+    lazy.windows(np.array([40]), 40)
+  with pytest.raises(UserError, match=r"0\.bin holds id 60"):
+    list(BatchStream(lazy, 0, 0, 8, 16, 0, 3, use_tf=False))
+
+
+def _tokens_config(folder):
+  c = tiny_config()
+  c.data.update(source="tokens", path=str(folder))
+  return c
+
+
+def test_a_tokenizer_that_is_not_the_datasets_is_refused_at_start(token_dir, tmp_path):
+  from jaxgpt.data import CharTokenizer  # pylint: disable=g-import-not-at-top
+  swapped = tmp_path / "swapped"
+  shutil.copytree(token_dir, swapped)
+  CharTokenizer("abc").save(str(swapped))
+  with pytest.raises(UserError, match=r"tokenizer.json has 3 ids but dataset.json says"):
+    pipeline.build_dataset(_tokens_config(swapped))
+
+
+def test_a_token_folder_says_what_it_lacks(token_dir, tmp_path):
+  no_tokenizer = tmp_path / "no_tokenizer"
+  shutil.copytree(token_dir, no_tokenizer)
+  os.remove(no_tokenizer / "tokenizer.json")
+  with pytest.raises(UserError, match=r"no_tokenizer has no tokenizer.json, the tokenizer its "
+                     r"shards were made with.*README"):
+    pipeline.build_dataset(_tokens_config(no_tokenizer))
+  info = json.loads((no_tokenizer / "dataset.json").read_text())
+  del info["format"]
+  (no_tokenizer / "dataset.json").write_text(json.dumps(info))
+  with pytest.raises(UserError, match=r'has no "format": "jaxgpt-tokens".*README'):
+    pipeline.build_dataset(_tokens_config(no_tokenizer))

@@ -137,9 +137,10 @@ def test_text_files_char_tokens_and_dataset_json(docs, tmp_path):
   assert info["source"]["input"] == sorted(str(p) for p in (tmp_path / "corpus").glob("*.txt"))
   assert info["source"]["val_fraction"] == 0.1 and "workers" not in info["source"]
   assert len(info["splits"]["train"]) > 2  # several shards of 500 tokens
-  assert sorted(os.listdir(out)) == sorted(
-      ["dataset.json", "tokenizer.json"] + [e["file"] for s in ("train", "val")
-                                            for e in info["splits"][s]])
+  shard_files = [e["file"] for s in ("train", "val") for e in info["splits"][s]]
+  assert sorted(os.listdir(out)) == sorted(  # a progress file a shard, for repairs
+      ["dataset.json", "tokenizer.json"] + shard_files
+      + [f[:-len(".bin")] + shard_writer.PROGRESS_SUFFIX for f in shard_files])
   assert "prepared" in result.stdout and f"{len(docs)} documents" in result.stdout
 
 
@@ -405,3 +406,75 @@ def test_help_lists_the_flags():
   result = prepare("--help")
   for flag in ("--input", "--out", "--tokenizer", "--val_input", "--workers", "--shard_tokens"):
     assert flag in result.stdout
+
+
+def _fake_workdir(folder):
+  """The files a training run keeps in its workdir."""
+  (folder / "checkpoints" / "10").mkdir(parents=True)
+  (folder / "config.json").write_text("{}")
+  (folder / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": "abc"}))
+  (folder / "metrics.jsonl").write_text('{"step": 1, "train_loss": 4.0}\n')
+  return folder
+
+
+def test_a_folder_prepare_did_not_write_is_refused_before_anything_is_written(docs, tmp_path):
+  corpus = write_text_files(tmp_path / "corpus", docs)
+  (tmp_path / "one.txt").write_text("a single document")
+  workdir = _fake_workdir(tmp_path / "run")
+  hf_folder = tmp_path / "hf"
+  hf_folder.mkdir()
+  (hf_folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE"}}))
+  for folder, named in ((workdir, "config.json"), (hf_folder, "tokenizer.json")):
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for corpus_glob in (corpus, f"{tmp_path}/one.txt"):  # the second would fail later on
+      result = prepare(f"--input={corpus_glob}", f"--out={folder}", check=False)
+      assert_clean_error(result, str(folder), named, "new or empty folder")
+      assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_damaged_dataset_is_found_by_verify_and_remade_by_a_rerun(docs, tmp_path):
+  args = [f"--input={write_text_files(tmp_path / 'corpus', docs)}", "--shard_tokens=400"]
+  out = tmp_path / "out"
+  prepare(*args, f"--out={out}")
+  whole = folder_bytes(out)
+  assert "intact" in prepare(f"--verify={out}").stdout
+  with open(out / "train_000002.bin", "r+b") as f:  # same size: only the checksum tells
+    f.seek(1100)
+    f.write(b"\x01\x00")
+  os.remove(out / "val_000000.bin")
+  verify = prepare(f"--verify={out}", check=False)
+  assert_clean_error(verify, "2 of the", "train_000002.bin", "SHA-256", "val_000000.bin",
+                     "the same python -m jaxgpt.prepare command again")
+  rerun = prepare(*args, f"--out={out}")
+  assert "train_000002.bin is damaged" in rerun.stderr and "val_000000.bin" in rerun.stderr
+  assert folder_bytes(out) == whole
+  assert "nothing to do" in prepare(*args, f"--out={out}").stdout
+
+
+def test_more_workers_than_cores_are_capped_with_a_note(docs, tmp_path):
+  pattern = write_text_files(tmp_path / "corpus", docs)
+  prepare(f"--input={pattern}", f"--out={tmp_path / 'one'}", "--workers=1")
+  many = prepare(f"--input={pattern}", f"--out={tmp_path / 'many'}", "--workers=1000")
+  assert f"using {os.cpu_count()}" in many.stderr
+  assert folder_bytes(tmp_path / "many") == folder_bytes(tmp_path / "one")
+  assert_clean_error(prepare(f"--input={pattern}", f"--out={tmp_path / 'x'}",
+                             f"--shard_tokens={2**40}", check=False), "--shard_tokens")
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_rerun_goes_on(small_disk, tmp_path):
+  docs = make_documents(300, seed=3, words=(150, 300))
+  args = [f"--input={write_text_files(tmp_path / 'corpus', docs)}", "--shard_tokens=100000"]
+  prepare(*args, f"--out={tmp_path / 'whole'}")
+  filler = small_disk / "filler"
+  free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+  filler.write_bytes(b"\0" * (free - 300_000))  # room for one shard of 200 KB, not two
+  out = small_disk / "out"
+  full = prepare(*args, f"--out={out}", check=False)
+  assert_clean_error(full, str(out), "is full", "free at least", "run the same command again")
+  assert len(full.stderr.strip().splitlines()) == 1, full.stderr
+  assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+  assert (out / "train_000000.bin").exists()
+  os.remove(filler)
+  assert "going on from the finished shards" in prepare(*args, f"--out={out}").stderr
+  assert folder_bytes(out) == folder_bytes(tmp_path / "whole")

@@ -132,21 +132,6 @@ def test_max_steps_below_the_saved_step_trains_nothing_and_keeps_the_config(text
   assert _train_steps_in_order(workdir) == list(range(1, 11))
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A 64 MB filesystem of its own (tmpfs), which a test may fill or make read-only."""
-  disk = tmp_path / "disk"
-  disk.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
-                           capture_output=True, text=True, check=False)
-  if mounted.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-  try:
-    yield disk
-  finally:
-    subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_during_a_save_is_one_line_and_the_rerun_resumes(text_file, reference,
                                                                       small_disk):

@@ -58,11 +58,17 @@ def progress_records(directory: str) -> list[tuple[str, dict]]:
   return [(path, read_json(path)) for path in paths]
 
 
+def is_shard_name(name: str) -> bool:
+  return bool(_SHARD_NAME.match(name))
+
+
 def remove_leftovers(directory: str, keep: tuple[str, ...] = ()) -> None:
-  """Removes temporary files, progress files, and shards not named in `keep`."""
+  """Removes temporary files, and shards not named in `keep` with their progress files (a
+  kept shard's progress file stays: a rerun remakes a damaged shard from the one before)."""
+  kept_progress = {name[:-len(".bin")] + PROGRESS_SUFFIX for name in keep}
   for name in os.listdir(directory):
-    if (name.endswith(".tmp") or name.endswith(PROGRESS_SUFFIX)
-        or (_SHARD_NAME.match(name) and name not in keep)):
+    if (name.endswith(".tmp") or (name.endswith(PROGRESS_SUFFIX) and name not in kept_progress)
+        or (is_shard_name(name) and name not in keep)):
       os.remove(os.path.join(directory, name))
 
 

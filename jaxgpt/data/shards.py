@@ -14,6 +14,7 @@ the tokens were made from. A split's tokens are its shards' tokens, concatenated
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 
@@ -27,6 +28,7 @@ HEADER_BYTES = HEADER_INTS * 4
 # (magic, version) for each token type, as llm.c writes them.
 KINDS = {np.dtype(np.uint16): (20240520, 1), np.dtype(np.uint32): (20240801, 7)}
 SPLITS = ("train", "val")
+MAX_SHARD_TOKENS = 2**31 - 1  # the header's int32 count
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -61,31 +63,41 @@ def write_shard(path: str, tokens: np.ndarray, dtype) -> dict:
           "sha256": digest.hexdigest()}
 
 
+REPAIR = ("run the same python -m jaxgpt.prepare command again (it checks every shard and "
+          "rewrites the damaged ones), or restore the file")
+
+
 def open_shard(path: str, expected_tokens: int | None = None) -> np.memmap:
   """The shard's tokens, memory-mapped (nothing is read until used); a shard that is
   missing, truncated or not in this format is a UserError naming it."""
-  fix = "prepare the dataset again (python -m jaxgpt.prepare with the same arguments)"
+  tokens, problem = _mapped_shard(path, expected_tokens)
+  if problem:
+    raise UserError(f"token shard {path} {problem}: {REPAIR}")
+  return tokens
+
+
+def _mapped_shard(path: str, expected_tokens: int | None) -> tuple[np.memmap | None, str]:
+  """(the shard's tokens, '') or (None, what is wrong with it)."""
   try:
     size = os.path.getsize(path)
     header = np.fromfile(path, "<i4", count=HEADER_INTS)
   except OSError as e:
-    raise UserError(f"token shard {path} cannot be read ({e.strerror}): {fix}") from None
+    return None, f"cannot be read ({e.strerror})"
   if len(header) < 3:
-    raise UserError(f"token shard {path} is truncated (no whole header): {fix}")
+    return None, "is truncated (no whole header)"
   kinds = {kind: dtype for dtype, kind in KINDS.items()}
   dtype = kinds.get((int(header[0]), int(header[1])))
   if dtype is None:
-    raise UserError(f"token shard {path} has magic {header[0]} and version {header[1]}, "
-                    f"not a token shard of a known format: {fix}")
+    return None, (f"has magic {header[0]} and version {header[1]}, not a token shard of a "
+                  "known format")
   count = int(header[2])
   if size != HEADER_BYTES + count * dtype.itemsize:
-    raise UserError(f"token shard {path} has {size} bytes, but its header promises "
-                    f"{count} tokens ({HEADER_BYTES + count * dtype.itemsize} bytes): it is "
-                    f"truncated or damaged: {fix}")
+    return None, (f"has {size} bytes, but its header promises {count} tokens "
+                  f"({HEADER_BYTES + count * dtype.itemsize} bytes): it is truncated or damaged")
   if expected_tokens is not None and count != expected_tokens:
-    raise UserError(f"token shard {path} holds {count} tokens but {DATASET_FILE} lists "
-                    f"{expected_tokens}: {fix}")
-  return np.memmap(path, dtype.newbyteorder("<"), mode="r", offset=HEADER_BYTES, shape=(count,))
+    return None, f"holds {count} tokens but {DATASET_FILE} lists {expected_tokens}"
+  return np.memmap(path, dtype.newbyteorder("<"), mode="r", offset=HEADER_BYTES,
+                   shape=(count,)), ""
 
 
 class TokenShards:
@@ -96,8 +108,9 @@ class TokenShards:
   pages that way), so a long run would grow towards the corpus's size.
   """
 
-  def __init__(self, shards: list[np.memmap], name: str = "tokens", checksums: str = ""):
-    self.name, self.checksums = name, checksums
+  def __init__(self, shards: list[np.memmap], name: str = "tokens", checksums: str = "",
+               vocab_size: int | None = None):
+    self.name, self.checksums, self.vocab_size = name, checksums, vocab_size
     shards = [s for s in shards if len(s)]
     self._paths = [s.filename for s in shards]
     self._files = [(os.open(path, os.O_RDONLY), s.offset, s.dtype)
@@ -123,11 +136,18 @@ class TokenShards:
         count = min(length - filled, int(self._ends[shard] - start - filled))
         fd, offset, dtype = self._files[shard]
         data = self._read(shard, count * dtype.itemsize, offset + int(begin) * dtype.itemsize)
-        out[row, filled:filled + count] = np.frombuffer(data, dtype)
+        out[row, filled:filled + count] = self._checked_ids(shard, np.frombuffer(data, dtype))
         filled += count
         shard += 1
     return out
 
+  def _checked_ids(self, shard: int, ids: np.ndarray) -> np.ndarray:
+    """`ids`; one at or past the vocabulary (which would train to a nan loss) is a UserError."""
+    if self.vocab_size is not None and len(ids) and int(ids.max()) >= self.vocab_size:
+      raise UserError(f"token shard {self._paths[shard]} holds id {int(ids.max())}, past the "
+                      f"vocabulary's {self.vocab_size} ids of {DATASET_FILE}: it was made with "
+                      f"another tokenizer, or is damaged: {REPAIR}")
+    return ids
 
   def _read(self, shard: int, size: int, position: int) -> bytes:
     """Bytes of a shard; a shard that shrank or broke since it was opened is a UserError."""
@@ -138,31 +158,105 @@ class TokenShards:
     else:
       reason = "it is shorter than when training started"
     if len(data) != size:
-      raise UserError(f"token shard {self._paths[shard]} cannot be read ({reason}): restore it "
-                      "or prepare the dataset again, then resume")
+      raise UserError(f"token shard {self._paths[shard]} cannot be read ({reason}): {REPAIR}; "
+                      "then resume")
     return data
 
 
+SCHEMA = ('{"format": "jaxgpt-tokens", "version": 1, "vocab_size": N, "splits": {"train": '
+          '[{"file": NAME, "tokens": N, "sha256": HEX}, ...], "val": [...]}}')
+
+
 def read_dataset(directory: str) -> dict:
-  """The folder's dataset.json; a folder without one is a UserError."""
+  """The folder's dataset.json, its schema checked; a folder without one is a UserError."""
   path = os.path.join(directory, DATASET_FILE)
   try:
     with open(path, encoding="utf-8") as f:
       info = json.load(f)
   except FileNotFoundError:
     raise UserError(f"{directory} holds no {DATASET_FILE}: pass --config.data.path=DIR of a "
-                    "folder that `python -m jaxgpt.prepare --out=DIR` wrote") from None
+                    "folder that `python -m jaxgpt.prepare --out=DIR` wrote, or write one for "
+                    f"your shards ({SCHEMA}; see the README's token shards section)") from None
   except (OSError, ValueError) as e:
-    raise UserError(f"{path} cannot be read ({e}): prepare the dataset again") from None
-  if info.get("format") != FORMAT or info.get("version") != FORMAT_VERSION:
-    raise UserError(f"{path} is not a jaxgpt token dataset of version {FORMAT_VERSION}: "
-                    "prepare it again with this jaxgpt")
+    raise UserError(f"{path} cannot be read ({e}): restore it, or prepare the dataset "
+                    "again") from None
+  check_schema(info, path)
   return info
 
 
+def check_schema(info, path: str) -> None:
+  """A UserError naming the first missing or mistyped key of a dataset.json."""
+  def require(ok: bool, what: str) -> None:
+    if not ok:
+      raise UserError(f"{path} {what}: it must read {SCHEMA} (see the README's token shards "
+                      "section)")
+
+  require(isinstance(info, dict), "is not a JSON object")
+  require(info.get("format") == FORMAT, f'has no "format": "{FORMAT}"')
+  require(info.get("version") == FORMAT_VERSION,
+          f'has "version": {json.dumps(info.get("version"))}, not {FORMAT_VERSION}')
+  require(_is_count(info.get("vocab_size")) and info["vocab_size"] > 0,
+          'has no "vocab_size" (a positive integer: the tokenizer\'s number of ids)')
+  require(isinstance(info.get("splits"), dict), 'has no "splits" object')
+  for split in SPLITS:
+    entries = info["splits"].get(split)
+    require(isinstance(entries, list) and entries,
+            f'has no "{split}" split (a non-empty list of shards under "splits")')
+    for i, entry in enumerate(entries):
+      where = f'"splits"."{split}"[{i}]'
+      require(isinstance(entry, dict), f"has a {where} that is not an object")
+      require(isinstance(entry.get("file"), str) and entry["file"]
+              and os.path.basename(entry["file"]) == entry["file"],
+              f'has no "file" in {where} (a shard\'s file name, in the same folder)')
+      require(_is_count(entry.get("tokens")),
+              f'has no "tokens" in {where} (the shard\'s number of tokens)')
+      require(isinstance(entry.get("sha256"), str)
+              and re.fullmatch("[0-9a-f]{64}", entry["sha256"]),
+              f'has no "sha256" in {where} (the hex SHA-256 of the whole shard file, as '
+              "sha256sum prints it)")
+
+
+def _is_count(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def load_split(directory: str, info: dict, split: str) -> TokenShards:
-  """A split of the dataset in `directory`, its shards checked, read lazily."""
+  """A split of the dataset in `directory`, its shards' headers and sizes checked, read
+  lazily; ids at or past `info["vocab_size"]` are a UserError when a batch reads them."""
+  entries = info["splits"][split]
   shards = [open_shard(os.path.join(directory, entry["file"]), entry["tokens"])
-            for entry in info["splits"][split]]
+            for entry in entries]
   return TokenShards(shards, name=f"the {split} split of {directory}",
-                     checksums=" ".join(entry["sha256"] for entry in info["splits"][split]))
+                     checksums=" ".join(entry["sha256"] for entry in entries),
+                     vocab_size=info["vocab_size"])
+
+
+def file_sha256(path: str) -> str:
+  """The hex SHA-256 of a file, read in pieces (a shard may be gigabytes)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while piece := f.read(1 << 24):
+      digest.update(piece)
+  return digest.hexdigest()
+
+
+def damaged_shards(directory: str, info: dict) -> list[tuple[str, str, str]]:
+  """(split, file, what is wrong) of every shard whose header, size, checksum or ids do not
+  match dataset.json: each shard is read whole once."""
+  damaged = []
+  for split in SPLITS:
+    for entry in info["splits"][split]:
+      path = os.path.join(directory, entry["file"])
+      tokens, problem = _mapped_shard(path, entry["tokens"])
+      if problem:
+        damaged.append((split, entry["file"], problem))
+      elif file_sha256(path) != entry["sha256"]:
+        damaged.append((split, entry["file"], f"its SHA-256 differs from {DATASET_FILE}'s"))
+      elif len(tokens) and int(_max_id(tokens)) >= info["vocab_size"]:
+        damaged.append((split, entry["file"], f"it holds id {int(_max_id(tokens))}, past the "
+                        f"vocabulary of {info['vocab_size']}"))
+  return damaged
+
+
+def _max_id(tokens: np.memmap) -> int:
+  return max(int(tokens[i:i + (1 << 24)].max()) for i in range(0, len(tokens), 1 << 24))

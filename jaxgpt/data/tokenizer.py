@@ -177,6 +177,8 @@ def load_tokenizer(directory: str):
       return CharTokenizer(spec["chars"])
     if spec.get("kind") == "gpt2":
       return BPETokenizer(json.dumps(spec["tokenizer"]), spec["vocab_size"])
+    if "kind" not in spec and "model" in spec:  # a Hugging Face tokenizer.json, as given
+      return BPETokenizer(json.dumps(spec))
   except Exception as e:  # pylint: disable=broad-except  # a hand-edited file fails in many ways
     raise UserError(f"{path!r} is damaged ({type(e).__name__}: {e}): restore it, or retrain "
                     "in a new workdir") from None
