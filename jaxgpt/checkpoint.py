@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -55,8 +56,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False,
                timeout_secs: int = DEFAULT_TIMEOUT_SECS):
     workdir = os.path.abspath(workdir)
-    if not read_only:
-      _quiet_background_failures()
+    _quiet_background_failures()
     self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep, read_only, timeout_secs)
     self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only, timeout_secs,
                           best_fn=lambda m: m["val_loss"], best_mode="min")
@@ -127,7 +127,7 @@ class Checkpointer:
       old_layout = saved.get(OLD_STATE) is not None
       saved_params = saved[OLD_STATE].tree["params"] if old_layout else saved[PARAMS].tree
     except Exception as e:  # pylint: disable=broad-except
-      raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
+      raise DamagedCheckpointError(f"{where} cannot be read ({_plain_reason(e)})") from e
     params = _unnest_norms(saved_params)
     target = layers.in_form(wanted, layers.is_scanned(params))
     mismatch = _first_mismatch(params, target["params"])
@@ -139,7 +139,7 @@ class Checkpointer:
     try:
       restored = manager.restore(step, args=_restore_args(target, old_layout))
     except Exception as e:  # pylint: disable=broad-except
-      raise DamagedCheckpointError(f"{where} cannot be read ({first_line(e)})") from e
+      raise DamagedCheckpointError(f"{where} cannot be read ({_plain_reason(e)})") from e
     if old_layout:
       parts = restored[OLD_STATE]
     else:
@@ -194,6 +194,19 @@ class DamagedCheckpointError(UserError):
 
 class SaveFailedError(UserError):
   """Writing a checkpoint failed or timed out."""
+
+
+def _plain_reason(error: Exception) -> str:
+  """The cause in a reading error's first line, without TensorStore's spec and object reprs:
+  `DATA_LOSS: ... Error decoding b-tree node: CRC-32C checksum verification failed: ...`."""
+  line = re.split(r"\s*\[tensorstore_spec=|\s*<bound method |\s*<[\w.]+ object at ",
+                  first_line(error))[0]
+  segments = line.split(": ")
+  cause = []
+  while segments and '"' not in segments[-1]:  # paths and file names come quoted
+    cause.insert(0, segments.pop())
+  code = segments[0] if segments and segments[0].isupper() else ""
+  return ": ".join(([code] if code and cause else []) + cause) or line
 
 
 def _disk_full(error: BaseException) -> bool:

@@ -1,6 +1,10 @@
 """The one error type users can cause, and the CLI wrapper that prints it as one line."""
 
+import _thread
+import os
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -38,11 +42,48 @@ def report(error: UserError) -> int:
   return error.exit_code
 
 
+INTERRUPTED = "interrupted (Ctrl-C); nothing saved was changed"
+
+
 def run_cli(main, argv=None):
-  """Runs `main(argv)`; turns a UserError into one stderr line and its exit code."""
+  """Runs `main(argv)`; turns a UserError into one stderr line and its exit code, and Ctrl-C
+  at any moment into one `stopped:` line and exit status 130."""
+  handle_ctrl_c()
   try:
     return main(argv)
   except UserError as e:
     sys.exit(report(e))
   except KeyboardInterrupt:
-    sys.exit(report(Interrupted("interrupted (Ctrl-C); nothing saved was changed", 130)))
+    sys.exit(report(Interrupted(INTERRUPTED, 130)))
+
+
+def handle_ctrl_c() -> None:
+  """Ctrl-C raises KeyboardInterrupt, except during an import, where it ends the command at
+  once (a KeyboardInterrupt inside a C extension's initialisation is turned into an
+  ImportError, or crashes; nothing is saved while importing); and a KeyboardInterrupt that
+  Python dropped (raised in a garbage-collection callback or a __del__, such as JAX's, it is
+  only "ignored") is raised again in the main thread. An ignored SIGINT stays ignored."""
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+  if sys.unraisablehook is not _reraise_interrupts:
+    _reraise_interrupts.default = sys.unraisablehook
+    sys.unraisablehook = _reraise_interrupts
+
+
+def _on_ctrl_c(_, frame) -> None:
+  while frame is not None:
+    if frame.f_code.co_filename.startswith("<frozen importlib"):
+      print(f"stopped: {INTERRUPTED}", file=sys.stderr, flush=True)
+      os._exit(130)  # pylint: disable=protected-access
+    frame = frame.f_back
+  raise KeyboardInterrupt
+
+
+def _reraise_interrupts(unraisable) -> None:
+  if isinstance(unraisable.exc_value, KeyboardInterrupt):
+    # A moment later, from another thread: raised in this hook, it would be dropped again.
+    timer = threading.Timer(0.05, _thread.interrupt_main)
+    timer.daemon = True
+    timer.start()
+  else:
+    _reraise_interrupts.default(unraisable)

@@ -12,6 +12,7 @@ written as a `tokenizers` word-level tokenizer over single characters.
 """
 
 import os
+import shutil
 
 from absl import flags
 
@@ -49,6 +50,21 @@ def export_run(run, out: str) -> str:
   return hf_export.HF_CLASSES[architecture][1]
 
 
+def _export_whole(run, out: str) -> str:
+  """export_run into a folder beside `out`, renamed to `out` once complete: a failed or
+  interrupted export leaves no half-written model."""
+  partial = out.rstrip(os.sep) + ".partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    hf_class = export_run(run, partial)
+    os.replace(partial, out)  # an empty `out` is replaced
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  return hf_class
+
+
 def main(argv=None):
   runtime.configure_cpu_devices()
   runtime.start_backend()
@@ -60,8 +76,7 @@ def main(argv=None):
   hf_export.check_exportable(run.model.config)  # before --out is made
   out = os.path.abspath(_OUT.value)
   try:
-    os.makedirs(out, exist_ok=True)
-    hf_class = export_run(run, out)
+    hf_class = _export_whole(run, out)
   except OSError as e:
     raise UserError(f"--out={out} cannot be written ({e.strerror or e}): pass a folder you "
                     "can write to") from None

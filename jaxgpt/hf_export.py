@@ -33,26 +33,32 @@ HF_CLASSES = {"GPT-2": ("gpt2", "GPT2LMHeadModel"), "Llama": ("llama", "LlamaFor
               "Qwen3": ("qwen3", "Qwen3ForCausalLM")}
 
 
-def _differences(model_config: GPTConfig, options: dict) -> list:
-  return [f"model.{name}={getattr(model_config, name)!r}" for name, value in options.items()
-          if getattr(model_config, name) != value]
+def _differences(model_config: GPTConfig, options: dict) -> dict:
+  """The options the model would need to change to be exported as `options`' architecture."""
+  return {name: value for name, value in options.items()
+          if getattr(model_config, name) != value}
 
 
 def check_exportable(model_config: GPTConfig) -> str:
   """The architecture (a key of ARCHITECTURES) that the model exports as, or a UserError
-  naming the options that the closest architectures lack, and what each one needs."""
+  naming the options that the closest architectures lack, what each one needs, and the flags
+  that make a new run export as the closest."""
   differences = {name: _differences(model_config, options)
                  for name, options in ARCHITECTURES.items()}
   fewest = min(map(len, differences.values()))
   if not fewest:
     return next(name for name, diff in differences.items() if not diff)
-  closest = [f"{name} has no {', '.join(diff)}" for name, diff in differences.items()
-             if len(diff) == fewest]
+  closest = [name for name, diff in differences.items() if len(diff) == fewest]
+  lacks = [f"{name} has no " + ", ".join(f"model.{option}={getattr(model_config, option)!r}"
+                                         for option in differences[name]) for name in closest]
   *others, last = (f"{name} ({', '.join(f'{n}={v!r}' for n, v in options.items())})"
                    for name, options in ARCHITECTURES.items())
+  flags = " ".join(f"--config.model.{option}={value}"
+                   for option, value in differences[closest[0]].items())
   raise UserError(f"this run's model options have no Hugging Face transformers equivalent "
-                  f"({'; '.join(closest)}): export writes only models with the options of "
-                  f"{', '.join(others)} or {last}")
+                  f"({'; '.join(lacks)}): export writes only models with the options of "
+                  f"{', '.join(others)} or {last}; a trained run keeps its options: train a "
+                  f"new run with {flags} to export it as {closest[0]}")
 
 
 def exported_params(params, model_config: GPTConfig, architectures: tuple) -> tuple:

@@ -58,6 +58,21 @@ def compiled_memory(compiled) -> dict[str, int]:
   return figures
 
 
+def check_step_fits(figures: dict) -> None:
+  """A UserError, before the first step runs, if the compiled train step (state, batch,
+  activations and the rest) needs more than one device's memory."""
+  if "total_bytes" not in figures:
+    return
+  available, what = device_memory(jax.local_devices()[0])
+  if figures["total_bytes"] > available:
+    raise UserError(
+        f"the train step cannot fit: compiled, it needs {_size(figures['total_bytes'])} per "
+        f"device ({_size(figures['temp_bytes'])} of it activations and other temporaries), "
+        f"more than the {_size(available)} of {what}: lower train.batch_size or "
+        "model.block_size, split the batch with train.grad_accum_steps, recompute activations "
+        "with model.remat=full, or shard over more devices with mesh.fsdp")
+
+
 def describe(figures: dict) -> str:
   """One line of a compiled train step's figures (compile_seconds and compiled_memory's)."""
   line = f"train step compiled in {figures['compile_seconds']:.1f} s"

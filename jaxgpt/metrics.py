@@ -10,6 +10,8 @@ import jax
 from jaxgpt.errors import UserError
 
 # Dense bf16 peak FLOP/s per device, by a substring of `device.device_kind` (lower case).
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 PEAK_FLOPS = (
     ("h200", 989e12),
     ("h100", 989e12),
@@ -41,10 +43,16 @@ class MetricsWriter:
     self._enabled = enabled
     if not enabled:
       return
-    self._path = os.path.join(workdir, "metrics.jsonl")
-    _drop_torn_last_line(self._path)
-    self._jsonl = open(self._path, "a", encoding="utf-8")
-    self._tensorboard = _TensorBoard(os.path.join(workdir, "tensorboard"))
+    self._path = os.path.join(workdir, METRICS_FILE)
+    try:
+      _drop_torn_last_line(self._path)
+      self._jsonl = open(self._path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+      self._tensorboard = _TensorBoard(os.path.join(workdir, TENSORBOARD_DIR))
+    except OSError as e:
+      where = e.filename or self._path
+      raise UserError(f"{where} cannot be written ({e.strerror}): make it writable (chmod "
+                      "u+w, or chattr -i where it is immutable) or pass another --workdir; "
+                      "nothing in the workdir was changed") from None
 
   def write(self, step: int, **values) -> None:
     if not self._enabled:

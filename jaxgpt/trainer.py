@@ -115,7 +115,7 @@ class Trainer(Program):
                       "--workdir")
 
   def _initial_state(self):
-    """The newest checkpoint's state, or a new one; only then are config and tokenizer saved."""
+    """The newest checkpoint's state, or a new one."""
     step = self.checkpoints.latest_step()
     if step is None and self.pretrained:
       self.log(f"initialising from {self.config.init_from} ({self.pretrained})")
@@ -134,9 +134,6 @@ class Trainer(Program):
     else:
       self.log(f"resuming from the checkpoint of step {step}")
       state = self._restore(step)
-    if self.is_main:
-      self.tokenizer.save(self.workdir)
-      config_lib.save_config(self.config, self.workdir)
     return state
 
   def _restore(self, step: int):
@@ -197,7 +194,7 @@ class Trainer(Program):
     """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
     # Process 0 alone traces: processes sharing a host would write the same file (per host).
-    trace = metrics.StepTrace(os.path.join(self.workdir, "tensorboard"),
+    trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
                               config_lib.profile_window(self.config) if self.is_main else None)
     try:
       with self.context(), self.stop_request.installed():
@@ -223,6 +220,12 @@ class Trainer(Program):
       compiling = pool.submit(self._in_context, self.compiled_steps)
       state = self._initial_state()
       compiled = compiling.result()
+    self.log(memory.describe(compiled[1]))
+    memory.check_step_fits(compiled[1])
+    if self.is_main and int(state.step) <= self.config.train.max_steps:
+      # Only now: a run refused above, or with nothing to train, leaves the workdir as it was.
+      self.tokenizer.save(self.workdir)
+      config_lib.save_config(self.config, self.workdir)
     return self._train_from(state, compiled, writer, trace)
 
   def _train_from(self, state, compiled, writer, trace) -> dict:
@@ -236,8 +239,7 @@ class Trainer(Program):
                                     metrics.flops_per_token(self.model.config, num_params),
                                     jax.device_count())
     start = int(state.step)
-    train_step, figures, eval_loss = compiled
-    self.log(memory.describe(figures))
+    train_step, _, eval_loss = compiled
     eval_set = self.eval_set()
     stream = self.batch_stream(start, t.max_steps)
     # On CPU with several devices, dispatching sharded steps without waiting can make XLA's

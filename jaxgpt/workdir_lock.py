@@ -13,9 +13,11 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 
+from jaxgpt import runtime
 from jaxgpt.errors import UserError
 
 LOCK_FILE = "lock"
@@ -25,14 +27,63 @@ _UNSUPPORTED = (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, err
 
 @contextlib.contextmanager
 def held(workdir: str):
-  """Holds the workdir's lock while the block runs; a UserError if another run holds it."""
+  """Holds the workdir's lock while the block runs; a UserError if another run holds it.
+  A run that fails before it has written a result (refused at start) takes away what it made,
+  and the folder too where it made it."""
+  before = _listing(workdir)
+  try:
+    yield from _locked(workdir, os.path.join(workdir, LOCK_FILE))
+  except BaseException:
+    _remove_start_up_files(workdir, before)
+    raise
+
+
+def _listing(workdir: str) -> set[str] | None:
+  """The names in `workdir`, or None where it does not exist."""
+  try:
+    return set(os.listdir(workdir))
+  except OSError:
+    return None
+
+
+def _remove_start_up_files(workdir: str, before: set[str] | None) -> None:
+  """Removes what a run refused at start made: its lock, compiled programs, and empty
+  checkpoint folders and metrics (the event file of the same metrics goes with them)."""
+  from jaxgpt import checkpoint, metrics  # pylint: disable=g-import-not-at-top
+  new = (_listing(workdir) or set()) - (before or set())
+  start_up = {LOCK_FILE, runtime.CACHE_DIR, checkpoint.LATEST_DIR, checkpoint.BEST_DIR,
+              metrics.METRICS_FILE, metrics.TENSORBOARD_DIR}
+  empty = {checkpoint.LATEST_DIR, checkpoint.BEST_DIR, metrics.METRICS_FILE}
+  if not new or not new <= start_up or any(_has_data(os.path.join(workdir, n)) for n in new & empty):
+    return
+  with contextlib.suppress(OSError):
+    for name in new:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+    if before is None:
+      os.rmdir(workdir)
+
+
+def _has_data(path: str) -> bool:
+  return bool(os.listdir(path)) if os.path.isdir(path) else os.path.getsize(path) > 0
+
+
+def _locked(workdir: str, path: str):
   try:
     os.makedirs(workdir, exist_ok=True)
-    f = open(os.path.join(workdir, LOCK_FILE), "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
   except (FileExistsError, NotADirectoryError):
     raise UserError(f"--workdir {workdir} is a file, not a folder: pass a folder (new or a "
                     "run's)") from None
   except OSError as e:
+    if os.path.isfile(path) and os.access(workdir, os.W_OK) and e.errno in (errno.EACCES,
+                                                                           errno.EPERM):
+      raise UserError(f"the lock file {path} cannot be opened for writing ({e.strerror}): make "
+                      "it writable (chmod u+w, or chattr -i where it is immutable) or delete "
+                      "it; no run holds a lock through a file it cannot open") from None
     raise UserError(f"--workdir {workdir} cannot be written ({e.strerror}): pass a folder "
                     "you can write to") from None
   with f:

@@ -31,6 +31,19 @@ def run(module, *args, check=True, cwd=REPO):
   return result
 
 
+def with_ctrl_c(module, *args):
+  """The command line of `python -m jaxgpt.MODULE ARGS` that catches Ctrl-C as when started
+  from a terminal: a process started with SIGINT ignored keeps ignoring it (Python installs no
+  KeyboardInterrupt), and in the whole suite the pytest process has been seen to hand SIGINT
+  down ignored. Set in the child itself: a preexec function would fork the multithreaded
+  parent. sys.argv[0] is "-m" while the package is imported, as under `python -m`."""
+  script = ("import runpy, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "sys.argv = ['-m', *sys.argv[1:]]\n"
+            f"runpy.run_module('jaxgpt.{module}', run_name='__main__', alter_sys=True)\n")
+  return [sys.executable, "-c", script, *args]
+
+
 def assert_clean_error(result, *words):
   """Bad input: exit status 2 and one last line on stderr, `error: ...` with `words`."""
   assert result.returncode == 2, (result.returncode, result.stderr)

@@ -161,3 +161,20 @@ def test_a_refused_run_stops_before_out_is_made(text_file, tmp_path):
   assert_clean_error(result, "no Hugging Face transformers equivalent",
                      "GPT-2 has no model.position='rope'")
   assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_default_recipe_names_the_flag_that_makes_a_run_exportable(text_file, tmp_path):
+  def train_default(workdir, *options):
+    run("train", "--config=default", "--config.data.source=text", f"--config.data.path={text_file}",
+        "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.block_size=16",
+        "--config.train.max_steps=2", "--config.train.eval_steps=1",
+        "--config.train.sample_tokens=0", f"--workdir={workdir}", *options)
+  train_default(tmp_path / "default")
+  refused = run("export", f"--workdir={tmp_path / 'default'}", f"--out={tmp_path / 'no'}",
+                check=False)
+  assert_clean_error(refused, "train a new run with --config.model.mlp=swiglu to export it as "
+                     "Qwen3")
+  train_default(tmp_path / "swiglu", "--config.model.mlp=swiglu")
+  exported = run("export", f"--workdir={tmp_path / 'swiglu'}", f"--out={tmp_path / 'hf'}")
+  assert "Qwen3ForCausalLM" in exported.stdout

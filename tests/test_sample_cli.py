@@ -11,7 +11,7 @@ import pytest
 
 from jaxgpt import run_loader
 
-from helpers import REPO, assert_clean_error, assert_same_logits, jax_logits, run
+from helpers import REPO, assert_clean_error, assert_same_logits, jax_logits, run, with_ctrl_c
 
 MAX_NEW = 2100  # far past the block of 64
 
@@ -205,22 +205,10 @@ def test_an_accelerator_that_cannot_start_is_an_error_for_sample_and_export(work
     assert_clean_error(result, "JAX_PLATFORMS")
 
 
-def _with_ctrl_c(module, *args):
-  """The command line of `python -m jaxgpt.MODULE ARGS` that catches Ctrl-C as when started
-  from a terminal: a process started with SIGINT ignored keeps ignoring it (Python installs no
-  KeyboardInterrupt), and in the whole suite the pytest process has been seen to hand SIGINT
-  down ignored. Set in the child itself: a preexec function would fork the multithreaded parent."""
-  script = ("import runpy, signal, sys\n"
-            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            f"sys.argv = ['jaxgpt.{module}', *sys.argv[1:]]\n"
-            f"runpy.run_module('jaxgpt.{module}', run_name='__main__', alter_sys=True)\n")
-  return [sys.executable, "-c", script, *args]
-
-
 @pytest.mark.slow
 def test_ctrl_c_in_sample_is_one_line(workdir):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-  process = subprocess.Popen(_with_ctrl_c("sample", f"--workdir={workdir}", "--prompt=the ",
+  process = subprocess.Popen(with_ctrl_c("sample", f"--workdir={workdir}", "--prompt=the ",
                                           "--max_new_tokens=1000000"), cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   process.stdout.read(20)  # it is generating
@@ -233,7 +221,7 @@ def test_ctrl_c_in_sample_is_one_line(workdir):
 @pytest.mark.slow
 def test_ctrl_c_in_the_end_of_training_sample_is_one_line_and_keeps_the_run(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-  process = subprocess.Popen(_with_ctrl_c("train",
+  process = subprocess.Popen(with_ctrl_c("train",
                                           *_train_args(tmp_path, steps=3, sample_tokens=10**6)),
                              cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,92 @@
+"""Ctrl-C at any moment of any command: exit status 130, one `stopped:` line, no traceback,
+nothing half-written (the training loop's own save-and-stop is tested in test_resilience)."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import LINES, REPO, TINY, with_ctrl_c
+
+
+def _interrupted(command, after: float):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  time.sleep(after)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=300)
+  return process.returncode, stderr
+
+
+def _assert_stopped(returncode, stderr):
+  lines = stderr.strip().splitlines()
+  assert returncode == 130, stderr
+  assert len(lines) == 1 and lines[0].startswith("stopped: interrupted (Ctrl-C)"), stderr
+
+
+def _train(text_file, workdir):
+  return with_ctrl_c("train", *TINY, "--config.data.source=text",
+                     f"--config.data.path={text_file}", f"--workdir={workdir}",
+                     "--config.train.max_steps=2", "--config.train.sample_tokens=0")
+
+
+@pytest.mark.parametrize("after", [0.5])
+def test_ctrl_c_while_train_starts(text_file, tmp_path, after):
+  """Within its first seconds JAX's garbage-collection callback used to swallow it."""
+  workdir = tmp_path / "run"
+  _assert_stopped(*_interrupted(_train(text_file, workdir), after))
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.05, 0.2, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_of_train_start_up(text_file, tmp_path, after):
+  workdir = tmp_path / "run"
+  returncode, stderr = _interrupted(_train(text_file, workdir), after)
+  if "saving and stopping after the current step" in stderr:  # it was training: the loop's
+    assert returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped: stopped by SIGINT after step")
+  else:
+    _assert_stopped(returncode, stderr)
+    assert not workdir.exists()
+
+
+@pytest.fixture(scope="module")
+def exportable_run(text_file, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run") / "run"
+  subprocess.run(with_ctrl_c("train", *TINY, "--config.data.source=text",
+                             f"--config.data.path={text_file}", f"--workdir={workdir}",
+                             "--config.train.max_steps=2", "--config.train.sample_tokens=0"),
+                 cwd=REPO, check=True, capture_output=True)
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.05, 0.3, 0.8, 1.2])
+def test_ctrl_c_at_any_moment_of_export(exportable_run, tmp_path, after):
+  out = tmp_path / "hf"
+  returncode, stderr = _interrupted(with_ctrl_c("export", f"--workdir={exportable_run}",
+                                                f"--out={out}"), after)
+  if returncode == 0:  # it finished first: whole
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json",
+                                       "tokenizer_config.json"]
+  else:
+    _assert_stopped(returncode, stderr)
+    assert not out.exists() and not (tmp_path / "hf.partial").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.1, 1.0])
+def test_ctrl_c_in_prepare_exits_130(tmp_path, after):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(LINES * 20000)
+  returncode, stderr = _interrupted(with_ctrl_c("prepare", f"--input={corpus}",
+                                                f"--out={tmp_path / 'out'}", "--workers=1",
+                                                "--shard_tokens=1000"), after)
+  assert returncode == 130 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1].startswith("stopped:"), stderr
+  assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")] if (
+      tmp_path / "out").exists() else True
