@@ -287,10 +287,11 @@ class Trainer(Program):
     """Checks and logs a step's loss; returns whether some process asked to stop."""
     loss = float(step_metrics["loss"])
     if not math.isfinite(loss):
-      raise UserError(
-          f"the training loss became {loss} at step {step}: lower train.learning_rate or "
-          f"raise train.warmup_steps; the newest good checkpoint ({self.checkpoints.latest_step()}) "
-          "is kept")
+      newest = self.checkpoints.latest_step()
+      kept = (f"the newest good checkpoint, {newest}, is kept" if newest is not None
+              else "no checkpoint was written yet")
+      raise UserError(f"the training loss became {loss} at step {step}: lower "
+                      f"train.learning_rate or raise train.warmup_steps; {kept}")
     stop = bool(step_metrics["stop"])
     t = self.config.train
     if step % t.log_every and step != t.max_steps:

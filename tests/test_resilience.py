@@ -271,6 +271,7 @@ def test_non_finite_loss_stops_with_the_step(text_file, tmp_path):
   result = run("train", *_train_args(text_file, tmp_path), "--config.train.learning_rate=1e12",
                "--config.train.grad_clip=0", "--config.train.warmup_steps=0", check=False)
   assert_clean_error(result, "at step")
+  assert "(None)" not in result.stderr  # it said "the newest good checkpoint (None) is kept"
 
 
 @pytest.mark.parametrize("args, env, words", [
