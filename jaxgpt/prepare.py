@@ -82,6 +82,7 @@ def main(argv=None):
   try:
     info = _prepare(out, source)
   except KeyboardInterrupt:
+    _remove_partial_shard(out)
     raise Interrupted(f"prepare was interrupted: run the same command again to go on from "
                       f"its last finished shard in {out}", exit_code=130) from None
   except OSError as e:
@@ -109,11 +110,15 @@ def _workers() -> int:
   return min(_WORKERS.value, cores)
 
 
+def _remove_partial_shard(out: str) -> None:
+  with contextlib.suppress(OSError):
+    shard_writer.remove_temporaries(out)
+
+
 def _write_error(out: str, error: OSError) -> UserError:
   """One line for a write that failed (a full disk, a read-only folder); the partial shard
   is removed, the finished ones are kept for the rerun."""
-  with contextlib.suppress(OSError):
-    shard_writer.remove_temporaries(out)
+  _remove_partial_shard(out)
   if error.errno in (errno.ENOSPC, errno.EDQUOT):
     itemsize = 2 if _TOKENIZER.value in ("char", "gpt2") else 4
     shard_mb = (shards.HEADER_BYTES + _SHARD_TOKENS.value * itemsize) / 1e6
