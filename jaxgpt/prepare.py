@@ -126,7 +126,10 @@ def _write_error(out: str, error: OSError) -> UserError:
                      f"{shard_mb:,.1f} MB there (one shard of --shard_tokens="
                      f"{_SHARD_TOKENS.value:,}) and run the same command again: it goes on "
                      "from its last finished shard")
-  where = error.filename or out
+  where = str(error.filename or out)
+  if not where.startswith(out):  # an input
+    return UserError(f"{where} cannot be read ({error.strerror}): check the file and run the "
+                     "same command again; the finished shards are kept")
   return UserError(f"{where} cannot be written ({error.strerror}): pass another --out, or "
                    "fix its permissions and run the same command again")
 
@@ -254,8 +257,7 @@ def _check_out_is_ours(out: str) -> None:
 def _written_by_prepare(out: str, name: str) -> bool:
   if name == tokenizer_lib.FILENAME:  # jaxgpt's own spec; a Hugging Face one has "model"
     spec = shard_writer.read_json(os.path.join(out, name))
-    return isinstance(spec, dict) and "kind" in spec and not os.path.exists(
-        os.path.join(out, config_lib.CONFIG_FILE))
+    return isinstance(spec, dict) and "kind" in spec
   return (name == shards.DATASET_FILE or name.endswith(".tmp")
           or name.endswith(shard_writer.PROGRESS_SUFFIX) or shard_writer.is_shard_name(name))
 
