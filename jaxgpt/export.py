@@ -51,14 +51,16 @@ def export_run(run, out: str) -> str:
 
 
 def _export_whole(run, out: str) -> str:
-  """export_run into a folder beside `out`, renamed to `out` once complete: a failed or
-  interrupted export leaves no half-written model."""
-  partial = out.rstrip(os.sep) + ".partial"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
+  """export_run into a new folder beside `out`, renamed to `out` once complete: a failed or
+  interrupted export leaves no half-written model, and removes only the folder it made."""
+  parent, name = os.path.split(out.rstrip(os.sep))
+  partial = os.path.join(parent, f".{name}.{os.getpid()}.partial")
+  os.makedirs(partial)  # not an existing one: it would not be this export's to remove
   try:
     hf_class = export_run(run, partial)
-    os.replace(partial, out)  # an empty `out` is replaced
+    if os.path.isdir(out):
+      os.rmdir(out)  # empty (checked at start); Windows renames onto no folder
+    os.rename(partial, out)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise

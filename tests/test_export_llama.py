@@ -4,12 +4,15 @@ CPU): the logits of the loaded model are jaxgpt's. Other option combinations are
 
 import dataclasses
 import json
+import os
+import pathlib
 
 import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from jaxgpt import config as config_lib
 from jaxgpt import export, hf_export, hf_llama, layers, run_loader
 from jaxgpt.data import CharTokenizer
 from jaxgpt.errors import UserError
@@ -121,6 +124,45 @@ def test_qwen3_with_biases_is_refused():
   assert hf_export.check_exportable(dataclasses.replace(CONFIG, bias=True)) == "Llama"
   with pytest.raises(UserError, match="Qwen3 has no model.bias=True"):
     hf_export.check_exportable(dataclasses.replace(CONFIG, bias=True, qk_norm=True))
+
+
+def test_the_default_recipe_is_refused_naming_the_flag_that_makes_a_run_exportable():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  with pytest.raises(UserError) as error:
+    hf_export.check_exportable(config_lib.model_config(config, vocab_size=40))
+  assert ("a trained run keeps its options: train a new run with --config.model.mlp=swiglu to "
+          "export it as Qwen3") in str(error.value)
+  config.model.mlp = "swiglu"
+  assert hf_export.check_exportable(config_lib.model_config(config, vocab_size=40)) == "Qwen3"
+
+
+def _write_then(failure):
+  def export_run(_, folder):
+    (pathlib.Path(folder) / "config.json").write_text("{}")
+    if failure:
+      raise failure
+    return "Qwen3ForCausalLM"
+  return export_run
+
+
+def test_an_interrupted_export_leaves_no_folder_and_removes_only_its_own(tmp_path, monkeypatch):
+  """A folder beside --out with the name of export's temporary one is the user's: kept."""
+  users = tmp_path / "hf.partial"
+  users.mkdir()
+  (users / "notes.txt").write_text("mine")
+  monkeypatch.setattr(export, "export_run", _write_then(KeyboardInterrupt()))
+  with pytest.raises(KeyboardInterrupt):
+    export._export_whole(None, str(tmp_path / "hf"))  # pylint: disable=protected-access
+  assert os.listdir(tmp_path) == ["hf.partial"] and os.listdir(users) == ["notes.txt"]
+
+
+def test_an_export_fills_an_empty_out_whole(tmp_path, monkeypatch):
+  out = tmp_path / "hf"
+  out.mkdir()
+  monkeypatch.setattr(export, "export_run", _write_then(None))
+  assert export._export_whole(None, str(out)) == "Qwen3ForCausalLM"  # pylint: disable=protected-access
+  assert os.listdir(tmp_path) == ["hf"] and os.listdir(out) == ["config.json"]
 
 
 def _train(text_file, workdir, *options):
