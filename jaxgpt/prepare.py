@@ -76,18 +76,37 @@ def main(argv=None):
   started = time.monotonic()
   source = describe_source()
   out = os.path.abspath(os.path.expanduser(_OUT.value))
+  _check_out_is_ours(out)
   if _already_prepared(out, source):
     return
-  _check_out_is_ours(out)
+  with _removed_if_left_empty(out):
+    info = _prepare_reporting_failures(out, source)
+  print(_summary(out, info, time.monotonic() - started), flush=True)
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(out: str):
+  """Removes the folder `out`, where prepare made it, if prepare failed before writing a
+  shard in it: a refused prepare leaves nothing behind."""
+  made = not os.path.exists(out)
   try:
-    info = _prepare(out, source)
+    yield
+  except BaseException:
+    if made:
+      with contextlib.suppress(OSError):
+        os.rmdir(out)  # only an empty folder
+    raise
+
+
+def _prepare_reporting_failures(out: str, source: dict) -> dict:
+  try:
+    return _prepare(out, source)
   except KeyboardInterrupt:
     _remove_partial_shard(out)
     raise Interrupted(f"prepare was interrupted: run the same command again to go on from "
                       f"its last finished shard in {out}", exit_code=130) from None
   except OSError as e:
     raise _write_error(out, e) from None
-  print(_summary(out, info, time.monotonic() - started), flush=True)
 
 
 def _prepare(out: str, source: dict) -> dict:

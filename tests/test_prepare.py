@@ -430,6 +430,9 @@ def test_a_folder_prepare_did_not_write_is_refused_before_anything_is_written(do
       result = prepare(f"--input={corpus_glob}", f"--out={folder}", check=False)
       assert_clean_error(result, str(folder), named, "new or empty folder")
       assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+  failed = prepare(f"--input={tmp_path}/one.txt", f"--out={tmp_path / 'new'}", check=False)
+  assert_clean_error(failed, "validation split")
+  assert not (tmp_path / "new").exists()  # the folder it made goes with it
 
 
 def test_a_damaged_dataset_is_found_by_verify_and_remade_by_a_rerun(docs, tmp_path):
@@ -445,6 +448,10 @@ def test_a_damaged_dataset_is_found_by_verify_and_remade_by_a_rerun(docs, tmp_pa
   verify = prepare(f"--verify={out}", check=False)
   assert_clean_error(verify, "2 of the", "train_000002.bin", "SHA-256", "val_000000.bin",
                      "the same python -m jaxgpt.prepare command again")
+  (out / "notes.txt").write_text("a user's file")
+  assert_clean_error(prepare(*args, f"--out={out}", check=False), "notes.txt")
+  assert (out / "dataset.json").read_bytes() == whole["dataset.json"]  # nothing removed
+  os.remove(out / "notes.txt")
   rerun = prepare(*args, f"--out={out}")
   assert "train_000002.bin is damaged" in rerun.stderr and "val_000000.bin" in rerun.stderr
   assert folder_bytes(out) == whole
