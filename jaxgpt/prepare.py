@@ -20,7 +20,8 @@ arguments, and writes the same bytes as one that was never stopped. Run again on
 dataset, it checks every shard (size and SHA-256) and remakes the damaged ones.
 
 python -m jaxgpt.prepare --verify=DIR checks a dataset's shards (headers, sizes, SHA-256, ids
-within the vocabulary) against its dataset.json, without changing anything.
+within the vocabulary) and its tokenizer.json's vocabulary against its dataset.json, without
+changing anything.
 """
 
 import contextlib
@@ -65,7 +66,7 @@ _SHARD_TOKENS = flags.DEFINE_integer("shard_tokens", 100_000_000, "Tokens per sh
                                      "of each split has fewer).")
 _VERIFY = flags.DEFINE_string("verify", "", "Instead of preparing: check every shard of the "
                               "dataset folder DIR (header, size, SHA-256, ids within the "
-                              "vocabulary) against its dataset.json.")
+                              "vocabulary) and its tokenizer.json against its dataset.json.")
 
 
 def main(argv=None):
@@ -282,8 +283,10 @@ def _written_by_prepare(out: str, name: str) -> bool:
 
 
 def _verify(directory: str) -> None:
-  """--verify=DIR: every shard's header, size, SHA-256 and ids against dataset.json."""
+  """--verify=DIR: the tokenizer's vocabulary and every shard's header, size, SHA-256 and
+  ids against dataset.json."""
   info = shards.read_dataset(directory)
+  shards.dataset_tokenizer(directory, info)
   damaged = shards.damaged_shards(directory, info)
   count = sum(len(info["splits"][split]) for split in SPLITS)
   if damaged:
@@ -291,7 +294,7 @@ def _verify(directory: str) -> None:
     raise UserError(f"{len(damaged)} of the {count} shards of {directory} are damaged ({named}): "
                     f"{shards.REPAIR}")
   print(f"{directory}: all {count} shards are intact (headers, sizes, SHA-256 and ids below "
-        f"{info['vocab_size']:,} checked)", flush=True)
+        f"{info['vocab_size']:,} checked), and so is its tokenizer's vocabulary", flush=True)
 
 
 def _unfinished_records(out: str, source: dict) -> list[dict]:

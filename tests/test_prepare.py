@@ -456,6 +456,8 @@ def test_a_damaged_dataset_is_found_by_verify_and_remade_by_a_rerun(docs, tmp_pa
   assert "train_000002.bin is damaged" in rerun.stderr and "val_000000.bin" in rerun.stderr
   assert folder_bytes(out) == whole
   assert "nothing to do" in prepare(*args, f"--out={out}").stdout
+  CharTokenizer("abc").save(str(out))  # another vocabulary than the shards'
+  assert_clean_error(prepare(f"--verify={out}", check=False), "tokenizer.json has 3 ids")
 
 
 def test_more_workers_than_cores_are_capped_with_a_note(docs, tmp_path):

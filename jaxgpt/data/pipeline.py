@@ -18,8 +18,7 @@ import numpy as np
 from jaxgpt.data import shards
 from jaxgpt.data import sources
 from jaxgpt.data import tfhost
-from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE
-from jaxgpt.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from jaxgpt.data.tokenizer import Tokenizer, build_tokenizer
 from jaxgpt.errors import UserError
 
 TRAIN_STREAM = 0
@@ -56,7 +55,7 @@ def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> D
   """The dataset `python -m jaxgpt.prepare` wrote: its shards checked, read lazily; its tokenizer,
   which must be a resumed run's own."""
   info = shards.read_dataset(directory)
-  tokenizer = _dataset_tokenizer(directory, info["vocab_size"])
+  tokenizer = shards.dataset_tokenizer(directory, info)
   if saved_tokenizer is not None and _identity(saved_tokenizer) != _identity(tokenizer):
     raise UserError(
         f"the dataset at {directory} was tokenized with another tokenizer than this run's "
@@ -68,24 +67,6 @@ def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> D
   for name, tokens in (("train", dataset.train), ("val", dataset.val)):
     _check_length(tokens, block_size, f"the {name} split of {directory}")
   return dataset
-
-
-def _dataset_tokenizer(directory: str, vocab_size: int):
-  """The tokenizer.json beside the shards, whose vocabulary must be dataset.json's."""
-  path = os.path.join(directory, TOKENIZER_FILE)
-  if not os.path.isfile(path):
-    raise UserError(
-        f"{directory} has no {TOKENIZER_FILE}, the tokenizer its shards were made with: put "
-        "it there (for GPT-2 BPE ids, GPT-2's Hugging Face tokenizer.json; for characters "
-        '{"kind": "char", "chars": "<the vocabulary, in id order>"}; see the README\'s token '
-        "shards section)")
-  tokenizer = load_tokenizer(directory)
-  if tokenizer.vocab_size != vocab_size:
-    raise UserError(
-        f"{path} has {tokenizer.vocab_size} ids but {shards.DATASET_FILE} says the shards' "
-        f"vocabulary has {vocab_size}: put the tokenizer the shards were made with there, or "
-        f"correct vocab_size in {shards.DATASET_FILE}")
-  return tokenizer
 
 
 def fingerprint(dataset: Dataset) -> str:

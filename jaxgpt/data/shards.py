@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
 DATASET_FILE = "dataset.json"
@@ -218,6 +219,24 @@ def check_schema(info, path: str) -> None:
 
 def _is_count(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def dataset_tokenizer(directory: str, info: dict) -> tokenizer_lib.Tokenizer:
+  """The tokenizer.json beside the shards, whose vocabulary must be dataset.json's."""
+  path = os.path.join(directory, tokenizer_lib.FILENAME)
+  if not os.path.isfile(path):
+    raise UserError(
+        f"{directory} has no {tokenizer_lib.FILENAME}, the tokenizer its shards were made with: "
+        "put it there (for GPT-2 BPE ids, GPT-2's Hugging Face tokenizer.json; for characters "
+        '{"kind": "char", "chars": "<the vocabulary, in id order>"}; see the README\'s token '
+        "shards section)")
+  tokenizer = tokenizer_lib.load_tokenizer(directory)
+  if tokenizer.vocab_size != info["vocab_size"]:
+    raise UserError(
+        f"{path} has {tokenizer.vocab_size} ids but {DATASET_FILE} says the shards' "
+        f"vocabulary has {info['vocab_size']}: put the tokenizer the shards were made with "
+        f"there, or correct vocab_size in {DATASET_FILE}")
+  return tokenizer
 
 
 def load_split(directory: str, info: dict, split: str) -> TokenShards:
