@@ -10,7 +10,6 @@ processes, each making its own rows, together make the batch one process would.
 import dataclasses
 import hashlib
 import importlib.util
-import os
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
