@@ -11,6 +11,7 @@ Adam's moments (twice the weights' size) nor depend on the optimizer's structure
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from jaxgpt.errors import UserError, first_line
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+ARRAYS_METADATA = "_METADATA"  # Orbax's description of an item's arrays
 
 
 # How long a save may take, its cross-process barriers included, before it is an error.
@@ -122,6 +124,9 @@ class Checkpointer:
     """
     manager = self._best if which == "best" else self._latest
     where = f"checkpoint {step} in {manager.directory}"
+    missing = _missing_part(manager.directory / str(step), "opt_state" in wanted)
+    if missing:
+      raise DamagedCheckpointError(f"{where} cannot be read (its {missing} is missing)")
     try:
       saved = manager.item_metadata(step)
       old_layout = saved.get(OLD_STATE) is not None
@@ -196,11 +201,35 @@ class SaveFailedError(UserError):
   """Writing a checkpoint failed or timed out."""
 
 
+def _missing_part(step_dir, needs_optimizer: bool) -> str | None:
+  """The first part of a checkpoint's folder that reading it needs and that is missing
+  (`params/_METADATA file`), or None. Orbax would report it as a None or a KeyError, after a
+  warning of its own."""
+  if (step_dir / OLD_STATE).exists():
+    return None
+  for item in (PARAMS, OPTIMIZER) if needs_optimizer else (PARAMS,):
+    for part, kind in ((item, "folder"), (f"{item}/{ARRAYS_METADATA}", "file")):
+      if not (step_dir / part).exists():
+        return f"{part} {kind}"
+  return None
+
+
+# A status code opens TensorStore's messages: `DATA_LOSS: Error reading ...`.
+_STATUS = re.compile(r"[A-Z][A-Z_]+: ")
+
+
 def _plain_reason(error: Exception) -> str:
-  """The cause in a reading error's first line, without TensorStore's spec and object reprs:
-  `DATA_LOSS: ... Error decoding b-tree node: CRC-32C checksum verification failed: ...`."""
-  line = re.split(r"\s*\[tensorstore_spec=|\s*<bound method |\s*<[\w.]+ object at ",
-                  first_line(error))[0]
+  """The cause of a reading error in words: a metadata file that is not JSON, or the innermost
+  error of the chain that carries TensorStore's status (Orbax wraps it in one that quotes an
+  array index and TensorStore's spec), without its spec, object reprs and quoted paths:
+  `DATA_LOSS: Error decoding b-tree node: CRC-32C checksum verification failed: ...`."""
+  causes = list(_chain(error))
+  not_json = next((e for e in causes if isinstance(e, json.JSONDecodeError)), None)
+  if not_json:
+    return f"a metadata file in it is not JSON (cut short or overwritten): {not_json}"
+  line = next((first_line(e) for e in reversed(causes) if _STATUS.match(first_line(e))),
+              first_line(error))
+  line = re.split(r"\s*\[tensorstore_spec=|\s*<bound method |\s*<[\w.]+ object at ", line)[0]
   segments = line.split(": ")
   cause = []
   while segments and '"' not in segments[-1]:  # paths and file names come quoted
@@ -209,22 +238,30 @@ def _plain_reason(error: Exception) -> str:
   return ": ".join(([code] if code and cause else []) + cause) or line
 
 
+def _chain(error: BaseException):
+  """`error` and the errors that caused it, outermost first."""
+  while error is not None:
+    yield error
+    error = error.__cause__ or error.__context__
+
+
 def _disk_full(error: BaseException) -> bool:
   """Whether ENOSPC caused `error` (TensorStore reports it inside a ValueError's text)."""
-  while error is not None:
-    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any(getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
+             for e in _chain(error))
 
 
 def _quiet_background_failures() -> None:
-  """Drops the many reports Orbax's background writers make of one failed save.
+  """Drops the many reports Orbax's background writers make of one failed save, and of one
+  damaged checkpoint.
 
   A full disk during a save makes them print some 1,500 lines: absl errors with tracebacks,
   asyncio's "exception was never retrieved" for every array (some at exit), and TensorStore
-  callbacks into a closed event loop. The Checkpointer reports the failure itself, once, as a
-  SaveFailedError; other errors and all warnings pass as before. Installed once per process.
+  callbacks into a closed event loop. A restore that fails leaves reads of other arrays
+  unfinished, and each prints a traceback with TensorStore's whole spec when it is collected.
+  The Checkpointer reports the failure itself, once, as a SaveFailedError or a
+  DamagedCheckpointError; other errors and all warnings pass as before. Installed once per
+  process.
   """
   if sys.unraisablehook is not _unraisable:
     _unraisable.default = sys.unraisablehook
@@ -234,9 +271,20 @@ def _quiet_background_failures() -> None:
 
 
 def _unraisable(unraisable) -> None:
-  if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed"):
+  if not (_closed_event_loop(unraisable) or _abandoned_orbax_read(unraisable)):
     _unraisable.default(unraisable)
+
+
+def _closed_event_loop(unraisable) -> bool:
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _abandoned_orbax_read(unraisable) -> bool:
+  """An Orbax coroutine closed unfinished that turned the close (GeneratorExit) into an error."""
+  code = getattr(unraisable.object, "cr_code", None)
+  return (code is not None and "orbax" in code.co_filename
+          and isinstance(getattr(unraisable.exc_value, "__cause__", None), GeneratorExit))
 
 
 def _not_from_orbax(record: logging.LogRecord) -> bool:

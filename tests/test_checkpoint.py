@@ -14,7 +14,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.state import TrainState
 from jaxgpt.trainer import Trainer
 
-from helpers import logged_losses, text_config
+from helpers import TINY, assert_clean_error, logged_losses, run, text_config
 
 
 def _train(text_file, workdir, max_steps=10, **model):
@@ -87,3 +87,49 @@ def test_a_checkpoint_in_the_old_layout_samples_and_resumes_exactly(text_file, t
   _train(text_file, old, max_steps=12, bias=True)
   expected, got = logged_losses(new), logged_losses(old)
   assert got == {step: expected[step] for step in (11, 12)}  # exactly
+
+
+def test_a_reading_errors_reason_is_tensorstores_own_not_orbaxs_wrapper():
+  # What Orbax raised for a checkpoint whose data files were cut short (orbax 0.12.8).
+  cause = ValueError('OUT_OF_RANGE: Error reading "h_0.attn.c_attn.kernel/1.0.0.0" in OCDBT '
+                     'database at local file "/w/checkpoints/4/params/": Requested byte range '
+                     '[5728, 11455) is not valid for value of size 10')
+  wrapper = Exception("Encountered error while reading array index: (slice(0, 32, 1),). See "
+                      "full TensorStore details: <bound method pybind11_detail_function_record_"
+                      "v1.spec of TensorStore({\n  'driver': 'zarr',\n})>.")
+  wrapper.__cause__ = cause
+  assert checkpoint._plain_reason(wrapper) == (  # pylint: disable=protected-access
+      "OUT_OF_RANGE: Requested byte range [5728, 11455) is not valid for value of size 10")
+
+
+def _cut_array_files(step_dir):
+  """Cuts every file of the arrays' data (TensorStore's d/ folders) to 10 bytes."""
+  for root, _, files in os.walk(step_dir):
+    if os.path.basename(root) == "d":
+      for name in files:
+        os.truncate(os.path.join(root, name), 10)
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_are_named_with_their_reason_in_plain_words(text_file, tmp_path):
+  """Orbax's messages quoted an array index and TensorStore's spec, or said "'NoneType' object
+  has no attribute 'tree'", and its unfinished reads printed tracebacks after the error."""
+  workdir = tmp_path / "run"
+  args = [*TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+          f"--workdir={workdir}", "--config.train.checkpoint_every=2",
+          "--config.train.sample_tokens=0", "--config.train.eval_steps=1"]
+  run("train", *args, "--config.train.max_steps=6")
+  _cut_array_files(workdir / "checkpoints" / "6")
+  os.remove(workdir / "checkpoints" / "4" / "params" / "_METADATA")
+  sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=3")
+  six, four = [line for line in sample.stderr.splitlines() if line.startswith("warning:")]
+  assert six.startswith(f"warning: checkpoint 6 in {workdir}/checkpoints cannot be read "
+                        "(OUT_OF_RANGE: Requested byte range ["), sample.stderr
+  assert six.endswith("is not valid for value of size 10); trying an older checkpoint (the "
+                      "damaged one is left in place)"), sample.stderr
+  assert four == (f"warning: checkpoint 4 in {workdir}/checkpoints cannot be read (its "
+                  "params/_METADATA file is missing); trying an older checkpoint (the damaged "
+                  "one is left in place)"), sample.stderr
+  resume = run("train", *args, "--config.train.max_steps=8", check=False)
+  assert_clean_error(resume, "checkpoint 6", "OUT_OF_RANGE", "damaged")
+  assert len(resume.stderr.strip().splitlines()) == 1, resume.stderr
