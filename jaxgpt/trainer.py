@@ -2,6 +2,7 @@
 
 import collections
 import concurrent.futures
+import contextlib
 import math
 import os
 import time
@@ -149,12 +150,24 @@ class Trainer(Program):
 
   def compiled_steps(self):
     """The run's train step and evaluation loop, both compiled ahead of time, and the train
-    step's figures (compile_train_step's). XLA compiles on one core: the evaluation loop
-    compiles on another thread meanwhile."""
+    step's figures (compile_train_step's); a UserError if the step cannot fit."""
+    with self._eval_loss_compiling() as eval_loss:
+      return (*self.fitting_train_step(), eval_loss.result())
+
+  def fitting_train_step(self):
+    """compile_train_step's step and figures, logged; a UserError, naming what to lower, if
+    the step needs more than a device's memory."""
+    train_step, figures = self.compile_train_step()
+    self.log(memory.describe(figures))
+    memory.check_step_fits(figures)
+    return train_step, figures
+
+  @contextlib.contextmanager
+  def _eval_loss_compiling(self):
+    """The compiled evaluation loop's future. XLA compiles on one core: the evaluation loop
+    compiles on another thread while the block runs."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      eval_loss = pool.submit(self._in_context, self._compile_eval_loss)
-      train_step, figures = self.compile_train_step()
-      return train_step, figures, eval_loss.result()
+      yield pool.submit(self._in_context, self._compile_eval_loss)
 
   def _in_context(self, function):
     """`function()` under the run's mesh and rules (a context of the thread that enters it)."""
@@ -215,13 +228,10 @@ class Trainer(Program):
     return self._stop_rows[flag]
 
   def _train(self, writer, trace) -> dict:
-    # The steps compile (from abstract shapes) while the state is made or restored.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      compiling = pool.submit(self._in_context, self.compiled_steps)
-      state = self._initial_state()
-      compiled = compiling.result()
-    self.log(memory.describe(compiled[1]))
-    memory.check_step_fits(compiled[1])
+    with self._eval_loss_compiling() as eval_loss:
+      train_step, figures = self.fitting_train_step()
+      state = self._initial_state()  # made or restored only once the step is known to fit
+      compiled = train_step, figures, eval_loss.result()
     if self.is_main and int(state.step) <= self.config.train.max_steps:
       # Only now: a run refused above, or with nothing to train, leaves the workdir as it was.
       self.tokenizer.save(self.workdir)

@@ -3,11 +3,13 @@
 import json
 
 import jax
+import pytest
 
-from jaxgpt import memory
-from jaxgpt.trainer import Program
+from jaxgpt import memory, state as state_lib
+from jaxgpt.errors import UserError
+from jaxgpt.trainer import Program, Trainer
 
-from helpers import run, tiny_config
+from helpers import run, text_config, tiny_config
 
 
 def test_the_compiled_step_reports_its_memory_with_the_state_donated():
@@ -37,3 +39,21 @@ def test_bench_compile_only_allocates_no_parameters():
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   assert figures["argument_bytes"] > 80e9, figures  # every device holds the whole state
   assert figures["compile_seconds"] > 0 and figures["temp_bytes"] > 0
+
+
+def test_a_train_step_that_cannot_fit_stops_before_the_state_is_made(text_file, tmp_path,
+                                                                      monkeypatch):
+  trainer = Trainer(text_config(text_file), str(tmp_path), devices=jax.devices()[:1])
+  state_bytes = (memory.bytes_per_device(trainer.abstract_state)
+                 + memory.bytes_per_device(trainer.abstract_state.params))
+  # Room for the state, its gradients and the optimizer state, not for the step's activations.
+  monkeypatch.setattr(memory, "device_memory", lambda device: (state_bytes, "a small device"))
+
+  def made(*args, **kwargs):
+    raise AssertionError("the state was made before the train step's memory was checked")
+  monkeypatch.setattr(state_lib, "init_state", made)
+  with pytest.raises(UserError, match="the train step cannot fit: .* of a small device: lower "
+                     "train.batch_size or model.block_size, split the batch with "
+                     "train.grad_accum_steps, recompute activations with model.remat=full, or "
+                     "shard over more devices with mesh.fsdp"):
+    trainer.run()
