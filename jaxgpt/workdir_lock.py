@@ -1,8 +1,9 @@
 """One training run per workdir: a lock that a second `train` on the same folder stops at.
 
 The lock is an exclusive flock on WORKDIR/lock, which the kernel releases when its holder
-exits however it ends (kill -9 included), so a stale lock never blocks a resume. The file
-names its holder (host, pid, start time) for the message of the run that finds it taken.
+exits however it ends (kill -9 included), so a stale lock never blocks a resume. While held,
+the file names its holder (host, pid, start time) for the message of the run that finds it
+taken; released, it has its old text back.
 Filesystems without flock (some network and FUSE mounts) get a warning and no lock. In a run
 of several processes, process 0 holds the lock for all of them.
 """
@@ -28,37 +29,47 @@ _UNSUPPORTED = (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, err
 @contextlib.contextmanager
 def held(workdir: str):
   """Holds the workdir's lock while the block runs; a UserError if another run holds it.
-  A run that fails before it has written a result (refused at start) takes away what it made,
-  and the folder too where it made it."""
-  before = _listing(workdir)
+  A run that fails before it has written a result (refused at start) leaves the workdir as it
+  found it: what it made goes (the folder too where it made it), and the lock file, which
+  names its holder only while held, gets its old text back."""
+  before = _snapshot(workdir)
   try:
     yield from _locked(workdir, os.path.join(workdir, LOCK_FILE))
   except BaseException:
-    _remove_start_up_files(workdir, before)
+    _undo_start_up(workdir, before)
     raise
 
 
-def _listing(workdir: str) -> set[str] | None:
-  """The names in `workdir`, or None where it does not exist."""
-  try:
-    return set(os.listdir(workdir))
-  except OSError:
+def _snapshot(workdir: str) -> dict[str, tuple[int, int] | None] | None:
+  """Every path under `workdir` with its file's size and modification time (None for a
+  folder); None where `workdir` is not a folder."""
+  if not os.path.isdir(workdir):
     return None
+  found = {}
+  for root, folders, files in os.walk(workdir):
+    for name in folders + files:
+      path = os.path.join(root, name)
+      with contextlib.suppress(OSError):
+        stat = os.lstat(path)
+        found[os.path.relpath(path, workdir)] = (None if name in folders
+                                                 else (stat.st_size, stat.st_mtime_ns))
+  return found
 
 
-def _remove_start_up_files(workdir: str, before: set[str] | None) -> None:
-  """Removes what a run refused at start made: its lock, compiled programs, and empty
-  checkpoint folders and metrics (the event file of the same metrics goes with them)."""
-  from jaxgpt import checkpoint, metrics  # pylint: disable=g-import-not-at-top
-  new = (_listing(workdir) or set()) - (before or set())
-  start_up = {LOCK_FILE, runtime.CACHE_DIR, checkpoint.LATEST_DIR, checkpoint.BEST_DIR,
-              metrics.METRICS_FILE, metrics.TENSORBOARD_DIR}
-  empty = {checkpoint.LATEST_DIR, checkpoint.BEST_DIR, metrics.METRICS_FILE}
-  if not new or not new <= start_up or any(_has_data(os.path.join(workdir, n)) for n in new & empty):
+def _undo_start_up(workdir: str, before: dict | None) -> None:
+  """Removes what a run refused at start made, if that is all it changed: its lock, compiled
+  programs, TensorBoard files, and empty checkpoint folders and metrics. A run that changed
+  anything else (its config, metrics, checkpoints) had begun, and keeps all."""
+  after, old = _snapshot(workdir) or {}, before or {}
+  made = [path for path, stat in after.items()
+          if path != LOCK_FILE and old.get(path, "absent") != stat]
+  if not all(_made_at_start(path, after[path]) for path in made):
     return
+  if LOCK_FILE not in old:
+    made.append(LOCK_FILE)
   with contextlib.suppress(OSError):
-    for name in new:
-      path = os.path.join(workdir, name)
+    for path in sorted(made, reverse=True):  # what a folder holds before the folder
+      path = os.path.join(workdir, path)
       if os.path.isdir(path):
         shutil.rmtree(path)
       else:
@@ -67,8 +78,13 @@ def _remove_start_up_files(workdir: str, before: set[str] | None) -> None:
       os.rmdir(workdir)
 
 
-def _has_data(path: str) -> bool:
-  return bool(os.listdir(path)) if os.path.isdir(path) else os.path.getsize(path) > 0
+def _made_at_start(path: str, stat: tuple[int, int] | None) -> bool:
+  from jaxgpt import checkpoint, metrics  # pylint: disable=g-import-not-at-top
+  if path.split(os.sep)[0] in (runtime.CACHE_DIR, metrics.TENSORBOARD_DIR):
+    return True
+  if path in (checkpoint.LATEST_DIR, checkpoint.BEST_DIR):  # not what they hold
+    return True
+  return path == metrics.METRICS_FILE and stat is not None and stat[0] == 0
 
 
 def _locked(workdir: str, path: str):
@@ -79,11 +95,10 @@ def _locked(workdir: str, path: str):
     raise UserError(f"--workdir {workdir} is a file, not a folder: pass a folder (new or a "
                     "run's)") from None
   except OSError as e:
-    if os.path.isfile(path) and os.access(workdir, os.W_OK) and e.errno in (errno.EACCES,
-                                                                           errno.EPERM):
+    if os.path.lexists(path) and os.access(workdir, os.W_OK):  # the folder is not the cause
       raise UserError(f"the lock file {path} cannot be opened for writing ({e.strerror}): make "
-                      "it writable (chmod u+w, or chattr -i where it is immutable) or delete "
-                      "it; no run holds a lock through a file it cannot open") from None
+                      "it a writable file (chmod u+w, or chattr -i where it is immutable) or "
+                      "delete it; no run holds a lock through a file it cannot open") from None
     raise UserError(f"--workdir {workdir} cannot be written ({e.strerror}): pass a folder "
                     "you can write to") from None
   with f:
@@ -101,11 +116,21 @@ def _locked(workdir: str, path: str):
       yield
       return
     f.seek(0)
-    f.truncate()
-    json.dump({"host": socket.gethostname(), "pid": os.getpid(),
-               "since": datetime.datetime.now().isoformat(timespec="seconds")}, f)
-    f.flush()
-    yield
+    previous = f.read()
+    _rewrite(f, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "since": datetime.datetime.now().isoformat(timespec="seconds")}))
+    try:
+      yield
+    finally:
+      with contextlib.suppress(OSError):  # the workdir may have become read-only meanwhile
+        _rewrite(f, previous)
+
+
+def _rewrite(f, text: str) -> None:
+  f.seek(0)
+  f.truncate()
+  f.write(text)
+  f.flush()
 
 
 def _holder(f) -> str:

@@ -9,7 +9,7 @@ from jaxgpt import memory, state as state_lib
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Program, Trainer
 
-from helpers import run, text_config, tiny_config
+from helpers import TINY, assert_clean_error, run, text_config, tiny_config
 
 
 def test_the_compiled_step_reports_its_memory_with_the_state_donated():
@@ -57,3 +57,26 @@ def test_a_train_step_that_cannot_fit_stops_before_the_state_is_made(text_file, 
                      "train.grad_accum_steps, recompute activations with model.remat=full, or "
                      "shard over more devices with mesh.fsdp"):
     trainer.run()
+
+
+def _contents(folder):
+  return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+          for p in folder.rglob("*")}
+
+
+def test_a_train_step_larger_than_the_machine_stops_with_one_line_and_changes_nothing(
+    text_file, tmp_path):
+  """A tiny model's state with a batch of 4M rows: its logits alone are hundreds of GB."""
+  workdir = tmp_path / "run"
+  for name, text in (("lock", '{"host": "an earlier run"}'), ("notes.txt", "mine"),
+                     ("tensorboard/events.out.tfevents.1.host", "earlier events"),
+                     ("xla_cache/earlier", "a compiled program")):
+    (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / name).write_text(text)
+  before = _contents(workdir)
+  result = run("train", *TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+               f"--workdir={workdir}", f"--config.train.batch_size={2**22}", check=False)
+  assert_clean_error(result, "the train step cannot fit", "GB per device", "train.batch_size",
+                     "model.block_size", "train.grad_accum_steps", "model.remat", "mesh.fsdp")
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert _contents(workdir) == before

@@ -289,3 +289,43 @@ def test_sampling_needs_a_checkpoint(text_file, tmp_path):
   (tmp_path / "config.json").write_text(tiny_config().to_json())
   (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": "ab"}))
   assert_clean_error(run("sample", f"--workdir={tmp_path}", check=False), "checkpoint")
+
+
+@pytest.fixture
+def read_only_lock_file(tmp_path):
+  """A workdir whose lock file alone is read-only (a read-only bind mount of it: a file's mode
+  does not stop root)."""
+  lock = tmp_path / "run" / "lock"
+  lock.parent.mkdir()
+  lock.write_text("")
+  bound = _mount("--bind", lock, lock)
+  if bound.returncode:
+    pytest.skip(f"cannot bind-mount a file here: {bound.stderr.strip()}")
+  try:
+    read_only = _mount("-o", "remount,bind,ro", lock)
+    if read_only.returncode:
+      pytest.skip(f"cannot make a bind mount read-only here: {read_only.stderr.strip()}")
+    yield lock
+  finally:
+    subprocess.run(["umount", str(lock)], check=True)
+
+
+def _mount(*args):
+  return subprocess.run(["mount", *map(str, args)], capture_output=True, text=True, check=False)
+
+
+def test_a_read_only_lock_file_is_named_not_the_workdir(text_file, read_only_lock_file):
+  lock = read_only_lock_file
+  result = run("train", *_train_args(text_file, lock.parent), check=False)
+  assert_clean_error(result, f"the lock file {lock} cannot be opened for writing (Read-only "
+                     "file system)", "make it a writable file", "or delete it")
+  assert os.listdir(lock.parent) == ["lock"]
+
+
+def test_a_lock_that_is_a_folder_is_named_not_the_workdir(text_file, tmp_path):
+  lock = tmp_path / "run" / "lock"
+  lock.mkdir(parents=True)
+  result = run("train", *_train_args(text_file, lock.parent), check=False)
+  assert_clean_error(result, f"the lock file {lock} cannot be opened for writing (Is a "
+                     "directory)", "make it a writable file", "or delete it")
+  assert os.listdir(lock.parent) == ["lock"]
