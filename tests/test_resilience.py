@@ -1,5 +1,6 @@
 """Never lose a step: signals, kills, other meshes, strict and damaged checkpoints, NaNs."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -291,35 +292,47 @@ def test_sampling_needs_a_checkpoint(text_file, tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path}", check=False), "checkpoint")
 
 
-@pytest.fixture
-def read_only_lock_file(tmp_path):
-  """A workdir whose lock file alone is read-only (a read-only bind mount of it: a file's mode
-  does not stop root)."""
-  lock = tmp_path / "run" / "lock"
-  lock.parent.mkdir()
-  lock.write_text("")
-  bound = _mount("--bind", lock, lock)
+@contextlib.contextmanager
+def _read_only(path):
+  """`path`, a file, read-only on its own (a read-only bind mount of it: a file's mode does
+  not stop root, who runs the tests)."""
+  bound = _mount("--bind", path, path)
   if bound.returncode:
     pytest.skip(f"cannot bind-mount a file here: {bound.stderr.strip()}")
   try:
-    read_only = _mount("-o", "remount,bind,ro", lock)
+    read_only = _mount("-o", "remount,bind,ro", path)
     if read_only.returncode:
       pytest.skip(f"cannot make a bind mount read-only here: {read_only.stderr.strip()}")
-    yield lock
+    yield
   finally:
-    subprocess.run(["umount", str(lock)], check=True)
+    subprocess.run(["umount", str(path)], check=True)
 
 
 def _mount(*args):
   return subprocess.run(["mount", *map(str, args)], capture_output=True, text=True, check=False)
 
 
-def test_a_read_only_lock_file_is_named_not_the_workdir(text_file, read_only_lock_file):
-  lock = read_only_lock_file
-  result = run("train", *_train_args(text_file, lock.parent), check=False)
+def test_a_read_only_lock_file_is_named_not_the_workdir(text_file, tmp_path):
+  lock = tmp_path / "run" / "lock"
+  lock.parent.mkdir()
+  lock.write_text("")
+  with _read_only(lock):
+    result = run("train", *_train_args(text_file, lock.parent), check=False)
   assert_clean_error(result, f"the lock file {lock} cannot be opened for writing (Read-only "
                      "file system)", "make it a writable file", "or delete it")
   assert os.listdir(lock.parent) == ["lock"]
+
+
+def test_a_read_only_metrics_file_is_one_line_and_changes_nothing(text_file, tmp_path):
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  metrics.parent.mkdir()
+  metrics.write_text('{"step": 1, "train_loss": 4.2}\n{"step": 2, "train_lo')  # a torn line
+  with _read_only(metrics):
+    result = run("train", *_train_args(text_file, metrics.parent), check=False)
+  assert_clean_error(result, f"{metrics} cannot be written (Read-only file system)",
+                     "make it writable", "nothing in the workdir was changed")
+  assert os.listdir(metrics.parent) == ["metrics.jsonl"]
+  assert metrics.read_text() == '{"step": 1, "train_loss": 4.2}\n{"step": 2, "train_lo'
 
 
 def test_a_lock_that_is_a_folder_is_named_not_the_workdir(text_file, tmp_path):
