@@ -151,7 +151,7 @@ def config_help() -> str:
              "named configs (--config=NAME):"]
   entries += [_help_entry(name, text) for name, text in named_configs().items()]
   entries += ["", f"config keys (--config.KEY=VALUE), with the values of --config={shown}:"]
-  entries += [_help_entry(f"--config.{key}", config_lib.KEY_MEANINGS.get(key, ""), repr(value))
+  entries += [_help_entry(f"--config.{key}", config_lib.key_meanings().get(key, ""), repr(value))
               for key, value in config_lib.flat_items(flag.value)]
   return "\n".join(entries)
 

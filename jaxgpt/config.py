@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # What each key of base_config means: `python -m jaxgpt.train --help` lists these with each
 # key's value (a test checks that every key has one).
-KEY_MEANINGS = {
+_KEY_MEANINGS = {
     "seed": "One seed for initialisation, data order and dropout.",
     "backend": f"{', '.join(BACKENDS)}: auto takes what JAX finds; another insists on it.",
     "precision": f"Compute dtype, {' or '.join(PRECISIONS)}; parameters, logits and loss "
@@ -200,6 +200,11 @@ KEY_MEANINGS = {
     "mesh.fsdp": "Devices the parameters are sharded over (FSDP); -1 takes the remaining.",
     "mesh.tensor": "Tensor-parallel devices; -1 takes the remaining.",
 }
+
+
+def key_meanings() -> dict[str, str]:
+  """What each key of base_config means, keyed as KEY or SECTION.KEY."""
+  return dict(_KEY_MEANINGS)
 
 
 def flat_items(c: ml_collections.ConfigDict, prefix: str = ""):

@@ -138,7 +138,7 @@ def test_train_help_lists_the_named_configs_and_every_key_with_its_default_and_m
   entries = _help_entries(run("train", "--help").stdout)
   for key, value in config_lib.flat_items(default_config.get_config()):
     assert f"(default: {value!r})" in entries[f"--config.{key}"], key
-    assert config_lib.KEY_MEANINGS[key] in " ".join(entries[f"--config.{key}"].split()), key
+    assert config_lib.key_meanings()[key] in " ".join(entries[f"--config.{key}"].split()), key
   named = {name for name in entries if not name.startswith("--")}
   assert {"default", "shakespeare_char_cpu", "gpt2_owt", "speedrun_shakespeare"} <= named
   assert "recipe" not in named  # it has no get_config(): configs apply it

@@ -125,8 +125,8 @@ def test_a_seed_past_64_bits_is_rejected():
 
 def test_every_key_has_a_meaning_and_every_meaning_a_key():
   keys = {key for key, _ in config_lib.flat_items(config_lib.base_config())}
-  assert keys == set(config_lib.KEY_MEANINGS)
-  assert all(meaning.strip() for meaning in config_lib.KEY_MEANINGS.values())
+  assert keys == set(config_lib.key_meanings())
+  assert all(meaning.strip() for meaning in config_lib.key_meanings().values())
 
 
 def test_precision_must_be_known():
