@@ -19,23 +19,22 @@ TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
 PIPELINES = ("auto", "tf", "numpy")
-ATTENTIONS = ("auto", "jaxgpt", "cudnn", "xla")
-REMATS = ("none", "full", "dots")  # see jaxgpt/model.py's _remat
-LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
-POSITIONS = ("learned", "rope")
-NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "relu2", "swiglu")
 OPTIMIZERS = ("adamw", "muon")
-# The model options whose values here are GPT-2's architecture (and the defaults); another
-# value makes a model that GPT-2's weights do not load into and `export` does not write.
-GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False,
-                     "mlp": "gelu", "tie_embeddings": True}
 
 
 def backend_precision() -> str:
   """bfloat16 compute on GPU and TPU, float32 on CPU (which has no fast bfloat16)."""
   import jax  # pylint: disable=g-import-not-at-top  # this module loads without JAX
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def model_section() -> ml_collections.ConfigDict:
+  """The `model` section: GPTConfig's options with their defaults (jaxgpt/model.py). An
+  option with legacy values takes any type here, so that older runs' configs load."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top  # this module loads without JAX
+  return ml_collections.ConfigDict({
+      f.name: ml_collections.FieldReference(f.default, field_type=object)
+      if f.metadata["legacy"] else f.default for f in model.options()})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,32 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.pipeline = "auto"  # "tf" (tf.data), "numpy", or "auto": tf.data when TensorFlow is installed
   c.data.fingerprint = ""  # set by the run: a hash of its training and validation tokens
 
-  c.model = ml_collections.ConfigDict()
-  c.model.n_layer = 6
-  c.model.n_head = 6
-  c.model.n_embd = 384
-  c.model.block_size = 256
-  c.model.dropout = 0.2
-  c.model.bias = False
-  # The embedding table is padded to a multiple of this (padded ids are never sampled).
-  c.model.vocab_multiple = 64
-  # "auto": cuDNN flash attention on NVIDIA GPUs where it applies, jaxgpt's own elsewhere;
-  # or "jaxgpt", "cudnn", "xla" (the last two: jax.nn.dot_product_attention, no dropout).
-  c.model.attention = "auto"
-  # Recompute activations in the backward pass: "none", "full" (least memory, ~1/3 more
-  # compute) or "dots" (keeps the weight matmuls' outputs). Older runs' True/False still load:
-  # any type is accepted here, and validate checks the value.
-  c.model.remat = ml_collections.FieldReference("none", field_type=object)
-  # Run the blocks as one loop (flax.linen.scan) over parameters stacked along a leading
-  # layers axis: one block to compile instead of n_layer. Checkpoints convert either way.
-  c.model.scan_layers = False
-  # Today's recipe as options; every default is nanoGPT's GPT-2 (see README's config keys).
-  c.model.position = "learned"  # "learned" (a wpe table) or "rope" (rotary embeddings on q, k)
-  c.model.norm = "layernorm"    # or "rmsnorm"
-  c.model.qk_norm = False       # RMSNorm of q and k per head before their dot product
-  c.model.mlp = "gelu"          # "gelu", "relu2" (ReLU squared) or "swiglu" (width 8/3 D, to 64)
-  c.model.tie_embeddings = True  # False: the output layer has its own kernel, lm_head
-  c.model.zero_init_proj = False  # True: the c_proj layers start at zero (modded-nanogpt)
+  c.model = model_section()
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -145,28 +119,6 @@ _KEY_MEANINGS = {
     "data.pipeline": f"{', '.join(PIPELINES)}: auto is tf.data when TensorFlow is installed; "
                      "both give identical batches.",
     "data.fingerprint": "Set by the run: a hash of its training and validation tokens.",
-    "model.n_layer": "Transformer blocks.",
-    "model.n_head": "Attention heads per block.",
-    "model.n_embd": "Width of the residual stream.",
-    "model.block_size": "Context length, in tokens.",
-    "model.dropout": "Dropout rate, in [0, 1).",
-    "model.bias": "Biases in the linear layers and LayerNorms.",
-    "model.vocab_multiple": "The embedding table is padded to a multiple of this (padded ids "
-                            "are never sampled).",
-    "model.attention": f"{', '.join(ATTENTIONS)}: auto is cuDNN flash attention on NVIDIA "
-                       "GPUs where it applies, jaxgpt's own elsewhere; cudnn and xla have no "
-                       "attention dropout.",
-    "model.remat": f"What the backward pass recomputes: {', '.join(REMATS)} (dots keeps the "
-                   "weight matmuls' outputs).",
-    "model.scan_layers": "Run the blocks as one loop over stacked parameters (one block to "
-                         "compile).",
-    "model.position": f"Positions: {' or '.join(POSITIONS)} (rotary embeddings on q and k).",
-    "model.norm": f"{' or '.join(NORMS)}.",
-    "model.qk_norm": "RMSNorm of q and k per head before their dot product.",
-    "model.mlp": f"{', '.join(MLPS)} (relu2 is ReLU squared).",
-    "model.tie_embeddings": "The output layer reads the token embedding table; False gives it "
-                            "its own kernel.",
-    "model.zero_init_proj": "The projections into the residual stream start at zero.",
     "train.batch_size": "Global batch, in sequences per optimizer step.",
     "train.optimizer": f"{' or '.join(OPTIMIZERS)} (Muon for the hidden matrices, AdamW for "
                        "the rest).",
@@ -195,7 +147,7 @@ _KEY_MEANINGS = {
     "train.profile_steps": "START,END: a jax.profiler trace of those steps ('' is off).",
     "lora.rank": "LoRA adapters' rank; 0 is off (the whole model trains).",
     "lora.alpha": "LoRA's scale numerator.",
-    "lora.targets": f"Comma-separated layers that get adapters: {', '.join(LORA_TARGETS)}.",
+    "lora.targets": "Comma-separated layers that get adapters: c_attn, c_proj, c_fc.",
     "mesh.data": "Data-parallel devices; -1 takes the remaining devices.",
     "mesh.fsdp": "Devices the parameters are sharded over (FSDP); -1 takes the remaining.",
     "mesh.tensor": "Tensor-parallel devices; -1 takes the remaining.",
@@ -203,8 +155,14 @@ _KEY_MEANINGS = {
 
 
 def key_meanings() -> dict[str, str]:
-  """What each key of base_config means, keyed as KEY or SECTION.KEY."""
-  return dict(_KEY_MEANINGS)
+  """What each key of base_config means, keyed as KEY or SECTION.KEY; the model's come from
+  GPTConfig's fields, led by their choices."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  meanings = {f"model.{f.name}": f.metadata["meaning"] for f in model.options()}
+  for f in model.options():
+    if model.choices(f):
+      meanings[f"model.{f.name}"] = f"{', '.join(model.choices(f))}: {f.metadata['meaning']}"
+  return {**_KEY_MEANINGS, **meanings}
 
 
 def flat_items(c: ml_collections.ConfigDict, prefix: str = ""):
@@ -216,13 +174,14 @@ def flat_items(c: ml_collections.ConfigDict, prefix: str = ""):
       yield prefix + name, value
 
 
-# What makes a run the run it is: a resume takes these from the workdir's config.json.
-IDENTITY_KEYS = ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
-                 "data.tokenizer", "data.tokenizer_path", "model.n_layer", "model.n_head",
-                 "model.n_embd", "model.block_size", "model.bias", "model.vocab_multiple",
-                 "model.position", "model.norm", "model.qk_norm", "model.mlp",
-                 "model.tie_embeddings", "train.optimizer",
-                 "lora.rank", "lora.alpha", "lora.targets")
+def identity_keys() -> tuple[str, ...]:
+  """What makes a run the run it is: a resume takes these from the workdir's config.json
+  (the model's SHAPE and DESIGN options among them)."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  return ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
+          "data.tokenizer", "data.tokenizer_path",
+          *(f"model.{f.name}" for f in model.options() if f.metadata["kind"] != model.TRAINING),
+          "train.optimizer", "lora.rank", "lora.alpha", "lora.targets")
 
 
 def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
@@ -230,7 +189,7 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   """Gives `c` the saved run's identity keys; a key given on the command line (`explicit`)
   with another value is a UserError. Returns the keys that changed."""
   changed = []
-  for key in IDENTITY_KEYS:
+  for key in identity_keys():
     ours, theirs = _get(c, key), _get(saved, key)
     if ours == theirs:
       continue
@@ -248,18 +207,25 @@ def adopt_gpt2_architecture(c: ml_collections.ConfigDict, explicit: set[str] | N
   config file set (configs/default.py's recipe) become GPT-2's; one given on the command line
   (`explicit`; any, when None) that GPT-2 does not have is a UserError."""
   check_gpt2_architecture(c, explicit)
-  c.model.update(GPT2_ARCHITECTURE)
+  c.model.update(gpt2_architecture())
 
 
 def check_gpt2_architecture(c: ml_collections.ConfigDict, explicit: set[str] | None) -> None:
   """A UserError for each model option given on the command line (`explicit`; any, when None)
   that a pretrained GPT-2 (init_from) does not have."""
-  differing = [name for name, gpt2 in GPT2_ARCHITECTURE.items() if c.model[name] != gpt2]
+  differing = [name for name, gpt2 in gpt2_architecture().items() if c.model[name] != gpt2]
   given = [f"model.{name}={c.model[name]!r}" for name in differing
            if explicit is None or f"model.{name}" in explicit]
   _require(not given, f"init_from={c.init_from} loads GPT-2's architecture, which "
            f"{', '.join(given)} is not: drop that option to fine-tune GPT-2, or train it with "
            "init_from=scratch")
+
+
+def gpt2_architecture() -> dict:
+  """The model's DESIGN options as GPT-2 has them (their defaults); another value makes a
+  model that GPT-2's weights do not load into and `export` writes as another architecture."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  return {f.name: f.default for f in model.options() if f.metadata["kind"] == model.DESIGN}
 
 
 def _get(c, key: str):
@@ -317,32 +283,7 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
              "wrote: pass --config.data.path=DIR")
   _require(0 < c.data.val_fraction < 1,
            f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}")
-  for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_multiple"):
-    _check_positive(f"model.{key}", c.model[key])
-  _require(c.model.block_size >= 2,
-           f"model.block_size={c.model.block_size} leaves no token to predict from: pass "
-           "--config.model.block_size=2 or more")
-  _require(c.model.n_embd % c.model.n_head == 0,
-           f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}: "
-           "choose n_embd as a multiple of n_head")
-  _require(0 <= c.model.dropout < 1, f"model.dropout must be in [0, 1), got {c.model.dropout}")
-  _check_choice("model.attention", c.model.attention, ATTENTIONS)
-  _require(c.model.attention in ("auto", "jaxgpt") or c.model.dropout == 0,
-           f"model.attention={c.model.attention} has no attention dropout but model.dropout="
-           f"{c.model.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
-  _require(isinstance(c.model.remat, bool) or c.model.remat in REMATS,
-           f"model.remat={c.model.remat!r} is not one of {', '.join(REMATS)}: pass "
-           "--config.model.remat=<one of those>")
-  _check_choice("model.position", c.model.position, POSITIONS)
-  _check_choice("model.norm", c.model.norm, NORMS)
-  _check_choice("model.mlp", c.model.mlp, MLPS)
-  for key in ("qk_norm", "tie_embeddings", "zero_init_proj"):
-    _require(isinstance(c.model[key], bool),
-             f"model.{key}={c.model[key]!r} is not True or False: pass --config.model.{key}=True "
-             "or False")
-  _require(c.model.position != "rope" or (c.model.n_embd // c.model.n_head) % 2 == 0,
-           f"model.position=rope turns pairs of head features, but the head size "
-           f"model.n_embd/model.n_head={c.model.n_embd // c.model.n_head} is odd: choose an even one")
+  model_config(c, vocab_size=1)  # the options alone: the vocabulary comes with the data
   if c.init_from != "scratch":
     check_gpt2_architecture(c, explicit=None)
   _require(c.train.optimizer in OPTIMIZERS,
@@ -373,9 +314,10 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
            "--config.lora.rank=0 (off) or a small positive rank such as 8")
   if c.lora.rank:
     _check_positive("lora.alpha", c.lora.alpha)
+    from jaxgpt.model import HIDDEN_LAYERS  # pylint: disable=g-import-not-at-top
     targets = lora_targets(c)
-    _require(bool(targets) and set(targets) <= set(LORA_TARGETS),
-             f"lora.targets={c.lora.targets!r} must name some of {', '.join(LORA_TARGETS)}: "
+    _require(bool(targets) and set(targets) <= set(HIDDEN_LAYERS),
+             f"lora.targets={c.lora.targets!r} must name some of {', '.join(HIDDEN_LAYERS)}: "
              "pass e.g. --config.lora.targets=c_attn,c_proj")
   for axis in ("data", "fsdp", "tensor"):
     _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
@@ -422,19 +364,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def model_config(config, vocab_size: int):
-  """The model's GPTConfig from a run config (`config.model`, `config.precision`, `config.lora`)."""
-  from jaxgpt.model import GPTConfig  # pylint: disable=g-import-not-at-top  # config files load without JAX
-  m = config.model
-  return GPTConfig(
-      vocab_size=vocab_size, vocab_multiple=m.vocab_multiple,
-      block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-      dropout=m.dropout, bias=m.bias, dtype=config.precision, lora_rank=config.lora.rank,
-      lora_alpha=config.lora.alpha, lora_targets=lora_targets(config),
-      scan_layers=m.scan_layers, position=m.position, norm=m.norm, qk_norm=m.qk_norm,
-      mlp=m.mlp, tie_embeddings=m.tie_embeddings, zero_init_proj=m.zero_init_proj,
-      attention=m.attention, remat=_remat_policy(m.remat))
-
-
-def _remat_policy(remat) -> str:
-  """model.remat as a policy name: older configs' True is "full" and False "none"."""
-  return {True: "full", False: "none"}[remat] if isinstance(remat, bool) else remat
+  """The model's GPTConfig: the `model` section's options (older runs' values in today's
+  form), the run's precision and LoRA, and the tokenizer's vocabulary size."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top  # config files load without JAX
+  options = {f.name: f.metadata["legacy"].get(config.model[f.name], config.model[f.name])
+             for f in model.options()}
+  try:
+    return model.GPTConfig(**options, vocab_size=vocab_size, dtype=config.precision,
+                           lora_rank=config.lora.rank, lora_alpha=config.lora.alpha,
+                           lora_targets=lora_targets(config))
+  except ValueError as e:
+    raise UserError(str(e)) from None

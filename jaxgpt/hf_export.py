@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxgpt import layers
-from jaxgpt.config import GPT2_ARCHITECTURE
+from jaxgpt.config import gpt2_architecture
 from jaxgpt.data.tokenizer import write_hf_tokenizer
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPTConfig
@@ -26,7 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 _LLAMA = {"position": "rope", "norm": "rmsnorm", "qk_norm": False, "mlp": "swiglu"}
 # The model options each architecture needs (the others may take any value).
-ARCHITECTURES = {"GPT-2": GPT2_ARCHITECTURE, "Llama": _LLAMA,
+ARCHITECTURES = {"GPT-2": gpt2_architecture(), "Llama": _LLAMA,
                  "Qwen3": {**_LLAMA, "qk_norm": True, "bias": False}}
 # Each architecture's transformers model_type and model class.
 HF_CLASSES = {"GPT-2": ("gpt2", "GPT2LMHeadModel"), "Llama": ("llama", "LlamaForCausalLM"),

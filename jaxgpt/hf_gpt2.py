@@ -8,7 +8,6 @@ with zero rows on the way in and cut back on the way out.
 """
 
 import json
-import math
 import os
 
 import flax.traverse_util
@@ -26,7 +25,6 @@ HF_CONFIG_FILE, WEIGHTS_FILE = hf_export.HF_CONFIG_FILE, hf_export.WEIGHTS_FILE
 WEIGHTS_INDEX = "model.safetensors.index.json"
 _HUB_FILES = [HF_CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX, "model-*.safetensors",
               TOKENIZER_FILE, "vocab.json", "merges.txt"]
-LAYER_NORM_EPSILON = 1e-5
 
 
 def resolve(init_from: str) -> str:
@@ -68,8 +66,6 @@ def read_config(folder: str) -> dict:
       "activation_function": hf.get("activation_function", "gelu_new") not in
                              ("gelu_new", "gelu_pytorch_tanh"),
       "n_inner": hf.get("n_inner") not in (None, 4 * hf["n_embd"]),
-      "layer_norm_epsilon": not math.isclose(hf.get("layer_norm_epsilon", 1e-5),
-                                             LAYER_NORM_EPSILON),
       "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
       "scale_attn_weights": not hf.get("scale_attn_weights", True),
       "tie_word_embeddings": not hf.get("tie_word_embeddings", True),
@@ -78,8 +74,9 @@ def read_config(folder: str) -> dict:
     if bad:
       raise UserError(f"{path} sets {key}={hf.get(key)!r}, which jaxgpt's GPT-2 does not "
                       "implement: use a standard GPT-2 checkpoint")
-  return {key: int(hf[key]) for key in ("n_layer", "n_head", "n_embd", "n_positions",
-                                        "vocab_size")}
+  return {**{key: int(hf[key]) for key in ("n_layer", "n_head", "n_embd", "n_positions",
+                                           "vocab_size")},
+          "layer_norm_epsilon": float(hf.get("layer_norm_epsilon", GPTConfig.norm_eps))}
 
 
 def configure(config, folder: str) -> None:
@@ -90,7 +87,8 @@ def configure(config, folder: str) -> None:
   """
   hf = read_config(folder)
   config.model.update(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                      bias=True, block_size=min(config.model.block_size, hf["n_positions"]))
+                      bias=True, block_size=min(config.model.block_size, hf["n_positions"]),
+                      norm_eps=hf["layer_norm_epsilon"])
   config.data.tokenizer = "gpt2"
 
 
@@ -219,7 +217,7 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
   hf_config = {
       "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
       "n_head": c.n_head, "n_inner": None, "activation_function": "gelu_new",
-      "layer_norm_epsilon": LAYER_NORM_EPSILON, "resid_pdrop": c.dropout,
+      "layer_norm_epsilon": c.norm_eps, "resid_pdrop": c.dropout,
       "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
   }
   hf_export.write_folder(folder, architecture, tensors, hf_config, tokenizer, c)

@@ -11,7 +11,7 @@ jaxgpt/model.py.
 import numpy as np
 
 from jaxgpt import hf_export
-from jaxgpt.model import NORM_EPSILON, ROPE_BASE, GPTConfig, unrolled_name
+from jaxgpt.model import GPTConfig, unrolled_name
 
 
 def _linear(kernel, num_in: int = 1):
@@ -63,10 +63,10 @@ def _hf_config(c: GPTConfig, architecture: str) -> dict:
       "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
       "num_key_value_heads": c.n_head, "head_dim": c.head_size,
       "max_position_embeddings": c.block_size, "hidden_act": "silu",
-      "rms_norm_eps": NORM_EPSILON, "attention_bias": c.bias,
+      "rms_norm_eps": c.norm_eps, "attention_bias": c.bias,
       # transformers 5 reads rope_parameters, earlier versions rope_theta
-      "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
-      "rope_theta": ROPE_BASE,
+      "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base},
+      "rope_theta": c.rope_base,
   }
   if architecture == "Llama":
     hf_config["mlp_bias"] = c.bias

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from jaxgpt.model import SCANNED
+from jaxgpt.model import HIDDEN_LAYERS, SCANNED
 
-HIDDEN_LAYERS = ("c_attn", "c_proj", "c_fc")
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's, as modded-nanogpt and optax
 NS_STEPS = 5
 EPSILON = 1e-8

@@ -1,5 +1,7 @@
 """Config validation: every impossible setting is a UserError naming the key."""
 
+import dataclasses
+
 import pytest
 
 from jaxgpt import config as config_lib, sharding
@@ -129,6 +131,28 @@ def test_every_key_has_a_meaning_and_every_meaning_a_key():
   assert all(meaning.strip() for meaning in config_lib.key_meanings().values())
 
 
+def test_the_model_section_is_gptconfigs_options_with_their_defaults():
+  """One place per model option: every GPTConfig field but those the run fills in is a key
+  of `model` with the field's default, and every key of `model` is a field."""
+  from jaxgpt.model import GPTConfig  # pylint: disable=g-import-not-at-top
+  run_filled = {"vocab_size", "dtype", "lora_rank", "lora_alpha", "lora_targets"}
+  fields = {f.name: f.default for f in dataclasses.fields(GPTConfig)
+            if f.name not in run_filled}
+  section = config_lib.base_config().model
+  assert set(section) == set(fields)
+  assert {key: section[key] for key in section} == fields
+  built = config_lib.model_config(config_lib.base_config(), vocab_size=65)
+  assert {name: getattr(built, name) for name in fields} == fields
+
+
+def test_a_models_choices_and_types_come_from_its_fields():
+  c = config_lib.base_config()
+  c.model.norm = "batchnorm"
+  with pytest.raises(UserError, match="model.norm='batchnorm' is not one of layernorm, rmsnorm"):
+    config_lib.validate(c)
+  assert config_lib.key_meanings()["model.norm"].startswith("layernorm, rmsnorm: ")
+
+
 def test_precision_must_be_known():
   c = config_lib.base_config()
   c.precision = "float16"
@@ -169,7 +193,7 @@ def test_a_pretrained_gpt2_takes_its_architecture_unless_an_option_was_given():
   c = default.cpu_config()
   c.init_from = "gpt2"
   config_lib.adopt_gpt2_architecture(c, explicit={"init_from", "train.max_steps"})
-  assert {k: c.model[k] for k in config_lib.GPT2_ARCHITECTURE} == config_lib.GPT2_ARCHITECTURE
+  assert {k: c.model[k] for k in config_lib.gpt2_architecture()} == config_lib.gpt2_architecture()
   config_lib.validate(c)
   c = default.cpu_config()
   c.init_from = "gpt2"

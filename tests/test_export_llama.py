@@ -16,7 +16,7 @@ from jaxgpt import config as config_lib
 from jaxgpt import export, hf_export, hf_llama, layers, run_loader
 from jaxgpt.data import CharTokenizer
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, NORM_EPSILON, ROPE_BASE, GPTConfig
+from jaxgpt.model import GPT, GPTConfig
 
 from helpers import (LINES, assert_clean_error, assert_same_logits, jax_logits, perturbed_params,
                      require_transformers, run)
@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu")
 TOKENIZER = CharTokenizer.from_text(LINES)  # 39 characters; the table is padded to 48
 CONFIG = GPTConfig(vocab_size=TOKENIZER.vocab_size, vocab_multiple=16, block_size=16, n_layer=2,
-                   n_head=2, n_embd=32, **LLAMA)
+                   n_head=2, n_embd=32, dropout=0.0, **LLAMA)
 
 
 def _hf_logits(hf_class, folder, tokens_BxT):
@@ -58,11 +58,11 @@ def test_llama_export_gives_jaxgpt_logits(options, tmp_path):
   assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["model_type"] == "llama"
   expected = {"vocab_size": 39, "hidden_size": 32, "intermediate_size": config.mlp_width,
               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-              "max_position_embeddings": 16, "rms_norm_eps": NORM_EPSILON, "hidden_act": "silu",
+              "max_position_embeddings": 16, "rms_norm_eps": CONFIG.norm_eps, "hidden_act": "silu",
               "attention_bias": config.bias, "mlp_bias": config.bias, "dtype": "float32",
               "tie_word_embeddings": config.tie_embeddings, "bos_token_id": None}
   assert {key: hf_config[key] for key in expected} == expected
-  assert hf_config["rope_parameters"]["rope_theta"] == ROPE_BASE
+  assert hf_config["rope_parameters"]["rope_theta"] == CONFIG.rope_base
   names = set(load_file(str(tmp_path / "model.safetensors")))
   assert ("lm_head.weight" in names) != config.tie_embeddings
   assert {"model.embed_tokens.weight", "model.norm.weight", "model.layers.1.mlp.gate_proj.weight",

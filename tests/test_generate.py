@@ -14,7 +14,7 @@ from jaxgpt.data import CharTokenizer
 from jaxgpt.model import GPT, GPTConfig
 
 CONFIG = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=32, n_layer=2, n_head=2,
-                   n_embd=32)
+                   n_embd=32, dropout=0.0)
 REAL_VOCAB = 40  # ids 40..47 are padding and must never come out
 TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz0123456789 .,\n")
 

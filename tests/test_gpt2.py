@@ -177,6 +177,17 @@ def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
     hf_gpt2.load_tokenizer(str(small))
 
 
+def test_a_gpt2_configs_layer_norm_epsilon_becomes_model_norm_eps(tmp_path):
+  from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64,
+       "vocab_size": 96, "layer_norm_epsilon": 1e-6}))
+  config = config_lib.base_config()
+  hf_gpt2.configure(config, str(tmp_path))
+  assert config.model.norm_eps == 1e-6
+  assert config_lib.model_config(config, 96).norm_eps == 1e-6
+
+
 def test_export_never_overwrites(tmp_path):
   out = tmp_path / "out"
   out.mkdir()

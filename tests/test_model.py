@@ -1,6 +1,7 @@
 """The GPT: shapes, dtypes, causality, parameter count, initialisation, the KV cache."""
 
 import ast
+import dataclasses
 import math
 import os
 
@@ -10,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgpt import attention
 from jaxgpt.model import GPT, GPTConfig, count_params
 
 from helpers import REPO
 
-CONFIG = GPTConfig(vocab_size=72, block_size=16, n_layer=2, n_head=4, n_embd=32)
+CONFIG = GPTConfig(vocab_size=72, vocab_multiple=1, block_size=16, n_layer=2, n_head=4, n_embd=32,
+                   dropout=0.0)
 
 
 def _init(config=CONFIG, batch=2):
@@ -30,7 +33,7 @@ def _unboxed(params):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_logits_are_float32_with_float32_params(dtype):
-  config = GPTConfig(**{**CONFIG.__dict__, "dtype": dtype})
+  config = dataclasses.replace(CONFIG, dtype=dtype)
   params = _unboxed(_init(config))
   tokens = jax.random.randint(jax.random.key(1), (3, 10), 0, config.vocab_size)
   logits = GPT(config).apply({"params": params}, tokens)
@@ -52,7 +55,7 @@ def test_causal_later_tokens_do_not_change_earlier_logits():
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_parameter_count_is_gpt2_formula(bias):
-  config = GPTConfig(**{**CONFIG.__dict__, "bias": bias})
+  config = dataclasses.replace(CONFIG, bias=bias)
   v, t, d, n = config.vocab_size, config.block_size, config.n_embd, config.n_layer
   per_layer = 12 * d * d + (13 * d if bias else 2 * d)
   expected = v * d + t * d + n * per_layer + (2 * d if bias else d)
@@ -61,7 +64,8 @@ def test_parameter_count_is_gpt2_formula(bias):
 
 @pytest.mark.slow
 def test_gpt2_initialisation():
-  config = GPTConfig(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=True)
+  config = GPTConfig(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=True,
+                     dropout=0.0)
   params = _unboxed(_init(config))
   residual_std = 0.02 / np.sqrt(2 * config.n_layer)
   np.testing.assert_allclose(np.std(params["wte"]), 0.02, rtol=0.05)
@@ -81,7 +85,7 @@ def test_every_parameter_has_logical_axis_names():
 
 
 def test_padded_vocabulary_gets_no_probability():
-  config = GPTConfig(**{**CONFIG.__dict__, "vocab_size": 65, "vocab_multiple": 64})
+  config = dataclasses.replace(CONFIG, vocab_size=65, vocab_multiple=64)
   assert config.padded_vocab_size == 128
   assert GPTConfig(vocab_size=50257, vocab_multiple=64).padded_vocab_size == 50304
   params = _unboxed(_init(config))
@@ -99,7 +103,7 @@ def test_padded_vocabulary_gets_no_probability():
     ((3, 4, 8), (8, 16), 1, jnp.float32),       # two token axes
 ])
 def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
-  from jaxgpt.model import _tensordot  # pylint: disable=g-import-not-at-top
+  from jaxgpt.dense import tensordot  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), x_shape, dtype)
   kernel = jax.random.normal(jax.random.key(1), kernel_shape, dtype)
   out_shape = x_shape[:x.ndim - num_in] + kernel_shape[num_in:]
@@ -110,7 +114,7 @@ def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
     return jax.jit(jax.grad(lambda x, k: (product(x, k).astype(jnp.float32) * weights).sum(),
                             argnums=(0, 1)))(x, kernel)
 
-  ours = loss(lambda x, k: _tensordot(x, k, num_in))
+  ours = loss(lambda x, k: tensordot(x, k, num_in))
   autodiff = loss(lambda x, k: jnp.tensordot(x, k, axes=(in_axes, tuple(range(num_in)))))
   chex.assert_trees_all_equal_shapes_and_dtypes(ours, autodiff)
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
@@ -122,7 +126,7 @@ def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
 def test_dot_product_attention_equals_jaxgpt_attention(dtype):
   """attention="xla" runs jax.nn.dot_product_attention, the call the cuDNN path makes with
   implementation="cudnn": same layout, scale and causal mask as jaxgpt's attention."""
-  configs = {a: GPTConfig(**{**CONFIG.__dict__, "dtype": dtype, "attention": a})
+  configs = {a: dataclasses.replace(CONFIG, dtype=dtype, attention=a)
              for a in ("jaxgpt", "xla")}
   params = _unboxed(_init(configs["jaxgpt"]))
   tolerance = 1e-5 if dtype == "float32" else 2e-2
@@ -148,18 +152,17 @@ def _mean_logit_and_grads(config, params):
 ])
 def test_auto_attention_takes_cudnn_where_it_applies(monkeypatch, backend, dtype, dropout,
                                                      deterministic, expected):
-  from jaxgpt import model as model_lib  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(model_lib.jax, "default_backend", lambda: backend)
-  config = GPTConfig(**{**CONFIG.__dict__, "dtype": dtype, "dropout": dropout})
-  assert model_lib.attention_implementation(config, deterministic) == expected
+  monkeypatch.setattr(attention.jax, "default_backend", lambda: backend)
+  config = dataclasses.replace(CONFIG, dtype=dtype, dropout=dropout)
+  assert attention.implementation(config, deterministic) == expected
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_remat_gives_the_same_loss_and_gradients(policy, scan_layers):
-  config = GPTConfig(**{**CONFIG.__dict__, "scan_layers": scan_layers})
+  config = dataclasses.replace(CONFIG, scan_layers=scan_layers)
   params = _unboxed(_init(config))
-  remat = GPTConfig(**{**config.__dict__, "remat": policy})
+  remat = dataclasses.replace(config, remat=policy)
   chex.assert_trees_all_close(_mean_logit_and_grads(remat, params),
                               _mean_logit_and_grads(config, params), rtol=1e-5, atol=1e-6)
 
@@ -176,7 +179,7 @@ def test_each_remat_policy_keeps_what_it_says(capsys):
   tokens = jnp.zeros((2, CONFIG.block_size), jnp.int32)
   kept = {}
   for policy in ("none", "dots", "full"):
-    model = GPT(GPTConfig(**{**CONFIG.__dict__, "remat": policy}))
+    model = GPT(dataclasses.replace(CONFIG, remat=policy))
     jax.ad_checkpoint.print_saved_residuals(
         lambda p: model.apply({"params": p}, tokens).mean(), params)  # "f32[32,128] why"
     residuals = [line.split(" ", 1) for line in capsys.readouterr().out.splitlines()]
@@ -190,10 +193,12 @@ def test_each_remat_policy_keeps_what_it_says(capsys):
   assert not kept["full"][1]
 
 
-def test_the_model_imports_nothing_else_from_jaxgpt():
-  with open(os.path.join(REPO, "jaxgpt", "model.py"), encoding="utf-8") as f:
+@pytest.mark.parametrize("module", ["model", "attention", "dense"])
+def test_the_model_imports_nothing_from_jaxgpt_but_its_own_modules(module):
+  with open(os.path.join(REPO, "jaxgpt", f"{module}.py"), encoding="utf-8") as f:
     tree = ast.parse(f.read())
   imported = ({alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                for alias in node.names}
               | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)})
-  assert not {name for name in imported if name.split(".")[0] == "jaxgpt"}, imported
+  own = {"jaxgpt.model", "jaxgpt.attention", "jaxgpt.dense"}
+  assert not {name for name in imported if name.split(".")[0] == "jaxgpt"} - own, imported

@@ -16,13 +16,14 @@ import pytest
 from jaxgpt import (config as config_lib, generate, hf_export, hf_gpt2, layers, lora, sharding,
                     steps)
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, CausalSelfAttention, GPTConfig, NORM_EPSILON, _norm, count_params
+from jaxgpt.attention import CausalSelfAttention
+from jaxgpt.model import GPT, GPTConfig, _norm, count_params
 
 from helpers import (assert_clean_error, perturbed_params, random_batch, run, tiny_config,
                      train_on_one_batch)
 
 CONFIG = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=16, n_layer=2, n_head=2,
-                   n_embd=32)
+                   n_embd=32, dropout=0.0)
 ALL_ON = dict(position="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu",
               tie_embeddings=False, zero_init_proj=True)
 EACH_OPTION = [dict(position="rope"), dict(norm="rmsnorm"), dict(qk_norm=True),
@@ -34,32 +35,35 @@ def _with(config=CONFIG, **options):
   return dataclasses.replace(config, **options)
 
 
-def _rms_norm(x, scale):
+def _rms_norm(x, scale, eps=CONFIG.norm_eps):
   x = np.asarray(x, np.float64)
-  return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + NORM_EPSILON) * scale
+  return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) * scale
 
 
-def _rope(x_BxTxHxK, positions_T):
+def _rope(x_BxTxHxK, positions_T, base=10000.0):
   half = x_BxTxHxK.shape[-1] // 2
-  angles = positions_T[:, None] / 10000.0 ** (np.arange(half) / half)
+  angles = positions_T[:, None] / base ** (np.arange(half) / half)
   cos, sin = np.cos(angles)[None, :, None], np.sin(angles)[None, :, None]
   x1, x2 = x_BxTxHxK[..., :half], x_BxTxHxK[..., half:]
   return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def test_rmsnorm_matches_its_formula():
-  config = _with(norm="rmsnorm")
+@pytest.mark.parametrize("norm_eps", [1e-5, 0.5])
+def test_rmsnorm_matches_its_formula(norm_eps):
+  config = _with(norm="rmsnorm", norm_eps=norm_eps)
   x = np.asarray(jax.random.normal(jax.random.key(0), (6, config.n_embd)))
   norm = _norm(config, "ln")
   scale = np.asarray(jax.random.normal(jax.random.key(1), (config.n_embd,)))
   got = norm.apply({"params": {"scale": scale}}, x)
-  np.testing.assert_allclose(got, _rms_norm(x, scale), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got, _rms_norm(x, scale, norm_eps), rtol=1e-5, atol=1e-6)
   params = perturbed_params(config)
   assert set(params["ln_f"]) == {"scale"} and set(params["h_0"]["ln_1"]) == {"scale"}
 
 
 @pytest.mark.parametrize("options", [dict(qk_norm=True), dict(position="rope"),
-                                     dict(qk_norm=True, position="rope")])
+                                     dict(qk_norm=True, position="rope"),
+                                     dict(qk_norm=True, position="rope", rope_base=5e5,
+                                          norm_eps=1e-2)])
 def test_attention_with_qk_norm_and_rope_matches_numpy(options):
   """The attention layer against a NumPy reference: q, k, v from c_attn; q and k normalised
   per head (RMSNorm, a learned scale per head feature) and rotated; causal softmax; c_proj."""
@@ -80,9 +84,9 @@ def test_attention_with_qk_norm_and_rope_matches_numpy(options):
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   if c.qk_norm:
     assert set(p) == {"c_attn", "c_proj", "q_norm", "k_norm"}
-    q, k = _rms_norm(q, p["q_norm"]["scale"]), _rms_norm(k, p["k_norm"]["scale"])
+    q, k = (_rms_norm(x, p[f"{name}_norm"]["scale"], c.norm_eps) for x, name in ((q, "q"), (k, "k")))
   if c.position == "rope":
-    q, k = _rope(q, np.asarray(positions_T)), _rope(k, np.asarray(positions_T))
+    q, k = (_rope(x, np.asarray(positions_T), c.rope_base) for x in (q, k))
   att = np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(c.head_size)
   att = np.where(np.tril(np.ones((t, t), bool)), att, -np.inf)
   probs = np.exp(att - att.max(-1, keepdims=True))
@@ -97,8 +101,8 @@ def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
   params = perturbed_params(c)
   assert "wpe" not in params
   qkv_1x1x3x1xK = jax.random.normal(jax.random.key(0), (1, 1, 3, 1, c.head_size))
-  from jaxgpt.model import _rotated  # pylint: disable=g-import-not-at-top
-  at = lambda i: np.asarray(_rotated(qkv_1x1x3x1xK, jnp.array([i])))[0, 0, :, 0]
+  from jaxgpt.attention import rotated  # pylint: disable=g-import-not-at-top
+  at = lambda i: np.asarray(rotated(qkv_1x1x3x1xK, jnp.array([i]), CONFIG.rope_base))[0, 0, :, 0]
   dot = lambda i, j: float(np.sum(at(i)[0] * at(j)[1]))  # q at position i, k at j
   np.testing.assert_allclose(dot(5, 2), dot(13, 10), rtol=1e-5)
   assert not np.isclose(dot(5, 2), dot(5, 3))
@@ -259,8 +263,8 @@ def test_bad_option_values_are_one_line_errors(changes, words):
 
 def test_options_reach_the_model_config_and_default_to_gpt2():
   defaults = config_lib.model_config(config_lib.base_config(), 30)
-  assert {name: getattr(defaults, name) for name in config_lib.GPT2_ARCHITECTURE} == \
-      config_lib.GPT2_ARCHITECTURE
+  assert {name: getattr(defaults, name) for name in config_lib.gpt2_architecture()} == \
+      config_lib.gpt2_architecture()
   assert not defaults.zero_init_proj
   mapped = config_lib.model_config(tiny_config(**ALL_ON), 30)
   assert {name: getattr(mapped, name) for name in ALL_ON} == ALL_ON

@@ -2,6 +2,7 @@
 the rest) against a NumPy Newton-Schulz reference, in both forms of model.scan_layers, on a
 sharded mesh, through resume."""
 
+import dataclasses
 import shutil
 
 import flax.linen as nn
@@ -18,7 +19,7 @@ from jaxgpt.model import GPT, GPTConfig
 from helpers import assert_clean_error, logged_losses, run, tiny_config, train_on_one_batch
 
 MODEL = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=16, n_layer=2, n_head=2,
-                  n_embd=32, mlp="swiglu")
+                  n_embd=32, mlp="swiglu", dropout=0.0)
 
 
 def _muon_config(**train):
@@ -66,7 +67,7 @@ def _params_and_grads(config):
 
 @pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_muon_updates_hidden_matrices_by_newton_schulz_and_the_rest_by_adamw(scan):
-  model = GPTConfig(**{**MODEL.__dict__, "scan_layers": scan})
+  model = dataclasses.replace(MODEL, scan_layers=scan)
   params, grads = _params_and_grads(model)
   train = _muon_config()
   optimizer = optim.make_optimizer(train)
@@ -89,8 +90,8 @@ def test_muon_updates_hidden_matrices_by_newton_schulz_and_the_rest_by_adamw(sca
 
 
 def test_the_hidden_matrices_are_the_block_kernels_only():
-  params, _ = _params_and_grads(GPTConfig(**{**MODEL.__dict__, "tie_embeddings": False,
-                                             "lora_rank": 2, "lora_targets": ("c_attn",)}))
+  params, _ = _params_and_grads(dataclasses.replace(MODEL, tie_embeddings=False,
+                                                    lora_rank=2, lora_targets=("c_attn",)))
   labels = {jax.tree_util.keystr(p): muon.is_hidden_matrix(p)
             for p, _ in jax.tree_util.tree_leaves_with_path(params)}
   assert {k for k, v in labels.items() if v} == {
@@ -184,7 +185,7 @@ def test_a_muon_run_resumes_exactly_and_keeps_its_optimizer(text_file, tmp_path)
 def test_muon_takes_optax_contribs_steps(scan):
   """jaxgpt's Muon (same-shape matrices stacked into one batch) against optax.contrib.muon's
   (each matrix on its own) over three steps of changing gradients."""
-  model = GPTConfig(**{**MODEL.__dict__, "scan_layers": scan})
+  model = dataclasses.replace(MODEL, scan_layers=scan)
   params, _ = _params_and_grads(model)
   hidden = jax.tree_util.tree_map_with_path(
       lambda path, p: p if muon.is_hidden_matrix(path) else None, params)

@@ -1,0 +1,181 @@
+"""Causal self-attention: the q, k, v projection, QK-norm and rotary positions, the choice of
+implementation (jaxgpt's own, or jax.nn.dot_product_attention's cuDNN or XLA), the
+key/value cache for decoding, and the output projection.
+
+Shape suffixes as in model.py; in the cached attention N is batch x heads.
+"""
+
+import math
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgpt.dense import Dense, ones
+
+if TYPE_CHECKING:
+  from jaxgpt.model import GPTConfig
+
+ACTIVATION_NAMES = ("activation_batch", "activation_length", "activation_heads",
+                    "activation_head_dim")
+
+
+def implementation(c: "GPTConfig", deterministic: bool) -> str:
+  """Which attention a forward pass runs: "jaxgpt" (this file's, with attention dropout),
+  or jax.nn.dot_product_attention's "cudnn" (fused flash attention) or "xla".
+
+  "auto" takes cuDNN on an NVIDIA GPU when it applies (16-bit compute, head size a multiple
+  of 8 up to 128, no attention dropout in this pass) and jaxgpt's otherwise; on CPU and TPU
+  jaxgpt's heads-major attention is the faster one.
+  """
+  if c.attention != "auto":
+    return c.attention
+  cudnn_applies = (jax.default_backend() == "gpu" and c.dtype in ("bfloat16", "float16")
+                   and c.head_size % 8 == 0 and c.head_size <= 128)
+  return "cudnn" if cudnn_applies and (deterministic or c.dropout == 0) else "jaxgpt"
+
+
+class CausalSelfAttention(nn.Module):
+  config: "GPTConfig"
+
+  @nn.compact
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T):
+    c = self.config
+    qkv_Nx3xHxK = Dense(shape=(c.n_embd, 3, c.n_head, c.head_size),
+                        names=("embed", "qkv", "heads", "head_dim"), num_in=1,
+                        stddev=c.init_std, config=c, name="c_attn")(x_NxD)
+    qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
+    index = None
+    if decode:  # the cache's index is the position of this call's first token
+      index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+      positions_T = index.value + jnp.arange(qkv_BxTx3xHxK.shape[1])
+    qkv_BxTx3xHxK = self._normed_and_rotated(qkv_BxTx3xHxK, positions_T)
+    chosen = implementation(c, deterministic)
+    if decode:
+      y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)), index)
+    elif chosen == "jaxgpt":
+      y_BxTxHxK = causal_attention(qkv_BxTx3xHxK, nn.Dropout(c.dropout), deterministic)
+    else:  # no dropout on the attention probabilities (config.validate requires dropout 0)
+      y_BxTxHxK = jax.nn.dot_product_attention(
+          *(qkv_BxTx3xHxK[:, :, i] for i in range(3)), is_causal=True, implementation=chosen)
+    y_NxHxK = nn.with_logical_constraint(y_BxTxHxK, ACTIVATION_NAMES).reshape(
+        -1, c.n_head, c.head_size)
+    y_NxD = Dense(shape=(c.n_head, c.head_size, c.n_embd), names=("heads", "head_dim", "embed"),
+                  num_in=2, stddev=c.proj_std, config=c, name="c_proj")(y_NxHxK)
+    return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
+
+  def _normed_and_rotated(self, qkv_BxTx3xHxK, positions_T):
+    """q and k with c.qk_norm's RMSNorm per head (a learned scale per head feature, shared
+    by the heads) and then c.position's rotary embeddings; v as it is. Both work on the
+    whole q, k, v array (v's factors are 1), which XLA fuses into one or two passes."""
+    c = self.config
+    if c.qk_norm:
+      scales = (_Scale(c.head_size, name=name)() for name in ("q_norm", "k_norm"))
+      qkv_BxTx3xHxK = qk_normed(qkv_BxTx3xHxK, *scales, c.norm_eps).astype(c.dtype)
+    if c.position == "rope":
+      qkv_BxTx3xHxK = rotated(qkv_BxTx3xHxK, positions_T, c.rope_base)
+    return qkv_BxTx3xHxK
+
+  def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, index):
+    """Appends this call's keys and values to the cache at `index` (a cache variable: the
+    number of positions filled) and attends over all of it.
+
+    Keys are cached as (B*H, K, S) and values as (B*H, S, K), the layouts the two matmuls
+    read; one batch axis of batch x heads keeps a batch of one from giving the matmuls
+    operands of another shape than the cache's, which would copy the cache every step.
+    """
+    c = self.config
+    b, t = q_BxTxHxK.shape[:2]
+    n = b * c.n_head
+    cached_k = self.variable("cache", "k", jnp.zeros, (n, c.head_size, c.block_size),
+                             k_BxTxHxK.dtype)
+    cached_v = self.variable("cache", "v", jnp.zeros, (n, c.block_size, c.head_size),
+                             v_BxTxHxK.dtype)
+    start = index.value
+    k_NxKxT = k_BxTxHxK.transpose(0, 2, 3, 1).reshape(n, c.head_size, t)
+    v_NxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxKxT, (0, 0, start))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_NxTxK, (0, start, 0))
+    index.value = start + t
+    mask_TxS = jnp.arange(c.block_size)[None, :] <= (start + jnp.arange(t))[:, None]
+    q_NxTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
+    y_NxTxK = _weighted_values(q_NxTxK, cached_k.value, cached_v.value, mask_TxS)
+    return y_NxTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
+
+
+def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool):
+  """jaxgpt's attention over the whole sequence, heads-major so that every dot is a plain
+  batched matmul; one transpose in, one out (splitting the heads-major array keeps its
+  backward a concatenation rather than three padded copies). `dropout` drops attention
+  probabilities."""
+  t, k = qkv_BxTx3xHxK.shape[1], qkv_BxTx3xHxK.shape[-1]
+  names = ("activation_batch", "activation_heads", "activation_length", "activation_head_dim")
+  qkv_3xBxHxTxK = qkv_BxTx3xHxK.transpose(2, 0, 3, 1, 4)
+  q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (
+      nn.with_logical_constraint(x[0], names) for x in jax.lax.split(qkv_3xBxHxTxK, (1, 1, 1)))
+  q_BxHxTxK = q_BxHxTxK * (1.0 / math.sqrt(k))
+  att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
+                           preferred_element_type=jnp.float32)
+  mask_1x1xTxS = jnp.where(jnp.tril(jnp.ones((1, 1, t, t), dtype=bool)), 0.0, -jnp.inf)
+  probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_1x1xTxS, axis=-1)
+  probs_BxHxTxS = dropout(probs_BxHxTxS, deterministic=deterministic)
+  y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+  return y_BxHxTxK.transpose(0, 2, 1, 3)
+
+
+def _weighted_values(q_NxTxK, k_NxKxS, v_NxSxK, mask_TxS):
+  """Attention over the cache as two plain batched matmuls, neither needing a transpose."""
+  scale = 1.0 / math.sqrt(q_NxTxK.shape[-1])
+  att_NxTxS = jnp.einsum("ntk,nks->nts", q_NxTxK, k_NxKxS,
+                         preferred_element_type=jnp.float32) * scale
+  att_NxTxS = jnp.where(mask_TxS, att_NxTxS, jnp.finfo(jnp.float32).min)
+  probs_NxTxS = jax.nn.softmax(att_NxTxS, axis=-1)
+  return jnp.einsum("nts,nsk->ntk", probs_NxTxS.astype(v_NxSxK.dtype), v_NxSxK)
+
+
+class _Scale(nn.Module):
+  """A learned scale per feature, named as nn.RMSNorm's ("scale")."""
+  size: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("scale", ones(("head_dim",)), (self.size,))
+
+
+def qk_normed(qkv_BxTx3xHxK, q_scale_K, k_scale_K, epsilon: float):
+  """RMSNorm over the head features of q and k (with their learned scales), in float32."""
+  x = qkv_BxTx3xHxK.astype(jnp.float32)
+  inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon)
+  is_qk_1x1x3x1x1 = (jnp.arange(3) < 2).reshape(1, 1, 3, 1, 1)
+  scale_1x1x3x1xK = jnp.stack([q_scale_K, k_scale_K, jnp.ones_like(q_scale_K)])[None, None, :, None]
+  return x * jnp.where(is_qk_1x1x3x1x1, inv_rms, 1.0) * scale_1x1x3x1xK
+
+
+def rotated(qkv_BxTx3xHxK, positions_T, base: float):
+  """Rotary position embeddings on q and k: each pair of features (i, i + K/2) turned by the
+  angle position / base^(2i/K), in float32 (the Hugging Face Llama layout).
+
+  Written as qkv * cos + qkv with its halves swapped * sin over the whole q, k, v array, one
+  element-wise pass that XLA fuses (and its backward too), rather than slicing q and k out,
+  rotating them apart and stacking them back, which costs copies of the array."""
+  b, t, three, h, k = qkv_BxTx3xHxK.shape
+  cos_Tx3xK, sin_Tx3xK = _rotary_tables(positions_T, k, base)
+  x = qkv_BxTx3xHxK.astype(jnp.float32)
+  swapped = x.reshape(b, t, three, h, 2, k // 2)[..., ::-1, :].reshape(x.shape)
+  rotated_x = x * cos_Tx3xK[None, :, :, None] + swapped * sin_Tx3xK[None, :, :, None]
+  return rotated_x.astype(qkv_BxTx3xHxK.dtype)
+
+
+def _rotary_tables(positions_T, head_size: int, base: float):
+  """(cos, sin), each (T, 3, K), that rotate q and k of a (B, T, 3, H, K) q, k, v array by
+  rotary embeddings and leave v as it is (cos 1, sin 0): see rotated."""
+  half = head_size // 2
+  inv_freq_K2 = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
+  angles_TxK2 = positions_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
+  cos_TxK2, sin_TxK2 = jnp.cos(angles_TxK2), jnp.sin(angles_TxK2)
+  cos_TxK = jnp.concatenate([cos_TxK2, cos_TxK2], axis=-1)
+  sin_TxK = jnp.concatenate([-sin_TxK2, sin_TxK2], axis=-1)
+  cos_Tx3xK = jnp.stack([cos_TxK, cos_TxK, jnp.ones_like(cos_TxK)], axis=1)
+  sin_Tx3xK = jnp.stack([sin_TxK, sin_TxK, jnp.zeros_like(sin_TxK)], axis=1)
+  return cos_Tx3xK, sin_Tx3xK
