@@ -1,4 +1,4 @@
-"""nanoGPT's CPU training step in PyTorch, timed the way issue 7 asks, for comparison with
+"""nanoGPT's CPU training step in PyTorch, timed as jaxgpt.bench times its own, for comparison with
 `python -m jaxgpt.bench` on the same machine on the same day.
 
 The model is nanoGPT's model.py (karpathy/nanoGPT) written out in its essentials: pre-LN

@@ -1,4 +1,4 @@
-"""jaxgpt's default CPU run against nanoGPT's train.py on the same text, back to back (issue 17).
+"""jaxgpt's default CPU run against nanoGPT's train.py on the same text, back to back.
 
 nanoGPT (karpathy/nanoGPT, PyTorch on CPU, float32, no compile) trains the 4-layer, 4-head,
 128-wide model of the old default with its schedule: lr 4e-3, 100 warm-up steps, cosine to

@@ -1,4 +1,4 @@
-"""Today's recipe (modded-nanogpt's lineage, issue 17) as keys that configs apply to their own
+"""Today's recipe (modded-nanogpt's lineage) as keys that configs apply to their own
 model and schedule: rotary positions, RMSNorm, QK-norm, ReLU² MLPs, an untied head,
 zero-initialised projections into the residual stream, and Muon for the hidden matrices.
 Not a config itself (no get_config): configs/default.py, speedrun_shakespeare.py and

@@ -33,7 +33,7 @@ ARRAYS_METADATA = "_METADATA"  # Orbax's description of an item's arrays
 DEFAULT_TIMEOUT_SECS = 1200
 
 PARAMS, OPTIMIZER = "params", "optimizer"
-# Checkpoints written before 2026-11-30 hold the whole TrainState in one item, "state", and
+# Checkpoints of older jaxgpt versions hold the whole TrainState in one item, "state", and
 # each LayerNorm's parameters one level deeper: h_0/ln_1/LayerNorm_0/scale for h_0/ln_1/scale.
 OLD_STATE, OLD_NORM_LEVEL = "state", "LayerNorm_0"
 

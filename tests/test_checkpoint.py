@@ -58,13 +58,13 @@ def test_samples_do_not_depend_on_the_optimizer(text_file, tmp_path):
 
 
 def _with_layer_norm_level(tree):
-  """Parameter paths as the model named them before 2026-11-30: h_0/ln_1/LayerNorm_0/scale."""
+  """Parameter paths as older jaxgpt versions named them: h_0/ln_1/LayerNorm_0/scale."""
   is_norm = lambda x: isinstance(x, dict) and "scale" in x
   return jax.tree.map(lambda x: {"LayerNorm_0": x} if is_norm(x) else x, tree, is_leaf=is_norm)
 
 
 def _save_in_the_old_layout(state, workdir, step):
-  """A checkpoint as jaxgpt wrote them before 2026-11-30: the whole TrainState in one item."""
+  """A checkpoint as older jaxgpt versions wrote them: the whole TrainState in one item."""
   manager = ocp.CheckpointManager(os.path.join(workdir, checkpoint.LATEST_DIR),
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
   manager.save(step, args=ocp.args.Composite(

@@ -1,5 +1,5 @@
-"""The nanoGPT-exact configs give the losses they gave before today's recipe became options
-(issue 17): every model option's default, the optimizer's and the schedule's are nanoGPT's.
+"""The nanoGPT-exact configs give the losses they gave before today's recipe became options:
+every model option's default, the optimizer's and the schedule's are nanoGPT's.
 
 Each config as bundled, on a fixed random batch of 4 rows (a vocabulary of 30 tokens), seed
 1337, float32 on CPU; the GPT-2 configs with 2 layers and 64 positions, so a step takes a

@@ -1,4 +1,4 @@
-"""The model options (issue 17's recipe): rotary positions, RMSNorm, QK-norm, ReLU^2 and
+"""The model options (today's recipe): rotary positions, RMSNorm, QK-norm, ReLU^2 and
 SwiGLU MLPs, untied embeddings, zero-initialised projections. Each matches its formula,
 trains, is causal, decodes from the cache as it computes from scratch, runs in both forms
 of model.scan_layers, takes LoRA, shards, and is refused by export where transformers has no
