@@ -1,0 +1,164 @@
+"""python -m jaxgpt.eval (--workdir=DIR [--checkpoint=latest|best|STEP] | --init_from=NAME|FOLDER)
+                       [--data=val|FILE|DATASET_DIR[,...]] [--hellaswag=FILE|val]
+                       [--lm_eval_tasks=T1,T2] [--limit=N] [--json]
+
+How good a model is. For each held-out set of --data: the mean loss per token (nats), its
+standard error, the perplexity, bits per byte and the number of tokens predicted, over the
+whole set unless --limit caps its tokens. `val` is the run's own validation split, a FILE is
+UTF-8 text, a DATASET_DIR a folder `python -m jaxgpt.prepare` wrote (its val split).
+--hellaswag scores HellaSwag's endings as build-nanogpt and llm.c do (acc, acc_norm) and as
+lm-evaluation-harness normalises by characters (acc_char). --lm_eval_tasks runs any
+lm-evaluation-harness task with this model (`pip install "jaxgpt[eval]"`). Prints a table,
+or with --json one JSON object on a line of its own.
+"""
+
+import json
+import math
+import os
+
+from absl import flags
+
+from jaxgpt import cli, runtime
+from jaxgpt.errors import UserError, run_cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate (as printed by train).")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "Evaluate pretrained weights instead: "
+                                 "gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face "
+                                 "folder.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
+                                  "(lowest validation loss) or a step number.")
+_DATA = flags.DEFINE_list("data", [], "Held-out sets: val (the run's validation split), a text "
+                          "file, or a prepared token dataset folder (its val split).")
+_HELLASWAG = flags.DEFINE_string("hellaswag", None, "A hellaswag_val.jsonl-format file, or val "
+                                 "(the official file, fetched once into ~/.cache/jaxgpt).")
+_LM_EVAL_TASKS = flags.DEFINE_list("lm_eval_tasks", [], "lm-evaluation-harness tasks, e.g. "
+                                   "hellaswag,arc_easy (needs `pip install \"jaxgpt[eval]\"`).")
+_LM_EVAL_INCLUDE = flags.DEFINE_string("lm_eval_include", None, "A folder of your own "
+                                       "lm-eval task YAML files (lm_eval's --include_path).")
+_LIMIT = flags.DEFINE_integer("limit", None, "At most this many tokens of each held-out set, "
+                              "HellaSwag examples, and examples of each lm-eval task.")
+_JSON = flags.DEFINE_boolean("json", False, "Print one JSON object instead of a table.")
+_ROWS = flags.DEFINE_integer("rows", 32, "Sequences scored at a time (rounded up to a "
+                             "multiple of the data-parallel devices).")
+
+
+def _check_flags() -> None:
+  if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
+    raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
+                    "printed) or --init_from (pretrained weights), not both or neither")
+  if not (_DATA.value or _HELLASWAG.value or _LM_EVAL_TASKS.value):
+    raise UserError("nothing to evaluate: pass --data=val (or a text file or dataset folder), "
+                    "--hellaswag=FILE or --lm_eval_tasks=TASKS")
+  if _LIMIT.value is not None and _LIMIT.value < 1:
+    raise UserError(f"--limit={_LIMIT.value} evaluates nothing: pass a positive number, or "
+                    "leave it out to evaluate everything")
+  if _ROWS.value < 1:
+    raise UserError(f"--rows={_ROWS.value} is out of range: pass 1 or more")
+  if "val" in _DATA.value and not _WORKDIR.value:
+    raise UserError("--data=val is a run's own validation split: pass --workdir, or a text file "
+                    "or dataset folder with --init_from")
+
+
+def evaluate(run, data: list[str], hellaswag_examples: list[dict] | None = None,
+             lm_eval_tasks: tuple[str, ...] = (), limit: int | None = None, rows: int = 32,
+             lm_eval_include: str | None = None) -> dict:
+  """The results jaxgpt.eval prints, as one dict (see the module's docstring)."""
+  from jaxgpt import hellaswag, heldout, scoring  # pylint: disable=g-import-not-at-top
+  scorer = scoring.Scorer(run.model, run.params, run.mesh, rows)
+  results = {}
+  for spec in data:
+    name, tokens = _heldout_tokens(run, spec)
+    results[name] = _scored(lambda: heldout.evaluate(scorer, tokens, run.tokenizer, limit))
+  if hellaswag_examples:
+    results["hellaswag"] = _scored(
+        lambda: hellaswag.evaluate(scorer, run.tokenizer, hellaswag_examples))
+  if lm_eval_tasks:
+    from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
+    results["lm_eval"] = lm_eval_model.run_tasks(run, scorer, list(lm_eval_tasks), limit,
+                                                 lm_eval_include)
+  return results
+
+
+def _scored(evaluation):
+  """`evaluation()`, with a request the model cannot take as a UserError."""
+  try:
+    return evaluation()
+  except ValueError as e:
+    raise UserError(f"{e}: evaluate with shorter texts, or a model with a longer context") from None
+
+
+def _heldout_tokens(run, spec: str):
+  """(the set's name, its tokens) for a --data entry."""
+  from jaxgpt import data  # pylint: disable=g-import-not-at-top
+  if spec == "val":
+    return "val", data.build_dataset(run.config, tokenizer=run.tokenizer).val
+  path = os.path.abspath(os.path.expanduser(spec))
+  name = os.path.basename(path.rstrip(os.sep))
+  if os.path.isdir(path):
+    return name, _dataset_val_split(run, path)
+  if not os.path.isfile(path):
+    raise UserError(f"--data={spec} is neither val, a text file nor a dataset folder: pass one")
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"--data={spec} cannot be read as UTF-8 text ({e}): pass a UTF-8 text "
+                    "file") from None
+  return name, run.tokenizer.encode(text)
+
+
+def _dataset_val_split(run, path: str):
+  from jaxgpt.data import shards  # pylint: disable=g-import-not-at-top
+  info = shards.read_dataset(path)  # a dataset without a val split is a UserError here
+  if shards.dataset_tokenizer(path, info).hf_json() != run.tokenizer.hf_json():
+    raise UserError(f"--data={path} was tokenized with another tokenizer than the model's: "
+                    "prepare the text with the model's tokenizer (--tokenizer=FOLDER)")
+  return shards.load_split(path, info, "val")
+
+
+def format_table(results: dict) -> str:
+  """The results as aligned lines, one per held-out set or task."""
+  lines = []
+  for name, result in results.items():
+    if name == "lm_eval":
+      lines += [f"lm-eval {task:<20} " + "  ".join(f"{metric} {value:.4f}"
+                                                   for metric, value in metrics.items())
+                for task, metrics in result.items()]
+    elif name == "hellaswag":
+      lines.append(f"hellaswag  acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  "
+                   f"acc_char {result['acc_char']:.4f}  ({result['examples']:,} examples)")
+    else:
+      lines.append(f"{name:<10} loss {result['loss']:.4f} ± {result['stderr']:.4f}  ppl "
+                   f"{result['ppl']:.3f}  bpb {result['bpb']:.4f}  ({result['tokens']:,} tokens)")
+  return "\n".join(lines)
+
+
+def _json_safe(value):
+  """NaN and infinities as null: strict JSON has neither."""
+  if isinstance(value, dict):
+    return {key: _json_safe(v) for key, v in value.items()}
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def main(argv=None):
+  runtime.configure_cpu_devices()
+  runtime.start_backend()
+  cli.parse_flags(argv, __doc__)
+  _check_flags()
+  from jaxgpt import hellaswag, run_loader  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  examples = None  # read first: a bad file is reported before the model loads
+  if _HELLASWAG.value:
+    examples = hellaswag.read_examples(hellaswag.resolve(_HELLASWAG.value), _LIMIT.value)
+  if _INIT_FROM.value:
+    run = run_loader.load_pretrained(_INIT_FROM.value)
+  else:
+    run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
+  results = evaluate(run, _DATA.value, examples, tuple(_LM_EVAL_TASKS.value), _LIMIT.value,
+                     _ROWS.value, _LM_EVAL_INCLUDE.value)
+  if jax.process_index() == 0:
+    print(json.dumps(_json_safe(results)) if _JSON.value else format_table(results), flush=True)
+
+
+if __name__ == "__main__":
+  run_cli(main)

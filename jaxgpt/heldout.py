@@ -1,0 +1,79 @@
+"""Held-out loss: the mean loss per token over a whole token set, its standard error, the
+perplexity, and bits per byte (the loss in bits over the UTF-8 bytes the predicted tokens
+stand for, which compares models with different tokenizers).
+
+The set is cut into windows of block_size + 1 tokens that overlap by one, so every token but
+the first is predicted once, from up to block_size tokens of context.
+"""
+
+import functools
+import json
+import math
+
+import numpy as np
+
+from jaxgpt.scoring import Scorer
+
+WINDOWS_PER_CALL = 1024  # windows read and scored at a time: memory stays flat on any set
+
+
+def evaluate(scorer: Scorer, tokens, tokenizer, limit: int | None = None) -> dict:
+  """loss (nats per token), stderr, ppl, bpb and tokens over `tokens` (an int array or
+  TokenShards); `limit` caps the number of tokens read."""
+  total = len(tokens) if limit is None else min(limit, len(tokens))
+  if total < 2:
+    raise ValueError(f"a held-out set needs at least 2 tokens, got {total}")
+  byte_lengths = token_byte_lengths(tokenizer)
+  losses = []
+  num_bytes = 0
+  block_size = scorer.model.config.block_size
+  starts = np.arange(0, total - 1, block_size)
+  for first in range(0, len(starts), WINDOWS_PER_CALL):
+    windows = [_window(tokens, start, min(start + block_size + 1, total))
+               for start in starts[first:first + WINDOWS_PER_CALL]]
+    for window, scored in zip(windows, scorer.score([(w[:1], w[1:]) for w in windows])):
+      losses.append(scored.token_losses)
+      num_bytes += int(byte_lengths[window[1:]].sum())
+  return summary(np.concatenate(losses), num_bytes)
+
+
+def summary(token_losses: np.ndarray, num_bytes: int) -> dict:
+  token_losses = np.asarray(token_losses, np.float64)
+  n = len(token_losses)
+  mean = float(token_losses.mean())
+  stderr = float(token_losses.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+  bpb = float(token_losses.sum() / math.log(2) / num_bytes) if num_bytes else float("nan")
+  return {"loss": mean, "stderr": stderr, "ppl": math.exp(mean), "bpb": bpb, "tokens": n}
+
+
+def _window(tokens, start: int, end: int) -> np.ndarray:
+  if isinstance(tokens, np.ndarray):
+    return np.asarray(tokens[start:end], np.int32)
+  return tokens.windows(np.array([start]), end - start)[0]
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+  """The UTF-8 bytes each id stands for; special tokens and padded ids count 0."""
+  lengths = np.zeros(tokenizer.vocab_size, np.int64)
+  if tokenizer.kind == "char":
+    lengths[:len(tokenizer.chars)] = [len(c.encode("utf-8")) for c in tokenizer.chars]
+    return lengths
+  spec = json.loads(tokenizer.hf_json())
+  special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+  vocab = dict(spec["model"]["vocab"])
+  vocab.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+  byte_level = _byte_level_alphabet()
+  for token, i in vocab.items():
+    if i not in special and 0 <= i < len(lengths):
+      lengths[i] = len(token) if set(token) <= byte_level else len(token.encode("utf-8"))
+  return lengths
+
+
+@functools.cache
+def _byte_level_alphabet() -> frozenset:
+  """The 256 characters byte-level BPE (GPT-2's, Llama 3's, Qwen's) writes bytes as, one a
+  byte: printable Latin-1 as itself, the other bytes shifted past 255."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+  shifted = [256 + n for n in range(256 - len(printable))]
+  return frozenset(map(chr, printable + shifted))

@@ -1,0 +1,105 @@
+"""jaxgpt as an lm-evaluation-harness model, so that every harness task runs on a jaxgpt run or
+on pretrained weights: `python -m jaxgpt.eval --lm_eval_tasks=hellaswag,arc_easy`.
+
+Requests are tokenized as the harness's own Hugging Face backend tokenizes them (its
+TemplateLM: trailing spaces of a context move to the continuation, an empty context is the
+end-of-text token), then scored in jaxgpt's fixed shapes (jaxgpt/scoring.py) and generated
+with jaxgpt's compiled decoding, greedily.
+"""
+
+import numpy as np
+
+from jaxgpt import generate
+from jaxgpt.errors import UserError, first_line
+
+INSTALL = 'pip install "jaxgpt[eval]" (or pip install lm_eval)'
+
+
+def run_tasks(run, scorer, tasks: list[str], limit: int | None,
+              include_path: str | None = None) -> dict:
+  """{task: {metric: value}} from lm_eval.simple_evaluate with this model."""
+  try:
+    import lm_eval  # pylint: disable=g-import-not-at-top
+    from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"--lm_eval_tasks needs lm-evaluation-harness, which is not installed: "
+                    f"{INSTALL}") from None
+  manager = TaskManager(include_path=include_path)
+  unknown = [task for task in tasks if not manager.match_tasks([task])]
+  if unknown:
+    raise UserError(f"lm-eval has no task {', '.join(unknown)}: pass names that "
+                    "`lm_eval ls tasks` lists, or --lm_eval_include=DIR for your own task YAML")
+  try:
+    output = lm_eval.simple_evaluate(model=harness_model(run, scorer), tasks=tasks, limit=limit,
+                                     task_manager=manager, log_samples=False)
+  except (OSError, ConnectionError) as e:
+    raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} ({first_line(e)}): "
+                    "connect to the internet once so that it caches them") from None
+  return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
+                 if isinstance(value, float) and "stderr" not in metric}
+          for task, metrics in output["results"].items()}
+
+
+def harness_model(run, scorer):
+  """An lm_eval TemplateLM over a loaded run (jaxgpt.run_loader) and its Scorer."""
+  from lm_eval.api.model import TemplateLM  # pylint: disable=g-import-not-at-top
+  from lm_eval import utils  # pylint: disable=g-import-not-at-top
+
+  class JaxgptLM(TemplateLM):
+    """A jaxgpt model, scored and sampled through jaxgpt's compiled programs."""
+
+    def __init__(self):
+      super().__init__()
+      self.run, self.scorer = run, scorer
+      self.max_length = run.model.config.block_size
+
+    @property
+    def eot_token_id(self) -> int:
+      end = self.run.tokenizer.end_of_text_id
+      return end if end is not None else int(self.run.tokenizer.encode(
+          generate.default_prompt(self.run.tokenizer))[0])
+
+    def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
+      return [int(i) for i in self.run.tokenizer.encode(string)]
+
+    def _loglikelihood_tokens(self, requests, **kwargs) -> list[tuple[float, bool]]:
+      scored = self.scorer.score([(np.asarray(context), np.asarray(continuation))
+                                  for _, context, continuation in requests])
+      return [(-s.loss, s.greedy) for s in scored]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+      totals = []
+      for (string,) in (request.args for request in requests):
+        windows = map(utils.make_disjoint_window, utils.get_rolling_token_windows(
+            token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+            max_seq_len=self.max_length, context_len=1))
+        totals.append(sum(score for score, _ in self._loglikelihood_tokens(
+            [(None, context, continuation) for context, continuation in windows])))
+      return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+      return [self._greedy_text(context, dict(kwargs))
+              for context, kwargs in (request.args for request in requests)]
+
+    def _greedy_text(self, context: str, kwargs: dict) -> str:
+      """Greedy text after `context`, cut before the first of kwargs' `until` strings."""
+      until = kwargs.get("until") or []
+      until = [until] if isinstance(until, str) else list(until)
+      max_new = int(kwargs.get("max_gen_toks", 256))
+      ids = self.tok_encode(context)[-max(self.max_length - max_new, 1):]
+      text, new_ids = "", []
+      end = self.run.tokenizer.end_of_text_id
+      with self.run.context():
+        for new_BxN in generate.generate(self.run.model, self.run.params, ids, max_new,
+                                         generate.Sampling(temperature=0)):
+          new_ids += [int(i) for i in new_BxN[0]]
+          ended = end is not None and end in new_ids
+          if ended:
+            new_ids = new_ids[:new_ids.index(end)]
+          text = self.run.tokenizer.decode(new_ids)
+          if ended or any(stop in text for stop in until):
+            break
+      cuts = [text.index(stop) for stop in until if stop in text]
+      return text[:min(cuts)] if cuts else text
+
+  return JaxgptLM()

@@ -1,0 +1,268 @@
+"""python -m jaxgpt.eval: held-out loss and bits per byte, HellaSwag scored as build-nanogpt's
+hellaswag.py scores it, and lm-evaluation-harness tasks, against PyTorch references."""
+
+import json
+import math
+import os
+import random
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import data, hellaswag, heldout, run_loader, scoring, sharding
+from jaxgpt.data import tokenizer as tokenizer_lib
+from jaxgpt.errors import UserError
+
+from helpers import LINES, TINY, assert_clean_error, require_transformers, run
+
+WORDS = LINES.split()
+
+
+def _write_hellaswag(path, examples=12, seed=0):
+  """A hellaswag_val.jsonl-format file of random words."""
+  rng = random.Random(seed)
+  phrase = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
+  with open(path, "w", encoding="utf-8") as f:
+    for _ in range(examples):
+      f.write(json.dumps({"ctx": phrase(rng.randint(2, 6)).capitalize(),
+                          "endings": [phrase(rng.randint(1, 4)) for _ in range(4)],
+                          "label": rng.randint(0, 3), "ind": 0}) + "\n")
+  return str(path)
+
+
+def _reference_hellaswag(folder, examples):
+  """Each ending's summed and mean loss, as build-nanogpt's hellaswag.py computes them."""
+  transformers = require_transformers()
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+  model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+  enc = transformers.AutoTokenizer.from_pretrained(folder)
+  sums, means = [], []
+  for example in examples:
+    ctx_tokens = enc.encode(example["ctx"])
+    tok_rows, mask_rows = [], []
+    for end in example["endings"]:
+      end_tokens = enc.encode(" " + end)
+      tok_rows.append(ctx_tokens + end_tokens)
+      mask_rows.append([0] * len(ctx_tokens) + [1] * len(end_tokens))
+    max_len = max(len(row) for row in tok_rows)
+    tokens = torch.zeros((4, max_len), dtype=torch.long)
+    mask = torch.zeros((4, max_len), dtype=torch.long)
+    for i, (tok_row, mask_row) in enumerate(zip(tok_rows, mask_rows)):
+      tokens[i, :len(tok_row)] = torch.tensor(tok_row)
+      mask[i, :len(mask_row)] = torch.tensor(mask_row)
+    with torch.no_grad():
+      logits = model(tokens).logits
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_tokens = tokens[..., 1:].contiguous()
+    shift_losses = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)),
+                                   shift_tokens.view(-1), reduction="none").view(4, -1)
+    shift_mask = mask[..., 1:].contiguous()
+    masked = shift_losses * shift_mask
+    sums.append(masked.sum(dim=1).numpy())
+    means.append((masked.sum(dim=1) / shift_mask.sum(dim=1)).numpy())
+  return np.concatenate(sums), np.concatenate(means)
+
+
+def _accuracies(examples, sums, means):
+  labels = np.array([e["label"] for e in examples])
+  chars = np.array([[len(" " + end) for end in e["endings"]] for e in examples])
+  sums, means = sums.reshape(-1, 4), means.reshape(-1, 4)
+  return {"acc": np.mean(sums.argmin(1) == labels), "acc_norm": np.mean(means.argmin(1) == labels),
+          "acc_char": np.mean((sums / chars).argmin(1) == labels)}
+
+
+def test_hellaswag_matches_build_nanogpts_pytorch_reference(hf_folder, tmp_path):
+  path = _write_hellaswag(tmp_path / "hellaswag.jsonl", examples=16)
+  examples = hellaswag.read_examples(path)
+  loaded = run_loader.load_pretrained(hf_folder)
+  scorer = scoring.Scorer(loaded.model, loaded.params, loaded.mesh, rows=8)
+  scored = scorer.score(hellaswag.requests(examples, loaded.tokenizer))
+  ours_sum = np.array([s.token_losses.sum() for s in scored])
+  ours_mean = np.array([s.token_losses.mean() for s in scored])
+  ref_sum, ref_mean = _reference_hellaswag(hf_folder, examples)
+  np.testing.assert_allclose(ours_sum, ref_sum, rtol=1e-4)
+  np.testing.assert_allclose(ours_mean, ref_mean, rtol=1e-4)
+  result = hellaswag.accuracies(examples, [s.token_losses for s in scored])
+  expected = _accuracies(examples, ref_sum, ref_mean)
+  assert {k: result[k] for k in expected} == pytest.approx(expected, abs=0)
+  assert result["examples"] == 16
+  printed = json.loads(run("eval", f"--init_from={hf_folder}", f"--hellaswag={path}",
+                           "--json").stdout.strip().splitlines()[-1])
+  assert printed["hellaswag"] == pytest.approx(result)
+
+
+def test_fixed_shapes_compile_once_per_row_length_and_any_mesh_gives_the_same_losses(
+    hf_folder, monkeypatch):
+  monkeypatch.setattr(scoring, "_token_losses", chex.assert_max_traces(scoring._token_losses, 2))  # pylint: disable=protected-access
+  loaded = run_loader.load_pretrained(hf_folder)
+  rng = np.random.default_rng(0)
+  vocab = loaded.tokenizer.vocab_size
+  requests = [(rng.integers(0, vocab, rng.integers(1, 60)), rng.integers(0, vocab, rng.integers(1, 4)))
+              for _ in range(21)]
+  requests += [(rng.integers(0, vocab, 3), rng.integers(0, vocab, 2)) for _ in range(5)]
+  results = {}
+  for devices in (1, 8):
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
+    with sharding.rules_context(mesh):
+      params = jax.device_put(loaded.params, sharding.replicated(mesh))
+    scorer = scoring.Scorer(loaded.model, params, mesh, rows=8)
+    results[devices] = scorer.score(requests)
+  for one, eight in zip(results[1], results[8]):
+    np.testing.assert_allclose(one.token_losses, eight.token_losses, rtol=1e-6, atol=1e-6)
+    assert one.greedy == eight.greedy
+  # The same losses as the plain forward pass over each whole sequence.
+  for (context, continuation), scored in zip(requests, results[1]):
+    tokens = np.concatenate([context, continuation])[-loaded.model.config.block_size - 1:]
+    logits = loaded.logits(tokens[None, :-1])[0].astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -log_probs[np.arange(len(tokens) - 1), tokens[1:]][-len(continuation):]
+    np.testing.assert_allclose(scored.token_losses, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_heldout_bits_per_byte_counts_each_tokens_utf8_bytes(hf_folder, tmp_path):
+  """A text with multi-byte characters: bpb is the summed loss in bits over the UTF-8 bytes of
+  the predicted tokens (all but the first), and the loss is the plain forward pass's."""
+  text = ("Café crème, naïve façade — « ROMEO » ☺\n" + LINES) * 2
+  path = tmp_path / "heldout.txt"
+  path.write_text(text, encoding="utf-8")
+  result = json.loads(run("eval", f"--init_from={hf_folder}", f"--data={path}",
+                          "--json").stdout.strip().splitlines()[-1])["heldout.txt"]
+  loaded = run_loader.load_pretrained(hf_folder)
+  ids = loaded.tokenizer.encode(text)
+  predicted_bytes = len(text.encode("utf-8")) - len(loaded.tokenizer.decode(ids[:1]).encode("utf-8"))
+  assert result["tokens"] == len(ids) - 1
+  assert result["bpb"] == pytest.approx(
+      result["loss"] * result["tokens"] / math.log(2) / predicted_bytes, rel=1e-9)
+  assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
+  assert 0 < result["stderr"] < result["loss"]
+
+
+def test_special_tokens_count_no_bytes(hf_folder):
+  tokenizer = tokenizer_lib.BPETokenizer.from_folder(hf_folder)
+  lengths = heldout.token_byte_lengths(tokenizer)
+  assert lengths[tokenizer.end_of_text_id] == 0
+  ids = tokenizer.encode("Café ☺ ROMEO")
+  assert lengths[ids].sum() == len("Café ☺ ROMEO".encode("utf-8"))
+  char = tokenizer_lib.CharTokenizer("aé☺")
+  assert list(heldout.token_byte_lengths(char)) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
+  workdir = str(tmp_path / "run")
+  run("train", *TINY, f"--workdir={workdir}", "--config.train.max_steps=40",
+      "--config.train.eval_every=40", "--config.train.eval_steps=40",
+      "--config.train.sample_tokens=0")
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    final = [json.loads(line) for line in f if "val_loss" in line][-1]["val_loss"]
+  result = json.loads(run("eval", f"--workdir={workdir}", "--data=val",
+                          "--json").stdout.strip().splitlines()[-1])["val"]
+  # Training evaluates random windows, eval the whole split: the same loss within noise.
+  assert result["loss"] == pytest.approx(final, abs=0.05)
+  loaded = run_loader.load_run(workdir)
+  val = data.build_dataset(loaded.config, tokenizer=loaded.tokenizer).val
+  bytes_per_token = len(loaded.tokenizer.decode(val[1:]).encode("utf-8")) / (len(val) - 1)
+  assert result["tokens"] == len(val) - 1
+  assert result["bpb"] == pytest.approx(result["loss"] / math.log(2) / bytes_per_token, rel=1e-9)
+
+
+@pytest.mark.parametrize("line, words", [
+    ({"endings": ["a", "b", "c", "d"], "label": 0}, ["line 1", "'ctx'"]),
+    ({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 4}, ["line 1", "label 4"]),
+    ({"ctx": "x", "endings": ["a", "b"], "label": 0}, ["line 1", "endings"]),
+])
+def test_a_bad_hellaswag_file_is_one_line(tmp_path, line, words):
+  path = tmp_path / "bad.jsonl"
+  path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+  with pytest.raises(UserError) as error:
+    hellaswag.read_examples(str(path))
+  for word in words:
+    assert word in str(error.value)
+
+
+def test_bad_eval_input_is_one_line_exit_2(hf_folder, token_dir, tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"ctx": "x", "endings": ["a"] * 4, "label": 7}) + "\n")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--hellaswag={bad}", check=False),
+                     "label 7")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", "--data=val", "--limit=0",
+                         check=False), "--limit=0")
+  no_val = tmp_path / "no_val"
+  os.makedirs(no_val)
+  for name in os.listdir(token_dir):
+    os.symlink(os.path.join(token_dir, name), no_val / name)
+  os.remove(no_val / "dataset.json")
+  with open(os.path.join(token_dir, "dataset.json"), encoding="utf-8") as f:
+    info = json.load(f)
+  info["splits"]["val"] = []
+  (no_val / "dataset.json").write_text(json.dumps(info))
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={no_val}", check=False),
+                     'no "val" split')
+
+
+def _write_local_tasks(folder, data_file):
+  """Three lm-eval tasks over a local JSONL file: multiple choice, rolling loglikelihood and
+  greedy generation."""
+  rng = random.Random(1)
+  phrase = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
+  with open(data_file, "w", encoding="utf-8") as f:
+    for _ in range(10):
+      f.write(json.dumps({"question": phrase(rng.randint(2, 6)), "label": rng.randint(0, 2),
+                          "choices": [phrase(rng.randint(1, 3)) for _ in range(3)],
+                          "text": phrase(rng.randint(10, 40))}) + "\n")
+  common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data_file}\n"
+            "test_split: test\n")
+  tasks = {
+      "jaxgpt_mc": "output_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+                   "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n"
+                   "metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+      "jaxgpt_rolling": "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
+                        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
+                        "  - metric: bits_per_byte\n",
+      "jaxgpt_generate": "output_type: generate_until\ndoc_to_text: '{{question}}'\n"
+                         "doc_to_target: '{{choices[0]}}'\ngeneration_kwargs:\n"
+                         "  until: ['.', 'ROMEO']\n  max_gen_toks: 12\n  do_sample: false\n"
+                         "metric_list:\n  - metric: exact_match\n",
+  }
+  for name, body in tasks.items():
+    (folder / f"{name}.yaml").write_text(f"task: {name}\n{common}{body}", encoding="utf-8")
+  return list(tasks)
+
+
+def _lm_eval():
+  if os.environ.get("JAXGPT_REQUIRE_TRANSFORMERS"):
+    import lm_eval  # pylint: disable=g-import-not-at-top
+    return lm_eval
+  return pytest.importorskip("lm_eval")
+
+
+def test_lm_eval_tasks_give_the_hugging_face_backends_results(hf_folder, tmp_path, monkeypatch):
+  """Every request type on local tasks: the same metrics and the same generated text as
+  lm-eval's own `hf` backend (transformers) on the same GPT-2 folder."""
+  lm_eval = _lm_eval()
+  from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+  from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  tasks = _write_local_tasks(tmp_path, tmp_path / "data.jsonl")
+  manager = TaskManager(include_path=str(tmp_path))
+  loaded = run_loader.load_pretrained(hf_folder)
+  scorer = scoring.Scorer(loaded.model, loaded.params, loaded.mesh, rows=8)
+  ours = lm_eval.simple_evaluate(model=lm_eval_model.harness_model(loaded, scorer), tasks=tasks,
+                                 task_manager=manager, log_samples=True)
+  theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_folder},dtype=float32",
+                                   tasks=tasks, task_manager=manager, device="cpu",
+                                   batch_size=4, log_samples=True)
+  for task in tasks:
+    for metric, value in theirs["results"][task].items():
+      if isinstance(value, float) and "stderr" not in metric:
+        assert ours["results"][task][metric] == pytest.approx(value, rel=1e-4), (task, metric)
+  generated = lambda results: [s["filtered_resps"] for s in results["samples"]["jaxgpt_generate"]]
+  assert generated(ours) == generated(theirs)
+  printed = json.loads(run("eval", f"--init_from={hf_folder}", f"--lm_eval_include={tmp_path}",
+                           "--lm_eval_tasks=jaxgpt_mc", "--json").stdout.strip().splitlines()[-1])
+  assert printed["lm_eval"]["jaxgpt_mc"]["acc"] == pytest.approx(
+      theirs["results"]["jaxgpt_mc"]["acc,none"])
