@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.val_fraction = 0.1
   c.data.pipeline = "auto"  # "tf" (tf.data), "numpy", or "auto": tf.data when TensorFlow is installed
   c.data.fingerprint = ""  # set by the run: a hash of its training and validation tokens
+  c.data.hellaswag_path = ""  # HellaSwag's JSONL (or "val": the official file) for train.hellaswag_every
 
   c.model = model_section()
 
@@ -76,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1
   c.train.eval_every = 250
   c.train.eval_steps = 200
+  c.train.hellaswag_every = 0  # steps between HellaSwag evaluations (data.hellaswag_path); 0: off
   c.train.log_every = 10
   c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 3
@@ -119,6 +121,8 @@ _KEY_MEANINGS = {
     "data.pipeline": f"{', '.join(PIPELINES)}: auto is tf.data when TensorFlow is installed; "
                      "both give identical batches.",
     "data.fingerprint": "Set by the run: a hash of its training and validation tokens.",
+    "data.hellaswag_path": "HellaSwag's hellaswag_val.jsonl (or val: the official file, fetched "
+                           "once) for train.hellaswag_every.",
     "train.batch_size": "Global batch, in sequences per optimizer step.",
     "train.optimizer": f"{' or '.join(OPTIMIZERS)} (Muon for the hidden matrices, AdamW for "
                        "the rest).",
@@ -136,6 +140,8 @@ _KEY_MEANINGS = {
     "train.grad_accum_steps": "Micro-batches the global batch is split into.",
     "train.eval_every": "Steps between evaluations (and best checkpoints).",
     "train.eval_steps": "Validation batches per evaluation.",
+    "train.hellaswag_every": "Steps between HellaSwag evaluations of data.hellaswag_path, "
+                             "logged as hellaswag_acc and hellaswag_acc_norm (0: off).",
     "train.log_every": "Steps between logged train losses.",
     "train.checkpoint_every": "Steps between checkpoints.",
     "train.keep_checkpoints": "Checkpoints kept (the newest).",
@@ -310,6 +316,11 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
            f"train.grad_accum_steps={c.train.grad_accum_steps}: the global batch is split into "
            "that many micro-batches")
   profile_window(c)
+  _require(c.train.hellaswag_every >= 0, f"train.hellaswag_every must not be negative, got "
+           f"{c.train.hellaswag_every}: pass 0 (off) or a number of steps")
+  _require(not c.train.hellaswag_every or bool(c.data.hellaswag_path),
+           "train.hellaswag_every needs HellaSwag's examples: pass "
+           "--config.data.hellaswag_path=FILE (hellaswag_val.jsonl) or val")
   _require(c.lora.rank >= 0, f"lora.rank must not be negative, got {c.lora.rank}: pass "
            "--config.lora.rank=0 (off) or a small positive rank such as 8")
   if c.lora.rank:
