@@ -185,12 +185,14 @@ class GPT(nn.Module):
   With `decode=True` the attention layers keep a key/value cache (collection "cache")
   of `block_size` positions, and `positions_T` gives each new token's position in the
   learned table (rotary embeddings take it from the cache's index, which equals it).
+  `logits_at_BxS` (positions within each row) computes the logits (B, S, V) of only those
+  positions: the output layer is then S/T of its cost.
   """
   config: GPTConfig
 
   @nn.compact
   def __call__(self, tokens_BxT, deterministic: bool = True, decode: bool = False,
-               positions_T=None):
+               positions_T=None, logits_at_BxS=None):
     c = self.config
     b, t = tokens_BxT.shape
     wte_VxD = self.param("wte", normal(INIT_STD, ("vocab", "embed")),
@@ -215,6 +217,10 @@ class GPT(nn.Module):
       for i in range(c.n_layer):
         x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T)
     x_NxD = _norm(c, "ln_f")(x_NxD)
+    if logits_at_BxS is not None:
+      x_BxSxD = jnp.take_along_axis(x_NxD.reshape(b, t, -1), logits_at_BxS[..., None], axis=1)
+      b, t = logits_at_BxS.shape
+      x_NxD = x_BxSxD.reshape(b * t, -1)
     if c.tie_embeddings:
       head_DxV = wte_VxD.astype(c.dtype).T
     else:

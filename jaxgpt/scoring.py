@@ -19,6 +19,7 @@ from jaxgpt import sharding
 from jaxgpt.model import GPT
 
 SHORTEST_ROW = 64  # the shortest row length compiled; longer ones double up to block_size
+SHORTEST_SPAN = 8  # the fewest positions whose logits a row computes; more double up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +58,30 @@ class Scorer:
     return scored
 
   def _score_rows(self, rows) -> list[Scored]:
-    length = row_length(max(len(inputs) for inputs, _, _ in rows),
-                        self.model.config.block_size)
+    """Scores up to self.rows rows in one call: each row's logits are computed only over a
+    span of S positions that ends at its last one (S a power of two covering every row's
+    continuation)."""
+    block_size = self.model.config.block_size
+    length = row_length(max(len(inputs) for inputs, _, _ in rows), SHORTEST_ROW, block_size)
+    span = row_length(max(scored for _, _, scored in rows), SHORTEST_SPAN, length)
     inputs_BxT = np.zeros((self.rows, length), np.int32)
-    targets_BxT = np.zeros((self.rows, length), np.int32)
+    targets_BxS = np.zeros((self.rows, span), np.int32)
+    at_BxS = np.zeros((self.rows, span), np.int32)
     for r, (inputs, targets, _) in enumerate(rows):
-      inputs_BxT[r, :len(inputs)], targets_BxT[r, :len(targets)] = inputs, targets
+      inputs_BxT[r, :len(inputs)] = inputs
+      start = max(len(inputs) - span, 0)
+      at_BxS[r, :len(inputs) - start] = np.arange(start, len(inputs))
+      targets_BxS[r, :len(inputs) - start] = targets[start:]
     with sharding.rules_context(self.mesh):
-      losses_BxT, greedy_BxT = self._losses(self.params, *map(self._placed, (inputs_BxT,
-                                                                            targets_BxT)))
-    losses_BxT, greedy_BxT = np.asarray(losses_BxT), np.asarray(greedy_BxT)
-    return [Scored(losses_BxT[r, len(inputs) - scored:len(inputs)],
-                   bool(greedy_BxT[r, len(inputs) - scored:len(inputs)].all()))
-            for r, (inputs, _, scored) in enumerate(rows)]
+      losses_BxS, greedy_BxS = self._losses(
+          self.params, *map(self._placed, (inputs_BxT, targets_BxS, at_BxS)))
+    losses_BxS, greedy_BxS = np.asarray(losses_BxS), np.asarray(greedy_BxS)
+    results = []
+    for r, (inputs, _, scored) in enumerate(rows):
+      end = len(inputs) - max(len(inputs) - span, 0)  # the row's last position in its span
+      results.append(Scored(losses_BxS[r, end - scored:end],
+                            bool(greedy_BxS[r, end - scored:end].all())))
+    return results
 
   def _placed(self, rows_BxT: np.ndarray) -> jax.Array:
     """The whole batch, which every process holds, as a global array of which each process
@@ -90,18 +102,18 @@ def _row(context, continuation, block_size: int):
   return tokens[:-1], tokens[1:], len(continuation)
 
 
-def row_length(length: int, block_size: int) -> int:
-  """The compiled row length for `length` tokens: a power of two from SHORTEST_ROW, or
-  block_size."""
-  bucket = SHORTEST_ROW
+def row_length(length: int, shortest: int, longest: int) -> int:
+  """A compiled length for `length`: a power of two from `shortest`, at most `longest`."""
+  bucket = shortest
   while bucket < length:
     bucket *= 2
-  return min(bucket, block_size)
+  return min(bucket, longest)
 
 
-def _token_losses(model: GPT, params, inputs_BxT, targets_BxT):
-  """Per-position losses (float32) and whether each target is the argmax."""
-  logits_BxTxV = model.apply({"params": params}, inputs_BxT).astype(jnp.float32)
-  log_probs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-  losses_BxT = -jnp.take_along_axis(log_probs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return losses_BxT, jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+def _token_losses(model: GPT, params, inputs_BxT, targets_BxS, at_BxS):
+  """The losses (float32) of the targets at positions at_BxS, and whether each is the
+  argmax."""
+  logits_BxSxV = model.apply({"params": params}, inputs_BxT, logits_at_BxS=at_BxS)
+  log_probs_BxSxV = jax.nn.log_softmax(logits_BxSxV.astype(jnp.float32), axis=-1)
+  losses_BxS = -jnp.take_along_axis(log_probs_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
+  return losses_BxS, jnp.argmax(logits_BxSxV, axis=-1) == targets_BxS
