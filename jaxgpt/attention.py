@@ -40,7 +40,8 @@ class CausalSelfAttention(nn.Module):
   config: "GPTConfig"
 
   @nn.compact
-  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T):
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T,
+               mask_BxTxS=None):
     c = self.config
     qkv_Nx3xHxK = Dense(shape=(c.n_embd, 3, c.n_head, c.head_size),
                         names=("embed", "qkv", "heads", "head_dim"), num_in=1,
@@ -51,11 +52,12 @@ class CausalSelfAttention(nn.Module):
       index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
       positions_T = index.value + jnp.arange(qkv_BxTx3xHxK.shape[1])
     qkv_BxTx3xHxK = self._normed_and_rotated(qkv_BxTx3xHxK, positions_T)
-    chosen = implementation(c, deterministic)
+    chosen = "jaxgpt" if mask_BxTxS is not None else implementation(c, deterministic)
     if decode:
       y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)), index)
     elif chosen == "jaxgpt":
-      y_BxTxHxK = causal_attention(qkv_BxTx3xHxK, nn.Dropout(c.dropout), deterministic)
+      y_BxTxHxK = causal_attention(qkv_BxTx3xHxK, nn.Dropout(c.dropout), deterministic,
+                                   mask_BxTxS)
     else:  # no dropout on the attention probabilities (config.validate requires dropout 0)
       y_BxTxHxK = jax.nn.dot_product_attention(
           *(qkv_BxTx3xHxK[:, :, i] for i in range(3)), is_causal=True, implementation=chosen)
@@ -104,11 +106,12 @@ class CausalSelfAttention(nn.Module):
     return y_NxTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
 
 
-def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool):
+def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool, mask_BxTxS=None):
   """jaxgpt's attention over the whole sequence, heads-major so that every dot is a plain
   batched matmul; one transpose in, one out (splitting the heads-major array keeps its
   backward a concatenation rather than three padded copies). `dropout` drops attention
-  probabilities."""
+  probabilities. `mask_BxTxS` says which positions each position attends to (causal, and
+  each attending to itself: several sequences packed in a row); None is the causal mask."""
   t, k = qkv_BxTx3xHxK.shape[1], qkv_BxTx3xHxK.shape[-1]
   names = ("activation_batch", "activation_heads", "activation_length", "activation_head_dim")
   qkv_3xBxHxTxK = qkv_BxTx3xHxK.transpose(2, 0, 3, 1, 4)
@@ -117,8 +120,11 @@ def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool):
   q_BxHxTxK = q_BxHxTxK * (1.0 / math.sqrt(k))
   att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
                            preferred_element_type=jnp.float32)
-  mask_1x1xTxS = jnp.where(jnp.tril(jnp.ones((1, 1, t, t), dtype=bool)), 0.0, -jnp.inf)
-  probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_1x1xTxS, axis=-1)
+  if mask_BxTxS is None:
+    mask_BxHxTxS = jnp.where(jnp.tril(jnp.ones((1, 1, t, t), dtype=bool)), 0.0, -jnp.inf)
+  else:
+    mask_BxHxTxS = jnp.where(mask_BxTxS[:, None], 0.0, -jnp.inf)
+  probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_BxHxTxS, axis=-1)
   probs_BxHxTxS = dropout(probs_BxHxTxS, deterministic=deterministic)
   y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
   return y_BxHxTxK.transpose(0, 2, 1, 3)
@@ -154,28 +160,30 @@ def qk_normed(qkv_BxTx3xHxK, q_scale_K, k_scale_K, epsilon: float):
 
 def rotated(qkv_BxTx3xHxK, positions_T, base: float):
   """Rotary position embeddings on q and k: each pair of features (i, i + K/2) turned by the
-  angle position / base^(2i/K), in float32 (the Hugging Face Llama layout).
+  angle position / base^(2i/K), in float32 (the Hugging Face Llama layout). The positions
+  are (T,), or (B, T) where each row has its own.
 
   Written as qkv * cos + qkv with its halves swapped * sin over the whole q, k, v array, one
   element-wise pass that XLA fuses (and its backward too), rather than slicing q and k out,
   rotating them apart and stacking them back, which costs copies of the array."""
   b, t, three, h, k = qkv_BxTx3xHxK.shape
-  cos_Tx3xK, sin_Tx3xK = _rotary_tables(positions_T, k, base)
+  positions_BxT = positions_T if positions_T.ndim == 2 else positions_T[None]
+  cos_BxTx3xK, sin_BxTx3xK = _rotary_tables(positions_BxT, k, base)
   x = qkv_BxTx3xHxK.astype(jnp.float32)
   swapped = x.reshape(b, t, three, h, 2, k // 2)[..., ::-1, :].reshape(x.shape)
-  rotated_x = x * cos_Tx3xK[None, :, :, None] + swapped * sin_Tx3xK[None, :, :, None]
+  rotated_x = x * cos_BxTx3xK[..., None, :] + swapped * sin_BxTx3xK[..., None, :]
   return rotated_x.astype(qkv_BxTx3xHxK.dtype)
 
 
-def _rotary_tables(positions_T, head_size: int, base: float):
-  """(cos, sin), each (T, 3, K), that rotate q and k of a (B, T, 3, H, K) q, k, v array by
-  rotary embeddings and leave v as it is (cos 1, sin 0): see rotated."""
+def _rotary_tables(positions_BxT, head_size: int, base: float):
+  """(cos, sin), each (B, T, 3, K), that rotate q and k of a (B, T, 3, H, K) q, k, v array
+  by rotary embeddings and leave v as it is (cos 1, sin 0): see rotated."""
   half = head_size // 2
   inv_freq_K2 = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
-  angles_TxK2 = positions_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
-  cos_TxK2, sin_TxK2 = jnp.cos(angles_TxK2), jnp.sin(angles_TxK2)
-  cos_TxK = jnp.concatenate([cos_TxK2, cos_TxK2], axis=-1)
-  sin_TxK = jnp.concatenate([-sin_TxK2, sin_TxK2], axis=-1)
-  cos_Tx3xK = jnp.stack([cos_TxK, cos_TxK, jnp.ones_like(cos_TxK)], axis=1)
-  sin_Tx3xK = jnp.stack([sin_TxK, sin_TxK, jnp.zeros_like(sin_TxK)], axis=1)
-  return cos_Tx3xK, sin_Tx3xK
+  angles_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_K2[None, None]
+  cos_BxTxK2, sin_BxTxK2 = jnp.cos(angles_BxTxK2), jnp.sin(angles_BxTxK2)
+  cos_BxTxK = jnp.concatenate([cos_BxTxK2, cos_BxTxK2], axis=-1)
+  sin_BxTxK = jnp.concatenate([-sin_BxTxK2, sin_BxTxK2], axis=-1)
+  cos_BxTx3xK = jnp.stack([cos_BxTxK, cos_BxTxK, jnp.ones_like(cos_BxTxK)], axis=2)
+  sin_BxTx3xK = jnp.stack([sin_BxTxK, sin_BxTxK, jnp.zeros_like(sin_BxTxK)], axis=2)
+  return cos_BxTx3xK, sin_BxTx3xK

@@ -186,13 +186,15 @@ class GPT(nn.Module):
   of `block_size` positions, and `positions_T` gives each new token's position in the
   learned table (rotary embeddings take it from the cache's index, which equals it).
   `logits_at_BxS` (positions within each row) computes the logits (B, S, V) of only those
-  positions: the output layer is then S/T of its cost.
+  positions: the output layer is then S/T of its cost. Several sequences packed in each row
+  take `positions_T` as (B, T), each row's own, and `attention_mask_BxTxS` (see
+  attention.causal_attention).
   """
   config: GPTConfig
 
   @nn.compact
   def __call__(self, tokens_BxT, deterministic: bool = True, decode: bool = False,
-               positions_T=None, logits_at_BxS=None):
+               positions_T=None, logits_at_BxS=None, attention_mask_BxTxS=None):
     c = self.config
     b, t = tokens_BxT.shape
     wte_VxD = self.param("wte", normal(INIT_STD, ("vocab", "embed")),
@@ -205,17 +207,19 @@ class GPT(nn.Module):
     if c.position == "learned":
       wpe_TxD = self.param("wpe", normal(INIT_STD, ("position", "embed")),
                            (c.block_size, c.n_embd))
-      x_BxTxD = x_BxTxD + jnp.take(wpe_TxD, positions_T, axis=0)[None]
+      wpe_at = jnp.take(wpe_TxD, positions_T, axis=0)
+      x_BxTxD = x_BxTxD + (wpe_at if positions_T.ndim == 2 else wpe_at[None])
     x_NxD = x_BxTxD.reshape(b * t, -1)
     x_NxD = nn.Dropout(c.dropout)(x_NxD.astype(c.dtype), deterministic=deterministic)
     x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
     block = _remat(Block, c, scanned=c.scan_layers)
     if c.scan_layers:
-      x_NxD, _ = _scanned(block, c.n_layer)(c, name=SCANNED)(x_NxD, b, deterministic, decode,
-                                                               positions_T)
+      x_NxD, _ = _scanned(block, c.n_layer)(c, name=SCANNED)(
+          x_NxD, b, deterministic, decode, positions_T, attention_mask_BxTxS)
     else:
       for i in range(c.n_layer):
-        x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T)
+        x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T,
+                                                attention_mask_BxTxS)
     x_NxD = _norm(c, "ln_f")(x_NxD)
     if logits_at_BxS is not None:
       x_BxSxD = jnp.take_along_axis(x_NxD.reshape(b, t, -1), logits_at_BxS[..., None], axis=1)
@@ -237,10 +241,11 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T):
+  def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T,
+               mask_BxTxS):
     c = self.config
     x_NxD = x_NxD + CausalSelfAttention(c, name="attn")(
-        _norm(c, "ln_1")(x_NxD), batch, deterministic, decode, positions_T)
+        _norm(c, "ln_1")(x_NxD), batch, deterministic, decode, positions_T, mask_BxTxS)
     x_NxD = x_NxD + MLP(c, name="mlp")(
         _norm(c, "ln_2")(x_NxD), deterministic)
     x_NxD = _constrain(x_NxD, ("activation_tokens", "activation_embed"))
@@ -294,8 +299,8 @@ def _remat(block_cls, c: GPTConfig, scanned: bool = False):
   prevent_cse=False (flax's advice) spares the barriers."""
   if c.remat == "none":
     return block_cls
-  # Argument 0 is the module: batch, deterministic and decode are Python values (positions_T,
-  # argument 5, is an array).
+  # Argument 0 is the module: batch, deterministic and decode are Python values (positions_T
+  # and the mask, arguments 5 and 6, are arrays or None).
   return nn.remat(block_cls, policy=REMAT_POLICIES[c.remat], prevent_cse=not scanned,
                   static_argnums=(2, 3, 4))
 
@@ -303,10 +308,10 @@ def _remat(block_cls, c: GPTConfig, scanned: bool = False):
 def _scanned(block, num_layers: int):
   """`block` run `num_layers` times as one loop, its parameters and cache stacked along a
   leading "layers" axis; batch, deterministic and decode stay Python values, and every
-  layer reads the same positions (all broadcast)."""
+  layer reads the same positions and mask (all broadcast)."""
   return nn.scan(block, variable_axes={"params": 0, "cache": 0},
                  split_rngs={"params": True, "dropout": True},
-                 in_axes=(nn.broadcast,) * 4, length=num_layers,
+                 in_axes=(nn.broadcast,) * 5, length=num_layers,
                  metadata_params={nn.PARTITION_NAME: "layers"})
 
 

@@ -19,6 +19,8 @@ from jaxgpt import sharding
 from jaxgpt.model import GPT
 
 SHORTEST_ROW = 64  # the shortest row length compiled; longer ones double up to block_size
+ROW_TOKENS = 512  # rows are packed up to this many tokens (attention's cost grows with it)
+OPEN_ROWS = 16  # a group goes into one of the newest rows that has room
 SHORTEST_SPAN = 8  # the fewest positions whose logits a row computes; more double up
 
 
@@ -34,12 +36,20 @@ class Scored:
 
 
 class Scorer:
-  """Scores (context ids, continuation ids) pairs with a model's parameters on a mesh."""
+  """Scores (context ids, continuation ids) pairs with a model's parameters on a mesh.
 
-  def __init__(self, model: GPT, params, mesh, rows: int = 32):
+  Requests are packed into rows of up to block_size tokens: a context once, then each of its
+  continuations (less their last token), each attending to the context and to itself only,
+  with positions counted from the context's start; several contexts share a row the same way.
+  HellaSwag's four endings then cost one context, and rows hold no padding but their ends.
+  """
+
+  def __init__(self, model: GPT, params, mesh, rows: int | None = None,
+               tokens_per_call: int = 4096):
     self.model, self.params, self.mesh = model, params, mesh
-    step = sharding.data_parallel_size(mesh) * jax.process_count()
-    self.rows = -(-rows // step) * step
+    self._step = sharding.data_parallel_size(mesh) * jax.process_count()
+    rows = rows or max(1, tokens_per_call // min(ROW_TOKENS, model.config.block_size))
+    self.rows = -(-rows // self._step) * self._step
     self._losses = jax.jit(functools.partial(_token_losses, model),
                            out_shardings=sharding.replicated(mesh))
 
@@ -47,59 +57,139 @@ class Scorer:
     """Each request's continuation scored after its context: the context is cut from the
     left to fit the model's block_size (the continuation itself must fit), and must hold at
     least one token."""
-    rows = [_row(context, continuation, self.model.config.block_size)
-            for context, continuation in requests]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths together
-    scored = [None] * len(rows)
-    for start in range(0, len(order), self.rows):
-      chunk = order[start:start + self.rows]
-      for i, result in zip(chunk, self._score_rows([rows[i] for i in chunk])):
+    rows = _packed_rows(requests, self.model.config.block_size)
+    per_call = self._rows_per_call(len(rows))
+    scored = [None] * len(requests)
+    for start in range(0, len(rows), per_call):
+      for i, result in self._score_rows(rows[start:start + per_call], per_call):
         scored[i] = result
     return scored
 
-  def _score_rows(self, rows) -> list[Scored]:
-    """Scores up to self.rows rows in one call: each row's logits are computed only over a
-    span of S positions that ends at its last one (S a power of two covering every row's
-    continuation)."""
-    block_size = self.model.config.block_size
-    length = row_length(max(len(inputs) for inputs, _, _ in rows), SHORTEST_ROW, block_size)
-    span = row_length(max(scored for _, _, scored in rows), SHORTEST_SPAN, length)
-    inputs_BxT = np.zeros((self.rows, length), np.int32)
-    targets_BxS = np.zeros((self.rows, span), np.int32)
-    at_BxS = np.zeros((self.rows, span), np.int32)
-    for r, (inputs, targets, _) in enumerate(rows):
-      inputs_BxT[r, :len(inputs)] = inputs
-      start = max(len(inputs) - span, 0)
-      at_BxS[r, :len(inputs) - start] = np.arange(start, len(inputs))
-      targets_BxS[r, :len(inputs) - start] = targets[start:]
-    with sharding.rules_context(self.mesh):
-      losses_BxS, greedy_BxS = self._losses(
-          self.params, *map(self._placed, (inputs_BxT, targets_BxS, at_BxS)))
-    losses_BxS, greedy_BxS = np.asarray(losses_BxS), np.asarray(greedy_BxS)
-    results = []
-    for r, (inputs, _, scored) in enumerate(rows):
-      end = len(inputs) - max(len(inputs) - span, 0)  # the row's last position in its span
-      results.append(Scored(losses_BxS[r, end - scored:end],
-                            bool(greedy_BxS[r, end - scored:end].all())))
-    return results
+  def _rows_per_call(self, num_rows: int) -> int:
+    """At most self.rows, spread evenly over the calls (the last one is not mostly padding),
+    a multiple of the data-parallel devices."""
+    calls = -(-num_rows // self.rows)
+    return min(self.rows, -(-(-(-num_rows // calls)) // self._step) * self._step)
 
-  def _placed(self, rows_BxT: np.ndarray) -> jax.Array:
+  def _score_rows(self, rows: list["_Row"], num_rows: int):
+    """(request index, Scored) for every request in up to num_rows rows, scored in one call
+    whose shapes are powers of two: the row length, and the positions whose logits it needs."""
+    length = row_length(max(len(row.tokens) for row in rows), SHORTEST_ROW,
+                        self.model.config.block_size)
+    span = row_length(max(len(row.logits_at) for row in rows), SHORTEST_SPAN, length)
+    arrays = _batch_arrays(rows, num_rows, length, span)
+    with sharding.rules_context(self.mesh):
+      losses_BxS, greedy_BxS = self._losses(self.params, *map(self._placed, arrays))
+    losses_BxS, greedy_BxS = np.asarray(losses_BxS), np.asarray(greedy_BxS)
+    for r, row in enumerate(rows):
+      for i, first, count in row.requests:
+        yield i, Scored(losses_BxS[r, first:first + count],
+                        bool(greedy_BxS[r, first:first + count].all()))
+
+  def _placed(self, rows: np.ndarray) -> jax.Array:
     """The whole batch, which every process holds, as a global array of which each process
     places its own rows."""
     sharded = sharding.global_batch_sharding(self.mesh)
-    return jax.make_array_from_callback(rows_BxT.shape, sharded, lambda index: rows_BxT[index])
+    return jax.make_array_from_callback(rows.shape, sharded, lambda index: rows[index])
 
 
-def _row(context, continuation, block_size: int):
-  """(inputs, targets, how many of the last targets are the continuation's)."""
+@dataclasses.dataclass
+class _Row:
+  """One packed row: its tokens, each one's position, group (a context and its
+  continuations) and segment (0 the context, k the k-th continuation); the positions whose
+  logits are scored with their targets; and (request, first scored, count) for each request."""
+  tokens: list = dataclasses.field(default_factory=list)
+  positions: list = dataclasses.field(default_factory=list)
+  groups: list = dataclasses.field(default_factory=list)
+  segments: list = dataclasses.field(default_factory=list)
+  logits_at: list = dataclasses.field(default_factory=list)
+  targets: list = dataclasses.field(default_factory=list)
+  requests: list = dataclasses.field(default_factory=list)
+  context_end: int = -1  # the index of the last context's last token
+
+  def add_context(self, context: np.ndarray, group: int) -> None:
+    self.tokens += list(context)
+    self.context_end = len(self.tokens) - 1
+    self.positions += range(len(context))
+    self.groups += [group] * len(context)
+    self.segments += [0] * len(context)
+
+  def add_continuation(self, request: int, continuation: np.ndarray, context_length: int,
+                       segment: int) -> None:
+    """The continuation's tokens but its last; its first is predicted at the context's end."""
+    start = len(self.tokens)
+    self.requests.append((request, len(self.logits_at), len(continuation)))
+    self.logits_at += [self.context_end, *range(start, start + len(continuation) - 1)]
+    self.targets += list(continuation)
+    self.tokens += list(continuation[:-1])
+    self.positions += range(context_length, context_length + len(continuation) - 1)
+    self.groups += [self.groups[-1]] * (len(continuation) - 1)
+    self.segments += [segment] * (len(continuation) - 1)
+
+
+def _packed_rows(requests, block_size: int) -> list[_Row]:
+  """The requests packed into rows of at most ROW_TOKENS (or block_size) tokens, contexts
+  shared: the largest groups first, each whole into one of the newest rows with room for it,
+  or else into rows of its own, its context repeated in each."""
+  capacity = min(ROW_TOKENS, block_size)
+  groups = {}
+  for i, (context, continuation) in enumerate(requests):
+    context, continuation = _fitted(context, continuation, block_size)
+    groups.setdefault(context.tobytes(), (context, []))[1].append((i, continuation))
+  rows = []
+  for group, (context, members) in enumerate(sorted(groups.values(), key=_size, reverse=True)):
+    row = next((r for r in rows[-OPEN_ROWS:]
+                if len(r.tokens) + _size((context, members)) <= capacity), None)
+    in_row = False
+    for segment, (i, continuation) in enumerate(members, 1):
+      if row is None or (in_row and len(row.tokens) + len(continuation) - 1 > capacity):
+        row, in_row = _Row(), False
+        rows.append(row)
+      if not in_row:
+        row.add_context(context, group)
+        in_row = True
+      row.add_continuation(i, continuation, len(context), segment)
+  return rows
+
+
+def _size(group) -> int:
+  """The tokens a group takes in a row: its context, and its continuations but their last."""
+  context, members = group
+  return len(context) + sum(len(continuation) - 1 for _, continuation in members)
+
+
+def _fitted(context, continuation, block_size: int):
+  """The context cut from the left so that context + continuation (less its last token)
+  fits block_size."""
   context, continuation = (np.asarray(ids, np.int32).ravel() for ids in (context, continuation))
   if not len(context):
     raise ValueError("a request needs at least one context token (e.g. end-of-text)")
   if not 0 < len(continuation) <= block_size:
     raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the model's "
                      f"block_size={block_size}")
-  tokens = np.concatenate([context, continuation])[-(block_size + 1):]
-  return tokens[:-1], tokens[1:], len(continuation)
+  return context[-(block_size + 1 - len(continuation)):], continuation
+
+
+def _batch_arrays(rows: list[_Row], num_rows: int, length: int, span: int):
+  """inputs, positions (B, T), the attention mask (B, T, T), targets and logit positions
+  (B, S); rows and positions past the packed ones are padding, attending to themselves."""
+  inputs_BxT = np.zeros((num_rows, length), np.int32)
+  positions_BxT = np.zeros((num_rows, length), np.int32)
+  groups_BxT = np.full((num_rows, length), -1, np.int32)
+  segments_BxT = np.zeros((num_rows, length), np.int32)
+  targets_BxS = np.zeros((num_rows, span), np.int32)
+  at_BxS = np.zeros((num_rows, span), np.int32)
+  for r, row in enumerate(rows):
+    n, m = len(row.tokens), len(row.logits_at)
+    inputs_BxT[r, :n], positions_BxT[r, :n] = row.tokens, row.positions
+    groups_BxT[r, :n], segments_BxT[r, :n] = row.groups, row.segments
+    targets_BxS[r, :m], at_BxS[r, :m] = row.targets, row.logits_at
+  causal_TxT = np.tril(np.ones((length, length), bool))
+  same_group = groups_BxT[:, :, None] == groups_BxT[:, None, :]
+  seen_segment = ((segments_BxT[:, None, :] == 0)
+                  | (segments_BxT[:, :, None] == segments_BxT[:, None, :]))
+  mask_BxTxT = (causal_TxT[None] & same_group & seen_segment) | np.eye(length, dtype=bool)[None]
+  return inputs_BxT, positions_BxT, mask_BxTxT, targets_BxS, at_BxS
 
 
 def row_length(length: int, shortest: int, longest: int) -> int:
@@ -110,10 +200,13 @@ def row_length(length: int, shortest: int, longest: int) -> int:
   return min(bucket, longest)
 
 
-def _token_losses(model: GPT, params, inputs_BxT, targets_BxS, at_BxS):
+def _token_losses(model: GPT, params, inputs_BxT, positions_BxT, mask_BxTxT, targets_BxS,
+                  at_BxS):
   """The losses (float32) of the targets at positions at_BxS, and whether each is the
   argmax."""
-  logits_BxSxV = model.apply({"params": params}, inputs_BxT, logits_at_BxS=at_BxS)
-  log_probs_BxSxV = jax.nn.log_softmax(logits_BxSxV.astype(jnp.float32), axis=-1)
-  losses_BxS = -jnp.take_along_axis(log_probs_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
+  logits_BxSxV = model.apply({"params": params}, inputs_BxT, positions_T=positions_BxT,
+                             logits_at_BxS=at_BxS, attention_mask_BxTxS=mask_BxTxT)
+  logits_BxSxV = logits_BxSxV.astype(jnp.float32)
+  target_BxS = jnp.take_along_axis(logits_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
+  losses_BxS = jax.nn.logsumexp(logits_BxSxV, axis=-1) - target_BxS
   return losses_BxS, jnp.argmax(logits_BxSxV, axis=-1) == targets_BxS

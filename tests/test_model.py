@@ -214,3 +214,20 @@ def test_logits_at_some_positions_are_those_of_the_whole_sequence():
   chex.assert_shape(some, (3, 3, CONFIG.padded_vocab_size))
   chex.assert_trees_all_close(some, jnp.take_along_axis(every, at_BxS[..., None], axis=1),
                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_sequences_packed_in_a_row_give_their_own_logits(position):
+  """Two sequences in one row, each attending to itself only, positions from 0 for each."""
+  config = dataclasses.replace(CONFIG, position=position)
+  model, params = GPT(config), _init(config)
+  first, second = (jax.random.randint(jax.random.key(i), (1, n), 0, config.vocab_size)
+                   for i, n in ((1, 6), (2, 10)))
+  row = jnp.concatenate([first, second], axis=1)
+  positions = jnp.concatenate([jnp.arange(6), jnp.arange(10)])[None]
+  segment = jnp.array([0] * 6 + [1] * 10)
+  mask = (segment[:, None] == segment[None, :]) & jnp.tril(jnp.ones((16, 16), bool))
+  packed = model.apply({"params": params}, row, positions_T=positions,
+                       attention_mask_BxTxS=mask[None])
+  alone = [model.apply({"params": params}, x) for x in (first, second)]
+  chex.assert_trees_all_close(packed, jnp.concatenate(alone, axis=1), rtol=1e-5, atol=1e-5)
