@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   # and how long a silent process is waited for, before the run stops with an error.
   c.train.checkpoint_timeout_secs = 1200
   c.train.peer_timeout_secs = 60
-  c.train.profile_steps = ""  # "START,END": a jax.profiler trace of those steps (see README)
+  c.train.profile_steps = ""  # "START,END": a jax.profiler trace of those steps (see docs/runs.md)
 
   # LoRA: rank > 0 trains only low-rank adapters on the named layers; the rest stays frozen.
   c.lora = ml_collections.ConfigDict()
