@@ -142,6 +142,7 @@ def _json_safe(value):
 
 def main(argv=None):
   runtime.configure_cpu_devices()
+  runtime.initialize_distributed()  # several processes (a TPU pod) evaluate together
   runtime.start_backend()
   cli.parse_flags(argv, __doc__)
   _check_flags()

@@ -5,6 +5,9 @@ import json
 import math
 import os
 import random
+import socket
+import subprocess
+import sys
 
 import chex
 import jax
@@ -15,7 +18,7 @@ from jaxgpt import data, hellaswag, heldout, run_loader, scoring, sharding
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
-from helpers import LINES, TINY, assert_clean_error, require_transformers, run
+from helpers import LINES, REPO, TINY, assert_clean_error, require_transformers, run
 
 WORDS = LINES.split()
 
@@ -172,6 +175,31 @@ def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
   bytes_per_token = len(loaded.tokenizer.decode(val[1:]).encode("utf-8")) / (len(val) - 1)
   assert result["tokens"] == len(val) - 1
   assert result["bpb"] == pytest.approx(result["loss"] / math.log(2) / bytes_per_token, rel=1e-9)
+  # Two processes of two devices each give the same results; only process 0 prints them.
+  hellaswag_file = _write_hellaswag(tmp_path / "hellaswag.jsonl")
+  args = [f"--workdir={workdir}", "--data=val", f"--hellaswag={hellaswag_file}", "--json"]
+  alone = json.loads(run("eval", *args).stdout.strip().splitlines()[-1])
+  outputs = _two_processes("eval", *args)
+  together = json.loads(outputs[0].strip().splitlines()[-1])
+  assert not [line for line in outputs[1].splitlines() if line.startswith("{")]  # Gloo's lines only
+  assert together["hellaswag"] == alone["hellaswag"]
+  assert together["val"] == pytest.approx(alone["val"], rel=1e-6)
+
+
+def _two_processes(module, *args):
+  """The stdout of `python -m jaxgpt.MODULE ARGS` run as two processes of two CPU devices."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=REPO, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      env={**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_COORDINATOR_ADDRESS": address,
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for p, (_, stderr) in zip(processes, outputs):
+    assert p.returncode == 0, stderr
+  return [stdout for stdout, _ in outputs]
 
 
 @pytest.mark.parametrize("line, words", [
