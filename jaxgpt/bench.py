@@ -69,9 +69,10 @@ def _time_steps(trainer, num_steps: int):
   own compiled steps, over num_steps train steps after warm-up."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt import state as state_lib  # pylint: disable=g-import-not-at-top
-  state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh,
-                               trainer.config.seed, shardings=trainer.shardings)
-  train_step, figures, eval_loss = trainer.compiled_steps()
+  state = state_lib.init_state(trainer.model, trainer.program.optimizer, trainer.mesh,
+                               trainer.config.seed, shardings=trainer.program.shardings)
+  compiled = trainer.compiled_steps()
+  train_step, figures, eval_loss = compiled.train_step, compiled.figures, compiled.eval_loss
   times = []
   for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):
     batch = trainer.global_micro_batches(x_BxT, y_BxT)

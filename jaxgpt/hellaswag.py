@@ -104,3 +104,31 @@ def evaluate(scorer, tokenizer, examples: list[dict]) -> dict:
   """acc, acc_norm, acc_char and the number of examples."""
   scored = scorer.score(requests(examples, tokenizer))
   return accuracies(examples, [s.token_losses for s in scored])
+
+
+class DuringTraining:
+  """HellaSwag every train.hellaswag_every steps (and at the last one), on the run's own mesh
+  and parameters: its examples are read when the run starts, so a bad file stops it then."""
+
+  def __init__(self, config, model, mesh, tokenizer):
+    t = config.train
+    self.every, self.last_step = t.hellaswag_every, t.max_steps
+    self.examples = read_examples(resolve(config.data.hellaswag_path)) if self.every else []
+    self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
+    self.scorer = None
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and (step % self.every == 0 or step == self.last_step)
+
+  def __call__(self, params) -> dict:
+    """hellaswag_acc and hellaswag_acc_norm (acc_char is jaxgpt.eval's) with these params."""
+    from jaxgpt.scoring import Scorer  # pylint: disable=g-import-not-at-top
+    if self.scorer is None:  # one Scorer: its compiled programs serve every evaluation
+      self.scorer = Scorer(self.model, params, self.mesh)
+    self.scorer.params = params
+    try:
+      result = evaluate(self.scorer, self.tokenizer, self.examples)
+    except ValueError as e:
+      raise UserError(f"HellaSwag cannot be scored with this model ({e}): pass a "
+                      "data.hellaswag_path of shorter examples, or a longer block_size") from None
+    return {"hellaswag_acc": result["acc"], "hellaswag_acc_norm": result["acc_norm"]}

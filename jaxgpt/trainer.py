@@ -3,16 +3,17 @@
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import math
 import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, config as config_lib, data, generate, hf_gpt2, memory, metrics
-from jaxgpt import optim
-from jaxgpt import sharding, signals
+from jaxgpt import checkpoint, config as config_lib, data, generate, hellaswag, hf_gpt2, memory
+from jaxgpt import metrics, optim, run_setup, sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
 from jaxgpt.errors import Interrupted, UserError
@@ -36,7 +37,7 @@ class Program:
   """What a run compiles: the mesh, the model, its optimizer, and the train state's shapes
   and shardings. Compiling the train step needs neither parameters nor data."""
 
-  def __init__(self, config, vocab_size: int, devices=None):
+  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, devices=None):
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
@@ -50,7 +51,7 @@ class Program:
     """The mesh and logical-axis rules under which the model and steps run."""
     return sharding.rules_context(self.mesh)
 
-  def compile_train_step(self):
+  def compile_train_step(self) -> tuple[jax.stages.Compiled, dict]:
     """The train step compiled ahead of time from abstract shapes, and its figures: the
     seconds lowering and compiling took and memory.compiled_memory's bytes per device."""
     c = self.config
@@ -65,99 +66,108 @@ class Program:
                       **memory.compiled_memory(compiled)}
 
 
-class Trainer(Program):
-  """Holds everything a run needs; `run()` trains from the newest checkpoint to max_steps."""
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """What a run executes, compiled ahead of time from abstract shapes."""
+  train_step: jax.stages.Compiled  # (state, x, y, stop rows) -> (state, step metrics)
+  eval_loss: jax.stages.Compiled  # (params, x, y) -> mean validation loss
+  figures: dict  # the train step's compile seconds and memory (Program.compile_train_step)
 
-  def __init__(self, config, workdir: str, devices=None, explicit_keys: set[str] | None = None):
-    """`explicit_keys`: the config keys given on the command line. With them, resuming a run
-    takes its identity (config.IDENTITY_KEYS) from the workdir, and contradicting it is an
-    error; without them, a differing shape meets the checkpoint's strict restore."""
-    if config.init_from != "scratch":
-      config_lib.adopt_gpt2_architecture(config, explicit_keys)
-    config_lib.validate(config)
+
+@dataclasses.dataclass
+class _Progress:
+  """What logging a step needs besides the step: the writer, throughput, the loop's start."""
+  writer: metrics.MetricsWriter
+  throughput: metrics.Throughput
+  start_step: int
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+class Trainer:
+  """Trains a run: its setup (run_setup.resolve_run), its Program (mesh, model, optimizer,
+  state shapes), its checkpoints and stop request. `run()` trains from the newest checkpoint
+  to train.max_steps, logging, evaluating and checkpointing on the config's cadence."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None,
+               explicit_keys: set[str] | None = None):
+    """`explicit_keys`: the config keys given on the command line (run_setup.resolve_run)."""
     self.is_main = jax.process_index() == 0
-    saved = _saved_run_config(workdir)
-    if saved is not None and explicit_keys is not None:
-      changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
-      if changed and self.is_main:
-        print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)
-    # Fine-tuning: the model's shape and tokenizer are the pretrained model's.
-    self.pretrained = None if config.init_from == "scratch" else hf_gpt2.resolve(config.init_from)
-    if self.pretrained:
-      hf_gpt2.configure(config, self.pretrained)
-    self.config, self.workdir = config, workdir
-    os.makedirs(workdir, exist_ok=True)
-    # Prepared token shards bring their own tokenizer, which decides data.tokenizer.
-    from_shards = config.data.source == "tokens"
-    tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
-                 or hf_gpt2.run_tokenizer(config, self.pretrained))
-    self.dataset = data.build_dataset(config, tokenizer=tokenizer)
-    self.tokenizer = self.dataset.tokenizer
-    config.data.tokenizer = self.tokenizer.kind
-    config.data.fingerprint = data.fingerprint(self.dataset)
-    if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
-      raise UserError(f"the training data differs from the data the run in {workdir} was "
-                      f"trained on (data.source={config.data.source}, data.path="
-                      f"{config.data.path or '-'}): resume with the run's own data, or train "
-                      "on this data in a new --workdir")
-    super().__init__(config, self.tokenizer.vocab_size, devices)
-    memory.check_state_fits(self.abstract_state)
+    self.setup = run_setup.resolve_run(config, workdir, self.is_main, explicit_keys)
+    self.program = Program(config, self.tokenizer.vocab_size, devices)
+    memory.check_state_fits(self.program.abstract_state)
     self.checkpoints = checkpoint.Checkpointer(
         workdir, keep=config.train.keep_checkpoints,
         timeout_secs=config.train.checkpoint_timeout_secs)
+    run_setup.check_resumable(self.checkpoints, workdir)
+    self.hellaswag = hellaswag.DuringTraining(config, self.model, self.mesh, self.tokenizer)
     self.stop_request = signals.StopRequest()  # SIGTERM / SIGINT: save and stop
     self._stop_rows = {}
-    best = self.checkpoints.best_step()
-    if self.checkpoints.latest_step() is None and best is not None:
-      # A restart would measure a new "best" against the old run's and could replace it.
-      raise UserError(f"{workdir} holds a best checkpoint (step {best}) but nothing under "
-                      "checkpoints/ to resume from: sample or export it with "
-                      "--checkpoint=best, restore checkpoints/ to resume, or train in a new "
-                      "--workdir")
 
-  def _initial_state(self):
-    """The newest checkpoint's state, or a new one."""
-    step = self.checkpoints.latest_step()
-    if step is None and self.pretrained:
-      self.log(f"initialising from {self.config.init_from} ({self.pretrained})")
-      params = hf_gpt2.load_params(self.pretrained, self.model.config,
-                                   state_lib.abstract_params(self.model, self.mesh))
-      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed, params,
-                                   self.shardings)
-    elif step is None:
-      state = state_lib.init_state(self.model, self.optimizer, self.mesh, self.config.seed,
-                                   shardings=self.shardings)
-    elif step > self.config.train.max_steps:
-      self.log(f"the run is already at step {step}, past train.max_steps="
-               f"{self.config.train.max_steps}: nothing to train (raise "
-               "--config.train.max_steps to go on)")
-      return self._restore(step)
-    else:
-      self.log(f"resuming from the checkpoint of step {step}")
-      state = self._restore(step)
-    return state
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.setup.config
 
-  def _restore(self, step: int):
-    try:
-      return self.checkpoints.restore(step, self.abstract_state)
-    except checkpoint.DamagedCheckpointError as e:
-      raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
-                      f"{self.workdir}/checkpoints to resume from the one before it") from e
+  @property
+  def workdir(self) -> str:
+    return self.setup.workdir
+
+  @property
+  def tokenizer(self):
+    return self.setup.tokenizer
+
+  @property
+  def model(self) -> GPT:
+    return self.program.model
+
+  @property
+  def mesh(self) -> jax.sharding.Mesh:
+    return self.program.mesh
+
+  def context(self):
+    return self.program.context()
 
   def log(self, message: str) -> None:
     if self.is_main:
       print(message, flush=True)
 
-  def compiled_steps(self):
-    """The run's train step and evaluation loop, both compiled ahead of time, and the train
-    step's figures (compile_train_step's); a UserError if the step cannot fit."""
-    with self._eval_loss_compiling() as eval_loss:
-      return (*self.fitting_train_step(), eval_loss.result())
+  def initial_state(self) -> state_lib.TrainState:
+    """The newest checkpoint's state, or a new one (from the pretrained weights, if any)."""
+    step = self.checkpoints.latest_step()
+    p, seed = self.program, self.config.seed
+    if step is None and self.setup.pretrained:
+      self.log(f"initialising from {self.config.init_from} ({self.setup.pretrained})")
+      params = hf_gpt2.load_params(self.setup.pretrained, self.model.config,
+                                   state_lib.abstract_params(self.model, self.mesh))
+      return state_lib.init_state(self.model, p.optimizer, self.mesh, seed, params, p.shardings)
+    if step is None:
+      return state_lib.init_state(self.model, p.optimizer, self.mesh, seed,
+                                  shardings=p.shardings)
+    if step > self.config.train.max_steps:
+      self.log(f"the run is already at step {step}, past train.max_steps="
+               f"{self.config.train.max_steps}: nothing to train (raise "
+               "--config.train.max_steps to go on)")
+    else:
+      self.log(f"resuming from the checkpoint of step {step}")
+    return self._restore(step)
 
-  def fitting_train_step(self):
+  def _restore(self, step: int) -> state_lib.TrainState:
+    try:
+      return self.checkpoints.restore(step, self.program.abstract_state)
+    except checkpoint.DamagedCheckpointError as e:
+      raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
+                      f"{self.workdir}/checkpoints to resume from the one before it") from e
+
+  def compiled_steps(self) -> CompiledSteps:
+    """The run's train step and evaluation loop, both compiled ahead of time; a UserError
+    if the step cannot fit."""
+    with self._eval_loss_compiling() as eval_loss:
+      train_step, figures = self.fitting_train_step()
+      return CompiledSteps(train_step, eval_loss.result(), figures)
+
+  def fitting_train_step(self) -> tuple[jax.stages.Compiled, dict]:
     """compile_train_step's step and figures, logged; a UserError, naming what to lower, if
     the step needs more than a device's memory."""
-    train_step, figures = self.compile_train_step()
+    train_step, figures = self.program.compile_train_step()
     self.log(memory.describe(figures))
     memory.check_step_fits(figures)
     return train_step, figures
@@ -175,36 +185,37 @@ class Trainer(Program):
       return function()
 
   def _compile_eval_loss(self):
-    t = self.config.train
+    t, p = self.config.train, self.program
     batches = jax.ShapeDtypeStruct((t.eval_steps, t.batch_size, self.config.model.block_size),
                                    np.int32, sharding=sharding.global_batch_sharding(self.mesh, 1))
-    eval_loss = steps.jit_eval_loss(self.model, self.mesh, self.shardings.params)
-    return eval_loss.lower(self.abstract_state.params, batches, batches).compile()
+    eval_loss = steps.jit_eval_loss(self.model, self.mesh, p.shardings.params)
+    return eval_loss.lower(p.abstract_state.params, batches, batches).compile()
 
-  def batch_stream(self, start_step: int, end_step: int):
+  def batch_stream(self, start_step: int, end_step: int) -> data.BatchStream:
     """This process's training batches for the steps after start_step, up to end_step."""
     c, t = self.config, self.config.train
-    return data.BatchStream(self.dataset.train, c.seed, jax.process_index(),
+    return data.BatchStream(self.setup.dataset.train, c.seed, jax.process_index(),
                             t.batch_size // jax.process_count(), c.model.block_size,
                             start_step, end_step, use_tf=_use_tf(c),
                             process_count=jax.process_count(), micro_batches=t.grad_accum_steps)
 
-  def global_micro_batches(self, x_BxT, y_BxT):
+  def global_micro_batches(self, x_BxT: np.ndarray, y_BxT: np.ndarray):
     """(B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
     a = self.config.train.grad_accum_steps
     return tuple(sharding.global_batch(z.reshape(a, -1, z.shape[-1]), self.mesh, leading_dims=1)
                  for z in (x_BxT, y_BxT))
 
-  def eval_set(self):
+  def eval_set(self) -> tuple[jax.Array, jax.Array]:
     t = self.config.train
-    batches = data.eval_batches(self.dataset.val, self.config.seed, jax.process_index(),
+    batches = data.eval_batches(self.setup.dataset.val, self.config.seed, jax.process_index(),
                                 t.batch_size // jax.process_count(), self.config.model.block_size,
                                 t.eval_steps, process_count=jax.process_count())
     return tuple(sharding.global_batch(np.stack(z), self.mesh, leading_dims=1)
                  for z in zip(*batches))
 
   def run(self) -> dict:
-    """Trains from the newest checkpoint (or from scratch) to train.max_steps."""
+    """Trains from the newest checkpoint (or from scratch) to train.max_steps; returns the
+    last step and validation loss."""
     writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
     # Process 0 alone traces: processes sharing a host would write the same file (per host).
     trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
@@ -217,7 +228,7 @@ class Trainer(Program):
       self.checkpoints.close()  # waits for the last save to be on disk
       writer.close()
 
-  def stop_rows(self):
+  def stop_rows(self) -> jax.Array:
     """This process's stop request, one per row of its micro-batch (see steps.train_step)."""
     local_rows = self.config.train.batch_size // self.config.train.grad_accum_steps \
         // jax.process_count()
@@ -230,26 +241,26 @@ class Trainer(Program):
   def _train(self, writer, trace) -> dict:
     with self._eval_loss_compiling() as eval_loss:
       train_step, figures = self.fitting_train_step()
-      state = self._initial_state()  # made or restored only once the step is known to fit
-      compiled = train_step, figures, eval_loss.result()
+      state = self.initial_state()  # made or restored only once the step is known to fit
+      compiled = CompiledSteps(train_step, eval_loss.result(), figures)
     if self.is_main and int(state.step) <= self.config.train.max_steps:
       # Only now: a run refused above, or with nothing to train, leaves the workdir as it was.
       self.tokenizer.save(self.workdir)
       config_lib.save_config(self.config, self.workdir)
     return self._train_from(state, compiled, writer, trace)
 
-  def _train_from(self, state, compiled, writer, trace) -> dict:
+  def _train_from(self, state, compiled: CompiledSteps, writer, trace) -> dict:
     c, t = self.config, self.config.train
     num_params = count_params(state.params)
+    dataset = self.setup.dataset
     self.log(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
              f"{self.tokenizer.vocab_size} (padded to {self.model.config.padded_vocab_size}); "
-             f"mesh {dict(self.mesh.shape)}; train {len(self.dataset.train):,} tokens, "
-             f"val {len(self.dataset.val):,}")
-    throughput = metrics.Throughput(t.batch_size * c.model.block_size,
-                                    metrics.flops_per_token(self.model.config, num_params),
-                                    jax.device_count())
+             f"mesh {dict(self.mesh.shape)}; train {len(dataset.train):,} tokens, "
+             f"val {len(dataset.val):,}")
     start = int(state.step)
-    train_step, _, eval_loss = compiled
+    progress = _Progress(writer, metrics.Throughput(
+        t.batch_size * c.model.block_size, metrics.flops_per_token(self.model.config, num_params),
+        jax.device_count()), start)
     eval_set = self.eval_set()
     stream = self.batch_stream(start, t.max_steps)
     # On CPU with several devices, dispatching sharded steps without waiting can make XLA's
@@ -259,29 +270,32 @@ class Trainer(Program):
     max_pending = 0 if jax.default_backend() == "cpu" else 1
     pending = collections.deque()
     last = {"step": start}
-    started = time.perf_counter()
-    throughput.measure(start)
+    progress.throughput.measure(start)
     batches = (self.global_micro_batches(x_BxT, y_BxT) for x_BxT, y_BxT in stream)
     batch = next(batches, None)
     stop = False
     for step in range(start + 1, t.max_steps + 1):
       trace.before(step)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = train_step(state, *batch, self.stop_rows())
+        state, step_metrics = compiled.train_step(state, *batch, self.stop_rows())
         batch = next(batches, None)  # made and placed while the step runs
       trace.after(step, state)
       pending.append((step, step_metrics))
       evaluate = step % t.eval_every == 0 or step == t.max_steps
       save = step % t.checkpoint_every == 0 or step == t.max_steps
+      hellaswag_due = self.hellaswag.due(step)
       # Every loss up to a step is checked before that step is evaluated or saved. Which
       # steps are read here depends only on the schedule, so every process sees a stop that
       # one of them reports at the same step, and saves that step.
-      while len(pending) > (0 if evaluate or save or stop else max_pending):
-        stop |= self._log_step(*pending.popleft(), writer, throughput, started, start)
+      while len(pending) > (0 if evaluate or save or stop or hellaswag_due else max_pending):
+        stop |= self._log_step(*pending.popleft(), progress)
       if evaluate:
-        last["val_loss"] = self._evaluate(step, state, eval_loss, eval_set, writer)
+        last["val_loss"] = self._evaluate(step, state, compiled.eval_loss, eval_set, writer)
         self.checkpoints.save_if_best(step, state, last["val_loss"])
-        throughput.measure(step)  # evaluation time is not training throughput
+      if hellaswag_due:
+        self._evaluate_hellaswag(step, state, writer)
+      if evaluate or hellaswag_due:
+        progress.throughput.measure(step)  # evaluation time is not training throughput
       if save or stop:
         self.checkpoints.save(step, state)
       last["step"] = step
@@ -293,7 +307,7 @@ class Trainer(Program):
     self.state = state
     return last
 
-  def _log_step(self, step, step_metrics, writer, throughput, started, start) -> bool:
+  def _log_step(self, step: int, step_metrics: dict, progress: _Progress) -> bool:
     """Checks and logs a step's loss; returns whether some process asked to stop."""
     loss = float(step_metrics["loss"])
     if not math.isfinite(loss):
@@ -306,12 +320,12 @@ class Trainer(Program):
     t = self.config.train
     if step % t.log_every and step != t.max_steps:
       return stop
-    rate = throughput.measure(step)
+    rate = progress.throughput.measure(step)
     values = {"train_loss": loss, **{key: float(step_metrics[key]) for key in (
         "lr", "grad_norm", "param_norm", "update_norm")}, **rate}
-    writer.write(step, **values)
-    elapsed = time.perf_counter() - started
-    eta = elapsed / max(step - start, 1) * (t.max_steps - step)
+    progress.writer.write(step, **values)
+    elapsed = time.perf_counter() - progress.started
+    eta = elapsed / max(step - progress.start_step, 1) * (t.max_steps - step)
     line = f"step {step:6d}/{t.max_steps} | loss {loss:.4f} | lr {values['lr']:.2e}"
     if "tokens_per_sec" in rate:
       line += f" | {rate['tokens_per_sec']:,.0f} tok/s"
@@ -320,11 +334,17 @@ class Trainer(Program):
     self.log(line + f" | eta {metrics.format_duration(eta)}")
     return stop
 
-  def _evaluate(self, step, state, eval_loss, eval_set, writer) -> float:
+  def _evaluate(self, step: int, state, eval_loss, eval_set, writer) -> float:
     val_loss = float(eval_loss(state.params, *eval_set))
     writer.write(step, val_loss=val_loss)
     self.log(f"step {step:6d} | val loss {val_loss:.4f}")
     return val_loss
+
+  def _evaluate_hellaswag(self, step: int, state, writer) -> None:
+    scores = self.hellaswag(state.params)
+    writer.write(step, **scores)
+    self.log(f"step {step:6d} | hellaswag acc {scores['hellaswag_acc']:.4f} | acc_norm "
+             f"{scores['hellaswag_acc_norm']:.4f} ({len(self.hellaswag.examples):,} examples)")
 
   def sample(self, prompt: str | None = None, max_new_tokens: int = 300, seed: int = 0) -> str:
     """A short sample from the trained parameters (printed after training)."""
@@ -336,16 +356,5 @@ class Trainer(Program):
       return prompt + "".join(sample[0] for sample in pieces)
 
 
-def _saved_run_config(workdir: str):
-  """The config of the run in `workdir` if it has a checkpoint to resume from, else None."""
-  folder = os.path.join(workdir, checkpoint.LATEST_DIR)
-  if not (os.path.exists(os.path.join(workdir, config_lib.CONFIG_FILE))
-          and os.path.isdir(folder)):
-    return None
-  if not any(name.isdigit() for name in os.listdir(folder)):
-    return None
-  return config_lib.load_config(workdir)
-
-
-def _use_tf(config):
+def _use_tf(config) -> bool | None:
   return {"auto": None, "tf": True, "numpy": False}[config.data.pipeline]

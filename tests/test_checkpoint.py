@@ -29,7 +29,7 @@ def _restore_state(trainer, step):
   """Checkpoint `step` of the trainer's run, as a resume reads it."""
   with trainer.context():
     saved = checkpoint.Checkpointer(trainer.workdir, read_only=True)
-    return jax.device_get(saved.restore(step, trainer.abstract_state))
+    return jax.device_get(saved.restore(step, trainer.program.abstract_state))
 
 
 def _sample(workdir):

@@ -44,8 +44,8 @@ def test_bench_compile_only_allocates_no_parameters():
 def test_a_train_step_that_cannot_fit_stops_before_the_state_is_made(text_file, tmp_path,
                                                                       monkeypatch):
   trainer = Trainer(text_config(text_file), str(tmp_path), devices=jax.devices()[:1])
-  state_bytes = (memory.bytes_per_device(trainer.abstract_state)
-                 + memory.bytes_per_device(trainer.abstract_state.params))
+  state_bytes = (memory.bytes_per_device(trainer.program.abstract_state)
+                 + memory.bytes_per_device(trainer.program.abstract_state.params))
   # Room for the state, its gradients and the optimizer state, not for the step's activations.
   monkeypatch.setattr(memory, "device_memory", lambda device: (state_bytes, "a small device"))
 

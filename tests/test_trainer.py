@@ -69,7 +69,7 @@ def test_checkpoint_save_then_restore_is_identical_on_another_mesh(text_file, tm
   config = text_config(text_file)
   trainer = Trainer(config, str(tmp_path / "a"), devices=jax.devices()[:4])
   with sharding.rules_context(trainer.mesh):
-    state = state_lib.init_state(trainer.model, trainer.optimizer, trainer.mesh, 3)
+    state = state_lib.init_state(trainer.model, trainer.program.optimizer, trainer.mesh, 3)
   saver = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
   saver.save(7, state)
   saver.close()

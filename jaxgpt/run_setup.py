@@ -1,0 +1,88 @@
+"""Resolving a training run before anything is compiled: its config (validated, and on resume
+the saved run's identity), the pretrained model it starts from, its tokenizer, and its data
+with the data's fingerprint. jaxgpt/run_loader.py loads a saved run for sampling; this sets
+one up for training.
+"""
+
+import dataclasses
+import os
+
+import ml_collections
+
+from jaxgpt import checkpoint, config as config_lib, data, hf_gpt2
+from jaxgpt.data.tokenizer import Tokenizer
+from jaxgpt.errors import UserError
+
+
+@dataclasses.dataclass
+class RunSetup:
+  config: ml_collections.ConfigDict  # resolved: identity adopted, tokenizer and fingerprint set
+  workdir: str
+  tokenizer: Tokenizer
+  dataset: data.Dataset
+  pretrained: str | None  # the pretrained model's folder (init_from), or None from scratch
+  is_main: bool  # process 0, which prints and writes the run's files
+
+
+def resolve_run(config: ml_collections.ConfigDict, workdir: str, is_main: bool = True,
+                explicit_keys: set[str] | None = None) -> RunSetup:
+  """The run `config` describes in `workdir`, resolved; `config` is updated in place.
+
+  `explicit_keys`: the config keys given on the command line. With them, resuming a run takes
+  its identity (config.identity_keys()) from the workdir, and contradicting it is an error;
+  without them, a differing shape meets the checkpoint's strict restore."""
+  if config.init_from != "scratch":
+    config_lib.adopt_gpt2_architecture(config, explicit_keys)
+  config_lib.validate(config)
+  saved = _saved_run_config(workdir)
+  if saved is not None and explicit_keys is not None:
+    changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
+    if changed and is_main:
+      print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)
+  # Fine-tuning: the model's shape and tokenizer are the pretrained model's.
+  pretrained = None if config.init_from == "scratch" else hf_gpt2.resolve(config.init_from)
+  if pretrained:
+    hf_gpt2.configure(config, pretrained)
+  os.makedirs(workdir, exist_ok=True)
+  dataset = _dataset(config, workdir, pretrained)
+  if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
+    raise UserError(f"the training data differs from the data the run in {workdir} was "
+                    f"trained on (data.source={config.data.source}, data.path="
+                    f"{config.data.path or '-'}): resume with the run's own data, or train "
+                    "on this data in a new --workdir")
+  return RunSetup(config, workdir, dataset.tokenizer, dataset, pretrained, is_main)
+
+
+def _dataset(config, workdir: str, pretrained: str | None) -> data.Dataset:
+  """The run's data and tokenizer (the workdir's saved one, the pretrained model's, or one
+  made from the text); sets data.tokenizer and data.fingerprint. Prepared token shards bring
+  their own tokenizer, which decides data.tokenizer."""
+  from_shards = config.data.source == "tokens"
+  tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
+               or hf_gpt2.run_tokenizer(config, pretrained))
+  dataset = data.build_dataset(config, tokenizer=tokenizer)
+  config.data.tokenizer = dataset.tokenizer.kind
+  config.data.fingerprint = data.fingerprint(dataset)
+  return dataset
+
+
+def check_resumable(checkpoints: checkpoint.Checkpointer, workdir: str) -> None:
+  """A workdir with a best checkpoint but nothing to resume from is refused: a restart would
+  measure a new "best" against the old run's and could replace it."""
+  best = checkpoints.best_step()
+  if checkpoints.latest_step() is None and best is not None:
+    raise UserError(f"{workdir} holds a best checkpoint (step {best}) but nothing under "
+                    "checkpoints/ to resume from: sample or export it with "
+                    "--checkpoint=best, restore checkpoints/ to resume, or train in a new "
+                    "--workdir")
+
+
+def _saved_run_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config of the run in `workdir` if it has a checkpoint to resume from, else None."""
+  folder = os.path.join(workdir, checkpoint.LATEST_DIR)
+  if not (os.path.exists(os.path.join(workdir, config_lib.CONFIG_FILE))
+          and os.path.isdir(folder)):
+    return None
+  if not any(name.isdigit() for name in os.listdir(folder)):
+    return None
+  return config_lib.load_config(workdir)
