@@ -7,6 +7,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from jaxgpt import lora, sharding
 from jaxgpt.model import GPT
@@ -18,10 +19,13 @@ from jaxgpt.model import GPT
 CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
+Params = dict[str, Any]  # the model's parameter tree: arrays, or ShapeDtypeStructs, by path
+
+
 class TrainState(flax.struct.PyTreeNode):
-  step: jax.Array
-  params: Any
-  opt_state: Any
+  step: jax.Array  # int32: optimizer steps taken
+  params: Params
+  opt_state: optax.OptState
 
 
 def _boxed_state(model: GPT, optimizer: optax.GradientTransformation, rng) -> TrainState:
@@ -34,7 +38,7 @@ def _boxed_state(model: GPT, optimizer: optax.GradientTransformation, rng) -> Tr
                     opt_state=_unbox_masked(optimizer.init(trainable)))
 
 
-def _unbox_masked(opt_state):
+def _unbox_masked(opt_state: optax.OptState) -> optax.OptState:
   """An optimizer that leaves some parameters to another (optax.partition: Muon and AdamW)
   keeps an empty MaskedNode for each of them, inside the parameter's logical-axis box; out
   of the box it has no leaves, as in the unboxed state, and so no sharding."""
@@ -44,25 +48,27 @@ def _unbox_masked(opt_state):
                       is_leaf=is_boxed_mask)
 
 
-def _abstract_boxed_state(model, optimizer) -> TrainState:
+def _abstract_boxed_state(model: GPT, optimizer: optax.GradientTransformation) -> TrainState:
   return jax.eval_shape(lambda: _boxed_state(model, optimizer, jax.random.key(0)))
 
 
-def _shardings_of(boxed, mesh):
+def _shardings_of(boxed: TrainState, mesh: Mesh) -> TrainState:
   return sharding.logical_shardings(mesh, nn.get_partition_spec(boxed))
 
 
-def state_shardings(model, optimizer, mesh):
+def state_shardings(model: GPT, optimizer: optax.GradientTransformation, mesh: Mesh
+                    ) -> TrainState:
   """NamedShardings for every leaf of the (unboxed) TrainState on `mesh`."""
   return _shardings_of(_abstract_boxed_state(model, optimizer), mesh)
 
 
-def abstract_params(model, mesh):
+def abstract_params(model: GPT, mesh: Mesh) -> Params:
   """ShapeDtypeStructs with shardings of the model's parameters alone (no optimizer state)."""
   return abstract_state(model, optax.identity(), mesh).params
 
 
-def abstract_state(model, optimizer, mesh):
+def abstract_state(model: GPT, optimizer: optax.GradientTransformation, mesh: Mesh
+                   ) -> TrainState:
   """ShapeDtypeStructs with shardings: the target a checkpoint is restored into."""
   boxed = _abstract_boxed_state(model, optimizer)  # one trace of the model for both
   # Out of the box without nn.meta.unbox's sharding constraint, which needs a trace.
@@ -73,8 +79,9 @@ def abstract_state(model, optimizer, mesh):
                       shapes, _shardings_of(boxed, mesh))
 
 
-def init_state(model, optimizer, mesh, seed: int, pretrained=None,
-               shardings=None) -> TrainState:
+def init_state(model: GPT, optimizer: optax.GradientTransformation, mesh: Mesh, seed: int,
+               pretrained: Params | None = None, shardings: TrainState | None = None
+               ) -> TrainState:
   """A freshly initialised state, each array created where its shard lives.
 
   `pretrained` (arrays on the mesh, e.g. GPT-2's weights) replaces the matching initial
@@ -95,9 +102,9 @@ def init_state(model, optimizer, mesh, seed: int, pretrained=None,
     return lowered.compile(compiler_options=options)(params_key(seed), pretrained)
 
 
-def params_key(seed: int):
+def params_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-def dropout_key(seed: int):
+def dropout_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 1)

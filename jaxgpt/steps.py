@@ -5,19 +5,25 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from jaxgpt import lora, sharding
-from jaxgpt.state import TrainState
+from jaxgpt.model import GPT
+from jaxgpt.state import Params, TrainState
+
+Metrics = dict[str, jax.Array]  # a step's loss, norms, learning rate and stop flag
 
 
-def loss_fn(model, params, x_BxT, y_BxT, dropout_rng=None):
+def loss_fn(model: GPT, params: Params, x_BxT: jax.Array, y_BxT: jax.Array,
+            dropout_rng: jax.Array | None = None) -> jax.Array:
   """Mean next-token cross-entropy, in float32."""
   logits_BxTxV = model.apply({"params": params}, x_BxT, deterministic=dropout_rng is None,
                              rngs=None if dropout_rng is None else {"dropout": dropout_rng})
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean()
 
 
-def _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng):
+def _gradients(model: GPT, trainable: Params, frozen: Params, x_AxBxT: jax.Array,
+               y_AxBxT: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, Params]:
   """Loss and gradients of the trainable parameters, averaged over A equal micro-batches:
   equal to one big batch."""
   num_micro = x_AxBxT.shape[0]
@@ -40,8 +46,9 @@ def _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng):
   return jax.tree.map(lambda g: g / num_micro, (loss, grads))
 
 
-def train_step(state: TrainState, x_AxBxT, y_AxBxT, stop_B, *, model, optimizer, schedule,
-               dropout_key):
+def train_step(state: TrainState, x_AxBxT: jax.Array, y_AxBxT: jax.Array, stop_B: jax.Array, *,
+               model: GPT, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
   """One optimizer step over A micro-batches; returns the new state and its metrics.
 
   Only the trainable parameters change (all of them, or the LoRA adapters only).
@@ -65,7 +72,7 @@ def train_step(state: TrainState, x_AxBxT, y_AxBxT, stop_B, *, model, optimizer,
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_loss(params, x_ExBxT, y_ExBxT, *, model):
+def eval_loss(params: Params, x_ExBxT: jax.Array, y_ExBxT: jax.Array, *, model: GPT) -> jax.Array:
   """Mean loss over E evaluation batches, as one compiled loop."""
   def body(total, xy):
     return total + loss_fn(model, params, *xy), None
@@ -73,7 +80,9 @@ def eval_loss(params, x_ExBxT, y_ExBxT, *, model):
   return total / x_ExBxT.shape[0]
 
 
-def jit_train_step(model, optimizer, schedule, dropout_key, mesh, state_shardings):
+def jit_train_step(model: GPT, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                   dropout_key: jax.Array, mesh: Mesh, state_shardings: TrainState
+                   ) -> jax.stages.Wrapped:
   """The jitted train step: state donated, batches (A, B, T) and stop requests (B,) sharded
   over B."""
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
@@ -84,7 +93,8 @@ def jit_train_step(model, optimizer, schedule, dropout_key, mesh, state_sharding
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def abstract_batch(mesh, batch_size: int, micro_batches: int, block_size: int):
+def abstract_batch(mesh: Mesh, batch_size: int, micro_batches: int, block_size: int
+                   ) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
   """ShapeDtypeStructs of the train step's x and y (A, B/A, T) and stop (B/A,) arguments,
   A = micro_batches: what the step is compiled for before any batch exists."""
   rows = batch_size // micro_batches
@@ -94,7 +104,8 @@ def abstract_batch(mesh, batch_size: int, micro_batches: int, block_size: int):
   return xy, xy, stop
 
 
-def jit_eval_loss(model, mesh, params_shardings):
+def jit_eval_loss(model: GPT, mesh: Mesh, params_shardings: Params) -> jax.stages.Wrapped:
+  """The jitted evaluation loop: parameters as sharded, batches (E, B, T) sharded over B."""
   batches = sharding.global_batch_sharding(mesh, leading_dims=1)
   return jax.jit(functools.partial(eval_loss, model=model),
                  in_shardings=(params_shardings, batches, batches),

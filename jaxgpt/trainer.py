@@ -20,7 +20,7 @@ from jaxgpt.errors import Interrupted, UserError
 from jaxgpt.model import GPT, count_params
 
 
-def _check_batch(config, mesh) -> int:
+def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
   """This process's rows per micro-batch; the global batch must split evenly."""
   t = config.train
   micro_batch = t.batch_size // t.grad_accum_steps
@@ -199,7 +199,8 @@ class Trainer:
                             start_step, end_step, use_tf=_use_tf(c),
                             process_count=jax.process_count(), micro_batches=t.grad_accum_steps)
 
-  def global_micro_batches(self, x_BxT: np.ndarray, y_BxT: np.ndarray):
+  def global_micro_batches(self, x_BxT: np.ndarray, y_BxT: np.ndarray
+                           ) -> tuple[jax.Array, jax.Array]:
     """(B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
     a = self.config.train.grad_accum_steps
     return tuple(sharding.global_batch(z.reshape(a, -1, z.shape[-1]), self.mesh, leading_dims=1)
