@@ -6,7 +6,11 @@ The model is a randomly initialised GPT-2 124M shape (12 layers, 768 wide, 1,024
 about 50 tokens and four endings of about 20) over Shakespeare's lines, as a local lm-eval task,
 so nothing is downloaded. Both backends see the same requests; their accuracies must agree.
 
-  python benchmarks/eval_speed.py [--examples=100] [--hf_batch_size=32]
+  python benchmarks/eval_speed.py [--examples=100] [--hf_batch_size=32] [--dtype=float32]
+
+--dtype is both backends' compute dtype (bfloat16: jaxgpt keeps float32 weights and
+computes in bfloat16, transformers holds bfloat16 weights; on Intel processors with AMX both
+reach its bfloat16 matrix units).
 """
 
 import argparse
@@ -57,6 +61,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--examples", type=int, default=100)
   parser.add_argument("--hf_batch_size", type=int, default=32)
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   args = parser.parse_args()
   os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,7 +77,7 @@ def main():
   results = {}
 
   started = time.perf_counter()
-  loaded = run_loader.load_pretrained(folder)
+  loaded = run_loader.load_pretrained(folder).with_dtype(args.dtype)
   scorer = scoring.Scorer(loaded.model, loaded.params, loaded.mesh)
   model = lm_eval_model.harness_model(loaded, scorer)
   loaded_s = time.perf_counter() - started
@@ -83,11 +88,11 @@ def main():
 
   started = time.perf_counter()
   theirs = lm_eval.simple_evaluate(
-      model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=[task],
+      model="hf", model_args=f"pretrained={folder},dtype={args.dtype}", tasks=[task],
       task_manager=manager, device="cpu", batch_size=args.hf_batch_size)
   results["hf"] = {"seconds": time.perf_counter() - started,
                    "batch_size": args.hf_batch_size, "acc": theirs["results"][task]["acc,none"]}
-  results["requests"] = 4 * args.examples
+  results["requests"], results["dtype"] = 4 * args.examples, args.dtype
   results["speedup"] = results["hf"]["seconds"] / results["jaxgpt"]["seconds"]
   print(json.dumps(results))
 

@@ -30,6 +30,11 @@ class LoadedRun:
   def context(self):
     return sharding.rules_context(self.mesh)
 
+  def with_dtype(self, dtype: str) -> "LoadedRun":
+    """The same run computing in `dtype` (its parameters stay float32)."""
+    model = GPT(dataclasses.replace(self.model.config, dtype=dtype))
+    return dataclasses.replace(self, model=model)
+
   def logits(self, tokens_BxT) -> np.ndarray:
     """The model's float32 logits (batch, time, vocabulary) on int token ids (batch, time):
     position t's predict token t + 1 from tokens 0..t. Rows hold 1 to model.block_size ids."""

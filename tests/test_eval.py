@@ -328,3 +328,17 @@ def test_training_logs_hellaswag_at_its_steps_and_after_resuming(tmp_path):
                          "--config.train.hellaswag_every=10", f"--config.data.hellaswag_path={bad}",
                          check=False), "'label'")
   assert not os.path.exists(tmp_path / "other" / "config.json")
+
+
+def test_bfloat16_compute_scores_close_to_float32(hf_folder):
+  loaded = run_loader.load_pretrained(hf_folder)
+  rng = np.random.default_rng(3)
+  vocab = loaded.tokenizer.vocab_size
+  requests = [(rng.integers(0, vocab, 20), rng.integers(0, vocab, 5)) for _ in range(6)]
+  scores = {}
+  for dtype in ("float32", "bfloat16"):
+    run = loaded.with_dtype(dtype)
+    scores[dtype] = [s.token_losses for s in scoring.Scorer(run.model, run.params, run.mesh).score(requests)]
+    assert all(x.dtype == np.float32 for x in scores[dtype])
+  np.testing.assert_allclose(np.concatenate(scores["bfloat16"]), np.concatenate(scores["float32"]),
+                             rtol=3e-2, atol=3e-2)
