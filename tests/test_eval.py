@@ -342,3 +342,18 @@ def test_bfloat16_compute_scores_close_to_float32(hf_folder):
     assert all(x.dtype == np.float32 for x in scores[dtype])
   np.testing.assert_allclose(np.concatenate(scores["bfloat16"]), np.concatenate(scores["float32"]),
                              rtol=3e-2, atol=3e-2)
+
+
+def test_hellaswag_val_is_fetched_once_into_the_cache_or_is_one_line_offline(tmp_path,
+                                                                            monkeypatch):
+  monkeypatch.setattr(hellaswag, "CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(hellaswag, "VAL_URL", (tmp_path / "missing.jsonl").as_uri())
+  with pytest.raises(UserError, match="could not fetch .* pass --hellaswag=FILE"):
+    hellaswag.resolve("val")
+  official = _write_hellaswag(tmp_path / "hellaswag_val.jsonl")
+  monkeypatch.setattr(hellaswag, "VAL_URL", "file://" + official)
+  cached = hellaswag.resolve("val")
+  assert cached == str(tmp_path / "cache" / "hellaswag_val.jsonl")
+  assert hellaswag.read_examples(cached) == hellaswag.read_examples(official)
+  os.remove(official)  # the second time it comes from the cache
+  assert hellaswag.resolve("val") == cached
