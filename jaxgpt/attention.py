@@ -126,7 +126,8 @@ def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool, ma
     mask_BxHxTxS = jnp.where(mask_BxTxS[:, None], 0.0, -jnp.inf)
   probs_BxHxTxS = jax.nn.softmax(att_BxHxTxS + mask_BxHxTxS, axis=-1)
   probs_BxHxTxS = dropout(probs_BxHxTxS, deterministic=deterministic)
-  y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+  y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
+                         preferred_element_type=jnp.float32).astype(v_BxHxSxK.dtype)
   return y_BxHxTxK.transpose(0, 2, 1, 3)
 
 
@@ -137,7 +138,8 @@ def _weighted_values(q_NxTxK, k_NxKxS, v_NxSxK, mask_TxS):
                          preferred_element_type=jnp.float32) * scale
   att_NxTxS = jnp.where(mask_TxS, att_NxTxS, jnp.finfo(jnp.float32).min)
   probs_NxTxS = jax.nn.softmax(att_NxTxS, axis=-1)
-  return jnp.einsum("nts,nsk->ntk", probs_NxTxS.astype(v_NxSxK.dtype), v_NxSxK)
+  return jnp.einsum("nts,nsk->ntk", probs_NxTxS.astype(v_NxSxK.dtype), v_NxSxK,
+                    preferred_element_type=jnp.float32).astype(v_NxSxK.dtype)
 
 
 class _Scale(nn.Module):
