@@ -76,7 +76,7 @@ def test_checkpoint_save_then_restore_is_identical_on_another_mesh(text_file, tm
   config.mesh.update(data=1, fsdp=1, tensor=2)
   other = Trainer(config, str(tmp_path / "b"), devices=jax.devices()[:2])
   with sharding.rules_context(other.mesh):
-    target = state_lib.abstract_state(other.model, other.optimizer, other.mesh)
+    target = state_lib.abstract_state(other.model, other.program.optimizer, other.mesh)
   restored = checkpoint.Checkpointer(str(tmp_path / "ckpt"), read_only=True).restore(7, target)
   chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(state))
   wte = restored.params["wte"]
