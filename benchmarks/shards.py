@@ -22,7 +22,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from jaxgpt.data import get_batch, shards  # pylint: disable=wrong-import-position
+from jaxgpt.data import BatchSpec, get_batch, shards  # pylint: disable=wrong-import-position
 
 SHARD_TOKENS = 100_000_000
 ROWS, BLOCK = 480, 1024  # configs/gpt2_owt.py
@@ -51,9 +51,10 @@ def evict(directory: str) -> None:
 
 
 def tokens_per_second(tokens, steps: int, first_step: int) -> float:
+  spec = BatchSpec(seed=0, process_index=0, batch_size=ROWS, block_size=BLOCK)
   started = time.perf_counter()
   for step in range(first_step, first_step + steps):
-    get_batch(tokens, 0, step, 0, ROWS, BLOCK)
+    get_batch(tokens, spec, step)
   return steps * ROWS * BLOCK / (time.perf_counter() - started)
 
 

@@ -1,10 +1,12 @@
 """Tests for jaxgpt.data.pipeline."""
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 import pytest
 
-from jaxgpt.data import BatchStream, build_dataset, eval_batches, get_batch
+from jaxgpt.data import BatchSpec, BatchStream, build_dataset, eval_batches, get_batch
 from jaxgpt.data.tokenizer import CharTokenizer
 from jaxgpt.errors import UserError
 
@@ -20,7 +22,7 @@ def config(path, block_size=8):
 
 
 def test_targets_are_inputs_shifted():
-  x, y = get_batch(TOKENS, seed=0, step=3, process_index=0, batch_size=5, block_size=16)
+  x, y = get_batch(TOKENS, BatchSpec(seed=0, process_index=0, batch_size=5, block_size=16), 3)
   assert x.shape == y.shape == (5, 16)
   assert x.dtype == y.dtype == np.int32
   np.testing.assert_array_equal(y, x + 1)
@@ -28,19 +30,20 @@ def test_targets_are_inputs_shifted():
 
 
 def test_batches_are_a_pure_function():
-  args = dict(seed=1, step=7, process_index=0, batch_size=8, block_size=16)
-  first, _ = get_batch(TOKENS, **args)
-  np.testing.assert_array_equal(first, get_batch(TOKENS, **args)[0])
-  for change in ({"step": 8}, {"process_index": 1}, {"seed": 2}, {"stream": 1}):
-    other, _ = get_batch(TOKENS, **{**args, **change})
+  spec = BatchSpec(seed=1, process_index=0, batch_size=8, block_size=16)
+  first, _ = get_batch(TOKENS, spec, 7)
+  np.testing.assert_array_equal(first, get_batch(TOKENS, spec, 7)[0])
+  assert not np.array_equal(first[:, 0], get_batch(TOKENS, spec, 8)[0][:, 0])
+  for change in ({"process_index": 1}, {"seed": 2}, {"stream": 1}):
+    other, _ = get_batch(TOKENS, dataclasses.replace(spec, **change), 7)
     assert not np.array_equal(first[:, 0], other[:, 0]), change
 
 
 def test_offsets_stay_in_bounds():
   tokens = np.arange(20, dtype=np.int32)
   for step in range(50):
-    x, y = get_batch(tokens, seed=3, step=step, process_index=0, batch_size=16,
-                     block_size=18)
+    x, y = get_batch(tokens, BatchSpec(seed=3, process_index=0, batch_size=16, block_size=18),
+                     step)
     assert x.min() >= 0 and y.max() <= 19
 
 
@@ -50,7 +53,7 @@ def test_eval_batches_are_fixed_and_differ_from_training():
   assert len(first) == 3
   for (x1, _), (x2, _) in zip(first, again):
     np.testing.assert_array_equal(x1, x2)
-  assert not np.array_equal(first[0][0], get_batch(TOKENS, 0, 0, 0, 4, 8)[0])
+  assert not np.array_equal(first[0][0], get_batch(TOKENS, BatchSpec(0, 0, 4, 8), 0)[0])
 
 
 def assert_same_batches(got, expected):
@@ -64,7 +67,7 @@ def assert_same_batches(got, expected):
 def test_numpy_stream_equals_get_batch():
   stream = BatchStream(TOKENS, 5, 1, 4, 8, start_step=2, end_step=6, use_tf=False)
   assert not stream.uses_tf
-  expected = [get_batch(TOKENS, 5, step, 1, 4, 8) for step in range(2, 6)]
+  expected = [get_batch(TOKENS, BatchSpec(5, 1, 4, 8), step) for step in range(2, 6)]
   assert_same_batches(list(stream), expected)
 
 
@@ -111,4 +114,4 @@ def test_split_too_short(tmp_path):
 
 def test_too_few_tokens_for_get_batch():
   with pytest.raises(UserError, match="too short"):
-    get_batch(np.arange(5, dtype=np.int32), 0, 0, 0, 2, block_size=8)
+    get_batch(np.arange(5, dtype=np.int32), BatchSpec(0, 0, 2, block_size=8), 0)

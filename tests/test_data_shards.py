@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxgpt.data import BatchStream, get_batch, pipeline, shards
+from jaxgpt.data import BatchSpec, BatchStream, get_batch, pipeline, shards
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
@@ -106,8 +106,8 @@ def test_batches_from_shards_equal_batches_from_memory(tmp_path):
   tokens = np.random.default_rng(1).integers(0, 60, 5000).astype(np.int32)
   lazy = _split_into_shards(tmp_path, tokens, [1000, 2500, 1500])
   for step in (0, 7):
-    for got, expected in zip(get_batch(lazy, 3, step, 1, 8, 32, process_count=2),
-                             get_batch(tokens, 3, step, 1, 8, 32, process_count=2)):
+    spec = BatchSpec(3, 1, 8, 32, process_count=2)
+    for got, expected in zip(get_batch(lazy, spec, step), get_batch(tokens, spec, step)):
       np.testing.assert_array_equal(got, expected)
 
 

@@ -166,25 +166,38 @@ def _windows(tokens: Tokens, starts, length: int) -> np.ndarray:
   return np.asarray(tokens, np.int32)[starts[:, None] + np.arange(length)]
 
 
-def get_batch(tokens: np.ndarray, seed: int, step: int, process_index: int,
-              batch_size: int, block_size: int, stream: int = TRAIN_STREAM,
-              process_count: int = 1,
-              micro_batches: int = 1) -> tuple[np.ndarray, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """The batches one process draws: its `batch_size` rows of `block_size` tokens, of the
+  global batch of `process_count` processes split into `micro_batches` parts, from the
+  stream `stream` of `seed`."""
+  seed: int
+  process_index: int
+  batch_size: int
+  block_size: int
+  stream: int = TRAIN_STREAM
+  process_count: int = 1
+  micro_batches: int = 1
+
+  def row_ids(self) -> np.ndarray:
+    return row_ids(self.process_index, self.batch_size, self.process_count, self.micro_batches)
+
+
+def get_batch(tokens: Tokens, spec: BatchSpec, step: int) -> tuple[np.ndarray, np.ndarray]:
   """This process's (inputs, targets) for `step`, both int32 [batch, block]."""
-  _check_length(tokens, block_size, "the token array")
-  rows = row_ids(process_index, batch_size, process_count, micro_batches)
-  starts = _offsets(_NUMPY_OPS, len(tokens) - block_size, seed, stream, step,
-                    rows)
-  windows = _windows(tokens, starts, block_size + 1)
+  _check_length(tokens, spec.block_size, "the token array")
+  starts = _offsets(_NUMPY_OPS, len(tokens) - spec.block_size, spec.seed, spec.stream, step,
+                    spec.row_ids())
+  windows = _windows(tokens, starts, spec.block_size + 1)
   return windows[:, :-1], windows[:, 1:]
 
 
 def eval_batches(tokens, seed, process_index, batch_size, block_size,
                  num_batches, process_count: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
   """The fixed evaluation set: the same batches at every evaluation."""
-  return [get_batch(tokens, seed, i, process_index, batch_size, block_size,
-                    stream=EVAL_STREAM, process_count=process_count)
-          for i in range(num_batches)]
+  spec = BatchSpec(seed, process_index, batch_size, block_size, stream=EVAL_STREAM,
+                   process_count=process_count)
+  return [get_batch(tokens, spec, i) for i in range(num_batches)]
 
 
 def _tensorflow_installed() -> bool:
@@ -203,9 +216,8 @@ class BatchStream:
                process_count: int = 1, micro_batches: int = 1):
     _check_length(tokens, block_size, "the token array")
     self._tokens = tokens if isinstance(tokens, shards.TokenShards) else np.asarray(tokens, np.int32)
-    self._seed, self._process_index = seed, process_index
-    self._process_count, self._micro_batches = process_count, micro_batches
-    self._batch_size, self._block_size = batch_size, block_size
+    self._spec = BatchSpec(seed, process_index, batch_size, block_size,
+                           process_count=process_count, micro_batches=micro_batches)
     self._start_step, self._end_step = start_step, end_step
     self._use_tf = _tensorflow_installed() if use_tf is None else use_tf
 
@@ -220,10 +232,7 @@ class BatchStream:
 
   def _numpy_batches(self):
     for step in range(self._start_step, self._end_step):
-      yield get_batch(self._tokens, self._seed, step, self._process_index,
-                      self._batch_size, self._block_size,
-                      process_count=self._process_count,
-                      micro_batches=self._micro_batches)
+      yield get_batch(self._tokens, self._spec, step)
 
   def _tf_batches(self):
     tf = tfhost.import_tensorflow()
@@ -231,14 +240,14 @@ class BatchStream:
       return self._tf_batches_from_shards(tf)
     tokens = tf.constant(self._tokens)
     ops = _tf_ops(tf)
-    rows = tf.constant(row_ids(self._process_index, self._batch_size,
-                               self._process_count, self._micro_batches))
-    window = tf.range(self._block_size + 1, dtype=tf.int64)
+    spec = self._spec
+    rows = tf.constant(spec.row_ids())
+    window = tf.range(spec.block_size + 1, dtype=tf.int64)
 
     @tf.autograph.experimental.do_not_convert
     def make_batch(step):
-      starts = _offsets(ops, len(self._tokens) - self._block_size, self._seed,
-                        TRAIN_STREAM, step, rows)
+      starts = _offsets(ops, len(self._tokens) - spec.block_size, spec.seed, spec.stream, step,
+                        rows)
       windows = tf.gather(tokens, tf.cast(starts, tf.int64)[:, None] + window)
       return windows[:, :-1], windows[:, 1:]
 
@@ -247,14 +256,12 @@ class BatchStream:
   def _tf_batches_from_shards(self, tf):
     """Memory-mapped shards have no TensorFlow form: tf.data runs the NumPy batch function
     on its background thread, ahead of the step."""
-    shape = (self._batch_size, self._block_size)
+    shape = (self._spec.batch_size, self._spec.block_size)
     failures = []  # a UserError reaches the loop wrapped in TensorFlow's error: keep it
 
     def numpy_batch(step):
       try:
-        return get_batch(self._tokens, self._seed, int(step), self._process_index,
-                         self._batch_size, self._block_size, process_count=self._process_count,
-                         micro_batches=self._micro_batches)
+        return get_batch(self._tokens, self._spec, int(step))
       except UserError as e:
         failures.append(e)
         raise
