@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from jaxgpt import config as config_lib
-from jaxgpt.data import documents, shard_writer, shards, sources
+from jaxgpt.data import shards, sources
 from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+from jaxgpt.prepare import documents, shard_writer
 
 from helpers import REPO, assert_clean_error
 

@@ -16,8 +16,8 @@ import signal
 import numpy as np
 
 from jaxgpt.data import tokenizer as tokenizer_lib
-from jaxgpt.data.shard_writer import read_json
 from jaxgpt.errors import UserError, first_line
+from jaxgpt.prepare.shard_writer import read_json
 
 GPT2_REPO = "openai-community/gpt2"
 GPT2_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]

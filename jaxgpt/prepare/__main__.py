@@ -33,9 +33,10 @@ import time
 from absl import flags
 
 from jaxgpt import cli, config as config_lib
-from jaxgpt.data import corpus, documents, shard_writer, shards
+from jaxgpt.data import shards
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import Interrupted, UserError, run_cli
+from jaxgpt.prepare import corpus, documents, shard_writer
 from jaxgpt.progress import duration
 
 SOURCES = config_lib.TEXT_SOURCES + ("hf",)

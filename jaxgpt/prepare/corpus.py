@@ -16,10 +16,11 @@ import sys
 import numpy as np
 
 from jaxgpt import config as config_lib
-from jaxgpt.data import documents as documents_lib
-from jaxgpt.data import encoding, shard_writer, shards, sources
+from jaxgpt.data import shards, sources
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
+from jaxgpt.prepare import documents as documents_lib
+from jaxgpt.prepare import encoding, shard_writer
 from jaxgpt.progress import ProgressLine
 
 SPLITS = ("train", "val")
