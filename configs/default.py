@@ -14,8 +14,8 @@ was chosen, and says what each option of the recipe is worth (benchmarks/ablatio
 
 import jax
 
-from configs import recipe, speedrun_shakespeare
 from jaxgpt.config import base_config
+from jaxgpt.configs import recipe, speedrun_shakespeare
 
 CPU_STEPS = 1500
 

@@ -10,7 +10,7 @@ Prepare the shards once (see the README), then point data.path at them:
 32 on a TPU v4-8's 4 chips); on one GPU use --config.train.grad_accum_steps=8 (64 a step).
 """
 
-from configs import gpt2_owt
+from jaxgpt.configs import gpt2_owt
 
 
 def get_config():

@@ -11,7 +11,7 @@ sequences (6 a device on 8, 12 on a v4-8's 4 chips). See what it needs before ru
   python -m jaxgpt.train --config=configs/gpt2_xl.py --config.data.path=DIR
 """
 
-from configs import gpt2_owt
+from jaxgpt.configs import gpt2_owt
 
 
 def get_config():

@@ -12,7 +12,7 @@ The batch and precision are gpt2_fineweb's (512 x 1,024 tokens in 4 micro-batche
 No GPU or TPU figure has been measured for it yet (BENCHMARKS.md).
 """
 
-from configs import gpt2_fineweb, recipe
+from jaxgpt.configs import gpt2_fineweb, recipe
 
 
 def get_config():

@@ -10,7 +10,7 @@ step 1,750 of them, and Muon needs fewer), and dropout 0.1, since 10.7 M paramet
 the plays' 4.5 M characters. No GPU or TPU figure has been measured for it yet (BENCHMARKS.md).
 """
 
-from configs import recipe, shakespeare_char
+from jaxgpt.configs import recipe, shakespeare_char
 
 
 def get_config():

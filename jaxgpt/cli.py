@@ -9,11 +9,11 @@ import textwrap
 
 from absl import flags
 
+from jaxgpt import configs
 from jaxgpt.errors import UserError, first_line
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# configs/ lies beside the jaxgpt package in a clone and, as its own package, when installed.
-CONFIGS = os.path.join(REPO_ROOT, "configs")
+# The bundled configs' folder: configs/ in a clone, jaxgpt/configs/ when installed.
+CONFIGS = configs.__path__[0]
 DEFAULT_CONFIG = os.path.join(CONFIGS, "default.py")
 
 
@@ -163,7 +163,7 @@ def config_reference() -> str:
   """docs/config.md: every config key with its default (base_config's) and meaning, one
   Markdown table per section, and the keys configs/recipe.py sets; `python -m jaxgpt.cli`
   prints it."""
-  from configs import recipe  # pylint: disable=g-import-not-at-top
+  from jaxgpt.configs import recipe  # pylint: disable=g-import-not-at-top
   from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
   meanings = config_lib.key_meanings()
   sections = {}

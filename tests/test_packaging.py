@@ -45,7 +45,8 @@ def test_config_names_resolve_and_files_here_win(tmp_path, monkeypatch):
 def test_pip_install_runs_from_another_directory(tmp_path):
   """`pip install .` of the working tree into a new virtual environment (its dependencies are
   this environment's packages, so nothing is downloaded), then a config by name from another
-  directory: jaxgpt and configs come from the installed package, not the clone."""
+  directory: jaxgpt and its configs come from the installed package, not the clone, and no
+  top-level `configs` package is installed to clash with another project's."""
   source = tmp_path / "source"
   for name in ("jaxgpt", "configs"):
     shutil.copytree(os.path.join(REPO, name), source / name,
@@ -63,10 +64,16 @@ def test_pip_install_runs_from_another_directory(tmp_path):
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_NUM_CPU_DEVICES")}
-  where = subprocess.run([python, "-c", "import jaxgpt, configs; print(jaxgpt.__file__, "
-                          "configs.__file__)"], cwd=elsewhere, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
-  assert all(path.startswith(site) for path in where), where
+  where = subprocess.run([python, "-c", "import importlib.util, jaxgpt.configs; print("
+                          "jaxgpt.__file__, jaxgpt.configs.__file__, "
+                          "importlib.util.find_spec('configs'))"], cwd=elsewhere, env=env,
+                         check=True, capture_output=True, text=True).stdout.split()
+  assert all(path.startswith(site) for path in where[:2]) and where[2] == "None", where
+  assert not os.path.exists(os.path.join(site, "configs"))
+  # configs/default.py imports the configs it builds on, as jaxgpt.configs.
+  shown = subprocess.run([python, "-m", "jaxgpt.train", "--config=configs/default.py", "--help"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+  assert "values of --config=default:" in shown.stdout, shown.stderr
   result = subprocess.run([python, "-m", "jaxgpt.train", "--config=shakespeare_char_cpu", *SHORT],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
