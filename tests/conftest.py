@@ -17,7 +17,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # pylint: disable=wrong-import-position
 
-from helpers import LINES, require_transformers, tiny_config, write_token_dataset  # pylint: disable=wrong-import-position
+from helpers import LINES, require_transformers, write_token_dataset  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +26,6 @@ def text_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("data") / "plays.txt"
   path.write_text(LINES * 60, encoding="utf-8")
   return str(path)
-
-
-@pytest.fixture
-def tiny():
-  return tiny_config()
 
 
 @pytest.fixture(scope="session")

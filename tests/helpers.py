@@ -14,11 +14,17 @@ from jaxgpt.model import GPT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A tiny model of the CPU config, for commands that train.
-TINY = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
-        "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=32",
-        "--config.train.batch_size=8", "--config.data.pipeline=numpy",
-        "--config.train.eval_steps=4", "--config.train.log_every=50"]
+# The tiny model every test trains, in-process (tiny_config) and on the command line
+# (tiny_args): 2 layers, 32 wide, a block of 16, batches of 8 from the NumPy pipeline.
+_TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 16,
+        "model.dropout": 0.0, "train.batch_size": 8, "data.pipeline": "numpy"}
+# An in-process run of it: 10 steps, evaluated, logged and saved every 5.
+_IN_PROCESS = {"model.vocab_multiple": 8, "train.max_steps": 10, "train.warmup_steps": 2,
+            "train.eval_every": 5, "train.eval_steps": 2, "train.log_every": 5,
+            "train.checkpoint_every": 5, "train.sample_tokens": 0}
+# A command's run keeps the CPU config's schedule, with short evaluations and a quiet log.
+_COMMAND = {"train.eval_steps": 4, "train.log_every": 50}
+CPU_CONFIG = "configs/shakespeare_char_cpu.py"
 
 
 def run(module, *args, check=True, cwd=REPO):
@@ -63,6 +69,16 @@ def require_transformers():
   return pytest.importorskip("transformers")
 
 
+def init_params(model, seed=0):
+  """The model's initial parameters (unboxed), compiled as init_state compiles them: on CPU at
+  a lower optimisation level, seconds faster for the same values, bit for bit (test_steps)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  tokens = jax.numpy.zeros((1, model.config.block_size), jax.numpy.int32)
+  options = state_lib.CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  init = jax.jit(model.init).lower(jax.random.key(seed), tokens).compile(compiler_options=options)
+  return nn.meta.unbox(init(jax.random.key(seed), tokens)["params"])
+
+
 def perturbed_params(config, seed=0, scale=1.0):
   """A freshly initialised GPT's parameters (host arrays, either form of the layers), each
   scaled and given normal noise of std 0.05: norm scales of one and projections of zero
@@ -87,15 +103,43 @@ def assert_same_logits(actual, expected):
   np.testing.assert_allclose(actual, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
 
 
-def tiny_config(**model):
-  """A config small enough to train in a test: 2 layers, 32 wide, block 16."""
+def _dotted(overrides) -> dict:
+  """{"section.key": value} of tiny_config's and tiny_args' overrides: a bare name is a model
+  option (n_layer=3) or a top-level key (seed=1), a section takes a dict
+  (train=dict(max_steps=4)), and a dotted key is itself (**{"train.max_steps": 4})."""
+  base = config_lib.base_config()
+  dotted = {}
+  for key, value in overrides.items():
+    if "." in key:
+      dotted[key] = value
+    elif isinstance(value, dict):
+      dotted.update({f"{key}.{k}": v for k, v in value.items()})
+    else:
+      dotted[key if key in base and key not in base.model else f"model.{key}"] = value
+  for key in dotted:
+    section, _, name = key.rpartition(".")
+    if name not in (base[section] if section else base):
+      raise KeyError(f"tiny_config has no key {key!r}")
+  return dotted
+
+
+def tiny_config(**overrides):
+  """The tiny model's config (_TINY, _IN_PROCESS) with `overrides` (see _dotted), small
+  enough to train in a test: tiny_config(bias=True, train=dict(max_steps=4))."""
   c = config_lib.base_config()
-  c.model.update(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0, vocab_multiple=8)
-  c.model.update(**model)
-  c.train.update(batch_size=8, max_steps=10, warmup_steps=2, eval_every=5, eval_steps=2,
-                 log_every=5, checkpoint_every=5, sample_tokens=0)
-  c.data.pipeline = "numpy"
+  for key, value in {**_TINY, **_IN_PROCESS, **_dotted(overrides)}.items():
+    section, _, name = key.rpartition(".")
+    (c[section] if section else c).update({name: value})
   return c
+
+
+def tiny_args(config=CPU_CONFIG, **overrides):
+  """The command-line flags of the tiny model (_TINY, _COMMAND) on `config` (None: no
+  --config flag), with `overrides` as tiny_config takes them:
+  tiny_args(train=dict(max_steps=2)) ends with --config.train.max_steps=2."""
+  settings = {**_TINY, **_COMMAND, **_dotted(overrides)}
+  return ([f"--config={config}"] if config else []) + [f"--config.{k}={v}"
+                                                         for k, v in settings.items()]
 
 
 LINES = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
@@ -128,10 +172,7 @@ def write_token_dataset(text: str, directory, val_fraction=0.1, shard_chars=2000
 
 def text_config(text_file, **train):
   """tiny_config() training on `text_file`, logging every step."""
-  c = tiny_config()
-  c.data.update(source="text", path=text_file)
-  c.train.update(log_every=1, **train)
-  return c
+  return tiny_config(data=dict(source="text", path=text_file), train=dict(log_every=1, **train))
 
 
 def logged_losses(workdir, key="train_loss"):
@@ -178,12 +219,3 @@ def train_on_one_batch(config, num_steps, devices=None, dropout=0.0, state=None)
       losses.append(float(metrics["loss"]))  # blocks: one step in flight at most
   return losses, state
 
-
-SMALL_RUN_STEPS = 80
-SMALL_RUN = ["--config=configs/shakespeare_char_cpu.py", "--config.model.n_layer=2",
-             "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.block_size=16",
-             "--config.model.dropout=0.1", "--config.train.batch_size=8",
-             "--config.data.pipeline=numpy", "--config.train.eval_steps=2",
-             f"--config.train.max_steps={SMALL_RUN_STEPS}", "--config.train.eval_every=40",
-             "--config.train.checkpoint_every=10", "--config.train.log_every=1",
-             "--config.train.sample_tokens=0"]

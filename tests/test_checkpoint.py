@@ -14,7 +14,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.state import TrainState
 from jaxgpt.trainer import Trainer
 
-from helpers import TINY, assert_clean_error, logged_losses, run, text_config
+from helpers import assert_clean_error, logged_losses, run, text_config, tiny_args
 
 
 def _train(text_file, workdir, max_steps=10, **model):
@@ -115,7 +115,7 @@ def test_damaged_checkpoints_are_named_with_their_reason_in_plain_words(text_fil
   """Orbax's messages quoted an array index and TensorStore's spec, or said "'NoneType' object
   has no attribute 'tree'", and its unfinished reads printed tracebacks after the error."""
   workdir = tmp_path / "run"
-  args = [*TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+  args = [*tiny_args(), "--config.data.source=text", f"--config.data.path={text_file}",
           f"--workdir={workdir}", "--config.train.checkpoint_every=2",
           "--config.train.sample_tokens=0", "--config.train.eval_steps=1"]
   run("train", *args, "--config.train.max_steps=6")

@@ -153,12 +153,10 @@ def test_the_plays_prepared_train_like_the_plays(tmp_path):
   run("prepare", "--source=shakespeare_plays", "--tokenizer=char", f"--out={tmp_path / 'plays'}",
       "--shard_tokens=1000000")
   assert len(shards.read_dataset(tmp_path / "plays")["splits"]["train"]) > 1
-  plays = tiny_config()
-  plays.train.update(max_steps=6, log_every=1, eval_every=6)
-  Trainer(plays, str(tmp_path / "from_plays")).run()
-  prepared = tiny_config()
-  prepared.train.update(max_steps=6, log_every=1, eval_every=6)
+  plays = tiny_config(train=dict(max_steps=6, log_every=1, eval_every=6))
+  prepared = plays.copy_and_resolve_references()  # before the run sets data.fingerprint
   prepared.data.update(source="tokens", path=str(tmp_path / "plays"))
+  Trainer(plays, str(tmp_path / "from_plays")).run()
   Trainer(prepared, str(tmp_path / "from_tokens")).run()
   assert logged_losses(tmp_path / "from_tokens") == logged_losses(tmp_path / "from_plays")
   assert logged_losses(tmp_path / "from_tokens", "val_loss") == logged_losses(tmp_path / "from_plays",
@@ -167,9 +165,7 @@ def test_the_plays_prepared_train_like_the_plays(tmp_path):
 
 @pytest.mark.slow
 def test_resuming_on_a_dataset_with_another_tokenizer_is_refused(text_file, token_dir, tmp_path):
-  c = tiny_config()
-  c.data.update(source="tokens", path=token_dir)
-  c.train.max_steps = 5
+  c = tiny_config(data=dict(source="tokens", path=token_dir), train=dict(max_steps=5))
   Trainer(c, str(tmp_path / "run")).run()
   other = write_other_dataset(tmp_path / "other")
   c.data.path = other
@@ -274,9 +270,7 @@ def test_ids_past_the_vocabulary_are_named_where_batches_are_read(tmp_path):
 
 
 def _tokens_config(folder):
-  c = tiny_config()
-  c.data.update(source="tokens", path=str(folder))
-  return c
+  return tiny_config(data=dict(source="tokens", path=str(folder)))
 
 
 def test_a_tokenizer_that_is_not_the_datasets_is_refused_at_start(token_dir, tmp_path):

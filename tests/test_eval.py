@@ -18,7 +18,7 @@ from jaxgpt import data, hellaswag, heldout, run_loader, scoring, sharding
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
-from helpers import LINES, REPO, TINY, assert_clean_error, require_transformers, run
+from helpers import LINES, REPO, assert_clean_error, require_transformers, run, tiny_args
 
 WORDS = LINES.split()
 
@@ -161,7 +161,7 @@ def test_special_tokens_count_no_bytes(hf_folder):
 @pytest.mark.slow
 def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
   workdir = str(tmp_path / "run")
-  run("train", *TINY, f"--workdir={workdir}", "--config.train.max_steps=40",
+  run("train", *tiny_args(block_size=32), f"--workdir={workdir}", "--config.train.max_steps=40",
       "--config.train.eval_every=40", "--config.train.eval_steps=40",
       "--config.train.sample_tokens=0")
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -311,7 +311,7 @@ def test_training_logs_hellaswag_at_its_steps_and_after_resuming(tmp_path):
                                       "endings": [rng.choice(short) for _ in range(4)],
                                       "label": rng.randint(0, 3)}) + "\n" for _ in range(8)))
   workdir = str(tmp_path / "run")
-  args = [*TINY, f"--workdir={workdir}", "--config.train.hellaswag_every=10",
+  args = [*tiny_args(block_size=32), f"--workdir={workdir}", "--config.train.hellaswag_every=10",
           f"--config.data.hellaswag_path={path}", "--config.train.eval_every=100",
           "--config.train.sample_tokens=0"]
   first = run("train", *args, "--config.train.max_steps=25")
@@ -324,7 +324,7 @@ def test_training_logs_hellaswag_at_its_steps_and_after_resuming(tmp_path):
     assert 0 <= m["hellaswag_acc"] <= 1 and 0 <= m["hellaswag_acc_norm"] <= 1
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps({"ctx": "a", "endings": ["b"] * 4}) + "\n")
-  assert_clean_error(run("train", *TINY, f"--workdir={tmp_path / 'other'}",
+  assert_clean_error(run("train", *tiny_args(block_size=32), f"--workdir={tmp_path / 'other'}",
                          "--config.train.hellaswag_every=10", f"--config.data.hellaswag_path={bad}",
                          check=False), "'label'")
   assert not os.path.exists(tmp_path / "other" / "config.json")

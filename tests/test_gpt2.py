@@ -104,12 +104,10 @@ def test_finetune_then_export_gives_the_same_model_in_transformers(hf_folder, te
 
 
 def _lora_config(hf_folder, text_file):
-  config = tiny_config()
-  config.init_from = hf_folder
-  config.data.update(source="text", path=text_file)
-  config.lora.update(rank=4, alpha=8.0, targets="c_attn,c_proj,c_fc")
-  config.train.update(learning_rate=1e-2, max_steps=6, eval_every=6, checkpoint_every=6)
-  return config
+  return tiny_config(init_from=hf_folder, data=dict(source="text", path=text_file),
+                     lora=dict(rank=4, alpha=8.0, targets="c_attn,c_proj,c_fc"),
+                     train=dict(learning_rate=1e-2, max_steps=6, eval_every=6,
+                                checkpoint_every=6))
 
 
 @pytest.mark.slow
@@ -141,9 +139,7 @@ def test_lora_trains_only_adapters_and_exports_merged(hf_folder, text_file, tmp_
 
 @pytest.mark.slow
 def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
-  config = tiny_config()
-  config.data.update(source="text", path=text_file)
-  config.train.max_steps = 5
+  config = tiny_config(data=dict(source="text", path=text_file), train=dict(max_steps=5))
   workdir, out = str(tmp_path / "char"), str(tmp_path / "hf")
   Trainer(config, workdir, devices=jax.devices()[:1]).run()
   loaded = run_loader.load_run(workdir)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import LINES, REPO, TINY, with_ctrl_c
+from helpers import LINES, REPO, tiny_args, with_ctrl_c
 
 
 def _interrupted(command, after: float):
@@ -29,7 +29,7 @@ def _assert_stopped(returncode, stderr):
 
 def _train(text_file, workdir):
   """A run long enough that a Ctrl-C in its first seconds never comes after its last step."""
-  return with_ctrl_c("train", *TINY, "--config.data.source=text",
+  return with_ctrl_c("train", *tiny_args(), "--config.data.source=text",
                      f"--config.data.path={text_file}", f"--workdir={workdir}",
                      "--config.train.max_steps=100000", "--config.train.sample_tokens=0")
 
@@ -58,7 +58,7 @@ def test_ctrl_c_at_any_moment_of_train_start_up(text_file, tmp_path, after):
 @pytest.fixture(scope="module")
 def exportable_run(text_file, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run") / "run"
-  subprocess.run(with_ctrl_c("train", *TINY, "--config.data.source=text",
+  subprocess.run(with_ctrl_c("train", *tiny_args(), "--config.data.source=text",
                              f"--config.data.path={text_file}", f"--workdir={workdir}",
                              "--config.train.max_steps=2", "--config.train.sample_tokens=0"),
                  cwd=REPO, check=True, capture_output=True)

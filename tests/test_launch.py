@@ -15,7 +15,7 @@ import pytest
 
 import fake_gcloud
 
-from helpers import LINES, REPO
+from helpers import LINES, REPO, tiny_args
 
 TPU_SCRIPT = os.path.join(REPO, "launch", "tpu_vm.sh")
 NOTEBOOK = os.path.join(REPO, "launch", "colab.ipynb")
@@ -224,11 +224,9 @@ def test_tpu_script_refuses_a_slice_without_a_bucket(tpu):
   assert all(c[3:5] == ["tpu-vm", "describe"] for c in commands)
 
 
-SMALL = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
-         "--config.model.block_size=16", "--config.train.batch_size=8",
-         "--config.train.max_steps=10", "--config.train.eval_every=10",
-         "--config.train.eval_steps=2", "--config.train.sample_tokens=20",
-         "--config.data.source=text", "--config.data.pipeline=numpy"]
+RUN_ARGS = tiny_args(config=None, n_layer=1, data=dict(source="text"),
+                     train=dict(max_steps=10, eval_every=10, eval_steps=2, log_every=10,
+                                sample_tokens=20))
 
 
 def _train_for_real(tpu, tmp_path, text_file, workers, *options):
@@ -237,7 +235,7 @@ def _train_for_real(tpu, tmp_path, text_file, workers, *options):
   data = tmp_path / "it's plays.txt"  # a path the flags must quote
   shutil.copy(text_file, data)
   result = _tpu_script("--project=p", "--skip-install", "--run=plays", *options, "setup",
-                       "train", "logs", "sample", "--", *SMALL, f"--config.data.path={data}",
+                       "train", "logs", "sample", "--", *RUN_ARGS, f"--config.data.path={data}",
                        env=env, cwd=_run_folder(tmp_path), timeout=150)
   assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
   assert "done: step 10" in result.stdout and "training finished" in result.stdout
@@ -305,7 +303,7 @@ def _as_python(source: str) -> str:
 
 @pytest.mark.slow
 def test_notebook_trains_and_samples_on_cpu(tmp_path, text_file):
-  small = [*SMALL, f"--config.data.path={text_file}"]
+  small = [*RUN_ARGS, f"--config.data.path={text_file}"]
   outputs = []
   # `python` is this interpreter; JAX picks its CPU devices as it would on Colab.
   env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}

@@ -14,12 +14,12 @@ from jaxgpt import checkpoint, runtime
 from jaxgpt.data.pipeline import row_ids
 from jaxgpt.errors import UserError
 
-from helpers import REPO, SMALL_RUN, logged_losses
+from helpers import REPO, logged_losses, tiny_args
 
 
 STEPS = 10
-ARGS = [*SMALL_RUN, f"--config.train.max_steps={STEPS}", "--config.train.checkpoint_every=5",
-        "--config.train.eval_every=5"]
+ARGS = tiny_args(dropout=0.1, train=dict(eval_steps=2, max_steps=STEPS, eval_every=5,
+                                         checkpoint_every=5, log_every=1, sample_tokens=0))
 FAILING_SAVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failing_save.py")
 
 

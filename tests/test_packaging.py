@@ -11,10 +11,9 @@ import sysconfig
 import pytest
 
 from jaxgpt import cli
-from helpers import REPO, TINY, assert_clean_error, run
+from helpers import REPO, assert_clean_error, run, tiny_args
 
-SHORT = [a for a in TINY if not a.startswith("--config=")] + [
-    "--config.train.max_steps=2", "--config.train.sample_tokens=0"]
+SHORT = tiny_args(config=None, train=dict(max_steps=2, sample_tokens=0))
 
 
 @pytest.mark.slow

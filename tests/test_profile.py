@@ -15,13 +15,12 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 from jaxgpt.trainer import Trainer
 
-from helpers import TINY, assert_clean_error, run, tiny_config
+from helpers import assert_clean_error, run, tiny_args, tiny_config
 
 
 def _train(text_file, workdir, max_steps, profile_steps):
-  c = tiny_config()
-  c.data.update(source="text", path=text_file)
-  c.train.update(max_steps=max_steps, log_every=1, profile_steps=profile_steps)
+  c = tiny_config(data=dict(source="text", path=text_file),
+                  train=dict(max_steps=max_steps, log_every=1, profile_steps=profile_steps))
   Trainer(c, workdir, devices=jax.devices()[:1]).run()
 
 
@@ -89,14 +88,13 @@ def test_update_norm_is_what_the_parameters_moved_by():
 
 @pytest.mark.parametrize("value", ["3", "4,3", "-1,2", "0,2", "a,b", "1,2,3", "1.5,2"])
 def test_a_malformed_profile_steps_is_a_user_error(value):
-  c = tiny_config()
-  c.train.profile_steps = value
+  c = tiny_config(train=dict(profile_steps=value))
   with pytest.raises(UserError, match="train.profile_steps") as error:
     config_lib.validate(c)
   assert "\n" not in str(error.value)
 
 
 def test_a_malformed_profile_steps_is_one_line_on_the_command_line(tmp_path):
-  result = run("train", *TINY, f"--workdir={tmp_path / 'w'}", "--config.train.profile_steps=4,3",
+  result = run("train", *tiny_args(train=dict(profile_steps="4,3")), f"--workdir={tmp_path / 'w'}",
                check=False)
   assert_clean_error(result, "train.profile_steps='4,3'", "--config.train.profile_steps=10,20")

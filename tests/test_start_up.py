@@ -8,11 +8,11 @@ import pytest
 
 from jaxgpt import checkpoint
 
-from helpers import LINES, TINY, assert_clean_error, run
+from helpers import LINES, assert_clean_error, run, tiny_args
 
 
 def _train(text_file, workdir, *args):
-  return run("train", *TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+  return run("train", *tiny_args(), "--config.data.source=text", f"--config.data.path={text_file}",
              f"--workdir={workdir}", "--config.train.max_steps=2", "--config.train.eval_steps=1",
              "--config.train.sample_tokens=0", *args, check=False)
 

@@ -13,13 +13,7 @@ import pytest
 from jaxgpt import checkpoint, metrics, sharding, state as state_lib
 from jaxgpt.trainer import Trainer
 
-from helpers import REPO, logged_losses, text_config
-
-TINY_RUN = ["--config.model.n_layer=1", "--config.model.n_embd=16", "--config.model.n_head=2",
-            "--config.model.block_size=8", "--config.train.batch_size=8",
-            "--config.train.max_steps=4", "--config.train.log_every=1",
-            "--config.train.sample_tokens=0", "--config.data.pipeline=numpy"]
-
+from helpers import REPO, logged_losses, text_config, tiny_args
 
 @pytest.mark.slow
 def test_ten_steps_on_a_2x2x2_mesh_equal_one_device(text_file, tmp_path):
@@ -103,7 +97,9 @@ def test_a_run_writes_tensorboard_events_without_importing_tensorflow(text_file,
             "print('tensorflow imported:', 'tensorflow' in sys.modules)\n")
   result = subprocess.run(
       [sys.executable, "-c", script, "--config=shakespeare_char_cpu", f"--workdir={workdir}",
-       "--config.data.source=text", f"--config.data.path={text_file}", *TINY_RUN],
+       *tiny_args(config=None, n_layer=1, n_embd=16, block_size=8,
+                  data=dict(source="text", path=text_file),
+                  train=dict(max_steps=4, log_every=1, sample_tokens=0))],
       cwd=REPO, capture_output=True, text=True, check=True)
   assert "tensorflow imported: False" in result.stdout, result.stdout + result.stderr
   assert "done: step 4" in result.stdout, result.stdout + result.stderr
