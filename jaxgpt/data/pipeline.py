@@ -272,9 +272,12 @@ class BatchStream:
       return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape)
 
     batches = self._tf_steps(tf).map(make_batch).prefetch(2).as_numpy_iterator()
+    # Looked up now: a stream left unfinished is closed at exit, after TensorFlow's modules
+    # are torn down, and `tf.errors` would then be None.
+    op_error = tf.errors.OpError
     try:
       yield from batches
-    except tf.errors.OpError:
+    except op_error:
       if failures:
         raise failures[0] from None
       raise
