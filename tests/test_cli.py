@@ -10,7 +10,7 @@ from configs import default as default_config
 from jaxgpt import config as config_lib
 from jaxgpt.data import plays, sources
 
-from helpers import REPO, TINY, assert_clean_error, run
+from helpers import REPO, assert_clean_error, run, tiny_args
 
 
 def _speech_rows(play_name, text):
@@ -45,7 +45,7 @@ def kaggle_csv(tmp_path_factory):
 @pytest.mark.slow
 def test_train_on_kaggle_csv_then_sample(kaggle_csv, tmp_path):
   workdir = str(tmp_path / "run")
-  result = run("train", *TINY, "--config.data.source=kaggle_csv",
+  result = run("train", *tiny_args(block_size=32), "--config.data.source=kaggle_csv",
                f"--config.data.path={kaggle_csv}", "--config.train.max_steps=300",
                "--config.train.eval_every=300", "--config.train.learning_rate=3e-3",
                "--config.train.sample_tokens=40", f"--workdir={workdir}")
@@ -62,7 +62,7 @@ def test_train_on_kaggle_csv_then_sample(kaggle_csv, tmp_path):
 
 @pytest.mark.slow
 def test_default_workdir_is_named_after_the_config(tmp_path):
-  args = [a for a in TINY if not a.startswith("--config=")]
+  args = tiny_args(config=None)
   result = run("train", f"--config={REPO}/configs/shakespeare_char_cpu.py", *args,
                "--config.train.max_steps=2", "--config.train.sample_tokens=5", cwd=tmp_path)
   workdir = tmp_path / "runs" / "shakespeare_char_cpu"
@@ -79,7 +79,7 @@ def test_help_exits_zero():
 
 @pytest.mark.slow
 def test_bench_reports_a_benchmarks_row(text_file):
-  result = run("bench", *TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+  result = run("bench", *tiny_args(data=dict(source="text", path=text_file)),
                "--steps=3", "--end_to_end", "--config.train.max_steps=4",
                "--config.train.eval_every=4", "--config.train.sample_tokens=0")
   row = result.stdout.strip().splitlines()[-1]
@@ -88,7 +88,7 @@ def test_bench_reports_a_benchmarks_row(text_file):
     assert words in row, row
 
 
-@pytest.mark.parametrize("steps", ["0", "-1"])
+@pytest.mark.parametrize("steps", ["0", pytest.param("-1", marks=pytest.mark.slow)])
 def test_bench_steps_out_of_range_is_one_clear_line(steps):
   assert_clean_error(run("bench", f"--steps={steps}", check=False), f"--steps={steps}", "1 to")
 
@@ -109,11 +109,11 @@ def test_bench_steps_out_of_range_is_one_clear_line(steps):
                  marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
 ])
 def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
-  result = run("train", *TINY, *args, f"--workdir={tmp_path / 'w'}", check=False)
+  result = run("train", *tiny_args(), *args, f"--workdir={tmp_path / 'w'}", check=False)
   assert_clean_error(result, *words)
 
 
-@pytest.mark.parametrize("command", ["train", "bench"])
+@pytest.mark.parametrize("command", ["train", pytest.param("bench", marks=pytest.mark.slow)])
 def test_an_unknown_key_of_the_default_config_names_the_nearest_key(command):
   result = run(command, "--config.train.max_stepz=1", check=False)
   assert_clean_error(result)
@@ -146,7 +146,8 @@ def test_train_help_lists_the_named_configs_and_every_key_with_its_default_and_m
 
 @pytest.mark.parametrize("source, words", [
     ("def get_config(:\n", ["syntax error", "line 1"]),
-    ("import ml_collections\nCONFIG = 1\n", ["no get_config"]),
+    pytest.param("import ml_collections\nCONFIG = 1\n", ["no get_config"],
+                 marks=pytest.mark.slow),
 ])
 def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):
   (tmp_path / "broken.py").write_text(source)
@@ -157,7 +158,7 @@ def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):
 
 def test_a_kaggle_csv_that_is_not_text_is_one_clear_line(tmp_path):
   (tmp_path / "data.csv").write_bytes(b"\x00\xff\xfe\x80 binary")
-  result = run("train", *TINY, "--config.data.source=kaggle_csv",
+  result = run("train", *tiny_args(), "--config.data.source=kaggle_csv",
                f"--config.data.path={tmp_path / 'data.csv'}", f"--workdir={tmp_path / 'w'}",
                check=False)
   assert_clean_error(result, "data.csv", "not a UTF-8 CSV")
@@ -165,7 +166,7 @@ def test_a_kaggle_csv_that_is_not_text_is_one_clear_line(tmp_path):
 
 def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path):
   (tmp_path / "w").write_text("not a folder")
-  assert_clean_error(run("train", *TINY, f"--workdir={tmp_path / 'w'}", check=False),
+  assert_clean_error(run("train", *tiny_args(), f"--workdir={tmp_path / 'w'}", check=False),
                      "is a file")
 
 

@@ -97,6 +97,7 @@ def test_hellaswag_matches_build_nanogpts_pytorch_reference(hf_folder, tmp_path)
   assert printed["hellaswag"] == pytest.approx(result)
 
 
+@pytest.mark.slow  # the fast subset scores against PyTorch (test_hellaswag_matches_...)
 def test_few_shapes_compile_and_any_mesh_gives_the_same_losses(hf_folder, monkeypatch):
   """A hundred requests of many lengths compile at most three programs (row length x scored
   span, powers of two), and 1 and 8 devices give the same losses."""

@@ -2,7 +2,6 @@
 text, and one compilation per bucket."""
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +12,8 @@ from jaxgpt import generate
 from jaxgpt.data import CharTokenizer
 from jaxgpt.model import GPT, GPTConfig
 
+from helpers import init_params
+
 CONFIG = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=32, n_layer=2, n_head=2,
                    n_embd=32, dropout=0.0)
 REAL_VOCAB = 40  # ids 40..47 are padding and must never come out
@@ -22,8 +23,7 @@ TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz0123456789 .,\n")
 @pytest.fixture(scope="module")
 def model_params():
   model = GPT(CONFIG)
-  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))
-  params = nn.meta.unbox(variables["params"])
+  params = init_params(model)
   # Larger weights make the distribution peaked enough for the filters to matter.
   return model, jax.tree.map(lambda p: p * 3, params)
 

@@ -1,9 +1,7 @@
 """LoRA: adapters start as a no-op, merge exactly, and are all that a step changes."""
 
 import chex
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,22 +9,19 @@ from jaxgpt import lora
 from jaxgpt.config import model_config
 from jaxgpt.model import GPT
 
-from helpers import tiny_config, train_on_one_batch
+from helpers import init_params, tiny_config, train_on_one_batch
 
 
 TARGETS = "c_attn,c_proj,c_fc"
 
 
 def _lora_config(rank=4):
-  config = tiny_config()
-  config.lora.update(rank=rank, alpha=8.0, targets=TARGETS)
-  return config
+  return tiny_config(lora=dict(rank=rank, alpha=8.0, targets=TARGETS))
 
 
 def _params(config, seed=0):
   model = GPT(model_config(config, 30))
-  tokens = jnp.zeros((1, config.model.block_size), jnp.int32)
-  return model, nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), tokens)["params"])
+  return model, init_params(model, seed)
 
 
 def _tokens(config):

@@ -9,12 +9,11 @@ from jaxgpt import memory, state as state_lib
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Program, Trainer
 
-from helpers import TINY, assert_clean_error, run, text_config, tiny_config
+from helpers import assert_clean_error, run, text_config, tiny_args, tiny_config
 
 
 def test_the_compiled_step_reports_its_memory_with_the_state_donated():
-  config = tiny_config()
-  config.mesh.update(data=1, fsdp=-1)
+  config = tiny_config(mesh=dict(data=1, fsdp=-1))
   program = Program(config, vocab_size=30, devices=jax.devices()[:2])
   _, figures = program.compile_train_step()
   state_bytes = memory.bytes_per_device(program.abstract_state)
@@ -27,6 +26,7 @@ def test_the_compiled_step_reports_its_memory_with_the_state_donated():
   assert "train step compiled in" in line and "temporaries" in line and "in all, of" in line
 
 
+@pytest.mark.slow
 def test_bench_compile_only_allocates_no_parameters():
   """A state of 87 GB a device (2 layers, 16,384 wide, AdamW, float32): allocating it would
   fail on a machine such as CI's (24 GB), compiling it takes seconds. remat=True: the older
@@ -74,7 +74,7 @@ def test_a_train_step_larger_than_the_machine_stops_with_one_line_and_changes_no
     (workdir / name).parent.mkdir(parents=True, exist_ok=True)
     (workdir / name).write_text(text)
   before = _contents(workdir)
-  result = run("train", *TINY, "--config.data.source=text", f"--config.data.path={text_file}",
+  result = run("train", *tiny_args(block_size=32, data=dict(source="text", path=text_file)),
                f"--workdir={workdir}", f"--config.train.batch_size={2**22}", check=False)
   assert_clean_error(result, "the train step cannot fit", "GB per device", "train.batch_size",
                      "model.block_size", "train.grad_accum_steps", "model.remat", "mesh.fsdp")

@@ -5,9 +5,7 @@ sharded mesh, through resume."""
 import dataclasses
 import shutil
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -16,17 +14,17 @@ from jax.sharding import PartitionSpec as P
 from jaxgpt import layers, muon, optim, state as state_lib
 from jaxgpt.model import GPT, GPTConfig
 
-from helpers import assert_clean_error, logged_losses, run, tiny_config, train_on_one_batch
+from helpers import (assert_clean_error, init_params, logged_losses, run, tiny_config,
+                     train_on_one_batch)
 
 MODEL = GPTConfig(vocab_size=40, vocab_multiple=16, block_size=16, n_layer=2, n_head=2,
                   n_embd=32, mlp="swiglu", dropout=0.0)
 
 
 def _muon_config(**train):
-  c = tiny_config()
-  c.train.update({**dict(optimizer="muon", learning_rate=3e-3, muon_learning_rate=0.05,
-                         warmup_steps=0, max_steps=100, min_lr=3e-3, grad_clip=0.0), **train})
-  return c.train
+  return tiny_config(train={**dict(optimizer="muon", learning_rate=3e-3, muon_learning_rate=0.05,
+                                  warmup_steps=0, max_steps=100, min_lr=3e-3, grad_clip=0.0),
+                           **train}).train
 
 
 def _newton_schulz(g):
@@ -58,8 +56,7 @@ def _reference_first_update(path, g, lr):
 
 
 def _params_and_grads(config):
-  tokens = jnp.zeros((1, config.block_size), jnp.int32)
-  params = nn.meta.unbox(jax.jit(GPT(config).init)(jax.random.key(0), tokens)["params"])
+  params = init_params(GPT(config))
   keys = iter(jax.random.split(jax.random.key(1), 100))
   grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), params)
   return params, grads

@@ -17,13 +17,17 @@ from jaxgpt import checkpoint
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
-from helpers import REPO, SMALL_RUN, SMALL_RUN_STEPS, assert_clean_error, logged_losses, run
-from helpers import text_config, tiny_config
+from helpers import REPO, assert_clean_error, logged_losses, run, text_config, tiny_args
+from helpers import tiny_config
 
 
-STEPS = SMALL_RUN_STEPS
+STEPS = 80
+RUN_ARGS = tiny_args(dropout=0.1, train=dict(eval_steps=2, max_steps=STEPS, eval_every=40,
+                                             checkpoint_every=10, log_every=1, sample_tokens=0))
+
+
 def _train_args(text_file, workdir):
-  return [*SMALL_RUN, "--config.data.source=text", f"--config.data.path={text_file}", f"--workdir={workdir}"]
+  return [*RUN_ARGS, "--config.data.source=text", f"--config.data.path={text_file}", f"--workdir={workdir}"]
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +281,7 @@ def test_non_finite_loss_stops_with_the_step(text_file, tmp_path):
 
 @pytest.mark.parametrize("args, env, words", [
     (["--config.backend=gpu"], {}, ["backend=gpu"]),
-    ([], {"JAX_PLATFORMS": "cuda"}, ["JAX_PLATFORMS"]),
+    pytest.param([], {"JAX_PLATFORMS": "cuda"}, ["JAX_PLATFORMS"], marks=pytest.mark.slow),
 ])
 def test_an_accelerator_that_cannot_start_is_an_error(text_file, tmp_path, args, env, words):
   result = subprocess.run([sys.executable, "-m", "jaxgpt.train", *_train_args(text_file, tmp_path), *args],

@@ -183,9 +183,11 @@ def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
 
 @pytest.mark.parametrize("name, content, words", [
     ("config.json", "{not json", ["config.json", "damaged"]),
-    ("config.json", '{"model": {"n_layer": "many"}}', ["config.json", "damaged"]),
+    # One damage of each file in the fast subset (each case starts two commands).
+    pytest.param("config.json", '{"model": {"n_layer": "many"}}', ["config.json", "damaged"],
+                 marks=pytest.mark.slow),
     ("tokenizer.json", '{"kind": "char"}', ["tokenizer.json", "damaged"]),
-    ("tokenizer.json", '[1, 2]', ["tokenizer.json"]),
+    pytest.param("tokenizer.json", '[1, 2]', ["tokenizer.json"], marks=pytest.mark.slow),
 ])
 def test_a_damaged_run_file_is_one_clear_line(workdir, tmp_path, name, content, words):
   copy = tmp_path / "run"

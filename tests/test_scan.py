@@ -7,9 +7,7 @@ import os
 import shutil
 
 import chex
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,12 +18,8 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 from jaxgpt.trainer import Trainer
 
-from helpers import logged_losses, random_batch, text_config, tiny_config, train_on_one_batch
-
-
-def _unrolled_params(model, seed=0):
-  tokens = jnp.zeros((1, model.config.block_size), jnp.int32)
-  return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), tokens)["params"])
+from helpers import (init_params, logged_losses, random_batch, text_config, tiny_config,
+                     train_on_one_batch)
 
 
 def _scanned(model):
@@ -35,7 +29,7 @@ def _scanned(model):
 def test_both_forms_give_equal_losses_and_gradients_from_the_same_weights():
   config = tiny_config(bias=True)
   unrolled = GPT(model_config(config, 30))
-  params = _unrolled_params(unrolled)
+  params = init_params(unrolled)
   x, y = random_batch(config)
   loss_and_grads = jax.jit(jax.value_and_grad(steps.loss_fn, argnums=1), static_argnums=0)
   loss, grads = loss_and_grads(unrolled, params, x, y)
@@ -59,10 +53,11 @@ def test_train_steps_are_equal_in_both_forms():
                               jax.device_get(unrolled.params), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # the forms' equal forward passes stay in the fast subset (losses and gradients)
 def test_greedy_samples_are_equal_in_both_forms():
   unrolled = GPT(model_config(tiny_config(), 30))
   # Larger weights make the distribution peaked, so that round-off cannot change a token.
-  params = jax.tree.map(lambda p: 3 * p, _unrolled_params(unrolled))
+  params = jax.tree.map(lambda p: 3 * p, init_params(unrolled))
 
   def greedy(model, params):  # past the block, so the cache is refilled twice
     chunks = generate.generate(model, params, [3, 1, 4], 40, generate.Sampling(temperature=0),

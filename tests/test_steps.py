@@ -17,8 +17,7 @@ from helpers import no_stop, random_batch, setup_step, tiny_config, train_on_one
 @pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
   big_losses, big = train_on_one_batch(tiny_config(), 3)
-  config = tiny_config()
-  config.train.grad_accum_steps = 4
+  config = tiny_config(train=dict(grad_accum_steps=4))
   accum_losses, accum = train_on_one_batch(config, 3)
   np.testing.assert_allclose(accum_losses, big_losses, rtol=1e-5)
   chex.assert_trees_all_close(jax.device_get(accum.params), jax.device_get(big.params), atol=1e-5)
@@ -44,7 +43,7 @@ def test_dropout_changes_with_the_step_and_is_reproducible():
   assert first != no_dropout
 
 
-@pytest.mark.parametrize("recipe", [False, True])
+@pytest.mark.parametrize("recipe", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_init_state_compiled_for_speed_gives_the_default_compilers_values(recipe, monkeypatch):
   """init_state compiles at a lower optimisation level on CPU (CPU_INIT_COMPILER_OPTIONS):
   the state must equal the one the default compile gives, bit for bit."""
