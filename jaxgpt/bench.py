@@ -68,23 +68,19 @@ def _time_steps(trainer, num_steps: int):
   """(compile seconds, median step seconds, evaluation seconds, final state) of the run's
   own compiled steps, over num_steps train steps after warm-up."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxgpt import state as state_lib  # pylint: disable=g-import-not-at-top
-  state = state_lib.init_state(trainer.model, trainer.program.optimizer, trainer.mesh,
-                               trainer.config.seed, shardings=trainer.program.shardings)
-  compiled = trainer.compiled_steps()
-  train_step, figures, eval_loss = compiled.train_step, compiled.figures, compiled.eval_loss
+  compiled, state = trainer.compiled_steps_and_initial_state()
   times = []
   for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):
     batch = trainer.global_micro_batches(x_BxT, y_BxT)
     started = time.perf_counter()
-    state, step_metrics = train_step(state, *batch, trainer.stop_rows())
+    state, step_metrics = compiled.train_step(state, *batch, trainer.stop_rows())
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - started)
   eval_set = trainer.eval_set()
-  jax.block_until_ready(eval_loss(state.params, *eval_set))  # compiles
+  jax.block_until_ready(compiled.eval_loss(state.params, *eval_set))  # compiles
   started = time.perf_counter()
-  jax.block_until_ready(eval_loss(state.params, *eval_set))
-  return (figures["compile_seconds"], statistics.median(times[6:]),
+  jax.block_until_ready(compiled.eval_loss(state.params, *eval_set))
+  return (compiled.figures["compile_seconds"], statistics.median(times[6:]),
           time.perf_counter() - started, state)
 
 

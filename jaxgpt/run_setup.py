@@ -1,7 +1,7 @@
 """Resolving a training run before anything is compiled: its config (validated, and on resume
-the saved run's identity), the pretrained model it starts from, its tokenizer, and its data
-with the data's fingerprint. jaxgpt/run_loader.py loads a saved run for sampling; this sets
-one up for training.
+the saved run's identity), the pretrained model it starts from, its tokenizer, its data with
+the data's fingerprint, and its checkpoints. jaxgpt/run_loader.py loads a saved run for
+sampling; this sets one up for training.
 """
 
 import dataclasses
@@ -14,23 +14,27 @@ from jaxgpt.data.tokenizer import Tokenizer
 from jaxgpt.errors import UserError
 
 
-@dataclasses.dataclass
-class RunSetup:
-  config: ml_collections.ConfigDict  # resolved: identity adopted, tokenizer and fingerprint set
+@dataclasses.dataclass(frozen=True)
+class ResolvedRun:
+  config: ml_collections.ConfigDict  # identity adopted, data.tokenizer and fingerprint set
   workdir: str
-  tokenizer: Tokenizer
   dataset: data.Dataset
   pretrained: str | None  # the pretrained model's folder (init_from), or None from scratch
-  is_main: bool  # process 0, which prints and writes the run's files
+  checkpoints: checkpoint.Checkpointer  # open: whoever trains the run closes it
+
+  @property
+  def tokenizer(self) -> Tokenizer:
+    return self.dataset.tokenizer
 
 
-def resolve_run(config: ml_collections.ConfigDict, workdir: str, is_main: bool = True,
-                explicit_keys: set[str] | None = None) -> RunSetup:
+def resolve_run(config: ml_collections.ConfigDict, workdir: str,
+                explicit_keys: set[str] | None = None, is_main: bool = True) -> ResolvedRun:
   """The run `config` describes in `workdir`, resolved; `config` is updated in place.
 
   `explicit_keys`: the config keys given on the command line. With them, resuming a run takes
   its identity (config.identity_keys()) from the workdir, and contradicting it is an error;
-  without them, a differing shape meets the checkpoint's strict restore."""
+  without them, a differing shape meets the checkpoint's strict restore. `is_main`: whether
+  this process (process 0) prints."""
   if config.init_from != "scratch":
     config_lib.adopt_gpt2_architecture(config, explicit_keys)
   config_lib.validate(config)
@@ -50,7 +54,10 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str, is_main: bool =
                     f"trained on (data.source={config.data.source}, data.path="
                     f"{config.data.path or '-'}): resume with the run's own data, or train "
                     "on this data in a new --workdir")
-  return RunSetup(config, workdir, dataset.tokenizer, dataset, pretrained, is_main)
+  checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                        timeout_secs=config.train.checkpoint_timeout_secs)
+  _check_resumable(checkpoints, workdir)
+  return ResolvedRun(config, workdir, dataset, pretrained, checkpoints)
 
 
 def _dataset(config, workdir: str, pretrained: str | None) -> data.Dataset:
@@ -66,7 +73,7 @@ def _dataset(config, workdir: str, pretrained: str | None) -> data.Dataset:
   return dataset
 
 
-def check_resumable(checkpoints: checkpoint.Checkpointer, workdir: str) -> None:
+def _check_resumable(checkpoints: checkpoint.Checkpointer, workdir: str) -> None:
   """A workdir with a best checkpoint but nothing to resume from is refused: a restart would
   measure a new "best" against the old run's and could replace it."""
   best = checkpoints.best_step()

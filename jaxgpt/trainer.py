@@ -7,6 +7,8 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 import jax
 import ml_collections
@@ -16,12 +18,13 @@ from jaxgpt import checkpoint, config as config_lib, data, generate, hellaswag, 
 from jaxgpt import metrics, optim, run_setup, sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
+from jaxgpt.data.tokenizer import Tokenizer
 from jaxgpt.errors import Interrupted, UserError
 from jaxgpt.model import GPT, count_params
 
 
-def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
-  """This process's rows per micro-batch; the global batch must split evenly."""
+def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """The global micro-batch must split evenly over the data-parallel devices and processes."""
   t = config.train
   micro_batch = t.batch_size // t.grad_accum_steps
   dp = sharding.data_parallel_size(mesh)
@@ -30,14 +33,14 @@ def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         f"train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} = "
         f"{micro_batch} rows per micro-batch cannot be split over {dp} data-parallel devices "
         f"and {jax.process_count()} processes: make the micro-batch a multiple of {dp}")
-  return micro_batch // jax.process_count()
 
 
 class Program:
   """What a run compiles: the mesh, the model, its optimizer, and the train state's shapes
   and shardings. Compiling the train step needs neither parameters nor data."""
 
-  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, devices=None):
+  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int,
+               devices: Sequence[jax.Device] | None = None):
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
@@ -47,7 +50,7 @@ class Program:
     self.abstract_state = state_lib.abstract_state(self.model, self.optimizer, self.mesh)
     self.shardings = jax.tree.map(lambda leaf: leaf.sharding, self.abstract_state)
 
-  def context(self):
+  def context(self) -> contextlib.AbstractContextManager:
     """The mesh and logical-axis rules under which the model and steps run."""
     return sharding.rules_context(self.mesh)
 
@@ -75,31 +78,36 @@ class CompiledSteps:
 
 
 @dataclasses.dataclass
-class _Progress:
-  """What logging a step needs besides the step: the writer, throughput, the loop's start."""
+class _Loop:
+  """What the training loop's steps share besides the step and the state."""
+  compiled: CompiledSteps
+  eval_set: tuple[jax.Array, jax.Array]
   writer: metrics.MetricsWriter
+  trace: metrics.StepTrace
   throughput: metrics.Throughput
   start_step: int
   started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class Trainer:
-  """Trains a run: its setup (run_setup.resolve_run), its Program (mesh, model, optimizer,
-  state shapes), its checkpoints and stop request. `run()` trains from the newest checkpoint
-  to train.max_steps, logging, evaluating and checkpointing on the config's cadence."""
+  """Trains a run: its setup (run_setup.resolve_run: config, data, tokenizer, checkpoints),
+  its Program (mesh, model, optimizer, state shapes) and its stop request. `run()` trains
+  from the newest checkpoint to train.max_steps, logging, evaluating and checkpointing on the
+  config's cadence."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None,
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               devices: Sequence[jax.Device] | None = None,
                explicit_keys: set[str] | None = None):
     """`explicit_keys`: the config keys given on the command line (run_setup.resolve_run)."""
     self.is_main = jax.process_index() == 0
-    self.setup = run_setup.resolve_run(config, workdir, self.is_main, explicit_keys)
-    self.program = Program(config, self.tokenizer.vocab_size, devices)
-    memory.check_state_fits(self.program.abstract_state)
-    self.checkpoints = checkpoint.Checkpointer(
-        workdir, keep=config.train.keep_checkpoints,
-        timeout_secs=config.train.checkpoint_timeout_secs)
-    run_setup.check_resumable(self.checkpoints, workdir)
-    self.hellaswag = hellaswag.DuringTraining(config, self.model, self.mesh, self.tokenizer)
+    self.setup = run_setup.resolve_run(config, workdir, explicit_keys, self.is_main)
+    try:
+      self.program = Program(config, self.tokenizer.vocab_size, devices)
+      memory.check_state_fits(self.program.abstract_state)
+      self.hellaswag = hellaswag.DuringTraining(config, self.model, self.mesh, self.tokenizer)
+    except BaseException:
+      self.checkpoints.close()
+      raise
     self.stop_request = signals.StopRequest()  # SIGTERM / SIGINT: save and stop
     self._stop_rows = {}
 
@@ -112,8 +120,12 @@ class Trainer:
     return self.setup.workdir
 
   @property
-  def tokenizer(self):
+  def tokenizer(self) -> Tokenizer:
     return self.setup.tokenizer
+
+  @property
+  def checkpoints(self) -> checkpoint.Checkpointer:
+    return self.setup.checkpoints
 
   @property
   def model(self) -> GPT:
@@ -123,25 +135,26 @@ class Trainer:
   def mesh(self) -> jax.sharding.Mesh:
     return self.program.mesh
 
-  def context(self):
+  def context(self) -> contextlib.AbstractContextManager:
     return self.program.context()
 
   def log(self, message: str) -> None:
     if self.is_main:
       print(message, flush=True)
 
+  def compiled_steps_and_initial_state(self) -> tuple[CompiledSteps, state_lib.TrainState]:
+    """The run's train step and evaluation loop compiled ahead of time, and its initial
+    state, made or restored only once the step is known to fit; a UserError if it cannot."""
+    with self._eval_loss_compiling() as eval_loss:
+      train_step, figures = self.fitting_train_step()
+      state = self.initial_state()
+      return CompiledSteps(train_step, eval_loss.result(), figures), state
+
   def initial_state(self) -> state_lib.TrainState:
     """The newest checkpoint's state, or a new one (from the pretrained weights, if any)."""
     step = self.checkpoints.latest_step()
-    p, seed = self.program, self.config.seed
-    if step is None and self.setup.pretrained:
-      self.log(f"initialising from {self.config.init_from} ({self.setup.pretrained})")
-      params = hf_gpt2.load_params(self.setup.pretrained, self.model.config,
-                                   state_lib.abstract_params(self.model, self.mesh))
-      return state_lib.init_state(self.model, p.optimizer, self.mesh, seed, params, p.shardings)
     if step is None:
-      return state_lib.init_state(self.model, p.optimizer, self.mesh, seed,
-                                  shardings=p.shardings)
+      return self._new_state()
     if step > self.config.train.max_steps:
       self.log(f"the run is already at step {step}, past train.max_steps="
                f"{self.config.train.max_steps}: nothing to train (raise "
@@ -150,19 +163,21 @@ class Trainer:
       self.log(f"resuming from the checkpoint of step {step}")
     return self._restore(step)
 
+  def _new_state(self) -> state_lib.TrainState:
+    p, pretrained, params = self.program, self.setup.pretrained, None
+    if pretrained:
+      self.log(f"initialising from {self.config.init_from} ({pretrained})")
+      params = hf_gpt2.load_params(pretrained, self.model.config,
+                                   state_lib.abstract_params(self.model, self.mesh))
+    return state_lib.init_state(self.model, p.optimizer, self.mesh, self.config.seed, params,
+                                p.shardings)
+
   def _restore(self, step: int) -> state_lib.TrainState:
     try:
       return self.checkpoints.restore(step, self.program.abstract_state)
     except checkpoint.DamagedCheckpointError as e:
       raise UserError(f"{e}: the newest checkpoint is damaged; move that folder out of "
                       f"{self.workdir}/checkpoints to resume from the one before it") from e
-
-  def compiled_steps(self) -> CompiledSteps:
-    """The run's train step and evaluation loop, both compiled ahead of time; a UserError
-    if the step cannot fit."""
-    with self._eval_loss_compiling() as eval_loss:
-      train_step, figures = self.fitting_train_step()
-      return CompiledSteps(train_step, eval_loss.result(), figures)
 
   def fitting_train_step(self) -> tuple[jax.stages.Compiled, dict]:
     """compile_train_step's step and figures, logged; a UserError, naming what to lower, if
@@ -173,7 +188,7 @@ class Trainer:
     return train_step, figures
 
   @contextlib.contextmanager
-  def _eval_loss_compiling(self):
+  def _eval_loss_compiling(self) -> Iterator[concurrent.futures.Future]:
     """The compiled evaluation loop's future. XLA compiles on one core: the evaluation loop
     compiles on another thread while the block runs."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -184,7 +199,7 @@ class Trainer:
     with self.context():
       return function()
 
-  def _compile_eval_loss(self):
+  def _compile_eval_loss(self) -> jax.stages.Compiled:
     t, p = self.config.train, self.program
     batches = jax.ShapeDtypeStruct((t.eval_steps, t.batch_size, self.config.model.block_size),
                                    np.int32, sharding=sharding.global_batch_sharding(self.mesh, 1))
@@ -207,27 +222,13 @@ class Trainer:
                  for z in (x_BxT, y_BxT))
 
   def eval_set(self) -> tuple[jax.Array, jax.Array]:
+    """The validation batches, stacked (E, B, T) and placed on the mesh."""
     t = self.config.train
     batches = data.eval_batches(self.setup.dataset.val, self.config.seed, jax.process_index(),
                                 t.batch_size // jax.process_count(), self.config.model.block_size,
                                 t.eval_steps, process_count=jax.process_count())
     return tuple(sharding.global_batch(np.stack(z), self.mesh, leading_dims=1)
                  for z in zip(*batches))
-
-  def run(self) -> dict:
-    """Trains from the newest checkpoint (or from scratch) to train.max_steps; returns the
-    last step and validation loss."""
-    writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
-    # Process 0 alone traces: processes sharing a host would write the same file (per host).
-    trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
-                              config_lib.profile_window(self.config) if self.is_main else None)
-    try:
-      with self.context(), self.stop_request.installed():
-        return self._train(writer, trace)
-    finally:
-      trace.stop()
-      self.checkpoints.close()  # waits for the last save to be on disk
-      writer.close()
 
   def stop_rows(self) -> jax.Array:
     """This process's stop request, one per row of its micro-batch (see steps.train_step)."""
@@ -239,30 +240,45 @@ class Trainer:
                                                     self.mesh)
     return self._stop_rows[flag]
 
-  def _train(self, writer, trace) -> dict:
-    with self._eval_loss_compiling() as eval_loss:
-      train_step, figures = self.fitting_train_step()
-      state = self.initial_state()  # made or restored only once the step is known to fit
-      compiled = CompiledSteps(train_step, eval_loss.result(), figures)
-    if self.is_main and int(state.step) <= self.config.train.max_steps:
-      # Only now: a run refused above, or with nothing to train, leaves the workdir as it was.
+  def run(self) -> dict:
+    """Trains from the newest checkpoint (or from scratch) to train.max_steps; returns the
+    last step and validation loss."""
+    writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
+    # Process 0 alone traces: processes sharing a host would write the same file (per host).
+    trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
+                              config_lib.profile_window(self.config) if self.is_main else None)
+    try:
+      with self.context(), self.stop_request.installed():
+        compiled, state = self.compiled_steps_and_initial_state()
+        self._save_run_files(int(state.step))
+        return self._train_from(state, self._loop(state, compiled, writer, trace))
+    finally:
+      trace.stop()
+      self.checkpoints.close()  # waits for the last save to be on disk
+      writer.close()
+
+  def _save_run_files(self, step: int) -> None:
+    """The tokenizer and config, saved only now: a run refused at start, or with nothing to
+    train, leaves the workdir as it was."""
+    if self.is_main and step <= self.config.train.max_steps:
       self.tokenizer.save(self.workdir)
       config_lib.save_config(self.config, self.workdir)
-    return self._train_from(state, compiled, writer, trace)
 
-  def _train_from(self, state, compiled: CompiledSteps, writer, trace) -> dict:
-    c, t = self.config, self.config.train
+  def _loop(self, state: state_lib.TrainState, compiled: CompiledSteps,
+            writer: metrics.MetricsWriter, trace: metrics.StepTrace) -> _Loop:
+    c, t, dataset = self.config, self.config.train, self.setup.dataset
     num_params = count_params(state.params)
-    dataset = self.setup.dataset
     self.log(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
              f"{self.tokenizer.vocab_size} (padded to {self.model.config.padded_vocab_size}); "
              f"mesh {dict(self.mesh.shape)}; train {len(dataset.train):,} tokens, "
              f"val {len(dataset.val):,}")
-    start = int(state.step)
-    progress = _Progress(writer, metrics.Throughput(
-        t.batch_size * c.model.block_size, metrics.flops_per_token(self.model.config, num_params),
-        jax.device_count()), start)
-    eval_set = self.eval_set()
+    throughput = metrics.Throughput(t.batch_size * c.model.block_size,
+                                    metrics.flops_per_token(self.model.config, num_params),
+                                    jax.device_count())
+    return _Loop(compiled, self.eval_set(), writer, trace, throughput, int(state.step))
+
+  def _train_from(self, state: state_lib.TrainState, loop: _Loop) -> dict:
+    t, start = self.config.train, loop.start_step
     stream = self.batch_stream(start, t.max_steps)
     # On CPU with several devices, dispatching sharded steps without waiting can make XLA's
     # all-reduce rendezvous time out and abort the process ("Termination timeout for all
@@ -271,16 +287,16 @@ class Trainer:
     max_pending = 0 if jax.default_backend() == "cpu" else 1
     pending = collections.deque()
     last = {"step": start}
-    progress.throughput.measure(start)
+    loop.throughput.measure(start)
     batches = (self.global_micro_batches(x_BxT, y_BxT) for x_BxT, y_BxT in stream)
     batch = next(batches, None)
     stop = False
     for step in range(start + 1, t.max_steps + 1):
-      trace.before(step)
+      loop.trace.before(step)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = compiled.train_step(state, *batch, self.stop_rows())
+        state, step_metrics = loop.compiled.train_step(state, *batch, self.stop_rows())
         batch = next(batches, None)  # made and placed while the step runs
-      trace.after(step, state)
+      loop.trace.after(step, state)
       pending.append((step, step_metrics))
       evaluate = step % t.eval_every == 0 or step == t.max_steps
       save = step % t.checkpoint_every == 0 or step == t.max_steps
@@ -289,26 +305,22 @@ class Trainer:
       # steps are read here depends only on the schedule, so every process sees a stop that
       # one of them reports at the same step, and saves that step.
       while len(pending) > (0 if evaluate or save or stop or hellaswag_due else max_pending):
-        stop |= self._log_step(*pending.popleft(), progress)
+        stop |= self._log_step(*pending.popleft(), loop)
       if evaluate:
-        last["val_loss"] = self._evaluate(step, state, compiled.eval_loss, eval_set, writer)
-        self.checkpoints.save_if_best(step, state, last["val_loss"])
+        last["val_loss"] = self._evaluate_and_keep_best(step, state, loop)
       if hellaswag_due:
-        self._evaluate_hellaswag(step, state, writer)
+        self._evaluate_hellaswag(step, state, loop)
       if evaluate or hellaswag_due:
-        progress.throughput.measure(step)  # evaluation time is not training throughput
+        loop.throughput.measure(step)  # evaluation time is not training throughput
       if save or stop:
         self.checkpoints.save(step, state)
       last["step"] = step
       if stop and step < t.max_steps:
-        self.checkpoints.wait()
-        raise Interrupted(f"stopped by {self.stop_request.signal_name or 'another process'} "
-                          f"after step {step}, whose checkpoint is saved: run the same command "
-                          "to resume", exit_code=self.stop_request.exit_code)
+        self._stop_after(step)
     self.state = state
     return last
 
-  def _log_step(self, step: int, step_metrics: dict, progress: _Progress) -> bool:
+  def _log_step(self, step: int, step_metrics: steps.Metrics, loop: _Loop) -> bool:
     """Checks and logs a step's loss; returns whether some process asked to stop."""
     loss = float(step_metrics["loss"])
     if not math.isfinite(loss):
@@ -321,12 +333,12 @@ class Trainer:
     t = self.config.train
     if step % t.log_every and step != t.max_steps:
       return stop
-    rate = progress.throughput.measure(step)
+    rate = loop.throughput.measure(step)
     values = {"train_loss": loss, **{key: float(step_metrics[key]) for key in (
         "lr", "grad_norm", "param_norm", "update_norm")}, **rate}
-    progress.writer.write(step, **values)
-    elapsed = time.perf_counter() - progress.started
-    eta = elapsed / max(step - progress.start_step, 1) * (t.max_steps - step)
+    loop.writer.write(step, **values)
+    elapsed = time.perf_counter() - loop.started
+    eta = elapsed / max(step - loop.start_step, 1) * (t.max_steps - step)
     line = f"step {step:6d}/{t.max_steps} | loss {loss:.4f} | lr {values['lr']:.2e}"
     if "tokens_per_sec" in rate:
       line += f" | {rate['tokens_per_sec']:,.0f} tok/s"
@@ -335,17 +347,26 @@ class Trainer:
     self.log(line + f" | eta {metrics.format_duration(eta)}")
     return stop
 
-  def _evaluate(self, step: int, state, eval_loss, eval_set, writer) -> float:
-    val_loss = float(eval_loss(state.params, *eval_set))
-    writer.write(step, val_loss=val_loss)
+  def _evaluate_and_keep_best(self, step: int, state: state_lib.TrainState, loop: _Loop
+                              ) -> float:
+    val_loss = float(loop.compiled.eval_loss(state.params, *loop.eval_set))
+    loop.writer.write(step, val_loss=val_loss)
     self.log(f"step {step:6d} | val loss {val_loss:.4f}")
+    self.checkpoints.save_if_best(step, state, val_loss)
     return val_loss
 
-  def _evaluate_hellaswag(self, step: int, state, writer) -> None:
+  def _evaluate_hellaswag(self, step: int, state: state_lib.TrainState, loop: _Loop) -> None:
     scores = self.hellaswag(state.params)
-    writer.write(step, **scores)
+    loop.writer.write(step, **scores)
     self.log(f"step {step:6d} | hellaswag acc {scores['hellaswag_acc']:.4f} | acc_norm "
              f"{scores['hellaswag_acc_norm']:.4f} ({len(self.hellaswag.examples):,} examples)")
+
+  def _stop_after(self, step: int) -> NoReturn:
+    """Stops the run on a stop request, once the checkpoint of `step` is on disk."""
+    self.checkpoints.wait()
+    raise Interrupted(f"stopped by {self.stop_request.signal_name or 'another process'} "
+                      f"after step {step}, whose checkpoint is saved: run the same command "
+                      "to resume", exit_code=self.stop_request.exit_code)
 
   def sample(self, prompt: str | None = None, max_new_tokens: int = 300, seed: int = 0) -> str:
     """A short sample from the trained parameters (printed after training)."""
