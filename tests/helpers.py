@@ -83,9 +83,7 @@ def perturbed_params(config, seed=0, scale=1.0):
   """A freshly initialised GPT's parameters (host arrays, either form of the layers), each
   scaled and given normal noise of std 0.05: norm scales of one and projections of zero
   would hide mistakes in code that maps or reorders them."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  tokens = np.zeros((1, config.block_size), np.int32)
-  params = nn.meta.unbox(GPT(config).init(jax.random.key(seed), tokens)["params"])
+  params = init_params(GPT(config), seed)
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda x: jax.numpy.float32(scale) * np.asarray(x)
                       + rng.normal(0, 0.05, x.shape).astype(np.float32), params)

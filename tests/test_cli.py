@@ -70,11 +70,12 @@ def test_default_workdir_is_named_after_the_config(tmp_path):
   assert (workdir / "checkpoints" / "2").is_dir()
 
 
-def test_help_exits_zero():
-  for module, flag in (("train", "--workdir"), ("sample", "--init_from"),
-                       ("export", "--out"), ("bench", "--end_to_end")):
-    result = run(module, "--help")
-    assert flag in result.stdout
+@pytest.mark.parametrize("module, flag", [
+    ("train", "--workdir"),
+    *(pytest.param(*case, marks=pytest.mark.slow)
+      for case in (("sample", "--init_from"), ("export", "--out"), ("bench", "--end_to_end")))])
+def test_help_exits_zero(module, flag):
+  assert flag in run(module, "--help").stdout
 
 
 @pytest.mark.slow

@@ -91,7 +91,7 @@ def test_a_shard_damaged_during_training_is_named(tmp_path):
     lazy.windows(np.array([590]), 50)
 
 
-@pytest.mark.parametrize("use_tf", [False, True])
+@pytest.mark.parametrize("use_tf", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_batch_stream_names_a_damaged_shard(tmp_path, use_tf):
   if use_tf:
     pytest.importorskip("tensorflow")

@@ -80,9 +80,8 @@ def test_qk_norm_exports_as_qwen3_with_jaxgpt_logits(tie_embeddings, tmp_path):
   assert "model.layers.1.self_attn.k_norm.weight" in load_file(str(tmp_path / "model.safetensors"))
 
 
-@pytest.mark.parametrize("options", [dict(), pytest.param(dict(qk_norm=True),
-                                                         marks=pytest.mark.slow)],
-                         ids=["llama", "qwen3"])
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(), dict(qk_norm=True)], ids=["llama", "qwen3"])
 def test_scanned_lora_run_exports_merged(options, tmp_path):
   """export_run of the scanned form with LoRA adapters (not zero) on every target. The
   unrolled model gives the expected logits (test_scan.py: the two forms agree)."""

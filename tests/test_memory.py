@@ -41,6 +41,7 @@ def test_bench_compile_only_allocates_no_parameters():
   assert figures["compile_seconds"] > 0 and figures["temp_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_a_train_step_that_cannot_fit_stops_before_the_state_is_made(text_file, tmp_path,
                                                                       monkeypatch):
   trainer = Trainer(text_config(text_file), str(tmp_path), devices=jax.devices()[:1])

@@ -14,27 +14,27 @@ import pytest
 from jaxgpt import attention
 from jaxgpt.model import GPT, GPTConfig, count_params
 
-from helpers import REPO
+from helpers import REPO, init_params
 
 CONFIG = GPTConfig(vocab_size=72, vocab_multiple=1, block_size=16, n_layer=2, n_head=4, n_embd=32,
                    dropout=0.0)
 
 
-def _init(config=CONFIG, batch=2):
-  tokens = jnp.zeros((batch, config.block_size), jnp.int32)
-  return GPT(config).init(jax.random.key(0), tokens)["params"]
+def _init(config=CONFIG):
+  return init_params(GPT(config))
 
 
-def _unboxed(params):
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  return nn.meta.unbox(params)
+def _boxed_shapes(config=CONFIG):
+  """The parameters' shapes, each in its nn.Partitioned box with its logical axis names."""
+  tokens = jnp.zeros((1, config.block_size), jnp.int32)
+  return jax.eval_shape(GPT(config).init, jax.random.key(0), tokens)["params"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_logits_are_float32_with_float32_params(dtype):
   config = dataclasses.replace(CONFIG, dtype=dtype)
-  params = _unboxed(_init(config))
+  params = _init(config)
   tokens = jax.random.randint(jax.random.key(1), (3, 10), 0, config.vocab_size)
   logits = GPT(config).apply({"params": params}, tokens)
   chex.assert_shape(logits, (3, 10, config.vocab_size))
@@ -44,7 +44,7 @@ def test_logits_are_float32_with_float32_params(dtype):
 
 
 def test_causal_later_tokens_do_not_change_earlier_logits():
-  params = _unboxed(_init())
+  params = _init()
   tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, CONFIG.vocab_size)
   changed = tokens.at[:, 9:].set((tokens[:, 9:] + 5) % CONFIG.vocab_size)
   apply = jax.jit(GPT(CONFIG).apply)
@@ -66,7 +66,7 @@ def test_parameter_count_is_gpt2_formula(bias):
 def test_gpt2_initialisation():
   config = GPTConfig(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=True,
                      dropout=0.0)
-  params = _unboxed(_init(config))
+  params = _init(config)
   residual_std = 0.02 / np.sqrt(2 * config.n_layer)
   np.testing.assert_allclose(np.std(params["wte"]), 0.02, rtol=0.05)
   np.testing.assert_allclose(np.std(params["h_0"]["mlp"]["c_fc"]["kernel"]), 0.02, rtol=0.05)
@@ -78,7 +78,7 @@ def test_gpt2_initialisation():
 
 def test_every_parameter_has_logical_axis_names():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  boxed = _init()
+  boxed = _boxed_shapes()
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   assert all(len(x.names) == x.value.ndim for x in leaves)
@@ -88,8 +88,7 @@ def test_padded_vocabulary_gets_no_probability():
   config = dataclasses.replace(CONFIG, vocab_size=65, vocab_multiple=64)
   assert config.padded_vocab_size == 128
   assert GPTConfig(vocab_size=50257, vocab_multiple=64).padded_vocab_size == 50304
-  params = _unboxed(_init(config))
-  logits = GPT(config).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
+  logits = jax.jit(GPT(config).apply)({"params": _init(config)}, jnp.zeros((1, 4), jnp.int32))
   chex.assert_shape(logits, (1, 4, 128))
   probs = jax.nn.softmax(logits, axis=-1)
   assert float(probs[..., 65:].max()) == 0.0
@@ -98,9 +97,9 @@ def test_padded_vocabulary_gets_no_probability():
 
 @pytest.mark.parametrize("x_shape,kernel_shape,num_in,dtype", [
     ((12, 8), (8, 3, 2, 4), 1, jnp.float32),    # c_attn: (N, D) . (D, 3, H, K)
-    ((12, 8), (8, 3, 2, 4), 1, jnp.bfloat16),
+    pytest.param((12, 8), (8, 3, 2, 4), 1, jnp.bfloat16, marks=pytest.mark.slow),
     ((12, 2, 4), (2, 4, 8), 2, jnp.float32),    # attention's c_proj: (N, H, K) . (H, K, D)
-    ((3, 4, 8), (8, 16), 1, jnp.float32),       # two token axes
+    pytest.param((3, 4, 8), (8, 16), 1, jnp.float32, marks=pytest.mark.slow),  # two token axes
 ])
 def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in, dtype):
   from jaxgpt.dense import tensordot  # pylint: disable=g-import-not-at-top
@@ -128,7 +127,7 @@ def test_dot_product_attention_equals_jaxgpt_attention(dtype):
   implementation="cudnn": same layout, scale and causal mask as jaxgpt's attention."""
   configs = {a: dataclasses.replace(CONFIG, dtype=dtype, attention=a)
              for a in ("jaxgpt", "xla")}
-  params = _unboxed(_init(configs["jaxgpt"]))
+  params = _init(configs["jaxgpt"])
   tolerance = 1e-5 if dtype == "float32" else 2e-2
   chex.assert_trees_all_close(_mean_logit_and_grads(configs["xla"], params),
                               _mean_logit_and_grads(configs["jaxgpt"], params),
@@ -157,11 +156,13 @@ def test_auto_attention_takes_cudnn_where_it_applies(monkeypatch, backend, dtype
   assert attention.implementation(config, deterministic) == expected
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("policy, scan_layers", [
+    ("dots", False),
+    *(pytest.param(*case, marks=pytest.mark.slow)
+      for case in (("full", False), ("dots", True), ("full", True)))])
 def test_remat_gives_the_same_loss_and_gradients(policy, scan_layers):
   config = dataclasses.replace(CONFIG, scan_layers=scan_layers)
-  params = _unboxed(_init(config))
+  params = _init(config)
   remat = dataclasses.replace(config, remat=policy)
   chex.assert_trees_all_close(_mean_logit_and_grads(remat, params),
                               _mean_logit_and_grads(config, params), rtol=1e-5, atol=1e-6)
@@ -175,7 +176,7 @@ def _size(shape: str) -> int:
 def test_each_remat_policy_keeps_what_it_says(capsys):
   """For the backward pass "none" keeps every activation, "dots" the blocks' inputs and the
   weight matmuls' outputs (not attention's T x T scores), "full" the blocks' inputs alone."""
-  params = _unboxed(_init())
+  params = _init()
   tokens = jnp.zeros((2, CONFIG.block_size), jnp.int32)
   kept = {}
   for policy in ("none", "dots", "full"):
@@ -216,7 +217,7 @@ def test_logits_at_some_positions_are_those_of_the_whole_sequence():
                               rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("position", ["learned", "rope"])
+@pytest.mark.parametrize("position", [pytest.param("learned", marks=pytest.mark.slow), "rope"])
 def test_sequences_packed_in_a_row_give_their_own_logits(position):
   """Two sequences in one row, each attending to itself only, positions from 0 for each."""
   config = dataclasses.replace(CONFIG, position=position)
@@ -227,7 +228,7 @@ def test_sequences_packed_in_a_row_give_their_own_logits(position):
   positions = jnp.concatenate([jnp.arange(6), jnp.arange(10)])[None]
   segment = jnp.array([0] * 6 + [1] * 10)
   mask = (segment[:, None] == segment[None, :]) & jnp.tril(jnp.ones((16, 16), bool))
-  packed = model.apply({"params": params}, row, positions_T=positions,
-                       attention_mask_BxTxS=mask[None])
-  alone = [model.apply({"params": params}, x) for x in (first, second)]
+  apply = jax.jit(model.apply)
+  packed = apply({"params": params}, row, positions_T=positions, attention_mask_BxTxS=mask[None])
+  alone = [apply({"params": params}, x) for x in (first, second)]
   chex.assert_trees_all_close(packed, jnp.concatenate(alone, axis=1), rtol=1e-5, atol=1e-5)

@@ -56,7 +56,7 @@ def test_rmsnorm_matches_its_formula(norm_eps):
   scale = np.asarray(jax.random.normal(jax.random.key(1), (config.n_embd,)))
   got = norm.apply({"params": {"scale": scale}}, x)
   np.testing.assert_allclose(got, _rms_norm(x, scale, norm_eps), rtol=1e-5, atol=1e-6)
-  params = perturbed_params(config)
+  params = jax.eval_shape(GPT(config).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   assert set(params["ln_f"]) == {"scale"} and set(params["h_0"]["ln_1"]) == {"scale"}
 
 
@@ -110,19 +110,21 @@ def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
 
 
 @pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("options", [dict(), dict(position="rope"), ALL_ON])
+@pytest.mark.parametrize("options", [pytest.param(dict(), marks=pytest.mark.slow),
+                                     pytest.param(dict(position="rope"), marks=pytest.mark.slow),
+                                     ALL_ON])
 def test_cached_decoding_equals_full_forward(options, scan_layers):
   c = _with(scan_layers=scan_layers, **options)
   params = perturbed_params(c)
-  model = GPT(c)
+  apply = jax.jit(GPT(c).apply, static_argnames=("decode", "mutable"))
   tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, c.vocab_size)
-  full = model.apply({"params": params}, tokens)
-  logits, cache = model.apply({"params": params}, tokens[:, :5], decode=True,
-                              positions_T=jnp.arange(5), mutable=["cache"])
+  full = apply({"params": params}, tokens)
+  logits, cache = apply({"params": params}, tokens[:, :5], decode=True,
+                        positions_T=jnp.arange(5), mutable=("cache",))
   decoded = [logits]
   for i in range(5, 12):
-    logits, cache = model.apply({"params": params, **cache}, tokens[:, i:i + 1], decode=True,
-                                positions_T=jnp.array([i]), mutable=["cache"])
+    logits, cache = apply({"params": params, **cache}, tokens[:, i:i + 1], decode=True,
+                          positions_T=jnp.array([i]), mutable=("cache",))
     decoded.append(logits)
   np.testing.assert_allclose(jnp.concatenate(decoded, axis=1), full, atol=1e-4, rtol=1e-4)
 
@@ -208,16 +210,17 @@ def test_swiglu_width_and_parameter_count():
 
 def test_untied_embeddings_have_their_own_head():
   c = _with(tie_embeddings=False)
-  boxed = GPT(c).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  boxed = jax.eval_shape(GPT(c).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   assert boxed["lm_head"].names == ("embed", "vocab")
   assert boxed["lm_head"].value.shape == (c.n_embd, c.padded_vocab_size)
-  assert "lm_head" not in GPT(CONFIG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  assert "lm_head" not in jax.eval_shape(GPT(CONFIG).init, jax.random.key(0),
+                                         jnp.zeros((1, 4), jnp.int32))["params"]
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_every_parameter_has_logical_names_that_the_rules_map(scan_layers):
   c = _with(scan_layers=scan_layers, **ALL_ON)
-  boxed = GPT(c).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  boxed = jax.eval_shape(GPT(c).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   ruled = {name for name, _ in sharding.LOGICAL_RULES}

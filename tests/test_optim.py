@@ -5,6 +5,7 @@ sharded mesh, through resume."""
 import dataclasses
 import shutil
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -87,8 +88,10 @@ def test_muon_updates_hidden_matrices_by_newton_schulz_and_the_rest_by_adamw(sca
 
 
 def test_the_hidden_matrices_are_the_block_kernels_only():
-  params, _ = _params_and_grads(dataclasses.replace(MODEL, tie_embeddings=False,
-                                                    lora_rank=2, lora_targets=("c_attn",)))
+  model = GPT(dataclasses.replace(MODEL, tie_embeddings=False, lora_rank=2,
+                                 lora_targets=("c_attn",)))
+  params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
+                                       np.zeros((1, 4), np.int32))["params"])
   labels = {jax.tree_util.keystr(p): muon.is_hidden_matrix(p)
             for p, _ in jax.tree_util.tree_leaves_with_path(params)}
   assert {k for k, v in labels.items() if v} == {

@@ -316,6 +316,7 @@ def _mount(*args):
   return subprocess.run(["mount", *map(str, args)], capture_output=True, text=True, check=False)
 
 
+@pytest.mark.slow
 def test_a_read_only_lock_file_is_named_not_the_workdir(text_file, tmp_path):
   lock = tmp_path / "run" / "lock"
   lock.parent.mkdir()
@@ -339,6 +340,7 @@ def test_a_read_only_metrics_file_is_one_line_and_changes_nothing(text_file, tmp
   assert metrics.read_text() == '{"step": 1, "train_loss": 4.2}\n{"step": 2, "train_lo'
 
 
+@pytest.mark.slow
 def test_a_lock_that_is_a_folder_is_named_not_the_workdir(text_file, tmp_path):
   lock = tmp_path / "run" / "lock"
   lock.mkdir(parents=True)

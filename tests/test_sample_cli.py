@@ -149,6 +149,7 @@ def test_logits_of_a_runs_workdir_are_the_models_forward_pass(workdir):
     run_.logits([[run_.tokenizer.vocab_size]])
 
 
+@pytest.mark.slow
 def test_a_rejected_interactive_prompt_leaves_stdout_clean(workdir):
   result = _interactive(workdir, "the \nthe \u4e2d\nthe \n", "--seed=5", "--max_new_tokens=20")
   texts = _texts(result)
@@ -183,10 +184,11 @@ def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
 
 @pytest.mark.parametrize("name, content, words", [
     ("config.json", "{not json", ["config.json", "damaged"]),
-    # One damage of each file in the fast subset (each case starts two commands).
+    # One damaged file in the fast subset (each case starts two commands).
     pytest.param("config.json", '{"model": {"n_layer": "many"}}', ["config.json", "damaged"],
                  marks=pytest.mark.slow),
-    ("tokenizer.json", '{"kind": "char"}', ["tokenizer.json", "damaged"]),
+    pytest.param("tokenizer.json", '{"kind": "char"}', ["tokenizer.json", "damaged"],
+                 marks=pytest.mark.slow),
     pytest.param("tokenizer.json", '[1, 2]', ["tokenizer.json"], marks=pytest.mark.slow),
 ])
 def test_a_damaged_run_file_is_one_clear_line(workdir, tmp_path, name, content, words):
@@ -198,6 +200,7 @@ def test_a_damaged_run_file_is_one_clear_line(workdir, tmp_path, name, content, 
     assert_clean_error(run(*command, check=False), *words)
 
 
+@pytest.mark.slow
 def test_an_accelerator_that_cannot_start_is_an_error_for_sample_and_export(workdir, tmp_path):
   for command in (["sample", f"--workdir={workdir}"],
                   ["export", f"--workdir={workdir}", f"--out={tmp_path / 'hf'}"]):

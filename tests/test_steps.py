@@ -43,7 +43,8 @@ def test_dropout_changes_with_the_step_and_is_reproducible():
   assert first != no_dropout
 
 
-@pytest.mark.parametrize("recipe", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [False, True])
 def test_init_state_compiled_for_speed_gives_the_default_compilers_values(recipe, monkeypatch):
   """init_state compiles at a lower optimisation level on CPU (CPU_INIT_COMPILER_OPTIONS):
   the state must equal the one the default compile gives, bit for bit."""
