@@ -22,7 +22,6 @@ CPU_STEPS = 1500
 
 def cpu_config():
   config = recipe.apply(base_config(), recipe.CPU)
-  config.data.pipeline = "numpy"  # identical batches, and no TensorFlow import at start-up
   config.model.update(n_layer=3, n_head=4, n_embd=64, block_size=64, dropout=0.0)
   config.train.update(batch_size=32, max_steps=CPU_STEPS, learning_rate=8e-3,
                       warmup_steps=20, eval_every=CPU_STEPS, eval_steps=200,

@@ -16,6 +16,5 @@ from jaxgpt.configs import recipe, shakespeare_char
 def get_config():
   config = recipe.apply(shakespeare_char.get_config(), recipe.ACCELERATOR)
   config.model.dropout = 0.1
-  config.data.pipeline = "numpy"  # identical batches, and no TensorFlow import at start-up
   config.train.update(max_steps=2000, warmup_steps=100, eval_every=250, eval_steps=200)
   return config

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = "char"
   c.data.tokenizer_path = ""  # gpt2 tokenizer files (a Hugging Face folder); "" takes init_from's or the hub's
   c.data.val_fraction = 0.1
-  c.data.pipeline = "auto"  # "tf" (tf.data), "numpy", or "auto": tf.data when TensorFlow is installed
+  c.data.pipeline = "numpy"  # or "tf" (tf.data), or "auto": tf.data when TensorFlow is installed
   c.data.fingerprint = ""  # set by the run: a hash of its training and validation tokens
   c.data.hellaswag_path = ""  # HellaSwag's JSONL (or "val": the official file) for train.hellaswag_every
 
@@ -119,7 +119,7 @@ _KEY_MEANINGS = {
                            "takes init_from's, or the hub's gpt2.",
     "data.val_fraction": "The share of the text held out for validation.",
     "data.pipeline": f"{', '.join(PIPELINES)}: auto is tf.data when TensorFlow is installed; "
-                     "both give identical batches.",
+                     "both give identical batches (NumPy's faster on CPU hosts: BENCHMARKS.md).",
     "data.fingerprint": "Set by the run: a hash of its training and validation tokens.",
     "data.hellaswag_path": "HellaSwag's hellaswag_val.jsonl (or val: the official file, fetched "
                            "once) for train.hellaswag_every.",
