@@ -68,13 +68,20 @@ def harness_model(run, scorer):
       return [(-s.loss, s.greedy) for s in scored]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-      totals = []
-      for (string,) in (request.args for request in requests):
-        windows = map(utils.make_disjoint_window, utils.get_rolling_token_windows(
-            token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-            max_seq_len=self.max_length, context_len=1))
-        totals.append(sum(score for score, _ in self._loglikelihood_tokens(
-            [(None, context, continuation) for context, continuation in windows])))
+      """Each string's total log-likelihood over disjoint windows; every string's windows
+      are scored together."""
+      windows, owners = [], []
+      for n, (string,) in enumerate(request.args for request in requests):
+        for context, continuation in map(utils.make_disjoint_window,
+                                         utils.get_rolling_token_windows(
+                                             token_list=self.tok_encode(string),
+                                             prefix_token=self.prefix_token_id,
+                                             max_seq_len=self.max_length, context_len=1)):
+          windows.append((None, context, continuation))
+          owners.append(n)
+      totals = [0.0] * len(requests)
+      for n, (score, _) in zip(owners, self._loglikelihood_tokens(windows)):
+        totals[n] += score
       return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

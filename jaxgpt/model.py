@@ -185,16 +185,16 @@ class GPT(nn.Module):
   With `decode=True` the attention layers keep a key/value cache (collection "cache")
   of `block_size` positions, and `positions_T` gives each new token's position in the
   learned table (rotary embeddings take it from the cache's index, which equals it).
-  `logits_at_BxS` (positions within each row) computes the logits (B, S, V) of only those
-  positions: the output layer is then S/T of its cost. Several sequences packed in each row
-  take `positions_T` as (B, T), each row's own, and `attention_mask_BxTxS` (see
-  attention.causal_attention).
+  `logits_at_S` (indices into the batch's B*T tokens, row after row) computes the logits
+  (1, S, V) of only those tokens: the output layer is then S/(B*T) of its cost. Several
+  sequences packed in each row take `positions_T` as (B, T), each row's own, and
+  `attention_mask_BxTxS` (see attention.causal_attention).
   """
   config: GPTConfig
 
   @nn.compact
   def __call__(self, tokens_BxT, deterministic: bool = True, decode: bool = False,
-               positions_T=None, logits_at_BxS=None, attention_mask_BxTxS=None):
+               positions_T=None, logits_at_S=None, attention_mask_BxTxS=None):
     c = self.config
     b, t = tokens_BxT.shape
     wte_VxD = self.param("wte", normal(INIT_STD, ("vocab", "embed")),
@@ -221,10 +221,9 @@ class GPT(nn.Module):
         x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T,
                                                 attention_mask_BxTxS)
     x_NxD = _norm(c, "ln_f")(x_NxD)
-    if logits_at_BxS is not None:
-      x_BxSxD = jnp.take_along_axis(x_NxD.reshape(b, t, -1), logits_at_BxS[..., None], axis=1)
-      b, t = logits_at_BxS.shape
-      x_NxD = x_BxSxD.reshape(b * t, -1)
+    if logits_at_S is not None:
+      x_NxD = jnp.take(x_NxD, logits_at_S, axis=0)
+      b, t = 1, logits_at_S.shape[0]
     if c.tie_embeddings:
       head_DxV = wte_VxD.astype(c.dtype).T
     else:

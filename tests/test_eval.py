@@ -99,8 +99,8 @@ def test_hellaswag_matches_build_nanogpts_pytorch_reference(hf_folder, tmp_path)
 
 @pytest.mark.slow  # the fast subset scores against PyTorch (test_hellaswag_matches_...)
 def test_few_shapes_compile_and_any_mesh_gives_the_same_losses(hf_folder, monkeypatch):
-  """A hundred requests of many lengths compile at most three programs (row length x scored
-  span, powers of two), and 1 and 8 devices give the same losses."""
+  """A hundred requests of many lengths compile at most three programs (a power-of-two row
+  length, each with one number of scored tokens), and 1 and 8 devices give the same losses."""
   loaded = run_loader.load_pretrained(hf_folder)
   rng = np.random.default_rng(0)
   vocab = loaded.tokenizer.vocab_size
@@ -129,6 +129,38 @@ def test_few_shapes_compile_and_any_mesh_gives_the_same_losses(hf_folder, monkey
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -log_probs[np.arange(len(tokens) - 1), tokens[1:]][-len(continuation):]
     np.testing.assert_allclose(scored.token_losses, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_rows_hold_each_continuation_once_after_its_context_and_little_padding():
+  """HellaSwag-shaped groups (a 60-token context, four 20-token endings) fill rows of 256
+  tokens (all but the last) to over 90%: a group that does not fit whole begins in an open
+  row and goes on in the next, its context repeated; every continuation is predicted from its
+  own context."""
+  rng = np.random.default_rng(0)
+  requests = []
+  for _ in range(40):
+    context = rng.integers(0, 1000, 60)
+    requests += [(context, rng.integers(0, 1000, 20)) for _ in range(4)]
+  rows = scoring._packed_rows(requests, block_size=1024)  # pylint: disable=protected-access
+  assert all(len(row.tokens) <= scoring.ROW_TOKENS for row in rows)
+  full = rows[:-1]
+  assert sum(len(row.tokens) for row in full) / (len(full) * scoring.ROW_TOKENS) > 0.9
+  assert all(len(set(row.groups)) > 1 for row in rows[:-1])  # groups share rows
+  rows_of_group = [group for row in rows for group in set(row.groups)]
+  assert len(rows_of_group) > len(set(rows_of_group))  # and some go on in the next row
+  seen = []
+  for row in rows:
+    for i, first, count in row.requests:
+      seen.append(i)
+      context, continuation = requests[i]
+      at = row.logits_at[first:first + count]
+      np.testing.assert_array_equal(row.targets[first:first + count], continuation)
+      start = at[0] - len(context) + 1  # the context ends where the first target is predicted
+      np.testing.assert_array_equal(row.tokens[start:at[0] + 1], context)
+      np.testing.assert_array_equal([row.tokens[j] for j in at[1:]], continuation[:-1])
+      assert [row.positions[j] for j in at] == list(range(len(context) - 1,
+                                                            len(context) + count - 1))
+  assert sorted(seen) == list(range(len(requests)))
 
 
 def test_heldout_bits_per_byte_counts_each_tokens_utf8_bytes(hf_folder, tmp_path):

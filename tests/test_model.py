@@ -205,15 +205,15 @@ def test_the_model_imports_nothing_from_jaxgpt_but_its_own_modules(module):
   assert not {name for name in imported if name.split(".")[0] == "jaxgpt"} - own, imported
 
 
-def test_logits_at_some_positions_are_those_of_the_whole_sequence():
+def test_logits_at_some_tokens_are_those_of_the_whole_batch():
   tokens_BxT = jax.random.randint(jax.random.key(0), (3, CONFIG.block_size), 0, CONFIG.vocab_size)
   params = _init(CONFIG)
-  model = GPT(CONFIG)
-  at_BxS = jnp.array([[0, 5, 15], [3, 3, 4], [15, 14, 13]])
-  some = model.apply({"params": params}, tokens_BxT, logits_at_BxS=at_BxS)
-  every = model.apply({"params": params}, tokens_BxT)
-  chex.assert_shape(some, (3, 3, CONFIG.padded_vocab_size))
-  chex.assert_trees_all_close(some, jnp.take_along_axis(every, at_BxS[..., None], axis=1),
+  apply = jax.jit(GPT(CONFIG).apply)
+  at_S = jnp.array([0, 5, 15, 16 + 3, 16 + 3, 2 * 16 + 15, 2 * 16])  # rows 0, 1 and 2, in any order
+  some = apply({"params": params}, tokens_BxT, logits_at_S=at_S)
+  every = apply({"params": params}, tokens_BxT)
+  chex.assert_shape(some, (1, 7, CONFIG.padded_vocab_size))
+  chex.assert_trees_all_close(some[0], every.reshape(-1, CONFIG.padded_vocab_size)[at_S],
                               rtol=1e-6, atol=1e-6)
 
 
