@@ -65,7 +65,6 @@ def read_config(folder: str) -> dict:
   unsupported = {
       "activation_function": hf.get("activation_function", "gelu_new") not in
                              ("gelu_new", "gelu_pytorch_tanh"),
-      "n_inner": hf.get("n_inner") not in (None, 4 * hf["n_embd"]),
       "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
       "scale_attn_weights": not hf.get("scale_attn_weights", True),
       "tie_word_embeddings": not hf.get("tie_word_embeddings", True),
@@ -76,7 +75,8 @@ def read_config(folder: str) -> dict:
                       "implement: use a standard GPT-2 checkpoint")
   return {**{key: int(hf[key]) for key in ("n_layer", "n_head", "n_embd", "n_positions",
                                            "vocab_size")},
-          "layer_norm_epsilon": float(hf.get("layer_norm_epsilon", GPTConfig.norm_eps))}
+          "layer_norm_epsilon": float(hf.get("layer_norm_epsilon", GPTConfig.norm_eps)),
+          "n_inner": int(hf.get("n_inner") or 0)}
 
 
 def configure(config, folder: str) -> None:
@@ -88,7 +88,7 @@ def configure(config, folder: str) -> None:
   hf = read_config(folder)
   config.model.update(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                       bias=True, block_size=min(config.model.block_size, hf["n_positions"]),
-                      norm_eps=hf["layer_norm_epsilon"])
+                      norm_eps=hf["layer_norm_epsilon"], mlp_width=hf["n_inner"])
   config.data.tokenizer = "gpt2"
 
 
@@ -132,8 +132,8 @@ def _tensor_table(c: GPTConfig):
     conv1d(f"{hf}.attn.c_attn", ours + ("attn", "c_attn"), d, 3 * d)
     conv1d(f"{hf}.attn.c_proj", ours + ("attn", "c_proj"), d, d)
     layer_norm(f"{hf}.ln_2", ours + ("ln_2",))
-    conv1d(f"{hf}.mlp.c_fc", ours + ("mlp", "c_fc"), d, 4 * d)
-    conv1d(f"{hf}.mlp.c_proj", ours + ("mlp", "c_proj"), 4 * d, d)
+    conv1d(f"{hf}.mlp.c_fc", ours + ("mlp", "c_fc"), d, c.mlp_features)
+    conv1d(f"{hf}.mlp.c_proj", ours + ("mlp", "c_proj"), c.mlp_features, d)
   layer_norm("ln_f", ("ln_f",))
   return rows
 
@@ -216,7 +216,7 @@ def export(params, model_config: GPTConfig, tokenizer, folder: str) -> None:
              for name, path, hf_shape in _tensor_table(c)}
   hf_config = {
       "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
-      "n_head": c.n_head, "n_inner": None, "activation_function": "gelu_new",
+      "n_head": c.n_head, "n_inner": c.mlp_width or None, "activation_function": "gelu_new",
       "layer_norm_epsilon": c.norm_eps, "resid_pdrop": c.dropout,
       "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
   }

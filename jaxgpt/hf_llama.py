@@ -59,7 +59,7 @@ def _tensors(params: dict, c: GPTConfig) -> dict:
 
 def _hf_config(c: GPTConfig, architecture: str) -> dict:
   hf_config = {
-      "hidden_size": c.n_embd, "intermediate_size": c.mlp_width,
+      "hidden_size": c.n_embd, "intermediate_size": c.mlp_features,
       "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
       "num_key_value_heads": c.n_head, "head_dim": c.head_size,
       "max_position_embeddings": c.block_size, "hidden_act": "silu",

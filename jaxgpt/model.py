@@ -72,6 +72,9 @@ class GPTConfig:
   rope_base: float = option(
       10000.0, "Rotary positions' base (rope_theta): the longest wavelength is 2 pi times "
       "this.", SHAPE)
+  mlp_width: int = option(
+      0, "The MLP's hidden width (intermediate_size); 0 derives it: 4 x n_embd, or 8/3 x "
+      f"n_embd for swiglu, rounded up to a multiple of {SWIGLU_MULTIPLE}.", SHAPE)
   position: Literal["learned", "rope"] = option(
       "learned", "Positions: a learned table, or rotary embeddings on q and k.")
   norm: Literal["layernorm", "rmsnorm"] = option("layernorm", "The normalisation layers.")
@@ -120,9 +123,11 @@ class GPTConfig:
     return 0.0 if self.zero_init_proj else self.residual_std
 
   @property
-  def mlp_width(self) -> int:
-    """F: 4 D; SwiGLU's three matrices keep about the 8 D^2 weights of two with 8/3 D,
-    rounded up to a multiple of SWIGLU_MULTIPLE."""
+  def mlp_features(self) -> int:
+    """F: mlp_width, or 4 D; SwiGLU's three matrices keep about the 8 D^2 weights of two with
+    8/3 D, rounded up to a multiple of SWIGLU_MULTIPLE."""
+    if self.mlp_width:
+      return self.mlp_width
     if self.mlp != "swiglu":
       return 4 * self.n_embd
     return -(-8 * self.n_embd // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
@@ -161,6 +166,9 @@ def _problems(c: GPTConfig):
     if not getattr(c, name) > 0:
       yield (f"model.{name} must be positive, got {getattr(c, name)}: pass "
              f"--config.model.{name}=<a positive number>")
+  if c.mlp_width < 0:
+    yield (f"model.mlp_width={c.mlp_width} is negative: pass a width, or 0 to derive it from "
+           "model.n_embd")
   if c.block_size == 1:
     yield ("model.block_size=1 leaves no token to predict from: pass "
            "--config.model.block_size=2 or more")
@@ -265,7 +273,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_NxD, deterministic: bool):
     c = self.config
-    f = c.mlp_width
+    f = c.mlp_features
     if c.mlp == "swiglu":  # c_fc computes the gate and the value side by side: (D, 2, F)
       gv_Nx2xF = Dense(shape=(c.n_embd, 2, f), names=("embed", "gate", "mlp"), num_in=1,
                        stddev=INIT_STD, config=c, name="c_fc")(x_NxD)

@@ -56,7 +56,7 @@ def test_llama_export_gives_jaxgpt_logits(options, tmp_path):
                                 transformers.LlamaForCausalLM)
   hf_config = json.loads((tmp_path / "config.json").read_text())
   assert hf_config["architectures"] == ["LlamaForCausalLM"] and hf_config["model_type"] == "llama"
-  expected = {"vocab_size": 39, "hidden_size": 32, "intermediate_size": config.mlp_width,
+  expected = {"vocab_size": 39, "hidden_size": 32, "intermediate_size": config.mlp_features,
               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
               "max_position_embeddings": 16, "rms_norm_eps": CONFIG.norm_eps, "hidden_act": "silu",
               "attention_bias": config.bias, "mlp_bias": config.bias, "dtype": "float32",

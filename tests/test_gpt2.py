@@ -62,6 +62,27 @@ def _tokens(vocab, seed=0):
   return np.random.default_rng(seed).integers(0, vocab, size=(2, 40))
 
 
+def test_a_gpt2_of_another_mlp_width_loads_and_exports_with_transformers_logits(hf_folder,
+                                                                                tmp_path):
+  """n_inner (GPT-2's MLP width) is model.mlp_width: loaded, computed and written back."""
+  model = _hf_model(hf_folder)
+  config = model.config
+  config.n_inner = 48
+  torch.manual_seed(1)
+  folder = str(tmp_path / "wide")
+  transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+  transformers.AutoTokenizer.from_pretrained(hf_folder).save_pretrained(folder)
+  loaded = run_loader.load_pretrained(folder)
+  assert loaded.model.config.mlp_width == 48
+  tokens = _tokens(loaded.model.config.vocab_size)
+  assert_same_logits(jax_logits(loaded.model, loaded.params, tokens), _hf_logits(folder, tokens))
+  out = str(tmp_path / "exported")
+  hf_gpt2.export(loaded.params, loaded.model.config, loaded.tokenizer, out)
+  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["n_inner"] == 48
+  assert_same_logits(_hf_logits(out, tokens), _hf_logits(folder, tokens))
+
+
 @pytest.mark.slow
 def test_loaded_weights_give_transformers_logits(hf_folder):
   loaded = run_loader.load_pretrained(hf_folder)

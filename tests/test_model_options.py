@@ -197,15 +197,26 @@ def test_zero_init_proj_starts_the_projections_at_zero():
 def test_swiglu_width_and_parameter_count():
   """SwiGLU's width is 8/3 D rounded up to a multiple of 64: 1024 for D=384, 2048 for 768,
   so its three matrices hold GELU's two's 8 D^2 weights there (more where D is small)."""
-  assert _with(n_embd=384, mlp="swiglu").mlp_width == 1024
-  assert _with(n_embd=768, mlp="swiglu").mlp_width == 2048
-  assert _with(n_embd=32, mlp="swiglu").mlp_width == 128  # 85.3 rounded up
+  assert _with(n_embd=384, mlp="swiglu").mlp_features == 1024
+  assert _with(n_embd=768, mlp="swiglu").mlp_features == 2048
+  assert _with(n_embd=32, mlp="swiglu").mlp_features == 128  # 85.3 rounded up
   gelu, swiglu = (_with(n_embd=384, n_head=6, mlp=m) for m in ("gelu", "swiglu"))
   tokens = jnp.zeros((1, 4), jnp.int32)
   count = lambda c: count_params(jax.eval_shape(GPT(c).init, jax.random.key(0), tokens))
   assert count(swiglu) == count(gelu)
   shapes = jax.eval_shape(GPT(swiglu).init, jax.random.key(0), tokens)["params"]
   assert nn.meta.unbox(shapes)["h_0"]["mlp"]["c_fc"]["kernel"].shape == (384, 2, 1024)
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_mlp_width_sets_the_mlps_hidden_width(mlp):
+  c = _with(mlp=mlp, mlp_width=48)
+  shapes = nn.meta.unbox(jax.eval_shape(GPT(c).init, jax.random.key(0),
+                                        jnp.zeros((1, 4), jnp.int32))["params"])["h_0"]["mlp"]
+  assert shapes["c_fc"]["kernel"].shape == ((32, 2, 48) if mlp == "swiglu" else (32, 48))
+  assert shapes["c_proj"]["kernel"].shape == (48, 32)
+  with pytest.raises(ValueError, match="model.mlp_width=-1"):
+    _with(mlp_width=-1)
 
 
 def test_untied_embeddings_have_their_own_head():
