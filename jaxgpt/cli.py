@@ -1,7 +1,8 @@
-"""Flags shared by the commands: --help, --config files with --config.KEY overrides, and flag
-errors as one clear line."""
+"""Flags shared by the commands: --help, --config files with --config.KEY overrides, the
+choice of a model to load (--workdir or --init_from), and flag errors as one clear line."""
 
 import ast
+import dataclasses
 import difflib
 import os
 import sys
@@ -40,6 +41,46 @@ def _nearest_key(key: str, keys: list[str]) -> str | None:
   nearest = difflib.get_close_matches(name, names, n=1)
   matches = [k for k, n in zip(keys, names) if nearest and n == nearest[0]]
   return min(matches, key=lambda k: not k.startswith(section + "."), default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+  """--workdir (with --checkpoint) or --init_from: the model a command loads."""
+  workdir: flags.FlagHolder
+  init_from: flags.FlagHolder
+  checkpoint: flags.FlagHolder
+  pretrained: str  # what --init_from loads, as an error names it
+
+  def check(self) -> None:
+    if bool(self.workdir.value) == bool(self.init_from.value):
+      raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
+                      f"printed) or --init_from ({self.pretrained}), not both or neither")
+
+  def load(self):
+    """The run_loader.LoadedRun the flags name."""
+    from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
+    if self.init_from.value:
+      return run_loader.load_pretrained(self.init_from.value)
+    return run_loader.load_run(self.workdir.value, self.checkpoint.value)
+
+
+def define_run_flags(module_name: str, verb: str, init_from_help: str,
+                     pretrained: str) -> RunFlags:
+  """The flags of RunFlags, key flags of the module `module_name` (so its --help lists them;
+  absl names the main module after sys.argv[0])."""
+  key_of = sys.argv[0] if module_name == "__main__" else module_name
+
+  def define(name: str, default, text: str) -> flags.FlagHolder:
+    holder = flags.DEFINE_string(name, default, text)
+    flags.FLAGS.register_key_flag_for_module(key_of, flags.FLAGS[name])
+    return holder
+
+  return RunFlags(
+      define("workdir", None, f"The run to {verb} (as printed by train)."),
+      define("init_from", None, init_from_help),
+      define("checkpoint", "latest", "latest (the newest readable), best (lowest validation "
+             "loss) or a step number."),
+      pretrained)
 
 
 def parse_flags(argv, usage: str) -> None:

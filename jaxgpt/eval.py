@@ -21,12 +21,9 @@ from absl import flags
 from jaxgpt import cli, runtime
 from jaxgpt.errors import UserError, run_cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate (as printed by train).")
-_INIT_FROM = flags.DEFINE_string("init_from", None, "Evaluate pretrained weights instead: "
-                                 "gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face "
-                                 "folder.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
-                                  "(lowest validation loss) or a step number.")
+_RUN = cli.define_run_flags(__name__, "evaluate", "Evaluate pretrained weights instead: gpt2, "
+                            "gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face folder.",
+                            "pretrained weights")
 _DATA = flags.DEFINE_list("data", [], "Held-out sets: val (the run's validation split), a text "
                           "file, or a prepared token dataset folder (its val split).")
 _HELLASWAG = flags.DEFINE_string("hellaswag", None, "A hellaswag_val.jsonl-format file, or val "
@@ -47,9 +44,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 
 
 def _check_flags() -> None:
-  if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
-    raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
-                    "printed) or --init_from (pretrained weights), not both or neither")
+  _RUN.check()
   if not (_DATA.value or _HELLASWAG.value or _LM_EVAL_TASKS.value):
     raise UserError("nothing to evaluate: pass --data=val (or a text file or dataset folder), "
                     "--hellaswag=FILE or --lm_eval_tasks=TASKS")
@@ -58,7 +53,7 @@ def _check_flags() -> None:
                     "leave it out to evaluate everything")
   if _ROWS.value is not None and _ROWS.value < 1:
     raise UserError(f"--rows={_ROWS.value} is out of range: pass 1 or more")
-  if "val" in _DATA.value and not _WORKDIR.value:
+  if "val" in _DATA.value and not _RUN.workdir.value:
     raise UserError("--data=val is a run's own validation split: pass --workdir, or a text file "
                     "or dataset folder with --init_from")
 
@@ -150,16 +145,12 @@ def main(argv=None):
   runtime.start_backend()
   cli.parse_flags(argv, __doc__)
   _check_flags()
-  from jaxgpt import hellaswag, run_loader  # pylint: disable=g-import-not-at-top
+  from jaxgpt import hellaswag  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   examples = None  # read first: a bad file is reported before the model loads
   if _HELLASWAG.value:
     examples = hellaswag.read_examples(hellaswag.resolve(_HELLASWAG.value), _LIMIT.value)
-  if _INIT_FROM.value:
-    run = run_loader.load_pretrained(_INIT_FROM.value)
-  else:
-    run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
-  run = run.with_dtype(_DTYPE.value)
+  run = _RUN.load().with_dtype(_DTYPE.value)
   results = evaluate(run, _DATA.value, examples, tuple(_LM_EVAL_TASKS.value), _LIMIT.value,
                      _ROWS.value, _LM_EVAL_INCLUDE.value)
   if jax.process_index() == 0:

@@ -20,12 +20,9 @@ from jaxgpt import cli, runtime
 from jaxgpt.config import INT32_MAX
 from jaxgpt.errors import UserError, run_cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run to sample from (as printed by train).")
-_INIT_FROM = flags.DEFINE_string("init_from", None, "Sample from pretrained GPT-2 instead: "
-                                 "gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face "
-                                 "GPT-2 folder.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
-                                  "(lowest validation loss) or a step number.")
+_RUN = cli.define_run_flags(__name__, "sample from", "Sample from pretrained GPT-2 instead: "
+                            "gpt2, gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face GPT-2 "
+                            "folder.", "pretrained GPT-2")
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue; default a newline (or, for a "
                               "run whose text has none, its first character).")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A UTF-8 file whose text to continue.")
@@ -45,9 +42,7 @@ SEPARATOR = "---------------"
 
 
 def _check_flags() -> None:
-  if bool(_WORKDIR.value) == bool(_INIT_FROM.value):
-    raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
-                    "printed) or --init_from (pretrained GPT-2), not both or neither")
+  _RUN.check()
   for name, ok, accepted in (
       ("max_new_tokens", _MAX_NEW_TOKENS.value >= 0, "0 or more"),
       ("num_samples", _NUM_SAMPLES.value > 0, "1 or more"),
@@ -130,11 +125,8 @@ def main(argv=None):
   cli.parse_flags(argv, __doc__)
   _check_flags()
   prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
-  from jaxgpt import run_loader, generate  # pylint: disable=g-import-not-at-top
-  if _INIT_FROM.value:
-    run = run_loader.load_pretrained(_INIT_FROM.value)
-  else:
-    run = run_loader.load_run(_WORKDIR.value, _CHECKPOINT.value)
+  from jaxgpt import generate  # pylint: disable=g-import-not-at-top
+  run = _RUN.load()
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   generate.check_memory(run.model, run.params, _NUM_SAMPLES.value)
