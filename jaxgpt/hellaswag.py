@@ -115,7 +115,7 @@ class DuringTraining:
     self.every, self.last_step = t.hellaswag_every, t.max_steps
     self.examples = read_examples(resolve(config.data.hellaswag_path)) if self.every else []
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
-    self.scorer = None
+    self.scorer, self.requests = None, None
 
   def due(self, step: int) -> bool:
     return bool(self.every) and (step % self.every == 0 or step == self.last_step)
@@ -123,12 +123,14 @@ class DuringTraining:
   def __call__(self, params) -> dict:
     """hellaswag_acc and hellaswag_acc_norm (acc_char is jaxgpt.eval's) with these params."""
     from jaxgpt.scoring import Scorer  # pylint: disable=g-import-not-at-top
-    if self.scorer is None:  # one Scorer: its compiled programs serve every evaluation
+    if self.scorer is None:  # one Scorer and one tokenization serve every evaluation
       self.scorer = Scorer(self.model, params, self.mesh)
+      self.requests = requests(self.examples, self.tokenizer)
     self.scorer.params = params
     try:
-      result = evaluate(self.scorer, self.tokenizer, self.examples)
+      scored = self.scorer.score(self.requests)
     except ValueError as e:
       raise UserError(f"HellaSwag cannot be scored with this model ({e}): pass a "
                       "data.hellaswag_path of shorter examples, or a longer block_size") from None
+    result = accuracies(self.examples, [s.token_losses for s in scored])
     return {"hellaswag_acc": result["acc"], "hellaswag_acc_norm": result["acc_norm"]}
