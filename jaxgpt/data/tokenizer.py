@@ -1,6 +1,7 @@
 """Tokenizers: characters, or GPT-2's byte-level BPE; saved as `tokenizer.json` in a run's
 workdir, and written as Hugging Face tokenizer files on export."""
 
+import dataclasses
 import json
 import os
 from typing import Protocol
@@ -11,6 +12,7 @@ from jaxgpt import config as config_lib, files
 from jaxgpt.errors import UserError
 
 FILENAME = "tokenizer.json"  # a run's tokenizer; Hugging Face folders use the same name
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 class Tokenizer(Protocol):
@@ -71,31 +73,78 @@ class CharTokenizer:
     _write_spec(directory, {"kind": self.kind, "chars": self.chars})
 
 
-class BPETokenizer:
-  """GPT-2's byte-level BPE, read from a Hugging Face folder with the `tokenizers` library.
+@dataclasses.dataclass(frozen=True)
+class Specials:
+  """What a Hugging Face folder's tokenizer_config.json and generation_config.json add to its
+  tokenizer.json: the chat template, the special tokens a template and a prompt begin with
+  and end with, and the tokens that end a model's turn (generation stops at them)."""
+  chat_template: str | None = None  # Jinja, as transformers' apply_chat_template reads it
+  bos_token: str | None = None
+  eos_token: str | None = None
+  stop_tokens: tuple[str, ...] = ()  # end-of-turn tokens besides eos_token
+  add_bos: bool = False  # a prompt begins with bos_token (Llama's post-processor adds it)
 
-  Byte-level, so every text encodes. `vocab_size` is the model's vocabulary, which may be
-  larger than the tokenizer's; ids past the tokenizer's are skipped when decoding.
+  def to_json(self) -> dict:
+    return {**dataclasses.asdict(self), "stop_tokens": list(self.stop_tokens)}
+
+  @classmethod
+  def from_json(cls, spec: dict) -> "Specials":
+    return cls(**{**spec, "stop_tokens": tuple(spec.get("stop_tokens", ()))})
+
+
+class BPETokenizer:
+  """A Hugging Face tokenizer (tokenizer.json, read with the `tokenizers` library): GPT-2's
+  byte-level BPE, or a pretrained model's own with its Specials.
+
+  `vocab_size` is the model's vocabulary, which may be larger than the tokenizer's; ids past
+  the tokenizer's are skipped when decoding.
   """
 
   kind = "gpt2"
   END_OF_TEXT = "<|endoftext|>"
 
-  def __init__(self, hf_json: str, vocab_size: int = 0):
+  def __init__(self, hf_json: str, vocab_size: int = 0, specials: Specials | None = None):
     import tokenizers  # pylint: disable=g-import-not-at-top
     self._hf_json = hf_json
     self._tokenizer = tokenizers.Tokenizer.from_str(hf_json)
     self.num_tokens = self._tokenizer.get_vocab_size()
     self.vocab_size = max(vocab_size, self.num_tokens)
-    self.end_of_text_id = self._tokenizer.token_to_id(self.END_OF_TEXT)
+    self.specials = specials or Specials()
+
+  @property
+  def end_of_text_id(self) -> int | None:
+    """GPT-2's <|endoftext|> where the vocabulary has it, else the eos token: what ends a
+    document."""
+    end = self.token_id(self.END_OF_TEXT)
+    if end is None and self.specials.eos_token:
+      end = self.token_id(self.specials.eos_token)
+    return end
+
+  @property
+  def chat_template(self) -> str | None:
+    return self.specials.chat_template
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    """The ids that end a sample: the end-of-text token and the end-of-turn tokens."""
+    names = (self.specials.eos_token, *self.specials.stop_tokens)
+    ids = [self.end_of_text_id, *(self._tokenizer.token_to_id(n) for n in names if n)]
+    return tuple(sorted({i for i in ids if i is not None}))
+
+  def token_id(self, token: str) -> int | None:
+    return self._tokenizer.token_to_id(token)
 
   @classmethod
   def from_folder(cls, folder: str, vocab_size: int = 0) -> "BPETokenizer":
-    """From `tokenizer.json`, or else GPT-2's original `vocab.json` and `merges.txt`."""
+    """From `tokenizer.json` (with the folder's Specials), or else GPT-2's original
+    `vocab.json` and `merges.txt`."""
     path = os.path.join(folder, FILENAME)
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as f:
-        return cls(f.read(), vocab_size)
+        hf_json = f.read()
+      tokenizer = cls(hf_json, vocab_size)
+      tokenizer.specials = _folder_specials(folder, tokenizer)
+      return tokenizer
     vocab, merges = (os.path.join(folder, name) for name in ("vocab.json", "merges.txt"))
     if not (os.path.isfile(vocab) and os.path.isfile(merges)):
       raise UserError(f"{folder} has no GPT-2 tokenizer files (tokenizer.json, or vocab.json "
@@ -105,7 +154,18 @@ class BPETokenizer:
     return cls(bpe._tokenizer.to_str(), vocab_size)  # pylint: disable=protected-access
 
   def encode(self, text: str) -> np.ndarray:
+    """The ids of `text` alone (special tokens written in it, such as a chat template's,
+    become their ids; none is added)."""
     return np.array(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+  def encode_prompt(self, text: str) -> np.ndarray:
+    """The ids of a prompt: `encode`, after the begin-of-text token where the model's
+    tokenizer puts one."""
+    ids = self.encode(text)
+    bos = self.specials.bos_token and self.token_id(self.specials.bos_token)
+    if self.specials.add_bos and bos is not None and not (ids.size and ids[0] == bos):
+      ids = np.concatenate([np.array([bos], np.int32), ids])
+    return ids
 
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     """Each text's ids, from one call into `tokenizers` (on its own threads unless
@@ -122,8 +182,58 @@ class BPETokenizer:
     return self._hf_json
 
   def save(self, directory: str) -> None:
-    _write_spec(directory, {"kind": self.kind, "vocab_size": self.vocab_size,
-                            "tokenizer": json.loads(self._hf_json)})
+    spec = {"kind": self.kind, "vocab_size": self.vocab_size,
+            "tokenizer": json.loads(self._hf_json)}
+    if self.specials != Specials():
+      spec["specials"] = self.specials.to_json()
+    _write_spec(directory, spec)
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except FileNotFoundError:
+    return {}
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} cannot be read ({e}): restore it from the model's "
+                    "original folder") from None
+  return value if isinstance(value, dict) else {}
+
+
+def _token_text(value) -> str | None:
+  """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+  if isinstance(value, dict):
+    value = value.get("content")
+  return value if isinstance(value, str) and value else None
+
+
+def _folder_chat_template(folder: str, settings: dict) -> str | None:
+  """tokenizer_config.json's chat_template (a string, or named templates: the default), or
+  chat_template.jinja, where newer transformers save it."""
+  template = settings.get("chat_template")
+  if isinstance(template, list):
+    named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    template = named.get("default")
+  path = os.path.join(folder, CHAT_TEMPLATE_FILE)
+  if not template and os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      template = f.read()
+  return template if isinstance(template, str) and template else None
+
+
+def _folder_specials(folder: str, tokenizer: "BPETokenizer") -> Specials:
+  settings = _read_json(os.path.join(folder, "tokenizer_config.json"))
+  generation = _read_json(os.path.join(folder, "generation_config.json"))
+  bos, eos = _token_text(settings.get("bos_token")), _token_text(settings.get("eos_token"))
+  stop_ids = generation.get("eos_token_id", [])
+  stop_ids = stop_ids if isinstance(stop_ids, list) else [stop_ids]
+  stops = [tokenizer._tokenizer.id_to_token(i) for i in stop_ids if isinstance(i, int)]  # pylint: disable=protected-access
+  bos_id = bos and tokenizer.token_id(bos)
+  first = tokenizer._tokenizer.encode("a", add_special_tokens=True).ids[:1]  # pylint: disable=protected-access
+  return Specials(chat_template=_folder_chat_template(folder, settings), bos_token=bos,
+                  eos_token=eos, stop_tokens=tuple(s for s in stops if s and s != eos),
+                  add_bos=bos_id is not None and first == [bos_id])
 
 
 def _char_hf_json(chars: str) -> str:
@@ -145,7 +255,12 @@ def write_hf_tokenizer(tokenizer: Tokenizer, folder: str, max_length: int) -> No
     f.write(tokenizer.hf_json())
   settings = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
               "clean_up_tokenization_spaces": False}
-  if tokenizer.end_of_text_id is not None:
+  specials = getattr(tokenizer, "specials", Specials())
+  if specials != Specials():
+    settings.update(bos_token=specials.bos_token, eos_token=specials.eos_token)
+    if specials.chat_template:
+      settings["chat_template"] = specials.chat_template
+  elif tokenizer.end_of_text_id is not None:
     settings.update(bos_token=BPETokenizer.END_OF_TEXT, eos_token=BPETokenizer.END_OF_TEXT)
   with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=2)
@@ -176,7 +291,8 @@ def load_tokenizer(directory: str):
     if spec.get("kind") == "char":
       return CharTokenizer(spec["chars"])
     if spec.get("kind") == "gpt2":
-      return BPETokenizer(json.dumps(spec["tokenizer"]), spec["vocab_size"])
+      return BPETokenizer(json.dumps(spec["tokenizer"]), spec["vocab_size"],
+                          Specials.from_json(spec.get("specials", {})))
     if "kind" not in spec and "model" in spec:  # a Hugging Face tokenizer.json, as given
       return BPETokenizer(json.dumps(spec))
   except Exception as e:  # pylint: disable=broad-except  # a hand-edited file fails in many ways
