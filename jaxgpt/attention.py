@@ -43,10 +43,7 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_NxD, batch: int, deterministic: bool, decode: bool, positions_T,
                mask_BxTxS=None):
     c = self.config
-    qkv_Nx3xHxK = Dense(shape=(c.n_embd, 3, c.n_head, c.head_size),
-                        names=("embed", "qkv", "heads", "head_dim"), num_in=1,
-                        stddev=c.init_std, config=c, name="c_attn")(x_NxD)
-    qkv_BxTx3xHxK = qkv_Nx3xHxK.reshape(batch, -1, 3, c.n_head, c.head_size)
+    qkv_BxTx3xHxK = self._projected(x_NxD, batch)
     index = None
     if decode:  # the cache's index is the position of this call's first token
       index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
@@ -67,6 +64,27 @@ class CausalSelfAttention(nn.Module):
                   num_in=2, stddev=c.proj_std, config=c, name="c_proj")(y_NxHxK)
     return nn.Dropout(c.dropout)(y_NxD, deterministic=deterministic)
 
+  def _projected(self, x_NxD, batch: int):
+    """q, k and v as one (B, T, 3, H, K) array.
+
+    c_attn's kernel is (D, G + 2, J, K): for each of the J key/value heads, its G query heads,
+    its key and its value (grouped-query attention; G = 1 is GPT-2's (D, 3, H, K)). Query
+    head h reads key/value head h // G, as Hugging Face's Llama has it; with G > 1 the keys
+    and values are repeated to the H query heads here (the cache keeps the J alone)."""
+    c = self.config
+    g, j = c.group_size, c.kv_heads
+    qkv_NxGp2xJxK = Dense(shape=(c.n_embd, g + 2, j, c.head_size),
+                          names=("embed", "qkv", "heads", "head_dim"), num_in=1,
+                          stddev=c.init_std, config=c, use_bias=c.bias or c.qkv_bias,
+                          name="c_attn")(x_NxD)
+    qkv_BxTxGp2xJxK = qkv_NxGp2xJxK.reshape(batch, -1, g + 2, j, c.head_size)
+    if g == 1:
+      return qkv_BxTxGp2xJxK
+    b, t = qkv_BxTxGp2xJxK.shape[:2]
+    q_BxTxHxK = qkv_BxTxGp2xJxK[:, :, :g].transpose(0, 1, 3, 2, 4).reshape(b, t, -1, c.head_size)
+    kv_BxTx2xHxK = jnp.repeat(qkv_BxTxGp2xJxK[:, :, g:], g, axis=3)
+    return jnp.concatenate([q_BxTxHxK[:, :, None], kv_BxTx2xHxK], axis=2)
+
   def _normed_and_rotated(self, qkv_BxTx3xHxK, positions_T):
     """q and k with c.qk_norm's RMSNorm per head (a learned scale per head feature, shared
     by the heads) and then c.position's rotary embeddings; v as it is. Both work on the
@@ -76,34 +94,36 @@ class CausalSelfAttention(nn.Module):
       scales = (_Scale(c.head_size, name=name)() for name in ("q_norm", "k_norm"))
       qkv_BxTx3xHxK = qk_normed(qkv_BxTx3xHxK, *scales, c.norm_eps).astype(c.dtype)
     if c.position == "rope":
-      qkv_BxTx3xHxK = rotated(qkv_BxTx3xHxK, positions_T, c.rope_base)
+      qkv_BxTx3xHxK = rotated(qkv_BxTx3xHxK, positions_T, rope_frequencies(c))
     return qkv_BxTx3xHxK
 
   def _cached_attention(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, index):
     """Appends this call's keys and values to the cache at `index` (a cache variable: the
     number of positions filled) and attends over all of it.
 
-    Keys are cached as (B*H, K, S) and values as (B*H, S, K), the layouts the two matmuls
-    read; one batch axis of batch x heads keeps a batch of one from giving the matmuls
-    operands of another shape than the cache's, which would copy the cache every step.
+    The cache holds the J key/value heads only (every G-th of the repeated ones). Keys are
+    cached as (B*J, K, S) and values as (B*J, S, K), the layouts the two matmuls read, with
+    the G query heads of a key/value head and their T positions as the rows of one matmul;
+    one batch axis of batch x heads keeps a batch of one from giving the matmuls operands of
+    another shape than the cache's, which would copy the cache every step.
     """
     c = self.config
     b, t = q_BxTxHxK.shape[:2]
-    n = b * c.n_head
+    g, n = c.group_size, b * c.kv_heads
     cached_k = self.variable("cache", "k", jnp.zeros, (n, c.head_size, c.block_size),
                              k_BxTxHxK.dtype)
     cached_v = self.variable("cache", "v", jnp.zeros, (n, c.block_size, c.head_size),
                              v_BxTxHxK.dtype)
     start = index.value
-    k_NxKxT = k_BxTxHxK.transpose(0, 2, 3, 1).reshape(n, c.head_size, t)
-    v_NxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
+    k_NxKxT = k_BxTxHxK[:, :, ::g].transpose(0, 2, 3, 1).reshape(n, c.head_size, t)
+    v_NxTxK = v_BxTxHxK[:, :, ::g].transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxKxT, (0, 0, start))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_NxTxK, (0, start, 0))
     index.value = start + t
     mask_TxS = jnp.arange(c.block_size)[None, :] <= (start + jnp.arange(t))[:, None]
-    q_NxTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
-    y_NxTxK = _weighted_values(q_NxTxK, cached_k.value, cached_v.value, mask_TxS)
-    return y_NxTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
+    q_NxGTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, g * t, c.head_size)
+    y_NxGTxK = _weighted_values(q_NxGTxK, cached_k.value, cached_v.value, jnp.tile(mask_TxS, (g, 1)))
+    return y_NxGTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
 
 
 def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool, mask_BxTxS=None):
@@ -160,28 +180,43 @@ def qk_normed(qkv_BxTx3xHxK, q_scale_K, k_scale_K, epsilon: float):
   return x * jnp.where(is_qk_1x1x3x1x1, inv_rms, 1.0) * scale_1x1x3x1xK
 
 
-def rotated(qkv_BxTx3xHxK, positions_T, base: float):
+def rope_frequencies(c: "GPTConfig"):
+  """(K/2,) float32: the angle per position that rotary embeddings turn feature pair i by,
+  1 / rope_base^(2i/K), with Llama 3's rope_scaling where the model has it: wavelengths
+  longer than the original context / low_freq_factor slowed by `factor`, those shorter than
+  the original context / high_freq_factor kept, and those between interpolated."""
+  half = c.head_size // 2
+  inv_freq_K2 = 1.0 / c.rope_base ** (jnp.arange(half, dtype=jnp.float32) / half)
+  scaling = c.llama3_rope_scaling
+  if scaling is None:
+    return inv_freq_K2
+  factor, low, high, context = (float(scaling[k]) for k in (
+      "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+  wavelength_K2 = 2 * math.pi / inv_freq_K2
+  smooth_K2 = jnp.clip((context / wavelength_K2 - low) / (high - low), 0.0, 1.0)
+  return (1 - smooth_K2) * inv_freq_K2 / factor + smooth_K2 * inv_freq_K2
+
+
+def rotated(qkv_BxTx3xHxK, positions_T, inv_freq_K2):
   """Rotary position embeddings on q and k: each pair of features (i, i + K/2) turned by the
-  angle position / base^(2i/K), in float32 (the Hugging Face Llama layout). The positions
-  are (T,), or (B, T) where each row has its own.
+  angle position x inv_freq_K2[i] (rope_frequencies), in float32 (the Hugging Face Llama
+  layout). The positions are (T,), or (B, T) where each row has its own.
 
   Written as qkv * cos + qkv with its halves swapped * sin over the whole q, k, v array, one
   element-wise pass that XLA fuses (and its backward too), rather than slicing q and k out,
   rotating them apart and stacking them back, which costs copies of the array."""
   b, t, three, h, k = qkv_BxTx3xHxK.shape
   positions_BxT = positions_T if positions_T.ndim == 2 else positions_T[None]
-  cos_BxTx3xK, sin_BxTx3xK = _rotary_tables(positions_BxT, k, base)
+  cos_BxTx3xK, sin_BxTx3xK = _rotary_tables(positions_BxT, inv_freq_K2)
   x = qkv_BxTx3xHxK.astype(jnp.float32)
   swapped = x.reshape(b, t, three, h, 2, k // 2)[..., ::-1, :].reshape(x.shape)
   rotated_x = x * cos_BxTx3xK[..., None, :] + swapped * sin_BxTx3xK[..., None, :]
   return rotated_x.astype(qkv_BxTx3xHxK.dtype)
 
 
-def _rotary_tables(positions_BxT, head_size: int, base: float):
+def _rotary_tables(positions_BxT, inv_freq_K2):
   """(cos, sin), each (B, T, 3, K), that rotate q and k of a (B, T, 3, H, K) q, k, v array
   by rotary embeddings and leave v as it is (cos 1, sin 0): see rotated."""
-  half = head_size // 2
-  inv_freq_K2 = 1.0 / base ** (jnp.arange(half, dtype=jnp.float32) / half)
   angles_BxTxK2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_K2[None, None]
   cos_BxTxK2, sin_BxTxK2 = jnp.cos(angles_BxTxK2), jnp.sin(angles_BxTxK2)
   cos_BxTxK = jnp.concatenate([cos_BxTxK2, cos_BxTxK2], axis=-1)

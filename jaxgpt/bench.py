@@ -87,11 +87,11 @@ def _time_steps(trainer, num_steps: int):
 def _vocab_size(config) -> int:
   """The vocabulary a run of `config` would have, found without its data where possible:
   a pretrained model's (whose shape `config` takes), GPT-2's, or the data's tokenizer's."""
-  from jaxgpt import config as config_lib, data, hf_gpt2  # pylint: disable=g-import-not-at-top
+  from jaxgpt import config as config_lib, data, pretrained  # pylint: disable=g-import-not-at-top
   if config.init_from != "scratch":
-    folder = hf_gpt2.resolve(config.init_from)
-    hf_gpt2.configure(config, folder)
-    return hf_gpt2.read_config(folder)["vocab_size"]
+    folder = pretrained.resolve(config.init_from)
+    pretrained.configure(config, folder)
+    return pretrained.load_tokenizer(folder).vocab_size
   if config.data.tokenizer == "gpt2":
     return GPT2_VOCAB_SIZE
   config_lib.validate(config)  # the data's settings too: its text makes the vocabulary

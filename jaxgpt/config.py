@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # the file for text and kaggle_csv; the prepared folder for tokens
   c.data.tfds_name = "tiny_shakespeare"
   c.data.tokenizer = "char"
-  c.data.tokenizer_path = ""  # gpt2 tokenizer files (a Hugging Face folder); "" takes init_from's or the hub's
+  c.data.tokenizer_path = ""  # a Hugging Face tokenizer folder; "" takes init_from's or the hub's gpt2
   c.data.val_fraction = 0.1
   c.data.pipeline = "numpy"  # or "tf" (tf.data), or "auto": tf.data when TensorFlow is installed
   c.data.fingerprint = ""  # set by the run: a hash of its training and validation tokens
@@ -109,14 +109,18 @@ _KEY_MEANINGS = {
     "precision": f"Compute dtype, {' or '.join(PRECISIONS)}; parameters, logits and loss "
                  "stay float32.",
     "init_from": "scratch, or start from pretrained weights: gpt2, gpt2-medium, gpt2-large, "
-                 "gpt2-xl or a Hugging Face GPT-2 folder.",
+                 "gpt2-xl, a hub name (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, "
+                 "meta-llama/Llama-3.2-1B) or a Hugging Face GPT-2, Llama, Mistral, Qwen2 or "
+                 "Qwen3 folder.",
     "data.source": f"The training text: {', '.join(DATA_SOURCES)} (the folder "
                    "`python -m jaxgpt.prepare` wrote).",
     "data.path": "The file of text and kaggle_csv; the prepared folder of tokens.",
     "data.tfds_name": "The TFDS text dataset of data.source=tfds.",
-    "data.tokenizer": f"{' or '.join(TOKENIZERS)} (GPT-2's byte-level BPE).",
-    "data.tokenizer_path": "A folder with GPT-2 tokenizer files for data.tokenizer=gpt2; '' "
-                           "takes init_from's, or the hub's gpt2.",
+    "data.tokenizer": f"{' or '.join(TOKENIZERS)}: a Hugging Face tokenizer (init_from's, "
+                      "data.tokenizer_path's, or GPT-2's byte-level BPE).",
+    "data.tokenizer_path": "A Hugging Face tokenizer folder for data.tokenizer=gpt2 (its "
+                           "tokenizer.json, special tokens and chat template); '' takes "
+                           "init_from's, or the hub's gpt2.",
     "data.val_fraction": "The share of the text held out for validation.",
     "data.pipeline": f"{', '.join(PIPELINES)}: auto is tf.data when TensorFlow is installed; "
                      "both give identical batches (NumPy's faster on CPU hosts: BENCHMARKS.md).",
@@ -208,23 +212,21 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   return changed
 
 
-def adopt_gpt2_architecture(c: ml_collections.ConfigDict, explicit: set[str] | None) -> None:
-  """A pretrained GPT-2 (init_from) decides the model options, as it decides the shape: those a
-  config file set (configs/default.py's recipe) become GPT-2's; one given on the command line
-  (`explicit`; any, when None) that GPT-2 does not have is a UserError."""
-  check_gpt2_architecture(c, explicit)
-  c.model.update(gpt2_architecture())
-
-
-def check_gpt2_architecture(c: ml_collections.ConfigDict, explicit: set[str] | None) -> None:
-  """A UserError for each model option given on the command line (`explicit`; any, when None)
-  that a pretrained GPT-2 (init_from) does not have."""
-  differing = [name for name, gpt2 in gpt2_architecture().items() if c.model[name] != gpt2]
-  given = [f"model.{name}={c.model[name]!r}" for name in differing
-           if explicit is None or f"model.{name}" in explicit]
-  _require(not given, f"init_from={c.init_from} loads GPT-2's architecture, which "
-           f"{', '.join(given)} is not: drop that option to fine-tune GPT-2, or train it with "
+def adopt_architecture(c: ml_collections.ConfigDict, name: str, options: dict,
+                       explicit: set[str]) -> None:
+  """A pretrained model (init_from) decides the model options, its architecture (`name`) and
+  its shape: `options`. Those a config file set (configs/default.py's recipe) are replaced;
+  a DESIGN option given on the command line (`explicit`) that the model does not have is a
+  UserError."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  design = {f.name for f in model.options() if f.metadata["kind"] == model.DESIGN}
+  given = [f"model.{key}={c.model[key]!r}" for key, value in options.items()
+           if key in design and c.model[key] != value
+           and f"model.{key}" in explicit]
+  _require(not given, f"init_from={c.init_from} loads {name}'s architecture, which "
+           f"{', '.join(given)} is not: drop that option to fine-tune it, or train it with "
            "init_from=scratch")
+  c.model.update(options)
 
 
 def gpt2_architecture() -> dict:
@@ -290,8 +292,6 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   _require(0 < c.data.val_fraction < 1,
            f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}")
   model_config(c, vocab_size=1)  # the options alone: the vocabulary comes with the data
-  if c.init_from != "scratch":
-    check_gpt2_architecture(c, explicit=None)
   _require(c.train.optimizer in OPTIMIZERS,
            f"train.optimizer={c.train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}: pass "
            "--config.train.optimizer=adamw or muon")

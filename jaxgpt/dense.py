@@ -43,6 +43,7 @@ class Dense(nn.Module):
   num_in: int
   stddev: float  # 0 starts the kernel at zero
   config: "GPTConfig"
+  use_bias: bool | None = None  # None: the config's `bias`
 
   @nn.compact
   def __call__(self, x):
@@ -51,7 +52,7 @@ class Dense(nn.Module):
     y = contract(x, kernel, self.num_in, c.dtype)
     if c.lora_rank and self.name in c.lora_targets:
       y = y + self._adapter(x)
-    if c.bias:
+    if c.bias if self.use_bias is None else self.use_bias:
       out_shape, out_names = self.shape[self.num_in:], self.names[self.num_in:]
       bias = self.param("bias", zeros(out_names), out_shape).astype(c.dtype)
       y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)

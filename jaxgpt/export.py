@@ -39,14 +39,17 @@ def export_run(run, out: str) -> str:
   """Writes a loaded run as a Hugging Face folder of its architecture, LoRA adapters merged;
   returns the transformers class that loads it."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from jaxgpt import hf_export, hf_gpt2, hf_llama, lora  # pylint: disable=g-import-not-at-top
+  from jaxgpt import hf_export, hf_gpt2, hf_llama, lora, pretrained  # pylint: disable=g-import-not-at-top
   model_config, params = run.model.config, run.params
   architecture = hf_export.check_exportable(model_config)
   if model_config.lora_rank:
     params = lora.merge(params, model_config.lora_rank, model_config.lora_alpha)
     model_config = dataclasses.replace(model_config, lora_rank=0, lora_targets=())
-  writer = hf_gpt2.export if architecture == "GPT-2" else hf_llama.export
-  writer(params, model_config, run.tokenizer, out)
+  if architecture == "GPT-2":
+    hf_gpt2.export(params, model_config, run.tokenizer, out)
+  else:  # with the config.json of the model the run was fine-tuned from, if any
+    base = pretrained.saved_hf_config(run.workdir) if run.workdir else None
+    hf_llama.export(params, model_config, run.tokenizer, out, base)
   return hf_export.HF_CLASSES[architecture][1]
 
 

@@ -2,11 +2,13 @@
 every export writes: config.json, model.safetensors and the tokenizer's files.
 
 The model options (jaxgpt/model.py) decide the architecture. GPT-2's defaults export as GPT-2
-(jaxgpt/hf_gpt2.py); rotary positions, RMSNorm and a SwiGLU MLP export as Llama, and with
-QK-norm as Qwen3 (jaxgpt/hf_llama.py). Any other combination has no transformers equivalent.
-Options an architecture does not name may take any value: `zero_init_proj` changes only the
-start, an untied head is Llama's and Qwen3's `lm_head`, and biases are GPT-2's (zeros when the
-model has none) and Llama's `attention_bias` and `mlp_bias` (Qwen3's MLP has none).
+(jaxgpt/hf_gpt2.py); rotary positions, RMSNorm and a SwiGLU MLP export as Llama, with biases
+on q, k and v only as Qwen2, and with QK-norm as Qwen3 (jaxgpt/hf_llama.py). Any other
+combination has no transformers equivalent. Options an architecture does not name may take
+any value: `zero_init_proj` changes only the start, an untied head is the Llama family's
+`lm_head`, and biases are GPT-2's (zeros when the model has none) and Llama's
+`attention_bias` and `mlp_bias` (Qwen2's and Qwen3's MLPs have none). The Llama family also
+takes grouped-query attention, any head size and Llama 3's rope scaling; GPT-2 none of them.
 """
 
 import json
@@ -24,13 +26,16 @@ from jaxgpt.model import GPTConfig
 HF_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
-_LLAMA = {"position": "rope", "norm": "rmsnorm", "qk_norm": False, "mlp": "swiglu"}
+_LLAMA = {"position": "rope", "norm": "rmsnorm", "qk_norm": False, "mlp": "swiglu",
+          "qkv_bias": False}
 # The model options each architecture needs (the others may take any value).
 ARCHITECTURES = {"GPT-2": gpt2_architecture(), "Llama": _LLAMA,
+                 "Qwen2": {**_LLAMA, "qkv_bias": True, "bias": False},
                  "Qwen3": {**_LLAMA, "qk_norm": True, "bias": False}}
 # Each architecture's transformers model_type and model class.
 HF_CLASSES = {"GPT-2": ("gpt2", "GPT2LMHeadModel"), "Llama": ("llama", "LlamaForCausalLM"),
-              "Qwen3": ("qwen3", "Qwen3ForCausalLM")}
+              "Qwen2": ("qwen2", "Qwen2ForCausalLM"), "Qwen3": ("qwen3", "Qwen3ForCausalLM")}
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def _differences(model_config: GPTConfig, options: dict) -> dict:
@@ -47,7 +52,9 @@ def check_exportable(model_config: GPTConfig) -> str:
                  for name, options in ARCHITECTURES.items()}
   fewest = min(map(len, differences.values()))
   if not fewest:
-    return next(name for name, diff in differences.items() if not diff)
+    architecture = next(name for name, diff in differences.items() if not diff)
+    _check_gpt2_heads(model_config, architecture)
+    return architecture
   closest = [name for name, diff in differences.items() if len(diff) == fewest]
   lacks = [f"{name} has no " + ", ".join(f"model.{option}={getattr(model_config, option)!r}"
                                          for option in differences[name]) for name in closest]
@@ -59,6 +66,17 @@ def check_exportable(model_config: GPTConfig) -> str:
                   f"({'; '.join(lacks)}): export writes only models with the options of "
                   f"{', '.join(others)} or {last}; a trained run keeps its options: train a "
                   f"new run with {flags} to export it as {closest[0]}")
+
+
+def _check_gpt2_heads(c: GPTConfig, architecture: str) -> None:
+  if architecture == "GPT-2" and (c.group_size != 1 or c.head_size * c.n_head != c.n_embd
+                                  or c.rope_scaling):
+    raise UserError("GPT-2 has no grouped-query attention, head size other than n_embd / "
+                    "n_head or rope scaling, which this run's model has (model.n_kv_head, "
+                    "model.head_dim, model.rope_scaling): export writes them only as the "
+                    "Llama family; train a new run with --config.model.position=rope "
+                    "--config.model.norm=rmsnorm --config.model.mlp=swiglu to export it as "
+                    "Llama")
 
 
 def exported_params(params, model_config: GPTConfig, architectures: tuple) -> tuple:
@@ -98,10 +116,19 @@ def write_folder(folder: str, architecture: str, tensors: dict, hf_config: dict,
   _default_permissions(weights)
   model_type, hf_class = HF_CLASSES[architecture]
   eos = tokenizer.end_of_text_id
-  hf_config = {"architectures": [hf_class], "model_type": model_type,
-               "vocab_size": model_config.vocab_size, **hf_config,
-               "tie_word_embeddings": model_config.tie_embeddings, "bos_token_id": eos,
-               "eos_token_id": eos, "dtype": "float32"}
-  with open(os.path.join(folder, HF_CONFIG_FILE), "w", encoding="utf-8") as f:
-    json.dump(hf_config, f, indent=2)
+  hf_config = {"bos_token_id": eos, "eos_token_id": eos, **hf_config,
+               "architectures": [hf_class], "model_type": model_type,
+               "vocab_size": model_config.vocab_size,
+               "tie_word_embeddings": model_config.tie_embeddings, "dtype": "float32"}
+  hf_config.pop("torch_dtype", None)
+  _write_json(os.path.join(folder, HF_CONFIG_FILE), hf_config)
+  stop_ids = list(getattr(tokenizer, "stop_ids", ()))
+  if len(stop_ids) > 1:  # transformers' generate stops at each end-of-turn token too
+    _write_json(os.path.join(folder, GENERATION_CONFIG_FILE),
+                {"bos_token_id": hf_config["bos_token_id"], "eos_token_id": stop_ids})
   write_hf_tokenizer(tokenizer, folder, model_config.block_size)
+
+
+def _write_json(path: str, value: dict) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2)

@@ -20,6 +20,7 @@ K2 is K/2, and a digit is an axis of that length (SwiGLU's gate and value: Nx2xF
 """
 
 import dataclasses
+import json
 import math
 import typing
 from typing import Literal
@@ -61,7 +62,11 @@ class GPTConfig:
 
   n_layer: int = option(6, "Transformer blocks.", SHAPE)
   n_head: int = option(6, "Attention heads per block.", SHAPE)
+  n_kv_head: int = option(
+      0, "Key/value heads (grouped-query attention): each serves n_head / n_kv_head query "
+      "heads, and the KV cache holds only these; 0 is n_head.", SHAPE)
   n_embd: int = option(384, "Width of the residual stream.", SHAPE)
+  head_dim: int = option(0, "The size of each head; 0 is n_embd / n_head.", SHAPE)
   block_size: int = option(256, "Context length, in tokens.", SHAPE)
   bias: bool = option(False, "Biases in the linear layers and LayerNorms.", SHAPE)
   vocab_multiple: int = option(
@@ -72,6 +77,10 @@ class GPTConfig:
   rope_base: float = option(
       10000.0, "Rotary positions' base (rope_theta): the longest wavelength is 2 pi times "
       "this.", SHAPE)
+  rope_scaling: str = option(
+      "", "Rotary positions' scaling as a Hugging Face config.json's rope_scaling has it, in "
+      'JSON: Llama 3\'s, {"rope_type": "llama3", "factor": ..., "low_freq_factor": ..., '
+      '"high_freq_factor": ..., "original_max_position_embeddings": ...}; "" is none.', SHAPE)
   mlp_width: int = option(
       0, "The MLP's hidden width (intermediate_size); 0 derives it: 4 x n_embd, or 8/3 x "
       f"n_embd for swiglu, rounded up to a multiple of {SWIGLU_MULTIPLE}.", SHAPE)
@@ -84,6 +93,7 @@ class GPTConfig:
       f"up to a multiple of {SWIGLU_MULTIPLE}).")
   tie_embeddings: bool = option(
       True, "The output layer reads the token embedding table; False gives it its own kernel.")
+  qkv_bias: bool = option(False, "Biases on the q, k and v projections only (Qwen2's).")
   dropout: float = option(0.2, "Dropout rate, in [0, 1).", TRAINING)
   zero_init_proj: bool = option(
       False, "The projections into the residual stream start at zero.", TRAINING)
@@ -105,7 +115,21 @@ class GPTConfig:
 
   @property
   def head_size(self) -> int:
-    return self.n_embd // self.n_head
+    return self.head_dim or self.n_embd // self.n_head
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_head or self.n_head
+
+  @property
+  def group_size(self) -> int:
+    """G: the query heads that share one key/value head (1 without grouped-query attention)."""
+    return self.n_head // self.kv_heads
+
+  @property
+  def llama3_rope_scaling(self) -> dict | None:
+    """rope_scaling's fields, or None for none."""
+    return json.loads(self.rope_scaling) if self.rope_scaling else None
 
   @property
   def init_std(self) -> float:
@@ -172,19 +196,50 @@ def _problems(c: GPTConfig):
   if c.block_size == 1:
     yield ("model.block_size=1 leaves no token to predict from: pass "
            "--config.model.block_size=2 or more")
-  if c.n_head > 0 and c.n_embd % c.n_head:
+  for name in ("n_kv_head", "head_dim"):
+    if getattr(c, name) < 0:
+      yield (f"model.{name}={getattr(c, name)} is negative: pass a positive number, or 0 for "
+             "the default")
+  if c.n_head > 0 and not c.head_dim and c.n_embd % c.n_head:
     yield (f"model.n_embd={c.n_embd} is not divisible by model.n_head={c.n_head}: choose "
-           "n_embd as a multiple of n_head")
+           "n_embd as a multiple of n_head, or set model.head_dim")
+  if c.n_head > 0 and c.n_kv_head > 0 and c.n_head % c.n_kv_head:
+    yield (f"model.n_head={c.n_head} is not divisible by model.n_kv_head={c.n_kv_head}: "
+           "each key/value head serves the same number of query heads")
+  yield from _rope_scaling_problems(c.rope_scaling)
   if not 0 <= c.dropout < 1:
     yield f"model.dropout must be in [0, 1), got {c.dropout}"
   if c.attention not in ("auto", "jaxgpt") and c.dropout != 0:
     yield (f"model.attention={c.attention} has no attention dropout but model.dropout="
            f"{c.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
-  if c.position == "rope" and c.n_head > 0 and c.head_size % 2:
+  if c.position == "rope" and c.n_head > 0 and c.head_size > 0 and c.head_size % 2:
     yield (f"model.position=rope turns pairs of head features, but the head size "
-           f"model.n_embd/model.n_head={c.head_size} is odd: choose an even one")
+           f"{c.head_size} is odd: choose an even one")
   if c.vocab_size < 1:
     yield f"vocab_size must be positive, got {c.vocab_size}"
+
+
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings")
+
+
+def _rope_scaling_problems(text: str):
+  if not text:
+    return
+  fix = ('pass "" (none) or Llama 3\'s JSON: {"rope_type": "llama3", '
+         + ", ".join(f'"{k}": ...' for k in LLAMA3_ROPE_KEYS) + "}")
+  try:
+    scaling = json.loads(text)
+  except ValueError:
+    scaling = None
+  if not isinstance(scaling, dict):
+    yield f"model.rope_scaling={text!r} is not a JSON object: {fix}"
+  elif scaling.get("rope_type", scaling.get("type")) != "llama3":
+    yield (f"model.rope_scaling has rope_type {scaling.get('rope_type', scaling.get('type'))!r}"
+           f", which jaxgpt does not implement (only Llama 3's): {fix}")
+  elif not all(isinstance(scaling.get(k), (int, float)) and scaling[k] > 0
+               for k in LLAMA3_ROPE_KEYS):
+    yield f"model.rope_scaling={text!r} lacks a positive number for one of its keys: {fix}"
 
 
 class GPT(nn.Module):

@@ -11,7 +11,7 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, data, hf_gpt2, sharding
+from jaxgpt import checkpoint, data, pretrained, sharding
 from jaxgpt import config as config_lib
 from jaxgpt import state as state_lib
 from jaxgpt.errors import UserError
@@ -26,6 +26,7 @@ class LoadedRun:
   params: dict
   mesh: object
   step: int
+  workdir: str | None = None  # None for a pretrained model
 
   def context(self):
     return sharding.rules_context(self.mesh)
@@ -71,22 +72,28 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
       step, params = _restore(checkpoints, which, abstract, workdir)
   finally:
     checkpoints.close()
-  return LoadedRun(config, tokenizer, model, params, mesh, step)
+  return LoadedRun(config, tokenizer, model, params, mesh, step, workdir)
 
 
-def load_pretrained(init_from: str) -> LoadedRun:
-  """GPT-2 weights and tokenizer (`gpt2`..`gpt2-xl` or a Hugging Face folder), no workdir."""
-  folder = hf_gpt2.resolve(init_from)
+# The context a pretrained model samples and evaluates with, at most: the KV cache holds
+# this many positions (Llama 3.2's 131,072 would take gigabytes).
+MAX_PRETRAINED_CONTEXT = 4096
+
+
+def load_pretrained(init_from: str, mesh=None) -> LoadedRun:
+  """A pretrained model's weights and tokenizer (a hub name or a Hugging Face folder), no
+  workdir; on `mesh`, or on the devices here."""
+  folder = pretrained.resolve(init_from)
   config = config_lib.base_config()
   config.init_from = init_from
-  config.model.block_size = hf_gpt2.read_config(folder)["n_positions"]
-  hf_gpt2.configure(config, folder)
-  tokenizer = hf_gpt2.load_tokenizer(folder)
+  config.model.block_size = min(pretrained.context_length(folder), MAX_PRETRAINED_CONTEXT)
+  pretrained.configure(config, folder)
+  tokenizer = pretrained.load_tokenizer(folder)
   model = GPT(config_lib.model_config(config, tokenizer.vocab_size))
-  mesh = _local_mesh()
+  mesh = mesh or _local_mesh()
   with sharding.rules_context(mesh):
-    params = hf_gpt2.load_params(folder, model.config,
-                                 state_lib.abstract_params(model, mesh))
+    params = pretrained.load_params(folder, model.config,
+                                    state_lib.abstract_params(model, mesh))
   return LoadedRun(config, tokenizer, model, params, mesh, step=0)
 
 

@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from jaxgpt import checkpoint, config as config_lib, data, hf_gpt2
+from jaxgpt import checkpoint, config as config_lib, data, pretrained as pretrained_lib
 from jaxgpt.data.tokenizer import Tokenizer
 from jaxgpt.errors import UserError
 
@@ -35,18 +35,17 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   its identity (config.identity_keys()) from the workdir, and contradicting it is an error;
   without them, a differing shape meets the checkpoint's strict restore. `is_main`: whether
   this process (process 0) prints."""
-  if config.init_from != "scratch":
-    config_lib.adopt_gpt2_architecture(config, explicit_keys)
+  # Fine-tuning: the model's options (architecture and shape) and tokenizer are the
+  # pretrained model's.
+  pretrained = None if config.init_from == "scratch" else pretrained_lib.resolve(config.init_from)
+  if pretrained:
+    pretrained_lib.configure(config, pretrained, explicit_keys or set())
   config_lib.validate(config)
   saved = _saved_run_config(workdir)
   if saved is not None and explicit_keys is not None:
     changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
     if changed and is_main:
       print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)
-  # Fine-tuning: the model's shape and tokenizer are the pretrained model's.
-  pretrained = None if config.init_from == "scratch" else hf_gpt2.resolve(config.init_from)
-  if pretrained:
-    hf_gpt2.configure(config, pretrained)
   os.makedirs(workdir, exist_ok=True)
   dataset = _dataset(config, workdir, pretrained)
   if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
@@ -66,7 +65,7 @@ def _dataset(config, workdir: str, pretrained: str | None) -> data.Dataset:
   their own tokenizer, which decides data.tokenizer."""
   from_shards = config.data.source == "tokens"
   tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
-               or hf_gpt2.run_tokenizer(config, pretrained))
+               or pretrained_lib.run_tokenizer(config, pretrained))
   dataset = data.build_dataset(config, tokenizer=tokenizer)
   config.data.tokenizer = dataset.tokenizer.kind
   config.data.fingerprint = data.fingerprint(dataset)

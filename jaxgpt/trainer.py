@@ -14,7 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, config as config_lib, data, generate, hellaswag, hf_gpt2, memory
+from jaxgpt import checkpoint, config as config_lib, data, generate, hellaswag, memory
+from jaxgpt import pretrained as pretrained_lib
 from jaxgpt import metrics, optim, run_setup, sharding, signals
 from jaxgpt import state as state_lib
 from jaxgpt import steps
@@ -167,8 +168,8 @@ class Trainer:
     p, pretrained, params = self.program, self.setup.pretrained, None
     if pretrained:
       self.log(f"initialising from {self.config.init_from} ({pretrained})")
-      params = hf_gpt2.load_params(pretrained, self.model.config,
-                                   state_lib.abstract_params(self.model, self.mesh))
+      params = pretrained_lib.load_params(pretrained, self.model.config,
+                                          state_lib.abstract_params(self.model, self.mesh))
     return state_lib.init_state(self.model, p.optimizer, self.mesh, self.config.seed, params,
                                 p.shardings)
 
@@ -263,6 +264,8 @@ class Trainer:
     if self.is_main and step <= self.config.train.max_steps:
       self.tokenizer.save(self.workdir)
       config_lib.save_config(self.config, self.workdir)
+      if self.setup.pretrained:  # export writes the model back with its own config.json
+        pretrained_lib.save_hf_config(self.setup.pretrained, self.workdir)
 
   def _loop(self, state: state_lib.TrainState, compiled: CompiledSteps,
             writer: metrics.MetricsWriter, trace: metrics.StepTrace) -> _Loop:

@@ -190,12 +190,13 @@ def test_a_pretrained_gpt2_takes_its_architecture_unless_an_option_was_given():
   """init_from=gpt2 with configs/default.py: the recipe's options become GPT-2's, as the
   shape does; the same option given on the command line is a clear error."""
   from configs import default  # pylint: disable=g-import-not-at-top
+  gpt2 = config_lib.gpt2_architecture()
   c = default.cpu_config()
   c.init_from = "gpt2"
-  config_lib.adopt_gpt2_architecture(c, explicit={"init_from", "train.max_steps"})
-  assert {k: c.model[k] for k in config_lib.gpt2_architecture()} == config_lib.gpt2_architecture()
+  config_lib.adopt_architecture(c, "GPT-2", gpt2, explicit={"init_from", "train.max_steps"})
+  assert {k: c.model[k] for k in gpt2} == gpt2
   config_lib.validate(c)
   c = default.cpu_config()
   c.init_from = "gpt2"
-  with pytest.raises(UserError, match="model.position='rope'"):
-    config_lib.adopt_gpt2_architecture(c, explicit={"init_from", "model.position"})
+  with pytest.raises(UserError, match="loads GPT-2's architecture, which model.position='rope'"):
+    config_lib.adopt_architecture(c, "GPT-2", gpt2, explicit={"init_from", "model.position"})

@@ -116,7 +116,8 @@ def test_other_combinations_are_refused_in_one_line(options, words):
   message = str(error.value)
   assert "\n" not in message
   for word in words + ["GPT-2 (position='learned'", "Llama (position='rope'",
-                       "Qwen3 (position='rope'", "qk_norm=True, mlp='swiglu', bias=False)"]:
+                       "Qwen2 (position='rope'", "Qwen3 (position='rope'",
+                       "qk_norm=True, mlp='swiglu', qkv_bias=False, bias=False)"]:
     assert word in message, message
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import export, hf_gpt2, lora, run_loader
+from jaxgpt import export, hf_gpt2, lora, pretrained, run_loader
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
@@ -179,19 +179,19 @@ def test_character_run_exports_model_and_tokenizer(text_file, tmp_path):
 
 
 def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
-  with pytest.raises(UserError, match="Hugging Face GPT-2 folder"):
-    hf_gpt2.resolve(str(tmp_path / "nothing"))
-  other = tmp_path / "llama"
+  with pytest.raises(UserError, match="not a Hugging Face model folder"):
+    pretrained.resolve(str(tmp_path / "nothing"))
+  other = tmp_path / "bert"
   other.mkdir()
-  (other / "config.json").write_text('{"model_type": "llama"}')
-  with pytest.raises(UserError, match="only GPT-2"):
-    hf_gpt2.read_config(str(other))
+  (other / "config.json").write_text('{"model_type": "bert"}')
+  with pytest.raises(UserError, match="'bert' model, which jaxgpt does not load"):
+    pretrained.model_options(str(other))
   small = tmp_path / "small"
   shutil.copytree(hf_folder, small)
   config = json.loads((small / "config.json").read_text())
   (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
   with pytest.raises(UserError, match="tokens but the model only 100"):
-    hf_gpt2.load_tokenizer(str(small))
+    pretrained.load_tokenizer(str(small))
 
 
 def test_a_gpt2_configs_layer_norm_epsilon_becomes_model_norm_eps(tmp_path):
@@ -200,7 +200,7 @@ def test_a_gpt2_configs_layer_norm_epsilon_becomes_model_norm_eps(tmp_path):
       {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64,
        "vocab_size": 96, "layer_norm_epsilon": 1e-6}))
   config = config_lib.base_config()
-  hf_gpt2.configure(config, str(tmp_path))
+  pretrained.configure(config, str(tmp_path))
   assert config.model.norm_eps == 1e-6
   assert config_lib.model_config(config, 96).norm_eps == 1e-6
 
@@ -236,7 +236,7 @@ def test_gpt2_by_name_neither_cached_nor_downloadable(monkeypatch):
 
   monkeypatch.setattr(huggingface_hub, "snapshot_download", unavailable)
   with pytest.raises(UserError, match="not in the Hugging Face cache.*--init_from=FOLDER"):
-    hf_gpt2.resolve("gpt2-medium")
+    pretrained.resolve("gpt2-medium")
 
 
 def _fake_hub_cache(hf_folder, home):
@@ -262,8 +262,8 @@ def test_weights_load_sharded_over_fsdp_and_tensor(hf_folder):
   loaded = run_loader.load_pretrained(hf_folder)
   mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
   with sharding.rules_context(mesh):
-    params = hf_gpt2.load_params(hf_folder, loaded.model.config,
-                                 state_lib.abstract_params(loaded.model, mesh))
+    params = pretrained.load_params(hf_folder, loaded.model.config,
+                                    state_lib.abstract_params(loaded.model, mesh))
   kernel = params["h_0"]["mlp"]["c_fc"]["kernel"]
   assert kernel.addressable_shards[0].data.shape == (16, 64)  # a quarter on each device
   chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(loaded.params))

@@ -101,8 +101,8 @@ def test_rope_has_no_position_table_and_depends_only_on_relative_positions():
   params = perturbed_params(c)
   assert "wpe" not in params
   qkv_1x1x3x1xK = jax.random.normal(jax.random.key(0), (1, 1, 3, 1, c.head_size))
-  from jaxgpt.attention import rotated  # pylint: disable=g-import-not-at-top
-  at = lambda i: np.asarray(rotated(qkv_1x1x3x1xK, jnp.array([i]), CONFIG.rope_base))[0, 0, :, 0]
+  from jaxgpt.attention import rope_frequencies, rotated  # pylint: disable=g-import-not-at-top
+  at = lambda i: np.asarray(rotated(qkv_1x1x3x1xK, jnp.array([i]), rope_frequencies(CONFIG)))[0, 0, :, 0]
   dot = lambda i, j: float(np.sum(at(i)[0] * at(j)[1]))  # q at position i, k at j
   np.testing.assert_allclose(dot(5, 2), dot(13, 10), rtol=1e-5)
   assert not np.isclose(dot(5, 2), dot(5, 3))
@@ -262,7 +262,6 @@ def test_lora_targets_apply_to_a_swiglu_mlp_and_merge(scan_layers):
     ({"model.qk_norm": None}, "model.qk_norm=None is not True or False"),  # other types:
     ({"model.zero_init_proj": None}, "model.zero_init_proj"),  # ml_collections refuses them
     ({"model.position": "rope", "model.n_embd": 36, "model.n_head": 4}, "head size"),
-    ({"model.position": "rope", "init_from": "gpt2"}, "init_from=gpt2 loads GPT-2's"),
 ])
 def test_bad_option_values_are_one_line_errors(changes, words):
   config = config_lib.base_config()

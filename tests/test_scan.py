@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import (checkpoint, generate, hf_gpt2, layers, lora, optim, run_loader, sharding,
+from jaxgpt import (checkpoint, generate, hf_export, hf_gpt2, layers, lora, optim, pretrained, run_loader, sharding,
                     state as state_lib, steps)
 from jaxgpt.config import model_config
 from jaxgpt.errors import UserError
@@ -84,20 +84,20 @@ def test_gpt2_weights_load_into_and_export_from_the_scanned_form(hf_folder, tmp_
   model = _scanned(loaded.model)
   mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
   with sharding.rules_context(mesh):
-    params = hf_gpt2.load_params(hf_folder, model.config, state_lib.abstract_params(model, mesh))
+    params = pretrained.load_params(hf_folder, model.config, state_lib.abstract_params(model, mesh))
   kernel = params["h"]["mlp"]["c_fc"]["kernel"]
   assert kernel.shape == (2, 32, 128) and kernel.addressable_shards[0].data.shape == (2, 16, 64)
   chex.assert_trees_all_equal(layers.unstack_layers(jax.device_get(params)),
                               jax.device_get(loaded.params))
   lora_model = GPT(dataclasses.replace(model.config, lora_rank=4, lora_targets=("c_attn",)))
   with sharding.rules_context(mesh):  # GPT-2's weights, without the adapters it lacks
-    pretrained = hf_gpt2.load_params(hf_folder, lora_model.config,
-                                     state_lib.abstract_params(lora_model, mesh))
-  chex.assert_trees_all_equal(jax.device_get(pretrained), jax.device_get(params))
+    without_adapters = pretrained.load_params(hf_folder, lora_model.config,
+                                              state_lib.abstract_params(lora_model, mesh))
+  chex.assert_trees_all_equal(jax.device_get(without_adapters), jax.device_get(params))
   hf_gpt2.export(params, model.config, loaded.tokenizer, str(tmp_path))
   original = {k.removeprefix("transformer."): v
-              for k, v in load_file(os.path.join(hf_folder, hf_gpt2.WEIGHTS_FILE)).items()}
-  exported = load_file(str(tmp_path / hf_gpt2.WEIGHTS_FILE))
+              for k, v in load_file(os.path.join(hf_folder, hf_export.WEIGHTS_FILE)).items()}
+  exported = load_file(str(tmp_path / hf_export.WEIGHTS_FILE))
   assert exported
   for name, value in exported.items():
     np.testing.assert_array_equal(value, original[name.removeprefix("transformer.")], name)

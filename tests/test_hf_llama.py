@@ -1,0 +1,178 @@
+"""Llama-family models imported from folders that transformers saves (init_from): Llama with
+grouped-query attention, rope_theta 1e5 and Llama 3's rope scaling (tied); Qwen2 (q, k, v
+biases, untied); Qwen3 (QK-norm, a head size larger than n_embd / n_head, grouped-query
+attention); a SmolLM2-shaped Llama. Each gives transformers' logits and greedy text, and
+exports back to a folder with the same logits; the same on a (fsdp 2, tensor 2) mesh."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import export, generate, pretrained, run_loader, sharding
+from jaxgpt.errors import UserError
+
+from helpers import LINES, assert_same_logits, require_transformers
+
+transformers = require_transformers()
+torch = pytest.importorskip("torch")
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+          "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\n' }}{% endif %}")
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+BLOCK_SIZE = 48
+
+# The architectures of the issue, small: each differs from the default Llama where its real
+# checkpoints do.
+ARCHITECTURES = {
+    "llama_gqa_rope_scaling": (transformers.LlamaConfig, dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, rope_theta=1e5, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "qwen2_biases_untied": (transformers.Qwen2Config, dict(
+        hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, rope_theta=1e6, tie_word_embeddings=False)),
+    "qwen3_qk_norm_head_dim": (transformers.Qwen3Config, dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, rope_theta=1e6, tie_word_embeddings=False)),
+    "smollm2_shape": (transformers.LlamaConfig, dict(
+        hidden_size=48, intermediate_size=128, num_hidden_layers=3, num_attention_heads=3,
+        num_key_value_heads=1, rope_theta=1e5, tie_word_embeddings=True, rms_norm_eps=1e-5)),
+}
+PROMPTS = ["ROMEO:", "JULIET:\nO", "What light"]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tmp_path_factory):
+  """A ChatML tokenizer (BPE trained on LINES) that transformers saves, chat template included."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
+                          special_tokens=SPECIAL_TOKENS, show_progress=False)
+  tokenizer = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", bos_token="<|endoftext|>",  # pylint: disable=protected-access
+      pad_token="<|endoftext|>")
+  tokenizer.chat_template = CHATML
+  return tokenizer
+
+
+def _hf_folder(tmp_path_factory, tokenizer, name):
+  config_class, options = ARCHITECTURES[name]
+  config = config_class(vocab_size=len(tokenizer), max_position_embeddings=BLOCK_SIZE,
+                        initializer_range=0.2, eos_token_id=tokenizer.eos_token_id,
+                        bos_token_id=tokenizer.bos_token_id, **options)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config)
+  with torch.no_grad():  # norm scales of one and zero biases would hide mapping mistakes
+    for param_name, param in model.named_parameters():
+      if param_name.endswith(("norm.weight", "bias")):
+        param.add_(0.2 * torch.randn_like(param))
+  folder = str(tmp_path_factory.mktemp(name))
+  model.save_pretrained(folder, max_shard_size="40KB")  # several shards and an index
+  tokenizer.save_pretrained(folder)
+  return folder
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def llama_folder(request, tmp_path_factory, chat_tokenizer):
+  return _hf_folder(tmp_path_factory, chat_tokenizer, request.param)
+
+
+def _hf_model(folder):
+  return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _hf_logits(folder, tokens_BxT):
+  with torch.no_grad():
+    return _hf_model(folder)(torch.tensor(np.asarray(tokens_BxT))).logits.numpy()
+
+
+def _tokens(vocab_size, seed=0):
+  return np.random.default_rng(seed).integers(0, vocab_size, size=(2, BLOCK_SIZE))
+
+
+def test_imported_model_gives_transformers_logits(llama_folder):
+  assert len([f for f in os.listdir(llama_folder) if f.endswith(".safetensors")]) > 1
+  run = run_loader.load_pretrained(llama_folder)
+  tokens = _tokens(run.model.config.vocab_size)
+  assert_same_logits(run.logits(tokens)[..., :run.model.config.vocab_size],
+                     _hf_logits(llama_folder, tokens))
+
+
+def test_greedy_continuations_equal_transformers(llama_folder):
+  """Greedy text up to block_size from jaxgpt's KV-cache generation and transformers'
+  generate, for three prompts."""
+  run = run_loader.load_pretrained(llama_folder)
+  model = _hf_model(llama_folder)
+  for prompt in PROMPTS:
+    ids = run.tokenizer.encode_prompt(prompt)
+    new = BLOCK_SIZE - len(ids)
+    with run.context():
+      ours = np.concatenate([np.asarray(chunk)[0] for chunk in generate.generate(
+          run.model, run.params, ids, new, generate.Sampling(temperature=0.0))])
+    with torch.no_grad():
+      theirs = model.generate(torch.tensor(ids[None]), max_new_tokens=new, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)[0, len(ids):].numpy()
+    np.testing.assert_array_equal(ours[:new], theirs, err_msg=prompt)
+
+
+def test_export_gives_back_the_models_logits(llama_folder, tmp_path):
+  run = run_loader.load_pretrained(llama_folder)
+  out = str(tmp_path / "exported")
+  os.makedirs(out)
+  export.export_run(run, out)
+  tokens = _tokens(run.model.config.vocab_size, seed=1)
+  assert_same_logits(_hf_logits(out, tokens), _hf_logits(llama_folder, tokens))
+  original = json.load(open(os.path.join(llama_folder, "config.json"), encoding="utf-8"))
+  written = json.load(open(os.path.join(out, "config.json"), encoding="utf-8"))
+  original.setdefault("head_dim", original["hidden_size"] // original["num_attention_heads"])
+  for key in ("model_type", "num_key_value_heads", "head_dim", "tie_word_embeddings",
+              "hidden_size", "intermediate_size", "rope_parameters"):
+    assert written.get(key) == original.get(key), key
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  assert tokenizer.chat_template == CHATML and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_the_import_on_an_fsdp_and_tensor_mesh_gives_the_same_logits(tmp_path_factory,
+                                                                       chat_tokenizer):
+  folder = _hf_folder(tmp_path_factory, chat_tokenizer, "qwen3_qk_norm_head_dim")
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+  run = run_loader.load_pretrained(folder, mesh=mesh)
+  kernel = run.params["h_0"]["attn"]["c_attn"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "tensor", None)
+  tokens = _tokens(run.model.config.vocab_size)
+  assert_same_logits(run.logits(tokens)[..., :run.model.config.vocab_size],
+                     _hf_logits(folder, tokens))
+
+
+def test_the_tokenizer_comes_with_its_special_tokens_and_chat_template(tmp_path_factory,
+                                                                       chat_tokenizer):
+  folder = _hf_folder(tmp_path_factory, chat_tokenizer, "qwen2_biases_untied")
+  tokenizer = pretrained.load_tokenizer(folder)
+  assert tokenizer.chat_template == CHATML
+  assert tokenizer.stop_ids == tuple(sorted({tokenizer.token_id("<|im_end|>"),
+                                             tokenizer.token_id("<|endoftext|>")}))
+  text = "<|im_start|>user\nhi<|im_end|>\n"
+  assert list(tokenizer.encode(text)) == chat_tokenizer(text)["input_ids"]
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(hidden_act="gelu"), "hidden_act"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn'"),
+    (dict(model_type="qwen3_moe"), "qwen3_moe"),
+    (dict(attention_bias=True, mlp_bias=False), "attention_bias"),
+])
+def test_what_jaxgpt_would_only_approximate_is_refused(change, named, tmp_path_factory,
+                                                       chat_tokenizer):
+  folder = _hf_folder(tmp_path_factory, chat_tokenizer, "smollm2_shape")
+  path = os.path.join(folder, "config.json")
+  hf = json.load(open(path, encoding="utf-8"))
+  hf.pop("rope_parameters", None)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({**hf, **change}, f)
+  with pytest.raises(UserError, match=named):
+    run_loader.load_pretrained(folder)
