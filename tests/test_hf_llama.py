@@ -176,3 +176,28 @@ def test_what_jaxgpt_would_only_approximate_is_refused(change, named, tmp_path_f
     json.dump({**hf, **change}, f)
   with pytest.raises(UserError, match=named):
     run_loader.load_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_a_hub_name_comes_from_the_hugging_face_cache(tmp_path_factory, chat_tokenizer,
+                                                      tmp_path, monkeypatch):
+  """init_from=ORG/NAME finds the model in the Hugging Face cache (offline here)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from helpers import run  # pylint: disable=g-import-not-at-top
+  folder = _hf_folder(tmp_path_factory, chat_tokenizer, "smollm2_shape")
+  repo = tmp_path / "home" / "hub" / "models--HuggingFaceTB--SmolLM2-135M"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text("0" * 40)
+  shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+  result = run("sample", "--init_from=HuggingFaceTB/SmolLM2-135M", "--prompt=ROMEO:",
+               "--temperature=0", "--max_new_tokens=12")
+  tokenizer = pretrained.load_tokenizer(folder)
+  ids = tokenizer.encode_prompt("ROMEO:")
+  with torch.no_grad():
+    new = _hf_model(folder).generate(torch.tensor(ids[None]), max_new_tokens=12, do_sample=False,
+                                     eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+  stops = [i for i, token in enumerate(new) if token in tokenizer.stop_ids]
+  expected = tokenizer.decode(new[:stops[0]] if stops else new)
+  assert result.stdout.split("\n---------------")[0] == "ROMEO:" + expected
