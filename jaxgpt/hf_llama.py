@@ -48,7 +48,9 @@ def model_options(hf: dict, path: str) -> tuple[dict, int]:
       "rope_scaling": _rope_scaling(hf, path),
   }
   context = _positive(hf, "max_position_embeddings", path)
-  window = hf.get("sliding_window") if hf.get("use_sliding_window", model_type == "mistral") else None
+  sliding = (hf.get("use_sliding_window", model_type == "mistral")
+             or "sliding_attention" in (hf.get("layer_types") or []))
+  window = hf.get("sliding_window") if sliding else None
   # Within its window a sliding-window model attends as a full one: the context stops there.
   return options, min(context, int(window)) if window else context
 
@@ -65,8 +67,6 @@ def _refuse_unsupported(hf: dict, path: str) -> None:
   checks = {
       "hidden_act": hf.get("hidden_act", "silu") != "silu",
       "partial_rotary_factor": hf.get("partial_rotary_factor", 1.0) not in (None, 1, 1.0),
-      "layer_types": any(t != "full_attention" for t in hf.get("layer_types") or []
-                         ) and hf.get("use_sliding_window", False),
       "num_experts": bool(hf.get("num_experts") or hf.get("num_local_experts")),
   }
   for key, unsupported in checks.items():

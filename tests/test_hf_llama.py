@@ -201,3 +201,15 @@ def test_a_hub_name_comes_from_the_hugging_face_cache(tmp_path_factory, chat_tok
   stops = [i for i, token in enumerate(new) if token in tokenizer.stop_ids]
   expected = tokenizer.decode(new[:stops[0]] if stops else new)
   assert result.stdout.split("\n---------------")[0] == "ROMEO:" + expected
+
+
+def test_a_sliding_window_model_attends_in_full_within_its_window():
+  from jaxgpt import hf_llama  # pylint: disable=g-import-not-at-top
+  hf = transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, max_position_embeddings=48,
+                                use_sliding_window=True, sliding_window=16,
+                                max_window_layers=1).to_dict()
+  options, context = hf_llama.model_options(hf, "config.json")
+  assert context == 16 and options["qkv_bias"] and not options["bias"]
+  hf.update(use_sliding_window=False, layer_types=["full_attention"] * 2)
+  assert hf_llama.model_options(hf, "config.json")[1] == 48
