@@ -82,6 +82,12 @@ def llama_folder(request, tmp_path_factory, chat_tokenizer):
   return _hf_folder(tmp_path_factory, chat_tokenizer, request.param)
 
 
+# Greedy generation of the other architectures runs in the full suite only: the same cached
+# attention serves all four, and the logits and export tests cover each mapping.
+GREEDY = [pytest.param(name, marks=[] if name == "llama_gqa_rope_scaling" else pytest.mark.slow)
+          for name in ARCHITECTURES]
+
+
 def _hf_model(folder):
   return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
@@ -103,9 +109,11 @@ def test_imported_model_gives_transformers_logits(llama_folder):
                      _hf_logits(llama_folder, tokens))
 
 
-def test_greedy_continuations_equal_transformers(llama_folder):
+@pytest.mark.parametrize("name", GREEDY)
+def test_greedy_continuations_equal_transformers(name, tmp_path_factory, chat_tokenizer):
   """Greedy text up to block_size from jaxgpt's KV-cache generation and transformers'
   generate, for three prompts."""
+  llama_folder = _hf_folder(tmp_path_factory, chat_tokenizer, name)
   run = run_loader.load_pretrained(llama_folder)
   model = _hf_model(llama_folder)
   for prompt in PROMPTS:
