@@ -22,7 +22,8 @@ from jaxgpt import cli, runtime
 from jaxgpt.errors import UserError, run_cli
 
 _RUN = cli.define_run_flags(__name__, "evaluate", "Evaluate pretrained weights instead: gpt2, "
-                            "gpt2-medium, gpt2-large, gpt2-xl or a Hugging Face folder.",
+                            "gpt2-medium, gpt2-large, gpt2-xl, a hub name such as "
+                            "Qwen/Qwen3-0.6B, or a Hugging Face GPT-2 or Llama-family folder.",
                             "pretrained weights")
 _DATA = flags.DEFINE_list("data", [], "Held-out sets: val (the run's validation split), a text "
                           "file, or a prepared token dataset folder (its val split).")
