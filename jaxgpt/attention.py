@@ -1,6 +1,6 @@
 """Causal self-attention: the q, k, v projection, QK-norm and rotary positions, the choice of
-implementation (jaxgpt's own, or jax.nn.dot_product_attention's cuDNN or XLA), the
-key/value cache for decoding, and the output projection.
+implementation (jaxgpt's own, jax.nn.dot_product_attention's cuDNN or XLA, or the Pallas
+splash kernel on TPU), the key/value cache for decoding, and the output projection.
 
 Shape suffixes as in model.py; in the cached attention N is batch x heads.
 """
@@ -19,21 +19,29 @@ if TYPE_CHECKING:
 
 ACTIVATION_NAMES = ("activation_batch", "activation_length", "activation_heads",
                     "activation_head_dim")
+SPLASH_BLOCK = 128  # the splash kernel's query and key blocks: the length must be a multiple
 
 
-def implementation(c: "GPTConfig", deterministic: bool) -> str:
-  """Which attention a forward pass runs: "jaxgpt" (this file's, with attention dropout),
-  or jax.nn.dot_product_attention's "cudnn" (fused flash attention) or "xla".
+def implementation(c: "GPTConfig", deterministic: bool, length: int) -> str:
+  """Which attention a forward pass over `length` positions runs: "jaxgpt" (this file's,
+  with attention dropout), jax.nn.dot_product_attention's "cudnn" (fused flash attention) or
+  "xla", or "splash" (the Pallas splash kernel, TPU's flash attention, which never holds the
+  T x T scores).
 
   "auto" takes cuDNN on an NVIDIA GPU when it applies (16-bit compute, head size a multiple
-  of 8 up to 128, no attention dropout in this pass) and jaxgpt's otherwise; on CPU and TPU
-  jaxgpt's heads-major attention is the faster one.
+  of 8 up to 128), splash on a TPU when the length is a multiple of SPLASH_BLOCK, each only
+  without attention dropout in this pass, and jaxgpt's otherwise (on CPU its heads-major
+  attention is the faster one). "splash" by name falls back to jaxgpt's at other lengths
+  (short prompts, logits of a few tokens).
   """
+  flash = deterministic or c.dropout == 0
+  if c.attention == "splash" or (c.attention == "auto" and jax.default_backend() == "tpu"):
+    return "splash" if flash and length % SPLASH_BLOCK == 0 else "jaxgpt"
   if c.attention != "auto":
     return c.attention
   cudnn_applies = (jax.default_backend() == "gpu" and c.dtype in ("bfloat16", "float16")
                    and c.head_size % 8 == 0 and c.head_size <= 128)
-  return "cudnn" if cudnn_applies and (deterministic or c.dropout == 0) else "jaxgpt"
+  return "cudnn" if cudnn_applies and flash else "jaxgpt"
 
 
 class CausalSelfAttention(nn.Module):
@@ -49,12 +57,15 @@ class CausalSelfAttention(nn.Module):
       index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
       positions_T = index.value + jnp.arange(qkv_BxTx3xHxK.shape[1])
     qkv_BxTx3xHxK = self._normed_and_rotated(qkv_BxTx3xHxK, positions_T)
-    chosen = "jaxgpt" if mask_BxTxS is not None else implementation(c, deterministic)
+    length = qkv_BxTx3xHxK.shape[1]
+    chosen = "jaxgpt" if mask_BxTxS is not None else implementation(c, deterministic, length)
     if decode:
       y_BxTxHxK = self._cached_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)), index)
     elif chosen == "jaxgpt":
       y_BxTxHxK = causal_attention(qkv_BxTx3xHxK, nn.Dropout(c.dropout), deterministic,
                                    mask_BxTxS)
+    elif chosen == "splash":
+      y_BxTxHxK = splash_attention(*(qkv_BxTx3xHxK[:, :, i] for i in range(3)))
     else:  # no dropout on the attention probabilities (config.validate requires dropout 0)
       y_BxTxHxK = jax.nn.dot_product_attention(
           *(qkv_BxTx3xHxK[:, :, i] for i in range(3)), is_causal=True, implementation=chosen)
@@ -149,6 +160,34 @@ def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool, ma
   y_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
                          preferred_element_type=jnp.float32).astype(v_BxHxSxK.dtype)
   return y_BxHxTxK.transpose(0, 2, 1, 3)
+
+
+def splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  """Causal attention by the Pallas splash kernel (MaxText's on TPU), run on each device's
+  share of the batch and heads (shard_map over the mesh, as the activations are sharded);
+  interpreted on other backends, where it is for tests only."""
+  names = ("activation_batch", "activation_heads", "activation_length", "activation_head_dim")
+  spec = nn.logical_to_mesh_axes(names)
+  scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+  heads_major = lambda x: x.transpose(0, 2, 1, 3)
+
+  def local(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK):
+    _, h, t, _ = q_BxHxTxK.shape
+    kernel = _splash_kernel(h, t, interpret=jax.default_backend() != "tpu")
+    return jax.vmap(kernel)(q_BxHxTxK * scale, k_BxHxSxK, v_BxHxSxK)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    local = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                          check_vma=False)
+  y_BxHxTxK = local(heads_major(q_BxTxHxK), heads_major(k_BxTxHxK), heads_major(v_BxTxHxK))
+  return heads_major(y_BxHxTxK)
+
+
+def _splash_kernel(num_heads: int, length: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+  mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * num_heads)
+  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _weighted_values(q_NxTxK, k_NxKxS, v_NxSxK, mask_TxS):

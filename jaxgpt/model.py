@@ -97,9 +97,11 @@ class GPTConfig:
   dropout: float = option(0.2, "Dropout rate, in [0, 1).", TRAINING)
   zero_init_proj: bool = option(
       False, "The projections into the residual stream start at zero.", TRAINING)
-  attention: Literal["auto", "jaxgpt", "cudnn", "xla"] = option(
-      "auto", "auto is cuDNN flash attention on NVIDIA GPUs where it applies, jaxgpt's own "
-      "elsewhere; cudnn and xla have no attention dropout.", TRAINING)
+  attention: Literal["auto", "jaxgpt", "cudnn", "xla", "splash"] = option(
+      "auto", "auto is cuDNN flash attention on NVIDIA GPUs and the Pallas splash kernel on "
+      "TPUs where they apply, jaxgpt's own elsewhere; cudnn, xla and splash have no attention "
+      "dropout (splash needs the length a multiple of 128; jaxgpt's runs other lengths).",
+      TRAINING)
   remat: Literal["none", "full", "dots"] = option(
       "none", "What the backward pass recomputes: full keeps only each block's input (least "
       "memory), dots also keeps the weight matmuls' outputs.", TRAINING,

@@ -134,26 +134,43 @@ def test_dot_product_attention_equals_jaxgpt_attention(dtype):
                               rtol=tolerance, atol=tolerance)
 
 
-def _mean_logit_and_grads(config, params):
+def _mean_logit_and_grads(config, params, batch=3):
   """A scalar of every logit, and its gradients, for comparing two ways to compute the model."""
-  tokens = jax.random.randint(jax.random.key(1), (3, config.block_size), 0, config.vocab_size)
+  tokens = jax.random.randint(jax.random.key(1), (batch, config.block_size), 0, config.vocab_size)
   mean_logit = lambda p: GPT(config).apply({"params": p}, tokens).mean()
   return jax.jit(jax.value_and_grad(mean_logit))(params)
 
 
-@pytest.mark.parametrize("backend, dtype, dropout, deterministic, expected", [
-    ("cpu", "bfloat16", 0.0, True, "jaxgpt"),
-    ("tpu", "bfloat16", 0.0, True, "jaxgpt"),
-    ("gpu", "bfloat16", 0.0, False, "cudnn"),
-    ("gpu", "bfloat16", 0.2, True, "cudnn"),    # evaluation and sampling
-    ("gpu", "bfloat16", 0.2, False, "jaxgpt"),  # training with attention dropout
-    ("gpu", "float32", 0.0, True, "jaxgpt"),    # cuDNN's flash attention is 16-bit only
+@pytest.mark.parametrize("backend, dtype, dropout, deterministic, length, expected", [
+    ("cpu", "bfloat16", 0.0, True, 256, "jaxgpt"),
+    ("tpu", "bfloat16", 0.0, True, 256, "splash"),
+    ("tpu", "float32", 0.2, True, 1024, "splash"),   # evaluation and sampling
+    ("tpu", "bfloat16", 0.2, False, 256, "jaxgpt"),  # training with attention dropout
+    ("tpu", "bfloat16", 0.0, True, 100, "jaxgpt"),   # not a multiple of splash's blocks
+    ("gpu", "bfloat16", 0.0, False, 256, "cudnn"),
+    ("gpu", "bfloat16", 0.2, True, 256, "cudnn"),    # evaluation and sampling
+    ("gpu", "bfloat16", 0.2, False, 256, "jaxgpt"),  # training with attention dropout
+    ("gpu", "float32", 0.0, True, 256, "jaxgpt"),    # cuDNN's flash attention is 16-bit only
 ])
-def test_auto_attention_takes_cudnn_where_it_applies(monkeypatch, backend, dtype, dropout,
-                                                     deterministic, expected):
+def test_auto_attention_takes_cudnn_or_splash_where_they_apply(
+    monkeypatch, backend, dtype, dropout, deterministic, length, expected):
   monkeypatch.setattr(attention.jax, "default_backend", lambda: backend)
   config = dataclasses.replace(CONFIG, dtype=dtype, dropout=dropout)
-  assert attention.implementation(config, deterministic) == expected
+  assert attention.implementation(config, deterministic, length) == expected
+
+
+def test_splash_attention_gives_jaxgpts_logits_and_gradients_on_a_mesh():
+  """The Pallas splash kernel (interpreted on CPU: TPU runs it compiled) against jaxgpt's
+  attention, forward and backward, with batch and heads sharded (data 2, tensor 2)."""
+  from jaxgpt import sharding  # pylint: disable=g-import-not-at-top
+  config = dataclasses.replace(CONFIG, block_size=attention.SPLASH_BLOCK, dropout=0.0,
+                               position="rope", n_head=4, n_kv_head=2)
+  params = _init(config)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  with sharding.rules_context(mesh):
+    splash = _mean_logit_and_grads(dataclasses.replace(config, attention="splash"), params, 4)
+  chex.assert_trees_all_close(splash, _mean_logit_and_grads(config, params, 4),
+                              rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy, scan_layers", [
