@@ -70,16 +70,16 @@ def _time_steps(trainer, num_steps: int):
   import jax  # pylint: disable=g-import-not-at-top
   compiled, state = trainer.compiled_steps_and_initial_state()
   times = []
-  for x_BxT, y_BxT in trainer.batch_stream(0, num_steps + 6):
-    batch = trainer.global_micro_batches(x_BxT, y_BxT)
+  for local_batch in trainer.batch_stream(0, num_steps + 6):
+    batch = trainer.global_micro_batches(local_batch)
     started = time.perf_counter()
-    state, step_metrics = compiled.train_step(state, *batch, trainer.stop_rows())
+    state, step_metrics = compiled.train_step(state, batch, trainer.stop_rows())
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - started)
   eval_set = trainer.eval_set()
-  jax.block_until_ready(compiled.eval_loss(state.params, *eval_set))  # compiles
+  jax.block_until_ready(compiled.eval_loss(state.params, eval_set))  # compiles
   started = time.perf_counter()
-  jax.block_until_ready(compiled.eval_loss(state.params, *eval_set))
+  jax.block_until_ready(compiled.eval_loss(state.params, eval_set))
   return (compiled.figures["compile_seconds"], statistics.median(times[6:]),
           time.perf_counter() - started, state)
 

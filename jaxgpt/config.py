@@ -14,7 +14,8 @@ from jaxgpt import files
 from jaxgpt.errors import UserError, first_line
 
 TEXT_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
-DATA_SOURCES = (*TEXT_SOURCES, "tokens")  # tokens: shards that `python -m jaxgpt.prepare` wrote
+# tokens: shards that `python -m jaxgpt.prepare` wrote; chat: JSONL conversations
+DATA_SOURCES = (*TEXT_SOURCES, "tokens", "chat")
 TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
@@ -47,11 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "shakespeare_plays"
-  c.data.path = ""  # the file for text and kaggle_csv; the prepared folder for tokens
+  c.data.path = ""  # the file for text, kaggle_csv and chat; the prepared folder for tokens
   c.data.tfds_name = "tiny_shakespeare"
   c.data.tokenizer = "char"
   c.data.tokenizer_path = ""  # a Hugging Face tokenizer folder; "" takes init_from's or the hub's gpt2
   c.data.val_fraction = 0.1
+  c.data.chat_packing = True  # data.source=chat: several conversations to a row, or one
   c.data.pipeline = "numpy"  # or "tf" (tf.data), or "auto": tf.data when TensorFlow is installed
   c.data.fingerprint = ""  # set by the run: a hash of its training and validation tokens
   c.data.hellaswag_path = ""  # HellaSwag's JSONL (or "val": the official file) for train.hellaswag_every
@@ -112,18 +114,25 @@ _KEY_MEANINGS = {
                  "gpt2-xl, a hub name (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, "
                  "meta-llama/Llama-3.2-1B) or a Hugging Face GPT-2, Llama, Mistral, Qwen2 or "
                  "Qwen3 folder.",
-    "data.source": f"The training text: {', '.join(DATA_SOURCES)} (the folder "
-                   "`python -m jaxgpt.prepare` wrote).",
-    "data.path": "The file of text and kaggle_csv; the prepared folder of tokens.",
+    "data.source": f"The training text: {', '.join(DATA_SOURCES)} (tokens: the folder "
+                   "`python -m jaxgpt.prepare` wrote; chat: JSONL of {\"messages\": [...]}, "
+                   "trained on the assistant turns).",
+    "data.path": "The file of text, kaggle_csv and chat (JSONL conversations); the prepared "
+                 "folder of tokens.",
     "data.tfds_name": "The TFDS text dataset of data.source=tfds.",
     "data.tokenizer": f"{' or '.join(TOKENIZERS)}: a Hugging Face tokenizer (init_from's, "
                       "data.tokenizer_path's, or GPT-2's byte-level BPE).",
     "data.tokenizer_path": "A Hugging Face tokenizer folder for data.tokenizer=gpt2 (its "
                            "tokenizer.json, special tokens and chat template); '' takes "
                            "init_from's, or the hub's gpt2.",
-    "data.val_fraction": "The share of the text held out for validation.",
+    "data.val_fraction": "The share of the text (or of the conversations) held out for "
+                         "validation.",
+    "data.chat_packing": "data.source=chat: pack several conversations into each row, each "
+                         "attending only to itself (faster per trained token: BENCHMARKS.md), "
+                         "or pad one to a row.",
     "data.pipeline": f"{', '.join(PIPELINES)}: auto is tf.data when TensorFlow is installed; "
-                     "both give identical batches (NumPy's faster on CPU hosts: BENCHMARKS.md).",
+                     "both give identical batches (NumPy's faster on CPU hosts: BENCHMARKS.md; "
+                     "chat data is NumPy's only).",
     "data.fingerprint": "Set by the run: a hash of its training and validation tokens.",
     "data.hellaswag_path": "HellaSwag's hellaswag_val.jsonl (or val: the official file, fetched "
                            "once) for train.hellaswag_every.",
@@ -157,7 +166,9 @@ _KEY_MEANINGS = {
     "train.profile_steps": "START,END: a jax.profiler trace of those steps ('' is off).",
     "lora.rank": "LoRA adapters' rank; 0 is off (the whole model trains).",
     "lora.alpha": "LoRA's scale numerator.",
-    "lora.targets": "Comma-separated layers that get adapters: c_attn, c_proj, c_fc.",
+    "lora.targets": "Comma-separated layers that get adapters: c_attn (q, k and v), c_proj "
+                    "(attention's output and the MLP's down projection), c_fc (the MLP's input: "
+                    "gate and up for swiglu).",
     "mesh.data": "Data-parallel devices; -1 takes the remaining devices.",
     "mesh.fsdp": "Devices the parameters are sharded over (FSDP); -1 takes the remaining.",
     "mesh.tensor": "Tensor-parallel devices; -1 takes the remaining.",
@@ -189,7 +200,7 @@ def identity_keys() -> tuple[str, ...]:
   (the model's SHAPE and DESIGN options among them)."""
   from jaxgpt import model  # pylint: disable=g-import-not-at-top
   return ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
-          "data.tokenizer", "data.tokenizer_path",
+          "data.chat_packing", "data.tokenizer", "data.tokenizer_path",
           *(f"model.{f.name}" for f in model.options() if f.metadata["kind"] != model.TRAINING),
           "train.optimizer", "lora.rank", "lora.alpha", "lora.targets")
 
@@ -283,7 +294,7 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   _check_choice("data.pipeline", c.data.pipeline, PIPELINES)
   _check_choice("precision", c.precision, PRECISIONS)
   _check_choice("backend", c.backend, BACKENDS)
-  if needs_data and c.data.source in ("text", "kaggle_csv"):
+  if needs_data and c.data.source in ("text", "kaggle_csv", "chat"):
     _require(bool(c.data.path),
              f"data.source={c.data.source} needs a file: pass --config.data.path=FILE")
   if needs_data and c.data.source == "tokens":

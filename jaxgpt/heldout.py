@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from jaxgpt.data import chat
 from jaxgpt.scoring import Scorer
 
 WINDOWS_PER_CALL = 1024  # windows read and scored at a time: memory stays flat on any set
@@ -19,7 +20,10 @@ WINDOWS_PER_CALL = 1024  # windows read and scored at a time: memory stays flat 
 
 def evaluate(scorer: Scorer, tokens, tokenizer, limit: int | None = None) -> dict:
   """loss (nats per token), stderr, ppl, bpb and tokens over `tokens` (an int array or
-  TokenShards); `limit` caps the number of tokens read."""
+  TokenShards; or chat rows, whose assistant tokens are scored); `limit` caps the number of
+  tokens read."""
+  if isinstance(tokens, chat.ChatRows):
+    return _evaluate_answers(scorer, tokens, tokenizer, limit)
   total = len(tokens) if limit is None else min(limit, len(tokens))
   if total < 2:
     raise ValueError(f"a held-out set needs at least 2 tokens, got {total}")
@@ -34,6 +38,22 @@ def evaluate(scorer: Scorer, tokens, tokenizer, limit: int | None = None) -> dic
     for window, scored in zip(windows, scorer.score([(w[:1], w[1:]) for w in windows])):
       losses.append(scored.token_losses)
       num_bytes += int(byte_lengths[window[1:]].sum())
+  return summary(np.concatenate(losses), num_bytes)
+
+
+def _evaluate_answers(scorer: Scorer, rows: chat.ChatRows, tokenizer, limit: int | None) -> dict:
+  """The loss over the assistant turns' tokens, each given the conversation before it."""
+  requests, total = [], 0
+  for context, answer in chat.assistant_turns(rows):
+    if limit is not None and total >= limit:
+      break
+    requests.append((context, answer))
+    total += len(answer)
+  if not requests:
+    raise ValueError("the held-out conversations have no assistant turn to score")
+  losses = [scored.token_losses for scored in scorer.score(requests)]
+  byte_lengths = token_byte_lengths(tokenizer)
+  num_bytes = sum(int(byte_lengths[answer].sum()) for _, answer in requests)
   return summary(np.concatenate(losses), num_bytes)
 
 

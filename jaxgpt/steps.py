@@ -1,4 +1,10 @@
-"""train_step and eval_step: pure functions of (state, batch), jitted with explicit shardings."""
+"""train_step and eval_step: pure functions of (state, batch), jitted with explicit shardings.
+
+A batch is (inputs, targets) of token ids, or for chat data (inputs, targets, segments):
+targets of -1 take no loss, and each row's segments (1, 2, ...; 0 padding) are conversations
+packed side by side that attend only within themselves, their positions counted from their
+own start.
+"""
 
 import functools
 
@@ -12,27 +18,68 @@ from jaxgpt.model import GPT
 from jaxgpt.state import Params, TrainState
 
 Metrics = dict[str, jax.Array]  # a step's loss, norms, learning rate and stop flag
+Batch = tuple[jax.Array, ...]  # (x, y) or (x, y, segments), each (B, T) or (A, B, T)
 
 
 def loss_fn(model: GPT, params: Params, x_BxT: jax.Array, y_BxT: jax.Array,
-            dropout_rng: jax.Array | None = None) -> jax.Array:
-  """Mean next-token cross-entropy, in float32."""
+            dropout_rng: jax.Array | None = None, segments_BxT: jax.Array | None = None,
+            num_trained: jax.Array | None = None) -> jax.Array:
+  """Mean next-token cross-entropy, in float32. With `segments_BxT` (chat rows) only the
+  targets >= 0 take a loss: their summed loss over `num_trained`, by default their count."""
+  packed = {} if segments_BxT is None else packed_inputs(segments_BxT)
   logits_BxTxV = model.apply({"params": params}, x_BxT, deterministic=dropout_rng is None,
-                             rngs=None if dropout_rng is None else {"dropout": dropout_rng})
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean()
+                             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+                             **packed)
+  if segments_BxT is None:
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean()
+  trained_BxT = y_BxT >= 0
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxTxV, jnp.where(trained_BxT, y_BxT, 0))
+  if num_trained is None:
+    num_trained = count_trained(y_BxT)
+  return jnp.sum(jnp.where(trained_BxT, losses_BxT, 0.0)) / num_trained
 
 
-def _gradients(model: GPT, trainable: Params, frozen: Params, x_AxBxT: jax.Array,
-               y_AxBxT: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, Params]:
+def batch_loss(model: GPT, params: Params, batch: Batch,
+               dropout_rng: jax.Array | None = None, num_trained: jax.Array | None = None
+               ) -> jax.Array:
+  """loss_fn of a batch (x, y) or (x, y, segments)."""
+  x_BxT, y_BxT, *segments = batch
+  return loss_fn(model, params, x_BxT, y_BxT, dropout_rng, *segments, num_trained=num_trained)
+
+
+def count_trained(y: jax.Array) -> jax.Array:
+  """How many targets take a loss, at least 1 (a divisor), in float32."""
+  return jnp.maximum(jnp.sum(y >= 0), 1).astype(jnp.float32)
+
+
+def packed_inputs(segments_BxT: jax.Array) -> dict:
+  """The model's positions (B, T), counted from each segment's start, and attention mask
+  (B, T, T): causal, within a segment."""
+  t = segments_BxT.shape[1]
+  index_T = jnp.arange(t)
+  starts_BxT = segments_BxT != jnp.pad(segments_BxT[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  start_BxT = jax.lax.cummax(jnp.where(starts_BxT, index_T[None], 0), axis=1)
+  same_BxTxT = segments_BxT[:, :, None] == segments_BxT[:, None, :]
+  causal_TxT = index_T[:, None] >= index_T[None, :]
+  return {"positions_T": index_T[None] - start_BxT,
+          "attention_mask_BxTxS": same_BxTxT & causal_TxT[None]}
+
+
+def _gradients(model: GPT, trainable: Params, frozen: Params, batch_A: Batch,
+               rng: jax.Array | None) -> tuple[jax.Array, Params]:
   """Loss and gradients of the trainable parameters, averaged over A equal micro-batches:
   equal to one big batch."""
-  num_micro = x_AxBxT.shape[0]
-  grad_fn = jax.value_and_grad(
-      lambda trainable, *args: loss_fn(model, lora.combine(trainable, frozen), *args))
+  num_micro = batch_A[0].shape[0]
+  # Chat micro-batches hold different numbers of trained targets: each divides its summed
+  # loss by the whole batch's count over A, so that their average is the whole batch's loss.
+  num_trained = count_trained(batch_A[1]) / num_micro if len(batch_A) == 3 else None
+  grad_fn = jax.value_and_grad(lambda trainable, batch, rng: batch_loss(
+      model, lora.combine(trainable, frozen), batch, rng, num_trained))
 
   def micro_step(i):
     micro_rng = None if rng is None else jax.random.fold_in(rng, i)
-    return grad_fn(trainable, x_AxBxT[i], y_AxBxT[i], micro_rng)
+    return grad_fn(trainable, tuple(z[i] for z in batch_A), micro_rng)
 
   if num_micro == 1:
     return micro_step(0)
@@ -46,10 +93,11 @@ def _gradients(model: GPT, trainable: Params, frozen: Params, x_AxBxT: jax.Array
   return jax.tree.map(lambda g: g / num_micro, (loss, grads))
 
 
-def train_step(state: TrainState, x_AxBxT: jax.Array, y_AxBxT: jax.Array, stop_B: jax.Array, *,
+def train_step(state: TrainState, batch_A: Batch, stop_B: jax.Array, *,
                model: GPT, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
-  """One optimizer step over A micro-batches; returns the new state and its metrics.
+  """One optimizer step over A micro-batches (each array of `batch_A` is (A, B, T)); returns
+  the new state and its metrics.
 
   Only the trainable parameters change (all of them, or the LoRA adapters only).
   `stop_B` holds, for each row, whether the process that made it was asked to stop (a
@@ -58,7 +106,7 @@ def train_step(state: TrainState, x_AxBxT: jax.Array, y_AxBxT: jax.Array, stop_B
   """
   rng = None if model.config.dropout == 0 else jax.random.fold_in(dropout_key, state.step)
   trainable, frozen = lora.partition(state.params, model.config.lora_rank)
-  loss, grads = _gradients(model, trainable, frozen, x_AxBxT, y_AxBxT, rng)
+  loss, grads = _gradients(model, trainable, frozen, batch_A, rng)
   updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
   new_trainable = optax.apply_updates(trainable, updates)
   params = lora.combine(new_trainable, frozen)
@@ -72,41 +120,47 @@ def train_step(state: TrainState, x_AxBxT: jax.Array, y_AxBxT: jax.Array, stop_B
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_loss(params: Params, x_ExBxT: jax.Array, y_ExBxT: jax.Array, *, model: GPT) -> jax.Array:
-  """Mean loss over E evaluation batches, as one compiled loop."""
-  def body(total, xy):
-    return total + loss_fn(model, params, *xy), None
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (x_ExBxT, y_ExBxT))
-  return total / x_ExBxT.shape[0]
+def eval_loss(params: Params, batches_E: Batch, *, model: GPT) -> jax.Array:
+  """Mean loss over E evaluation batches (each array (E, B, T)), as one compiled loop."""
+  def body(total, batch):
+    return total + batch_loss(model, params, batch), None
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), batches_E)
+  return total / batches_E[0].shape[0]
 
 
 def jit_train_step(model: GPT, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                    dropout_key: jax.Array, mesh: Mesh, state_shardings: TrainState
                    ) -> jax.stages.Wrapped:
-  """The jitted train step: state donated, batches (A, B, T) and stop requests (B,) sharded
-  over B."""
+  """The jitted train step: state donated, the batch's arrays (A, B, T) and stop requests
+  (B,) sharded over B."""
   step = functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
                            dropout_key=dropout_key)
   batch = sharding.global_batch_sharding(mesh, leading_dims=1)
   rows = sharding.global_batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(state_shardings, batch, batch, rows),
+  return jax.jit(step, in_shardings=(state_shardings, batch, rows),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def abstract_batch(mesh: Mesh, batch_size: int, micro_batches: int, block_size: int
-                   ) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-  """ShapeDtypeStructs of the train step's x and y (A, B/A, T) and stop (B/A,) arguments,
-  A = micro_batches: what the step is compiled for before any batch exists."""
+def abstract_batch(mesh: Mesh, batch_size: int, micro_batches: int, block_size: int,
+                   segments: bool = False) -> tuple[Batch, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of the train step's batch ((A, B/A, T) arrays) and stop (B/A,)
+  arguments, A = micro_batches: what the step is compiled for before any batch exists."""
   rows = batch_size // micro_batches
-  xy = jax.ShapeDtypeStruct((micro_batches, rows, block_size), jnp.int32,
-                            sharding=sharding.global_batch_sharding(mesh, leading_dims=1))
   stop = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding.global_batch_sharding(mesh))
-  return xy, xy, stop
+  return abstract_arrays(mesh, (micro_batches, rows, block_size), segments), stop
+
+
+def abstract_arrays(mesh: Mesh, shape: tuple[int, int, int], segments: bool) -> Batch:
+  """ShapeDtypeStructs of stacked batches' arrays (sharded over their second dimension):
+  x and y, and with `segments` (chat data) the segments."""
+  array = jax.ShapeDtypeStruct(shape, jnp.int32,
+                               sharding=sharding.global_batch_sharding(mesh, leading_dims=1))
+  return (array,) * (3 if segments else 2)
 
 
 def jit_eval_loss(model: GPT, mesh: Mesh, params_shardings: Params) -> jax.stages.Wrapped:
   """The jitted evaluation loop: parameters as sharded, batches (E, B, T) sharded over B."""
   batches = sharding.global_batch_sharding(mesh, leading_dims=1)
   return jax.jit(functools.partial(eval_loss, model=model),
-                 in_shardings=(params_shardings, batches, batches),
+                 in_shardings=(params_shardings, batches),
                  out_shardings=sharding.replicated(mesh))

@@ -62,7 +62,7 @@ class Program:
     train_step = steps.jit_train_step(self.model, self.optimizer, self.schedule,
                                       state_lib.dropout_key(c.seed), self.mesh, self.shardings)
     batch = steps.abstract_batch(self.mesh, c.train.batch_size, c.train.grad_accum_steps,
-                                 c.model.block_size)
+                                 c.model.block_size, segments=has_segments(c))
     started = time.perf_counter()
     with self.context():
       compiled = train_step.lower(self.abstract_state, *batch).compile()
@@ -73,8 +73,8 @@ class Program:
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
   """What a run executes, compiled ahead of time from abstract shapes."""
-  train_step: jax.stages.Compiled  # (state, x, y, stop rows) -> (state, step metrics)
-  eval_loss: jax.stages.Compiled  # (params, x, y) -> mean validation loss
+  train_step: jax.stages.Compiled  # (state, batch, stop rows) -> (state, step metrics)
+  eval_loss: jax.stages.Compiled  # (params, batches) -> mean validation loss
   figures: dict  # the train step's compile seconds and memory (Program.compile_train_step)
 
 
@@ -82,7 +82,7 @@ class CompiledSteps:
 class _Loop:
   """What the training loop's steps share besides the step and the state."""
   compiled: CompiledSteps
-  eval_set: tuple[jax.Array, jax.Array]
+  eval_set: steps.Batch
   writer: metrics.MetricsWriter
   trace: metrics.StepTrace
   throughput: metrics.Throughput
@@ -202,10 +202,11 @@ class Trainer:
 
   def _compile_eval_loss(self) -> jax.stages.Compiled:
     t, p = self.config.train, self.program
-    batches = jax.ShapeDtypeStruct((t.eval_steps, t.batch_size, self.config.model.block_size),
-                                   np.int32, sharding=sharding.global_batch_sharding(self.mesh, 1))
+    batches = steps.abstract_arrays(
+        self.mesh, (t.eval_steps, t.batch_size, self.config.model.block_size),
+        segments=has_segments(self.config))
     eval_loss = steps.jit_eval_loss(self.model, self.mesh, p.shardings.params)
-    return eval_loss.lower(p.abstract_state.params, batches, batches).compile()
+    return eval_loss.lower(p.abstract_state.params, batches).compile()
 
   def batch_stream(self, start_step: int, end_step: int) -> data.BatchStream:
     """This process's training batches for the steps after start_step, up to end_step."""
@@ -215,14 +216,13 @@ class Trainer:
                             start_step, end_step, use_tf=_use_tf(c),
                             process_count=jax.process_count(), micro_batches=t.grad_accum_steps)
 
-  def global_micro_batches(self, x_BxT: np.ndarray, y_BxT: np.ndarray
-                           ) -> tuple[jax.Array, jax.Array]:
-    """(B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
+  def global_micro_batches(self, batch: tuple[np.ndarray, ...]) -> steps.Batch:
+    """A batch's (B, T) local rows -> global (A, B/A, T) arrays, A = grad_accum_steps."""
     a = self.config.train.grad_accum_steps
     return tuple(sharding.global_batch(z.reshape(a, -1, z.shape[-1]), self.mesh, leading_dims=1)
-                 for z in (x_BxT, y_BxT))
+                 for z in batch)
 
-  def eval_set(self) -> tuple[jax.Array, jax.Array]:
+  def eval_set(self) -> steps.Batch:
     """The validation batches, stacked (E, B, T) and placed on the mesh."""
     t = self.config.train
     batches = data.eval_batches(self.setup.dataset.val, self.config.seed, jax.process_index(),
@@ -291,13 +291,13 @@ class Trainer:
     pending = collections.deque()
     last = {"step": start}
     loop.throughput.measure(start)
-    batches = (self.global_micro_batches(x_BxT, y_BxT) for x_BxT, y_BxT in stream)
+    batches = map(self.global_micro_batches, stream)
     batch = next(batches, None)
     stop = False
     for step in range(start + 1, t.max_steps + 1):
       loop.trace.before(step)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = loop.compiled.train_step(state, *batch, self.stop_rows())
+        state, step_metrics = loop.compiled.train_step(state, batch, self.stop_rows())
         batch = next(batches, None)  # made and placed while the step runs
       loop.trace.after(step, state)
       pending.append((step, step_metrics))
@@ -352,7 +352,7 @@ class Trainer:
 
   def _evaluate_and_keep_best(self, step: int, state: state_lib.TrainState, loop: _Loop
                               ) -> float:
-    val_loss = float(loop.compiled.eval_loss(state.params, *loop.eval_set))
+    val_loss = float(loop.compiled.eval_loss(state.params, loop.eval_set))
     loop.writer.write(step, val_loss=val_loss)
     self.log(f"step {step:6d} | val loss {val_loss:.4f}")
     self.checkpoints.save_if_best(step, state, val_loss)
@@ -379,6 +379,11 @@ class Trainer:
                                       max_new_tokens, generate.Sampling(temperature=0.8, top_k=200),
                                       seed=seed)
       return prompt + "".join(sample[0] for sample in pieces)
+
+
+def has_segments(config) -> bool:
+  """Whether the run's batches carry segments (x, y, segments): chat data's do."""
+  return config.data.source == "chat"
 
 
 def _use_tf(config) -> bool | None:

@@ -213,7 +213,44 @@ def train_on_one_batch(config, num_steps, devices=None, dropout=0.0, state=None)
   with sharding.rules_context(mesh):
     for _ in range(num_steps):
       xs, ys = (sharding.global_batch(z.reshape(a, -1, z.shape[-1]), mesh, 1) for z in (x, y))
-      state, metrics = step(state, xs, ys, no_stop(x.shape[0] // a))
+      state, metrics = step(state, (xs, ys), no_stop(x.shape[0] // a))
       losses.append(float(metrics["loss"]))  # blocks: one step in flight at most
   return losses, state
 
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+          "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def write_chat_tokenizer(folder) -> str:
+  """A Hugging Face tokenizer folder with a ChatML chat template: a byte-level BPE trained on
+  LINES (tokenizer.json) and tokenizer_config.json with the template and eos <|im_end|>."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
+                          special_tokens=CHAT_SPECIAL_TOKENS, show_progress=False)
+  bpe.save(os.path.join(folder, "tokenizer.json"))
+  with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    json.dump({"chat_template": CHATML, "eos_token": "<|im_end|>",
+               "bos_token": "<|endoftext|>"}, f)
+  return str(folder)
+
+
+def write_chat_jsonl(path, num_conversations=40) -> str:
+  """Conversations in the chat JSONL format: a user asks for a line of a speech, the
+  assistant answers with it; some have a system message, some a second turn."""
+  speeches = [s for s in LINES.split("\n\n") if s]
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(num_conversations):
+      speaker, line = speeches[i % len(speeches)].split("\n", 1)
+      messages = [{"role": "user", "content": f"{speaker.rstrip(':')}?"},
+                  {"role": "assistant", "content": line}]
+      if i % 3 == 0:
+        messages.insert(0, {"role": "system", "content": "Answer in verse."})
+      if i % 4 == 0:
+        messages += [{"role": "user", "content": "Again?"}, {"role": "assistant", "content": line}]
+      f.write(json.dumps({"messages": messages}) + "\n")
+  return str(path)

@@ -74,7 +74,7 @@ def test_update_norm_is_what_the_parameters_moved_by():
     state = state_lib.init_state(model, optimizer, mesh, config.seed)
     before = jax.device_get(state.params)  # the step donates state
     xs, ys = (sharding.global_batch(z[None], mesh, 1) for z in (x, np.roll(x, -1, axis=1)))
-    state, metrics = train_step(state, xs, ys, sharding.global_batch(np.zeros(8, np.int32), mesh))
+    state, metrics = train_step(state, (xs, ys), sharding.global_batch(np.zeros(8, np.int32), mesh))
     after = jax.device_get(state.params)
 
   def norm(tree):

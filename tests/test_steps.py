@@ -70,7 +70,7 @@ def test_train_step_compiles_once():
 
   @chex.assert_max_traces(n=1)
   def traced_step(st, x, y):
-    return steps.train_step(st, x, y, no_stop(x.shape[1]), model=model, optimizer=optimizer, schedule=schedule,
+    return steps.train_step(st, (x, y), no_stop(x.shape[1]), model=model, optimizer=optimizer, schedule=schedule,
                             dropout_key=state_lib.dropout_key(0))
 
   step = jax.jit(traced_step, donate_argnums=0)
@@ -90,9 +90,9 @@ def test_a_stop_request_of_any_row_reaches_the_metrics():
   requests[-1] = 1  # the rows of the last data-parallel device
   with sharding.rules_context(mesh):
     xs, ys = (sharding.global_batch(z[None], mesh, 1) for z in (x, y))
-    state, metrics = step(state, xs, ys, sharding.global_batch(np.zeros_like(requests), mesh))
+    state, metrics = step(state, (xs, ys), sharding.global_batch(np.zeros_like(requests), mesh))
     assert int(metrics["stop"]) == 0
-    _, metrics = step(state, xs, ys, sharding.global_batch(requests, mesh))
+    _, metrics = step(state, (xs, ys), sharding.global_batch(requests, mesh))
     assert int(metrics["stop"]) == 1
 
 
@@ -103,7 +103,7 @@ def test_eval_loss_averages_the_batches():
   batches = [random_batch(config, s) for s in range(3)]
   xs, ys = (jnp.stack(z) for z in zip(*batches))
   with sharding.rules_context(mesh):
-    mean = steps.eval_loss(state.params, xs, ys, model=model)
+    mean = steps.eval_loss(state.params, (xs, ys), model=model)
     each = [steps.loss_fn(model, state.params, x, y) for x, y in batches]
   np.testing.assert_allclose(mean, np.mean(each), rtol=1e-5)
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
+from jaxgpt.data import chat
 from jaxgpt.data import shards
 from jaxgpt.data import sources
 from jaxgpt.data import tfhost
@@ -24,8 +25,9 @@ TRAIN_STREAM = 0
 EVAL_STREAM = 1
 
 
-# A split's tokens: an int32 array in memory, or token shards read lazily from disk.
-Tokens = np.ndarray | shards.TokenShards
+# A split's tokens: an int32 array in memory, or token shards read lazily from disk; or
+# chat conversations in rows (data.source=chat).
+Tokens = np.ndarray | shards.TokenShards | chat.ChatRows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,12 @@ def build_dataset(config, tokenizer=None) -> Dataset:
   new character tokenizer of the text; `data.source=tokens` reads prepared shards."""
   if config.data.source == "tokens":
     return _token_shards_dataset(config.data.path, config.model.block_size, tokenizer)
+  if config.data.source == "chat":
+    if tokenizer is None:
+      raise UserError("data.source=chat needs a tokenizer with a chat template: pass "
+                      "--config.init_from=<a chat model's folder or hub name>, or "
+                      "--config.data.tokenizer=gpt2 --config.data.tokenizer_path=FOLDER of one")
+    return Dataset(*chat.load_splits(config.data, tokenizer, config.model.block_size), tokenizer)
   train_text, val_text = sources.load_splits(config.data)
   if tokenizer is None:
     tokenizer = build_tokenizer(config.data.tokenizer, train_text + val_text)
@@ -74,6 +82,9 @@ def fingerprint(dataset: Dataset) -> str:
   for tokens in (dataset.train, dataset.val):
     if isinstance(tokens, shards.TokenShards):
       digest.update(tokens.checksums.encode())
+    elif isinstance(tokens, chat.ChatRows):
+      for array in (tokens.tokens, tokens.trained, tokens.segments):
+        digest.update(np.ascontiguousarray(array).tobytes())
     else:
       digest.update(np.ascontiguousarray(tokens, np.int32).tobytes())
   return digest.hexdigest()[:16]
@@ -84,6 +95,8 @@ def _identity(tokenizer) -> str:
 
 
 def _check_length(tokens: Tokens, block_size: int, what: str) -> None:
+  if isinstance(tokens, chat.ChatRows):
+    return  # any number of rows of block_size + 1
   if len(tokens) <= block_size + 1:
     raise UserError(
         f"{what} has {len(tokens)} tokens, too short for model.block_size="
@@ -183,8 +196,12 @@ class BatchSpec:
     return row_ids(self.process_index, self.batch_size, self.process_count, self.micro_batches)
 
 
-def get_batch(tokens: Tokens, spec: BatchSpec, step: int) -> tuple[np.ndarray, np.ndarray]:
-  """This process's (inputs, targets) for `step`, both int32 [batch, block]."""
+def get_batch(tokens: Tokens, spec: BatchSpec, step: int) -> tuple[np.ndarray, ...]:
+  """This process's (inputs, targets) for `step`, both int32 [batch, block]; for chat rows
+  (inputs, targets, segments), drawn a row at a time."""
+  if isinstance(tokens, chat.ChatRows):
+    rows = _offsets(_NUMPY_OPS, tokens.num_rows, spec.seed, spec.stream, step, spec.row_ids())
+    return tokens.batch(rows.astype(np.int64))
   _check_length(tokens, spec.block_size, "the token array")
   starts = _offsets(_NUMPY_OPS, len(tokens) - spec.block_size, spec.seed, spec.stream, step,
                     spec.row_ids())
@@ -193,7 +210,7 @@ def get_batch(tokens: Tokens, spec: BatchSpec, step: int) -> tuple[np.ndarray, n
 
 
 def eval_batches(tokens, seed, process_index, batch_size, block_size,
-                 num_batches, process_count: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+                 num_batches, process_count: int = 1) -> list[tuple[np.ndarray, ...]]:
   """The fixed evaluation set: the same batches at every evaluation."""
   spec = BatchSpec(seed, process_index, batch_size, block_size, stream=EVAL_STREAM,
                    process_count=process_count)
@@ -208,24 +225,26 @@ class BatchStream:
   """Local batches for steps start_step, start_step+1, ..., end_step-1.
 
   Uses tf.data (batches made ahead on a background thread) when TensorFlow is
-  installed, else NumPy; both give bit-identical batches.
+  installed, else NumPy; both give bit-identical batches. Chat rows use NumPy.
   """
 
   def __init__(self, tokens, seed, process_index, batch_size, block_size,
                start_step, end_step, use_tf: bool | None = None,
                process_count: int = 1, micro_batches: int = 1):
     _check_length(tokens, block_size, "the token array")
-    self._tokens = tokens if isinstance(tokens, shards.TokenShards) else np.asarray(tokens, np.int32)
+    in_memory = not isinstance(tokens, (shards.TokenShards, chat.ChatRows))
+    self._tokens = np.asarray(tokens, np.int32) if in_memory else tokens
     self._spec = BatchSpec(seed, process_index, batch_size, block_size,
                            process_count=process_count, micro_batches=micro_batches)
     self._start_step, self._end_step = start_step, end_step
     self._use_tf = _tensorflow_installed() if use_tf is None else use_tf
+    self._use_tf &= not isinstance(tokens, chat.ChatRows)
 
   @property
   def uses_tf(self) -> bool:
     return self._use_tf
 
-  def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
     if self._use_tf:
       return self._tf_batches()
     return self._numpy_batches()

@@ -158,6 +158,12 @@ class BPETokenizer:
     become their ids; none is added)."""
     return np.array(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
 
+  def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """`encode`'s ids, and each token's (start, end) character offsets in `text`."""
+    encoding = self._tokenizer.encode(text, add_special_tokens=False)
+    return (np.array(encoding.ids, np.int32),
+            np.array(encoding.offsets, np.int64).reshape(-1, 2))
+
   def encode_prompt(self, text: str) -> np.ndarray:
     """The ids of a prompt: `encode`, after the begin-of-text token where the model's
     tokenizer puts one."""

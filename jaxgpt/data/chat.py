@@ -1,0 +1,170 @@
+"""Chat conversations (data.source=chat) as training rows: JSONL of {"messages": [{"role",
+"content"}, ...]}, each conversation rendered with the tokenizer's chat template
+(jaxgpt/chat_template.py), its assistant turns' tokens marked as the ones to train on, and
+the conversations laid out in rows of block_size + 1 tokens: packed (several to a row, each
+its own segment, attending only within itself) or padded (one to a row).
+
+A row's segment ids number its conversations from 1; 0 is padding. The training batch's
+targets are -1 wherever no loss is taken (jaxgpt/steps.py).
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from jaxgpt import chat_template
+from jaxgpt.errors import UserError
+
+ASSISTANT = "assistant"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRows:
+  """Conversations laid out in rows, each (num_rows, block_size + 1)."""
+  tokens: np.ndarray  # int32
+  trained: np.ndarray  # bool: the token is an assistant's, predicted with a loss
+  segments: np.ndarray  # int32: the row's conversation 1, 2, ...; 0 is padding
+
+  @property
+  def num_rows(self) -> int:
+    return len(self.tokens)
+
+  def __len__(self) -> int:
+    """The conversations' tokens (padding not counted)."""
+    return int(np.count_nonzero(self.segments))
+
+  def batch(self, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, segments), each (len(rows), block_size): targets are -1 where no
+    loss is taken (not an assistant token, or the first of another conversation)."""
+    tokens, trained, segments = self.tokens[rows], self.trained[rows], self.segments[rows]
+    same = segments[:, 1:] == segments[:, :-1]
+    targets = np.where(trained[:, 1:] & same, tokens[:, 1:], -1).astype(np.int32)
+    return tokens[:, :-1], targets, segments[:, :-1]
+
+
+def assistant_turns(rows: ChatRows):
+  """(context, answer) token arrays of every assistant turn in the rows: what evaluating a
+  chat model scores (the answer's tokens given the conversation before it)."""
+  for tokens, trained, segments in zip(rows.tokens, rows.trained, rows.segments):
+    for segment in np.unique(segments[segments > 0]):
+      ids, marks = tokens[segments == segment], trained[segments == segment]
+      edges = np.flatnonzero(np.diff(np.concatenate([[0], marks.astype(np.int8), [0]])))
+      for start, end in zip(edges[::2], edges[1::2]):
+        if start > 0:
+          yield ids[:start], ids[start:end]
+
+
+def read_conversations(path: str) -> list[list[dict]]:
+  """The `messages` of each line of a JSONL file; a malformed line is a UserError naming it."""
+  conversations = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip():
+        conversations.append(_messages(line, f"{path}:{number}"))
+  if not conversations:
+    raise UserError(f"data.path {path} holds no conversations: write one JSON object a line, "
+                    '{"messages": [{"role": "user", "content": ...}, ...]}')
+  return conversations
+
+
+def _messages(line: str, where: str) -> list[dict]:
+  fix = ('each line must be {"messages": [{"role": "user", "content": "..."}, '
+         '{"role": "assistant", "content": "..."}, ...]}')
+  try:
+    record = json.loads(line)
+  except ValueError as e:
+    raise UserError(f"{where} is not JSON ({e}): {fix}") from None
+  messages = record.get("messages") if isinstance(record, dict) else None
+  if not isinstance(messages, list) or not messages:
+    raise UserError(f"{where} has no list of messages: {fix}")
+  for message in messages:
+    if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)):
+      raise UserError(f"{where} has a message without a string role and content ({message!r}"
+                      f"): {fix}")
+  if not any(m["role"] == ASSISTANT for m in messages):
+    raise UserError(f"{where} has no assistant message, so nothing to train on: {fix}")
+  return messages
+
+
+def encode(tokenizer, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """A conversation's ids as the chat template renders it, and which of them are the
+  assistant's: each assistant message's text, from where the template's generation prompt
+  ends to where the message (with the template's end-of-turn text) ends."""
+  text = chat_template.render(tokenizer, messages)
+  spans = []
+  for i, message in enumerate(messages):
+    if message["role"] != ASSISTANT:
+      continue
+    prompt = chat_template.render(tokenizer, messages[:i], add_generation_prompt=True)
+    through = chat_template.render(tokenizer, messages[:i + 1])
+    if not (text.startswith(through) and through.startswith(prompt)):
+      raise UserError("the tokenizer's chat template renders a conversation's first turns "
+                      "differently on their own than within the whole conversation, so its "
+                      "assistant turns cannot be found: use a template that renders each turn "
+                      "the same way")
+    spans.append((len(prompt), len(through)))
+  ids, offsets = tokenizer.encode_with_offsets(text)
+  # A token across a span's edge holds answer text: it is trained. Offsets trimmed of
+  # whitespace (some tokenizers' post-processors) can be empty: such a token spans a character.
+  starts, ends = offsets[:, 0], np.maximum(offsets[:, 1], offsets[:, 0] + 1)
+  trained = np.zeros(len(ids), bool)
+  for start, end in spans:
+    trained |= (starts < end) & (ends > start)
+  return ids, trained
+
+
+def layout(conversations: list, row_length: int, pack: bool) -> ChatRows:
+  """Encoded conversations (ids, trained) in rows of `row_length`: packed (each into the
+  first of the last few rows with room for it) or one to a row; a conversation longer than a
+  row is cut to it."""
+  conversations = [(ids[:row_length], trained[:row_length]) for ids, trained in conversations]
+  rows = _packed_rows([len(ids) for ids, _ in conversations], row_length) if pack else [
+      [i] for i in range(len(conversations))]
+  tokens = np.zeros((len(rows), row_length), np.int32)
+  trained_rows = np.zeros((len(rows), row_length), bool)
+  segments = np.zeros((len(rows), row_length), np.int32)
+  for r, members in enumerate(rows):
+    at = 0
+    for segment, i in enumerate(members, start=1):
+      ids, trained = conversations[i]
+      tokens[r, at:at + len(ids)], trained_rows[r, at:at + len(ids)] = ids, trained
+      segments[r, at:at + len(ids)] = segment
+      at += len(ids)
+  return ChatRows(tokens, trained_rows, segments)
+
+
+def _packed_rows(lengths: list[int], row_length: int, open_rows: int = 64) -> list[list[int]]:
+  """The conversations (indices) of each row: first fit among the last `open_rows` rows,
+  which fills rows much better than starting a new row whenever the next one does not fit,
+  at a bounded cost per conversation."""
+  rows, room = [], []
+  for i, length in enumerate(lengths):
+    first = len(rows) - min(len(rows), open_rows)
+    fit = next((r for r in range(first, len(rows)) if room[r] >= length), None)
+    if fit is not None:
+      rows[fit].append(i)
+      room[fit] -= length
+    else:
+      rows.append([i])
+      room.append(row_length - length)
+  return rows
+
+
+def load_splits(data_config, tokenizer, block_size: int) -> tuple[ChatRows, ChatRows]:
+  """(train, validation) rows: the last data.val_fraction of the conversations (at least one)
+  are held out."""
+  path = data_config.path
+  if not os.path.isfile(path):
+    raise UserError(f"data.path {path!r} is not a file: pass --config.data.path=FILE, a JSONL "
+                    "file of conversations, for data.source=chat")
+  conversations = [encode(tokenizer, m) for m in read_conversations(path)]
+  if len(conversations) < 2:
+    raise UserError(f"data.path {path} holds {len(conversations)} conversation: at least two "
+                    "are needed, one to train on and one to validate with")
+  held_out = min(max(1, round(len(conversations) * data_config.val_fraction)),
+                 len(conversations) - 1)
+  train, val = conversations[:-held_out], conversations[-held_out:]
+  return tuple(layout(split, block_size + 1, data_config.chat_packing) for split in (train, val))
