@@ -8,7 +8,7 @@ exactly what recomputing the whole context each step would give.
 Each (batch size, prompt bucket) compiles once: prompts are right-padded to a power of two,
 the cache length and the number of steps are traced data, and so are the sampling settings.
 The compiled loop refills the cache itself, so a chunk of tokens may span several refills;
-the host finds stop text between chunks and stops once every sample is done.
+the host finds stop tokens and stop text between chunks and stops once every sample is done.
 """
 
 import contextlib
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxgpt import memory
+from jaxgpt import chat_template, memory
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 
@@ -332,24 +332,24 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
 
 
 class _SampleText:
-  """One sample's text, ended at the end-of-text token or before the first `stop`; hands
-  out what is safe to print.
+  """One sample's text, ended at a stop token (end of text or of a turn) or before the first
+  `stop`; hands out what is safe to print.
 
   Its ids are decoded together each time, so a character whose bytes span two chunks
   (byte-level BPE) comes out whole; a trailing incomplete one is held back until then.
   """
 
   def __init__(self, tokenizer, stop: str):
-    self.tokenizer, self.stop = tokenizer, stop
+    self.tokenizer, self.stop, self.stop_ids = tokenizer, stop, set(stop_ids(tokenizer))
     self.ids, self.text, self.printed, self.done = [], "", 0, False
 
   def add(self, new_ids) -> str:
     if self.done:
       return ""
     new_ids = [int(i) for i in new_ids]
-    end = self.tokenizer.end_of_text_id
-    if end is not None and end in new_ids:
-      new_ids, self.done = new_ids[:new_ids.index(end)], True
+    end = next((n for n, i in enumerate(new_ids) if i in self.stop_ids), None)
+    if end is not None:
+      new_ids, self.done = new_ids[:end], True
     self.ids += new_ids
     self.text = self.tokenizer.decode(self.ids)
     cut = self.text.find(self.stop, max(0, self.printed - len(self.stop))) if self.stop else -1
@@ -370,6 +370,18 @@ class _SampleText:
     return piece
 
 
+def stop_ids(tokenizer) -> tuple[int, ...]:
+  """The ids that end a sample: the end-of-text token and a chat model's end-of-turn tokens
+  (none for characters)."""
+  end = tokenizer.end_of_text_id
+  return getattr(tokenizer, "stop_ids", () if end is None else (end,))
+
+
+def prompt_ids(tokenizer, prompt: str) -> np.ndarray:
+  """The prompt's ids, after the begin-of-text token where the model's tokenizer adds one."""
+  return getattr(tokenizer, "encode_prompt", tokenizer.encode)(prompt)
+
+
 def default_prompt(tokenizer) -> str:
   """A newline, or where the tokenizer has none (a text without one), its first token."""
   try:
@@ -379,16 +391,34 @@ def default_prompt(tokenizer) -> str:
     return tokenizer.decode([0])
 
 
+def chat_prompt(tokenizer, messages: list[dict], max_tokens: int) -> tuple[str, list[dict]]:
+  """The text a chat model answers `messages` after (an optional system message, then user and
+  assistant turns, the user's last): the chat template's, with the assistant's turn begun.
+
+  While it is longer than `max_tokens`, its oldest turn (a user message and the answer) is
+  dropped; the system message and the newest user message stay. Returns the text and the
+  messages kept.
+  """
+  system = messages[:1] if messages[0]["role"] == "system" else []
+  turns = messages[len(system):]
+  while True:
+    text = chat_template.render(tokenizer, system + turns, add_generation_prompt=True)
+    if len(turns) == 1 or len(prompt_ids(tokenizer, text)) <= max_tokens:
+      return text, system + turns
+    turns = turns[2:]
+
+
 def generate_text(model: GPT, params, tokenizer, prompt: str, max_new_tokens: int,
                   sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
                   stop: str = "", timing: Timing | None = None):
   """Yields lists of `num_samples` new pieces of text, as they are generated.
 
-  A sample ends at the tokenizer's end-of-text token (GPT-2's) or before the first
-  occurrence of `stop` (neither included); generation ends once every sample has ended.
+  A sample ends at one of the tokenizer's stop tokens (end of text, a chat model's end of
+  turn) or before the first occurrence of `stop` (neither included); generation ends once
+  every sample has ended. The prompt is encoded as `prompt_ids` encodes it.
   """
   samples = [_SampleText(tokenizer, stop) for _ in range(num_samples)]
-  chunks = generate(model, params, tokenizer.encode(prompt), max_new_tokens, sampling,
+  chunks = generate(model, params, prompt_ids(tokenizer, prompt), max_new_tokens, sampling,
                     num_samples, seed, timing=timing)
   for new_BxN in chunks:
     yield [sample.add(row) for sample, row in zip(samples, new_BxN)]

@@ -159,6 +159,7 @@ def test_auto_attention_takes_cudnn_or_splash_where_they_apply(
   assert attention.implementation(config, deterministic, length) == expected
 
 
+@pytest.mark.slow
 def test_splash_attention_gives_jaxgpts_logits_and_gradients_on_a_mesh():
   """The Pallas splash kernel (interpreted on CPU: TPU runs it compiled) against jaxgpt's
   attention, forward and backward, with batch and heads sharded (data 2, tensor 2)."""

@@ -114,6 +114,16 @@ def test_sample_user_errors(workdir):
   assert_clean_error(_sample(workdir, "--seed=-1", check=False), "--seed=-1", "0 to")
   assert_clean_error(_sample(workdir, "--stop=\udcfe", check=False), "--stop", "UTF-8")
   assert_clean_error(_sample(workdir, "--checkpoint=\u00b2", check=False), "step number")
+  assert_clean_error(_sample(workdir, "--system=Be brief.", check=False), "--system", "--chat")
+  assert_clean_error(run("sample", f"--workdir={workdir}", "--chat", check=False), "--chat",
+                     "--prompt")
+  assert_clean_error(run("sample", f"--workdir={workdir}", "--interactive", "--chat",
+                         "--num_samples=2", check=False), "--num_samples=2", "--num_samples=1")
+
+
+def test_chat_without_a_chat_template_is_one_line(workdir):
+  assert_clean_error(_sample(workdir, "--chat", check=False), "--chat", "chat template",
+                     "without --chat")
 
 
 def test_a_huge_seed_or_number_of_samples_is_one_clear_line(workdir):
