@@ -221,3 +221,36 @@ def test_a_sliding_window_model_attends_in_full_within_its_window():
   assert context == 16 and options["qkv_bias"] and not options["bias"]
   hf.update(use_sliding_window=False, layer_types=["full_attention"] * 2)
   assert hf_llama.model_options(hf, "config.json")[1] == 48
+
+
+@pytest.mark.slow
+def test_a_lora_chat_fine_tune_exports_and_answers_in_the_template(tmp_path_factory,
+                                                                    chat_tokenizer, tmp_path):
+  """LoRA on q/k/v/o and the MLP of an imported Qwen3, on chat JSONL: the loss falls, the
+  export loads in transformers with the run's logits, and sample --chat answers with one of
+  the answers it learned, in the template's format, ending at <|im_end|>."""
+  from helpers import run, write_chat_jsonl  # pylint: disable=g-import-not-at-top
+  folder = _hf_folder(tmp_path_factory, chat_tokenizer, "qwen3_qk_norm_head_dim")
+  jsonl = write_chat_jsonl(tmp_path / "chat.jsonl")
+  workdir, out = tmp_path / "run", tmp_path / "exported"
+  run("train", f"--workdir={workdir}", f"--config.init_from={folder}",
+      "--config.data.source=chat", f"--config.data.path={jsonl}", "--config.lora.rank=16",
+      "--config.lora.alpha=32", "--config.lora.targets=c_attn,c_proj,c_fc",
+      "--config.train.optimizer=adamw", "--config.train.learning_rate=1e-2",
+      "--config.train.warmup_steps=5", "--config.train.max_steps=400",
+      "--config.train.batch_size=8", "--config.train.eval_every=400",
+      "--config.train.eval_steps=2", "--config.train.log_every=10",
+      "--config.train.sample_tokens=0", "--config.model.block_size=48")
+  losses = [json.loads(line)["train_loss"]
+            for line in open(workdir / "metrics.jsonl", encoding="utf-8") if "train_loss" in line]
+  assert losses[-1] < losses[0] - 0.3, losses
+  run("export", f"--workdir={workdir}", f"--out={out}")
+  tuned = run_loader.load_run(str(workdir))
+  tokens = _tokens(tuned.model.config.vocab_size)
+  assert_same_logits(_hf_logits(str(out), tokens),
+                     tuned.logits(tokens)[..., :tuned.model.config.vocab_size])
+  answer = run("sample", f"--workdir={workdir}", "--chat", "--prompt=ROMEO?", "--temperature=0",
+               "--max_new_tokens=40").stdout.split("\n---------------")[0]
+  answers = {m["content"] for line in open(jsonl, encoding="utf-8")
+             for m in json.loads(line)["messages"] if m["role"] == "assistant"}
+  assert answer in answers, answer
