@@ -95,14 +95,15 @@ def harness_model(run, scorer):
       max_new = int(kwargs.get("max_gen_toks", 256))
       ids = self.tok_encode(context)[-max(self.max_length - max_new, 1):]
       text, new_ids = "", []
-      end = self.run.tokenizer.end_of_text_id
+      stops = set(generate.stop_ids(self.run.tokenizer))
       with self.run.context():
         for new_BxN in generate.generate(self.run.model, self.run.params, ids, max_new,
                                          generate.Sampling(temperature=0)):
           new_ids += [int(i) for i in new_BxN[0]]
-          ended = end is not None and end in new_ids
+          end = next((n for n, i in enumerate(new_ids) if i in stops), None)
+          ended = end is not None
           if ended:
-            new_ids = new_ids[:new_ids.index(end)]
+            new_ids = new_ids[:end]
           text = self.run.tokenizer.decode(new_ids)
           if ended or any(stop in text for stop in until):
             break
