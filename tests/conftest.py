@@ -17,7 +17,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # pylint: disable=wrong-import-position
 
-from helpers import LINES, require_transformers, write_token_dataset  # pylint: disable=wrong-import-position
+from helpers import LINES, require_transformers, write_chat_tokenizer, write_token_dataset  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +70,16 @@ def small_disk(tmp_path):
     yield disk
   finally:
     subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_folder(tmp_path_factory):
+  """A Hugging Face tokenizer folder with a ChatML chat template (helpers.write_chat_tokenizer)."""
+  return write_chat_tokenizer(tmp_path_factory.mktemp("chat_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(chat_tokenizer_folder):
+  """chat_tokenizer_folder's tokenizer, as jaxgpt reads it."""
+  from jaxgpt.data import BPETokenizer  # pylint: disable=g-import-not-at-top
+  return BPETokenizer.from_folder(chat_tokenizer_folder)

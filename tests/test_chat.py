@@ -17,23 +17,13 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 
 from helpers import (assert_clean_error, init_params, logged_losses, no_stop, run, setup_step,
-                     tiny_args, tiny_config, write_chat_jsonl, write_chat_tokenizer)
+                     tiny_args, tiny_config, write_chat_jsonl)
 
 CONVERSATION = [{"role": "system", "content": "Answer in verse."},
                 {"role": "user", "content": "ROMEO?"},
                 {"role": "assistant", "content": "But soft, what light"},
                 {"role": "user", "content": "Again?"},
                 {"role": "assistant", "content": "through yonder window breaks?"}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_folder(tmp_path_factory):
-  return write_chat_tokenizer(tmp_path_factory.mktemp("chat_tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_folder):
-  return BPETokenizer.from_folder(tokenizer_folder)
 
 
 def _runs(marks):
@@ -50,10 +40,10 @@ def test_the_assistant_turns_and_their_end_of_turn_are_the_trained_tokens(tokeni
                      "through yonder window breaks?<|im_end|>\n"]
 
 
-def test_a_template_that_renders_turns_differently_in_context_is_one_line(tokenizer_folder):
+def test_a_template_that_renders_turns_differently_in_context_is_one_line(chat_tokenizer_folder):
   """A template that numbers the messages at the start renders the first turns differently
   on their own: no prefix marks an assistant turn."""
-  tokenizer = BPETokenizer.from_folder(tokenizer_folder)
+  tokenizer = BPETokenizer.from_folder(chat_tokenizer_folder)
   tokenizer.specials = dataclasses.replace(
       tokenizer.specials, chat_template="{{ messages|length }}" + tokenizer.chat_template)
   with pytest.raises(UserError, match="renders a conversation's first turns differently"):
@@ -181,24 +171,24 @@ def test_chat_data_without_a_chat_template_is_one_line(tmp_path):
   assert_clean_error(result, "data.source=chat needs a tokenizer with a chat template")
 
 
-def test_a_malformed_line_stops_the_run_with_one_line(tokenizer_folder, tmp_path):
+def test_a_malformed_line_stops_the_run_with_one_line(chat_tokenizer_folder, tmp_path):
   path = tmp_path / "chat.jsonl"
   path.write_text(json.dumps({"messages": CONVERSATION}) + "\n{not json\n")
   result = run("train", f"--workdir={tmp_path / 'run'}", *tiny_args(
       **{"data.source": "chat", "data.path": path, "data.tokenizer": "gpt2",
-         "data.tokenizer_path": tokenizer_folder}), check=False)
+         "data.tokenizer_path": chat_tokenizer_folder}), check=False)
   assert_clean_error(result, "chat.jsonl:2 is not JSON")
 
 
 @pytest.mark.slow
-def test_a_lora_fine_tune_on_chat_data_learns_the_answers(tokenizer_folder, tmp_path):
+def test_a_lora_fine_tune_on_chat_data_learns_the_answers(chat_tokenizer_folder, tmp_path):
   """LoRA on every hidden layer from a scratch model (no pretrained one here): the training
   loss falls; eval --data=val scores the held-out answers."""
   workdir = tmp_path / "run"
   run("train", f"--workdir={workdir}", *tiny_args(
       None, position="rope", norm="rmsnorm", mlp="swiglu", block_size=64,
       **{"data.source": "chat", "data.path": write_chat_jsonl(tmp_path / "chat.jsonl"),
-         "data.tokenizer": "gpt2", "data.tokenizer_path": tokenizer_folder,
+         "data.tokenizer": "gpt2", "data.tokenizer_path": chat_tokenizer_folder,
          "lora.rank": 4, "lora.targets": "c_attn,c_proj,c_fc", "train.max_steps": 60,
          "train.learning_rate": 0.01, "train.log_every": 10, "train.eval_every": 60}))
   losses = list(logged_losses(workdir).values())

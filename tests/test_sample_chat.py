@@ -14,7 +14,7 @@ import pytest
 from jaxgpt import chat_template, generate
 from jaxgpt.data import BPETokenizer
 
-from helpers import REPO, run, tiny_args, write_chat_tokenizer
+from helpers import REPO, run, tiny_args
 
 QUESTION, ANSWER = "ROMEO?", "But soft, what light"
 SEPARATOR = "---------------\n"
@@ -30,17 +30,7 @@ def _assistant(text):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_folder(tmp_path_factory):
-  return write_chat_tokenizer(tmp_path_factory.mktemp("chat_tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_folder):
-  return BPETokenizer.from_folder(tokenizer_folder)
-
-
-@pytest.fixture(scope="module")
-def chat_run(tokenizer_folder, tokenizer, tmp_path_factory):
+def chat_run(chat_tokenizer_folder, tokenizer, tmp_path_factory):
   """A tiny model trained (in seconds) on one ChatML conversation repeated, until its greedy
   answer to QUESTION is ANSWER and then <|im_end|>."""
   folder = tmp_path_factory.mktemp("chat_run")
@@ -50,7 +40,7 @@ def chat_run(tokenizer_folder, tokenizer, tmp_path_factory):
       "model.block_size": 128, "train.max_steps": 200, "train.eval_every": 200,
       "train.warmup_steps": 5, "train.learning_rate": 1e-2, "train.min_lr": 1e-3,
       "train.sample_tokens": 0, "data.source": "text", "data.path": folder / "text.txt",
-      "data.tokenizer": "gpt2", "data.tokenizer_path": tokenizer_folder}),
+      "data.tokenizer": "gpt2", "data.tokenizer_path": chat_tokenizer_folder}),
       f"--workdir={folder / 'run'}")
   return str(folder / "run")
 
