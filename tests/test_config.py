@@ -60,12 +60,13 @@ def _load_config_file(name):
 
 
 @pytest.mark.parametrize("name", ["default", "shakespeare_char", "shakespeare_char_cpu",
-                                  "finetune_shakespeare", "gpt2_owt", "gpt2_fineweb", "gpt2_xl",
-                                  "speedrun_shakespeare", "speedrun_fineweb"])
+                                  "finetune_shakespeare", "finetune_chat", "gpt2_owt",
+                                  "gpt2_fineweb", "gpt2_xl", "speedrun_shakespeare",
+                                  "speedrun_fineweb"])
 def test_every_config_file_is_valid(name):
   c = _load_config_file(name)
-  if c.data.source == "tokens":
-    c.data.path = "/data/shards"
+  if c.data.source in ("tokens", "chat"):
+    c.data.path = {"tokens": "/data/shards", "chat": "/data/chat.jsonl"}[c.data.source]
   config_lib.validate(c)
 
 

@@ -254,3 +254,20 @@ def test_a_lora_chat_fine_tune_exports_and_answers_in_the_template(tmp_path_fact
   answers = {m["content"] for line in open(jsonl, encoding="utf-8")
              for m in json.loads(line)["messages"] if m["role"] == "assistant"}
   assert answer in answers, answer
+
+
+@pytest.mark.slow
+def test_the_finetune_chat_config_runs(tmp_path_factory, chat_tokenizer, tmp_path):
+  """configs/finetune_chat.py on a local Llama folder (SmolLM2 itself needs a download)."""
+  from configs import finetune_chat  # pylint: disable=g-import-not-at-top
+  from helpers import write_chat_jsonl  # pylint: disable=g-import-not-at-top
+  from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = finetune_chat.get_config()
+  config.init_from = _hf_folder(tmp_path_factory, chat_tokenizer, "smollm2_shape")
+  config.data.path = write_chat_jsonl(tmp_path / "chat.jsonl")
+  config.train.update(batch_size=4, max_steps=2, eval_every=2, eval_steps=1)
+  trainer = Trainer(config, str(tmp_path / "run"), devices=jax.devices()[:2])
+  last = trainer.run()
+  assert last["step"] == 2 and np.isfinite(last["val_loss"])
+  assert trainer.model.config.block_size == BLOCK_SIZE  # cut to the model's context
+  assert trainer.model.config.lora_targets == ("c_attn", "c_proj", "c_fc")
