@@ -259,7 +259,11 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT, deterministic: bool = True, decode: bool = False,
-               positions_T=None, logits_at_S=None, attention_mask_BxTxS=None):
+               positions_T=None, logits_at_S=None, attention_mask_BxTxS=None,
+               hidden_and_head: bool = False):
+    """The logits; with `hidden_and_head`, what they are made of instead: the final hidden
+    states (B, T, D) and the output layer (D, V), for a loss that computes the logits a chunk
+    at a time (jaxgpt/cross_entropy.py)."""
     c = self.config
     b, t = tokens_BxT.shape
     wte_VxD = self.param("wte", normal(INIT_STD, ("vocab", "embed")),
@@ -286,19 +290,25 @@ class GPT(nn.Module):
         x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T,
                                                 attention_mask_BxTxS)
     x_NxD = _norm(c, "ln_f")(x_NxD)
-    if logits_at_S is not None:
-      x_NxD = jnp.take(x_NxD, logits_at_S, axis=0)
-      b, t = 1, logits_at_S.shape[0]
     if c.tie_embeddings:
       head_DxV = wte_VxD.astype(c.dtype).T
     else:
       head_DxV = self.param("lm_head", normal(INIT_STD, ("embed", "vocab")),
                             (c.n_embd, c.padded_vocab_size)).astype(c.dtype)
-    logits_NxV = jnp.dot(x_NxD, head_DxV, preferred_element_type=jnp.float32)
-    # Padded ids get no probability: padding changes neither training nor sampling.
-    logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)
-    logits_NxV = _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
-    return logits_NxV.reshape(b, t, c.padded_vocab_size)
+    if hidden_and_head:
+      return x_NxD.reshape(b, t, -1), head_DxV
+    if logits_at_S is not None:
+      x_NxD = jnp.take(x_NxD, logits_at_S, axis=0)
+      b, t = 1, logits_at_S.shape[0]
+    return output_logits(x_NxD, head_DxV, c).reshape(b, t, c.padded_vocab_size)
+
+
+def output_logits(x_NxD, head_DxV, c: GPTConfig):
+  """The output layer: float32 logits (N, V); padded ids get no probability, so padding
+  changes neither training nor sampling."""
+  logits_NxV = jnp.dot(x_NxD, head_DxV, preferred_element_type=jnp.float32)
+  logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)
+  return _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
 
 
 class Block(nn.Module):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from jaxgpt import lora, sharding
+from jaxgpt import cross_entropy, lora, sharding
 from jaxgpt.model import GPT
 from jaxgpt.state import Params, TrainState
 
@@ -24,17 +24,19 @@ Batch = tuple[jax.Array, ...]  # (x, y) or (x, y, segments), each (B, T) or (A, 
 def loss_fn(model: GPT, params: Params, x_BxT: jax.Array, y_BxT: jax.Array,
             dropout_rng: jax.Array | None = None, segments_BxT: jax.Array | None = None,
             num_trained: jax.Array | None = None) -> jax.Array:
-  """Mean next-token cross-entropy, in float32. With `segments_BxT` (chat rows) only the
-  targets >= 0 take a loss: their summed loss over `num_trained`, by default their count."""
+  """Mean next-token cross-entropy, in float32, its logits computed a chunk at a time where
+  they are large (jaxgpt/cross_entropy.py). With `segments_BxT` (chat rows) only the targets
+  >= 0 take a loss: their summed loss over `num_trained`, by default their count."""
   packed = {} if segments_BxT is None else packed_inputs(segments_BxT)
-  logits_BxTxV = model.apply({"params": params}, x_BxT, deterministic=dropout_rng is None,
-                             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
-                             **packed)
+  hidden_BxTxD, head_DxV = model.apply(
+      {"params": params}, x_BxT, deterministic=dropout_rng is None,
+      rngs=None if dropout_rng is None else {"dropout": dropout_rng}, hidden_and_head=True,
+      **packed)
   if segments_BxT is None:
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT).mean()
+    return cross_entropy.token_losses(hidden_BxTxD, head_DxV, y_BxT, model.config).mean()
   trained_BxT = y_BxT >= 0
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxTxV, jnp.where(trained_BxT, y_BxT, 0))
+  losses_BxT = cross_entropy.token_losses(hidden_BxTxD, head_DxV,
+                                          jnp.where(trained_BxT, y_BxT, 0), model.config)
   if num_trained is None:
     num_trained = count_trained(y_BxT)
   return jnp.sum(jnp.where(trained_BxT, losses_BxT, 0.0)) / num_trained
