@@ -38,8 +38,12 @@ def _batch(masked: bool):
   return x, y
 
 
-@pytest.mark.parametrize("tie_embeddings", [True, False])
-@pytest.mark.parametrize("masked", [False, True], ids=["text", "chat"])
+# One case in the fast subset; the others in the full suite.
+@pytest.mark.parametrize("tie_embeddings, masked", [
+    pytest.param(False, True, id="untied-chat"),
+    *(pytest.param(tie, masked, id=f"{'tied' if tie else 'untied'}-{'chat' if masked else 'text'}",
+                   marks=pytest.mark.slow)
+      for tie, masked in ((True, False), (False, False), (True, True)))])
 def test_chunks_give_the_plain_loss_and_gradients_on_a_sharded_vocabulary(
     tie_embeddings, masked, monkeypatch):
   config = dataclasses.replace(CONFIG, tie_embeddings=tie_embeddings)

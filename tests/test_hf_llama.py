@@ -82,10 +82,9 @@ def llama_folder(request, tmp_path_factory, chat_tokenizer):
   return _hf_folder(tmp_path_factory, chat_tokenizer, request.param)
 
 
-# Greedy generation of the other architectures runs in the full suite only: the same cached
-# attention serves all four, and the logits and export tests cover each mapping.
-GREEDY = [pytest.param(name, marks=[] if name == "llama_gqa_rope_scaling" else pytest.mark.slow)
-          for name in ARCHITECTURES]
+# Greedy generation runs in the full suite only: the fast subset's logits and export tests
+# cover each mapping, and test_generate the cached attention.
+GREEDY = [pytest.param(name, marks=pytest.mark.slow) for name in ARCHITECTURES]
 
 
 def _hf_model(folder):
