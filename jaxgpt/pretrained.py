@@ -130,10 +130,6 @@ def configure(config, folder: str, explicit: set[str] = frozenset()) -> None:
   config.data.tokenizer = "gpt2"
 
 
-def context_length(folder: str) -> int:
-  return model_options(folder)[2]
-
-
 def load_tokenizer(folder: str) -> BPETokenizer:
   """The folder's tokenizer with its special tokens and chat template, sized to the model's
   vocabulary (which may be larger)."""

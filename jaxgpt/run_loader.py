@@ -86,7 +86,7 @@ def load_pretrained(init_from: str, mesh=None) -> LoadedRun:
   folder = pretrained.resolve(init_from)
   config = config_lib.base_config()
   config.init_from = init_from
-  config.model.block_size = min(pretrained.context_length(folder), MAX_PRETRAINED_CONTEXT)
+  config.model.block_size = MAX_PRETRAINED_CONTEXT  # configure cuts it to the model's context
   pretrained.configure(config, folder)
   tokenizer = pretrained.load_tokenizer(folder)
   model = GPT(config_lib.model_config(config, tokenizer.vocab_size))
