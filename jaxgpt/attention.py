@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 ACTIVATION_NAMES = ("activation_batch", "activation_length", "activation_heads",
                     "activation_head_dim")
 SPLASH_BLOCK = 128  # the splash kernel's query and key blocks: the length must be a multiple
+CACHE_BLOCK = 128  # decoding reads a longer key/value cache this many positions at a time
 
 
 def implementation(c: "GPTConfig", deterministic: bool, length: int) -> str:
@@ -131,9 +132,10 @@ class CausalSelfAttention(nn.Module):
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxKxT, (0, 0, start))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_NxTxK, (0, start, 0))
     index.value = start + t
-    mask_TxS = jnp.arange(c.block_size)[None, :] <= (start + jnp.arange(t))[:, None]
     q_NxGTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, g * t, c.head_size)
-    y_NxGTxK = _weighted_values(q_NxGTxK, cached_k.value, cached_v.value, jnp.tile(mask_TxS, (g, 1)))
+    positions_GT = jnp.tile(start + jnp.arange(t), g)
+    y_NxGTxK = _attend_to_cache(q_NxGTxK, cached_k.value, cached_v.value, positions_GT,
+                                filled=start + t)
     return y_NxGTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
 
 
@@ -188,6 +190,45 @@ def _splash_kernel(num_heads: int, length: int, interpret: bool):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
   mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * num_heads)
   return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _attend_to_cache(q_NxRxK, k_NxKxS, v_NxSxK, positions_R, filled):
+  """Each query row (at positions_R) attends to the cache positions up to its own; `filled`
+  positions of the cache hold keys. A cache longer than CACHE_BLOCK is read a block at a
+  time, only as far as it is filled: decoding at position p then reads p positions of keys
+  and values, not the whole cache (at GPT-2's 1,024, 50 MB a layer for 8 samples)."""
+  s = k_NxKxS.shape[-1]
+  if s <= CACHE_BLOCK:
+    mask_RxS = jnp.arange(s)[None, :] <= positions_R[:, None]
+    return _weighted_values(q_NxRxK, k_NxKxS, v_NxSxK, mask_RxS)
+  n, r, k = q_NxRxK.shape
+  scale = 1.0 / math.sqrt(k)
+
+  def attend_block(j, carry):
+    """Online softmax (as flash attention): the running max, sum and weighted values."""
+    max_NxR, sum_NxR, y_NxRxK = carry
+    start = jnp.minimum(j * CACHE_BLOCK, s - CACHE_BLOCK)  # the last block may overlap
+    k_NxKxC = jax.lax.dynamic_slice_in_dim(k_NxKxS, start, CACHE_BLOCK, axis=2)
+    v_NxCxK = jax.lax.dynamic_slice_in_dim(v_NxSxK, start, CACHE_BLOCK, axis=1)
+    att_NxRxC = jnp.einsum("nrk,nkc->nrc", q_NxRxK, k_NxKxC,
+                           preferred_element_type=jnp.float32) * scale
+    positions_C = start + jnp.arange(CACHE_BLOCK)
+    seen_RxC = ((positions_C[None, :] >= j * CACHE_BLOCK)
+                & (positions_C[None, :] <= positions_R[:, None]))
+    att_NxRxC = jnp.where(seen_RxC, att_NxRxC, -jnp.inf)
+    new_max_NxR = jnp.maximum(max_NxR, att_NxRxC.max(axis=-1))
+    probs_NxRxC = jnp.exp(att_NxRxC - new_max_NxR[..., None])
+    kept_NxR = jnp.exp(max_NxR - new_max_NxR)
+    y_NxRxK = y_NxRxK * kept_NxR[..., None] + jnp.einsum(
+        "nrc,nck->nrk", probs_NxRxC.astype(v_NxCxK.dtype), v_NxCxK,
+        preferred_element_type=jnp.float32)
+    return new_max_NxR, sum_NxR * kept_NxR + probs_NxRxC.sum(axis=-1), y_NxRxK
+
+  # Every row sees position 0 in the first block, so the running max is finite from then on.
+  carry = (jnp.full((n, r), -jnp.inf), jnp.zeros((n, r)), jnp.zeros((n, r, k)))
+  num_blocks = (filled + CACHE_BLOCK - 1) // CACHE_BLOCK
+  _, sum_NxR, y_NxRxK = jax.lax.fori_loop(0, num_blocks, attend_block, carry)
+  return (y_NxRxK / sum_NxR[..., None]).astype(v_NxSxK.dtype)
 
 
 def _weighted_values(q_NxTxK, k_NxKxS, v_NxSxK, mask_TxS):

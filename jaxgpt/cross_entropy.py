@@ -10,6 +10,7 @@ logits fit LOGITS_PER_CHUNK is one chunk: the plain computation, no loop.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxgpt.model import GPTConfig, output_logits
@@ -33,7 +34,8 @@ def token_losses(hidden_BxTxD, head_DxV, targets_BxT, c: GPTConfig,
   chunk = chunk_length(b, t, c.padded_vocab_size, budget)
 
   def losses(x_BxCxD, y_BxC):
-    logits = output_logits(x_BxCxD.reshape(-1, d), head_DxV, c)
+    logits = output_logits(jnp.dot(x_BxCxD.reshape(-1, d), head_DxV,
+                                    preferred_element_type=jnp.float32), c)
     return optax.softmax_cross_entropy_with_integer_labels(
         logits.reshape(*y_BxC.shape, -1), y_BxC)
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxgpt import quantize
+
 if TYPE_CHECKING:
   from jaxgpt.model import GPTConfig
 
@@ -48,8 +50,11 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    kernel = self.param("kernel", normal(self.stddev, self.names), self.shape)
-    y = contract(x, kernel, self.num_in, c.dtype)
+    if c.quantize:
+      y = self._int8_product(x)
+    else:
+      kernel = self.param("kernel", normal(self.stddev, self.names), self.shape)
+      y = contract(x, kernel, self.num_in, c.dtype)
     if c.lora_rank and self.name in c.lora_targets:
       y = y + self._adapter(x)
     if c.bias if self.use_bias is None else self.use_bias:
@@ -57,6 +62,15 @@ class Dense(nn.Module):
       bias = self.param("bias", zeros(out_names), out_shape).astype(c.dtype)
       y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
     return y
+
+  def _int8_product(self, x):
+    """x . kernel with the kernel an int8 matrix (outputs, inputs) and a scale per output
+    channel (jaxgpt/quantize.py)."""
+    out_shape, out_names = self.shape[self.num_in:], self.names[self.num_in:]
+    matrix = (math.prod(out_shape), math.prod(self.shape[:self.num_in]))
+    kernel = self.param("kernel", zeros((None, None)), matrix, jnp.int8)
+    scale = self.param("kernel" + quantize.SCALE, ones(out_names), out_shape)
+    return quantize.int8_matmul(x, kernel, scale, self.num_in).astype(self.config.dtype)
 
   def _adapter(self, x):
     c, r = self.config, self.config.lora_rank

@@ -25,10 +25,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxgpt import chat_template, memory
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT
+from jaxgpt.model import GPT, count_params
 
-# XLA's CPU "YNN" fusions run the decode step's small reductions many times slower.
+# XLA's CPU "YNN" fusions run the decode step's small reductions many times slower; its own
+# dots are slow for int8 and for the few rows of a large model's step (GPT-2's output layer
+# of 2 rows: 170 ms against 7), so those models keep YNNPACK's dots.
 _COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_LARGE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+LARGE_MODEL_WEIGHTS = 2**24
 
 
 @flax.struct.dataclass
@@ -54,31 +59,60 @@ class DecodeState:
 
 
 def filter_logits(logits_BxV, sampling: Sampling):
-  """Temperature, then top-k and top-p, on float32 logits; the filters' sort is skipped
-  when they keep every token (e.g. top_k above the vocabulary size).
+  """Temperature, then top-k, then top-p on float32 logits; each filter is skipped when it
+  keeps every token (e.g. top_k above the vocabulary size).
+
+  Top-p keeps the tokens whose higher-ranked tokens hold less than top_p of the probability
+  left by top-k (so the token that crosses top_p is kept, and the top token always is).
+  Each filter is a threshold found by bisection over the logits' order (32 halvings of a
+  count over the row) rather than a sort: sorting 50,000 logits a row is most of a decode
+  step on CPU (about 10 ms a row), a bisection about 0.4 ms.
 
   The model already gives padded ids no probability, so they are never sampled.
   """
   v = logits_BxV.shape[-1]
   logits_BxV = logits_BxV / jnp.maximum(sampling.temperature, 1e-6)
   top_k = jnp.where((sampling.top_k > 0) & (sampling.top_k < v), sampling.top_k, v)
-  return jax.lax.cond((top_k < v) | (sampling.top_p < 1), _top_k_top_p, lambda x, *_: x,
-                      logits_BxV, top_k, sampling.top_p)
+  logits_BxV = jax.lax.cond(top_k < v, _top_k, lambda x, _: x, logits_BxV, top_k)
+  return jax.lax.cond(sampling.top_p < 1, _top_p, lambda x, _: x, logits_BxV, sampling.top_p)
 
 
-def _top_k_top_p(logits_BxV, top_k, top_p):
-  neg_inf = jnp.finfo(jnp.float32).min
-  rank_1xV = jnp.arange(logits_BxV.shape[-1])[None, :]
-  sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
-  sorted_BxV = jnp.where(rank_1xV < top_k, sorted_BxV, neg_inf)
-  # Keep each token whose higher-ranked tokens hold less than top_p of the probability,
-  # so the token that crosses top_p is kept (and the top token always is).
-  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-  mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-  kept_BxV = (mass_before_BxV < top_p) & (rank_1xV < top_k) | (rank_1xV == 0)
-  num_kept_Bx1 = kept_BxV.sum(axis=-1, keepdims=True)
-  cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, num_kept_Bx1 - 1, axis=-1)
-  return jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
+def _top_k(logits_BxV, top_k):
+  key_BxV = _order_keys(logits_BxV)
+  kth_Bx1 = _bisect(lambda m_Bx1: jnp.sum(key_BxV >= m_Bx1, -1, keepdims=True) >= top_k, key_BxV)
+  return jnp.where(key_BxV >= kth_Bx1, logits_BxV, jnp.finfo(jnp.float32).min)
+
+
+def _top_p(logits_BxV, top_p):
+  key_BxV = _order_keys(logits_BxV)
+  probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+  mass_above = lambda m_Bx1: jnp.sum(jnp.where(key_BxV > m_Bx1, probs_BxV, 0), -1, keepdims=True)
+  cutoff_Bx1 = _bisect(lambda m_Bx1: mass_above(m_Bx1) >= top_p, key_BxV, largest=False)
+  return jnp.where(key_BxV >= cutoff_Bx1, logits_BxV, jnp.finfo(jnp.float32).min)
+
+
+def _order_keys(x):
+  """int32 keys in the order of the float32 values (x < y exactly when key(x) < key(y))."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _bisect(holds, key_BxV, largest: bool = True):
+  """Per row, the int32 m where `holds` turns from true (below) to false (above), by 32
+  halvings of [int32 min, int32 max]: the largest m for which it holds, or with
+  largest=False the smallest for which it does not."""
+  b = key_BxV.shape[0]
+  lo_Bx1 = jnp.full((b, 1), jnp.iinfo(jnp.int32).min, jnp.int32)
+  hi_Bx1 = jnp.full((b, 1), jnp.iinfo(jnp.int32).max, jnp.int32)
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # (lo + hi) / 2 without overflow
+    ok = holds(mid)
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+  lo_Bx1, hi_Bx1 = jax.lax.fori_loop(0, 32, halve, (lo_Bx1, hi_Bx1))
+  return lo_Bx1 if largest else hi_Bx1
 
 
 def step_bits(keys_B, first_step, num_steps: int):
@@ -107,10 +141,19 @@ def gumbel_noise(bits_B, vocab: int):
 
 def sample_token(logits_BxV, sampling: Sampling, bits_B):
   """Greedy at temperature 0; otherwise a draw from the filtered distribution (Gumbel-max)."""
-  noise_BxV = gumbel_noise(bits_B, logits_BxV.shape[-1])
-  sampled_B = jnp.argmax(filter_logits(logits_BxV, sampling) + noise_BxV, axis=-1)
-  greedy_B = jnp.argmax(logits_BxV, axis=-1)
-  return jnp.where(sampling.temperature == 0, greedy_B, sampled_B).astype(jnp.int32)
+  def sampled(logits_BxV):
+    noise_BxV = gumbel_noise(bits_B, logits_BxV.shape[-1])
+    return first_argmax(filter_logits(logits_BxV, sampling) + noise_BxV)
+  return jax.lax.cond(sampling.temperature == 0, first_argmax, sampled, logits_BxV)
+
+
+def first_argmax(x_BxV):
+  """jnp.argmax over the last axis (the first of equal maxima) as two plain reductions, which
+  XLA's CPU backend runs several times faster than argmax's reduction of (value, index)
+  pairs (about 2 ms for 8 rows of 50,000)."""
+  max_Bx1 = jnp.max(x_BxV, axis=-1, keepdims=True)
+  index_1xV = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)[None, :]
+  return jnp.min(jnp.where(x_BxV == max_Bx1, index_1xV, x_BxV.shape[-1]), axis=-1)
 
 
 def _set_cache_length(cache, length):
@@ -196,18 +239,25 @@ def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_step
   return state, tokens_BxN
 
 
-def compile_fns(prefill_fn, decode_fn):
-  """Jitted prefill and decode (tests wrap the plain functions to count traces)."""
-  jit = functools.partial(jax.jit, compiler_options=_COMPILER_OPTIONS)
+def compile_fns(prefill_fn, decode_fn, large: bool = False):
+  """Jitted prefill and decode (tests wrap the plain functions to count traces), for a large
+  or int8 model or another."""
+  options = _LARGE_COMPILER_OPTIONS if large else _COMPILER_OPTIONS
+  jit = functools.partial(jax.jit, compiler_options=options)
   return (jit(prefill_fn, static_argnames=("model",)),
           jit(decode_fn, static_argnames=("model", "max_steps"), donate_argnames=("state",)))
 
 
 @functools.cache
-def compiled():
+def compiled(large: bool = False):
   """The jitted (prefill, decode), made on first use, when the compile-time counter starts."""
+  _start_counting_compile_time()
+  return compile_fns(_prefill, _decode, large)
+
+
+@functools.cache
+def _start_counting_compile_time():
   jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
-  return compile_fns(_prefill, _decode)
 
 
 def prompt_bucket(length: int, block_size: int) -> int:
@@ -306,7 +356,8 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   if not len(prompt) or s < 2:
     raise ValueError("generation needs a prompt of at least one token and block_size >= 2")
   timing = Timing() if timing is None else timing
-  prefill, decode = compiled()
+  large = bool(model.config.quantize) or count_params(params) >= LARGE_MODEL_WEIGHTS
+  prefill, decode = compiled(large)
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt

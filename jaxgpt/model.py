@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt import quantize
 from jaxgpt.attention import CausalSelfAttention
 from jaxgpt.dense import Dense, normal, ones, zeros
 
@@ -59,6 +60,7 @@ class GPTConfig:
   lora_rank: int = 0  # > 0: low-rank adapters on the Dense layers named in lora_targets
   lora_alpha: float = 16.0
   lora_targets: tuple = ()  # some of HIDDEN_LAYERS
+  quantize: str = ""  # "int8": the matrices are int8 with scales, for sampling (quantize.py)
 
   n_layer: int = option(6, "Transformer blocks.", SHAPE)
   n_head: int = option(6, "Attention heads per block.", SHAPE)
@@ -266,13 +268,10 @@ class GPT(nn.Module):
     at a time (jaxgpt/cross_entropy.py)."""
     c = self.config
     b, t = tokens_BxT.shape
-    wte_VxD = self.param("wte", normal(INIT_STD, ("vocab", "embed")),
-                         (c.padded_vocab_size, c.n_embd))
     if positions_T is None:
       positions_T = jnp.arange(t)
-    # Gather the (small) table before the lookup rather than looking up a sharded table.
-    table_VxD = _constrain(wte_VxD, (None, None))
-    x_BxTxD = jnp.take(table_VxD, tokens_BxT.reshape(-1), axis=0).reshape(b, t, -1)
+    x_NxD, wte_VxD = self._token_embeddings(tokens_BxT.reshape(-1))
+    x_BxTxD = x_NxD.reshape(b, t, -1)
     if c.position == "learned":
       wpe_TxD = self.param("wpe", normal(INIT_STD, ("position", "embed")),
                            (c.block_size, c.n_embd))
@@ -290,23 +289,53 @@ class GPT(nn.Module):
         x_NxD = block(c, name=unrolled_name(i))(x_NxD, b, deterministic, decode, positions_T,
                                                 attention_mask_BxTxS)
     x_NxD = _norm(c, "ln_f")(x_NxD)
-    if c.tie_embeddings:
-      head_DxV = wte_VxD.astype(c.dtype).T
-    else:
-      head_DxV = self.param("lm_head", normal(INIT_STD, ("embed", "vocab")),
-                            (c.n_embd, c.padded_vocab_size)).astype(c.dtype)
     if hidden_and_head:
-      return x_NxD.reshape(b, t, -1), head_DxV
+      return x_NxD.reshape(b, t, -1), self._float_head(wte_VxD)
     if logits_at_S is not None:
       x_NxD = jnp.take(x_NxD, logits_at_S, axis=0)
       b, t = 1, logits_at_S.shape[0]
-    return output_logits(x_NxD, head_DxV, c).reshape(b, t, c.padded_vocab_size)
+    if c.quantize:
+      logits_NxV = self._int8_head(x_NxD, wte_VxD)
+    else:
+      logits_NxV = jnp.dot(x_NxD, self._float_head(wte_VxD), preferred_element_type=jnp.float32)
+    return output_logits(logits_NxV, c).reshape(b, t, c.padded_vocab_size)
+
+  def _token_embeddings(self, tokens_N):
+    """The tokens' rows (N, D) of the embedding table, and the table (V, D): float32, or
+    int8 values and a scale per row (quantize.py)."""
+    c = self.config
+    shape, names = (c.padded_vocab_size, c.n_embd), ("vocab", "embed")
+    if c.quantize:
+      int8_VxD = (self.param("wte", zeros(names), shape, jnp.int8),
+                  self.param("wte" + quantize.SCALE, ones(names[:1]), shape[:1]))
+      return quantize.looked_up(*int8_VxD, tokens_N), int8_VxD
+    wte_VxD = self.param("wte", normal(INIT_STD, names), shape)
+    # Gather the (small) table before the lookup rather than looking up a sharded table.
+    return jnp.take(_constrain(wte_VxD, (None, None)), tokens_N, axis=0), wte_VxD
+
+  def _int8_head(self, x_NxD, wte_VxD):
+    """The output layer's products (N, V) with int8 weights (V, D), the token embeddings' or
+    its own, and a scale per token."""
+    c = self.config
+    head_VxD = wte_VxD
+    if not c.tie_embeddings:
+      shape, names = (c.padded_vocab_size, c.n_embd), ("vocab", "embed")
+      head_VxD = (self.param("lm_head", zeros(names), shape, jnp.int8),
+                  self.param("lm_head" + quantize.SCALE, ones(names[:1]), shape[:1]))
+    return quantize.int8_matmul(x_NxD, *head_VxD, num_in=1)
+
+  def _float_head(self, wte_VxD):
+    """The output layer (D, V): the token embeddings' transpose, or a kernel of its own."""
+    c = self.config
+    if c.tie_embeddings:
+      return wte_VxD.astype(c.dtype).T
+    return self.param("lm_head", normal(INIT_STD, ("embed", "vocab")),
+                      (c.n_embd, c.padded_vocab_size)).astype(c.dtype)
 
 
-def output_logits(x_NxD, head_DxV, c: GPTConfig):
-  """The output layer: float32 logits (N, V); padded ids get no probability, so padding
-  changes neither training nor sampling."""
-  logits_NxV = jnp.dot(x_NxD, head_DxV, preferred_element_type=jnp.float32)
+def output_logits(logits_NxV, c: GPTConfig):
+  """The output layer's float32 products (N, V) as logits: padded ids get no probability, so
+  padding changes neither training nor sampling."""
   logits_NxV = jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits_NxV, -1e9)
   return _constrain(logits_NxV, ("activation_tokens", "activation_vocab"))
 

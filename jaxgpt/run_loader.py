@@ -11,8 +11,9 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, data, pretrained, sharding
+from jaxgpt import checkpoint, data, lora, pretrained, sharding
 from jaxgpt import config as config_lib
+from jaxgpt import quantize as quantize_lib
 from jaxgpt import state as state_lib
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
@@ -35,6 +36,21 @@ class LoadedRun:
     """The same run computing in `dtype` (its parameters stay float32)."""
     model = GPT(dataclasses.replace(self.model.config, dtype=dtype))
     return dataclasses.replace(self, model=model)
+
+  def for_sampling(self, dtype: str = "float32", quantize: str = "none") -> "LoadedRun":
+    """The same run as sampling computes it: in `dtype` with its weights in `dtype` too
+    (bfloat16 halves the bytes a token reads), or with int8 matrices and float32 scales
+    (quantize="int8", jaxgpt/quantize.py). LoRA adapters are merged into the weights."""
+    if dtype == "float32" and quantize == "none":
+      return self
+    c = self.model.config
+    params = lora.merge(self.params, c.lora_rank, c.lora_alpha) if c.lora_rank else self.params
+    if quantize == "int8":
+      params = quantize_lib.quantized(params, c.scan_layers)
+    params = quantize_lib.cast_weights(params, dtype)
+    model = GPT(dataclasses.replace(c, dtype=dtype, lora_rank=0, lora_targets=(),
+                                    quantize="" if quantize == "none" else quantize))
+    return dataclasses.replace(self, model=model, params=params)
 
   def logits(self, tokens_BxT) -> np.ndarray:
     """The model's float32 logits (batch, time, vocabulary) on int token ids (batch, time):

@@ -3,6 +3,7 @@
                          [--chat [--system=TEXT]]
                          [--max_new_tokens=N] [--num_samples=N] [--temperature=T] [--top_k=K]
                          [--top_p=P] [--seed=S] [--stop=TEXT] [--checkpoint=latest|best|STEP]
+                         [--dtype=float32|bfloat16] [--quantize=none|int8]
 
 Writes new text from a trained run (its config, tokenizer and newest checkpoint), or from a
 pretrained model's weights (GPT-2 or the Llama family: the Hugging Face cache or hub, or a
@@ -14,6 +15,8 @@ A sample ends at the tokenizer's end-of-text or end-of-turn token (not printed).
 --interactive loads the run once, then reads prompts from stdin, one a line, until EOF.
 --chat sends the prompt to a chat model as the user's message (in the tokenizer's chat
 template) and prints the answer alone; --interactive --chat holds one conversation.
+--quantize=int8 samples with int8 weights (a quarter of the bytes a token reads; see
+jaxgpt/quantize.py), --dtype=bfloat16 with bfloat16 weights and compute.
 """
 
 import contextlib
@@ -51,6 +54,14 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens holdi
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed for sampling.")
 _STOP = flags.DEFINE_string("stop", "", "End each sample before the first occurrence of this "
                             "text (not printed).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "The weights' and the "
+                           "compute's dtype (logits stay float32); default bfloat16 on GPU and "
+                           "TPU, float32 on CPU (where XLA's bfloat16 matmuls of a few rows "
+                           "are slow).")
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: every weight matrix "
+                              "in int8 with a scale per output channel, multiplied in int8 (the "
+                              "fastest on CPU; the default run's validation loss moves by 0.002: "
+                              "see BENCHMARKS.md).")
 
 SEPARATOR = "---------------"
 
@@ -210,6 +221,11 @@ def _interactive_chat(run, sampling) -> None:
       conversation = _chat_turn(run, conversation, line, sampling)
 
 
+def _default_dtype() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def main(argv=None):
   runtime.configure_cpu_devices()
   runtime.start_backend()
@@ -217,7 +233,7 @@ def main(argv=None):
   _check_flags()
   prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
   from jaxgpt import generate  # pylint: disable=g-import-not-at-top
-  run = _RUN.load()
+  run = _RUN.load().for_sampling(_DTYPE.value or _default_dtype(), _QUANTIZE.value)
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   generate.check_memory(run.model, run.params, _NUM_SAMPLES.value)

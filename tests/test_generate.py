@@ -1,6 +1,8 @@
 """Generation: cached decoding equals recomputation, sampling filters, batches, seeds, stop
 text, and one compilation per bucket."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import generate
+from jaxgpt import attention, generate
 from jaxgpt.data import CharTokenizer
 from jaxgpt.model import GPT, GPTConfig
 
@@ -36,7 +38,8 @@ def _generate(model, params, prompt, n, num_samples=1, seed=0, **sampling):
 
 def _greedy_by_recomputation(model, params, prompt, n):
   """Greedy decoding from the whole context each step; a full context keeps its newest half."""
-  s, keep = CONFIG.block_size, generate.refill_length(CONFIG.block_size)
+  s = model.config.block_size
+  keep = generate.refill_length(s)
   context, new = list(prompt), []
   apply = jax.jit(model.apply)
   for _ in range(n):
@@ -52,6 +55,21 @@ def test_cached_greedy_equals_recomputed_greedy_within_and_past_the_block(model_
   model, params = model_params
   prompt = [3, 1, 4, 1, 5, 9]
   n = 3 * CONFIG.block_size + 5
+  got = _generate(model, params, prompt, n, temperature=0.0)[0]
+  assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
+
+
+@pytest.mark.parametrize("cache_block", [8, 12])
+def test_a_cache_read_block_by_block_gives_the_same_greedy_text(model_params, monkeypatch,
+                                                                 cache_block):
+  """A cache longer than attention.CACHE_BLOCK is read only as far as it is filled, a block at
+  a time (neither divides the 38 or 42 positions: the last block overlaps the one before)."""
+  _, params = model_params
+  model = GPT(dataclasses.replace(CONFIG, block_size=30 + cache_block))  # a new compilation
+  params = {**params, "wpe": jnp.resize(params["wpe"], (model.config.block_size, CONFIG.n_embd))}
+  monkeypatch.setattr(attention, "CACHE_BLOCK", cache_block)
+  prompt = [3, 1, 4, 1, 5, 9]
+  n = 2 * model.config.block_size + 5
   got = _generate(model, params, prompt, n, temperature=0.0)[0]
   assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
 
@@ -135,7 +153,7 @@ def test_no_new_trace_within_a_bucket(model_params, monkeypatch):
   fns = [chex.assert_max_traces(f, n=1)
          for f in (generate._prefill, generate._decode)]
   counted = generate.compile_fns(*fns)
-  monkeypatch.setattr(generate, "compiled", lambda: counted)
+  monkeypatch.setattr(generate, "compiled", lambda *_: counted)
   for prompt in ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [1, 2, 3, 4, 5]):  # bucket 8
     for sampling in (dict(temperature=0), dict(temperature=0.7, top_k=3, top_p=0.9)):
       _generate(model, params, prompt, 2 * CONFIG.block_size, num_samples=2, seed=len(prompt),

@@ -77,6 +77,18 @@ def test_greedy_ignores_the_seed_equals_top_p_tiny_and_runs_past_the_block(workd
 
 
 @pytest.mark.slow
+def test_int8_and_bfloat16_weights_sample_text(workdir):
+  for flag in ("--quantize=int8", "--dtype=bfloat16"):
+    result = _sample(workdir, flag, "--temperature=0", f"--max_new_tokens={MAX_NEW}")
+    text = _texts(result)[0]
+    assert text.startswith("the ") and len(text) == len("the ") + MAX_NEW + 1, flag
+    assert "tokens/s" in result.stderr
+  bad = run("sample", f"--workdir={workdir}", "--quantize=int4", check=False)
+  assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+  assert "int4" in bad.stderr
+
+
+@pytest.mark.slow
 def test_same_seed_same_text_stop_text_and_interactive(workdir):
   # Interactive: one load, two prompts with the same seed give the same text.
   same = _interactive(workdir, "the \nthe \n", "--seed=5", "--max_new_tokens=300",

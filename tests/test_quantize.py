@@ -1,0 +1,104 @@
+"""Int8 and bfloat16 weights for sampling: the int8 matmul against the float one, a quantized
+model's logits against float32's for every form of the model, and generation with them."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt import generate, quantize, run_loader
+from jaxgpt.model import GPT, GPTConfig
+
+from helpers import perturbed_params
+
+GPT2_LIKE = GPTConfig(vocab_size=50, vocab_multiple=16, block_size=32, n_layer=2, n_head=4,
+                      n_embd=64, dropout=0.0, bias=True)
+LLAMA_LIKE = dataclasses.replace(GPT2_LIKE, bias=False, position="rope", norm="rmsnorm",
+                                 mlp="swiglu", tie_embeddings=False, n_kv_head=2, qk_norm=True,
+                                 qkv_bias=True)
+# How far int8 logits may stray, as a fraction of the float32 logits' largest magnitude.
+INT8_BOUND = 0.03
+BFLOAT16_BOUND = 0.03
+
+
+@pytest.mark.parametrize("num_in,shape", [(1, (64, 3, 4, 16)), (2, (4, 16, 64)), (1, (96, 40))])
+def test_the_int8_matmul_is_the_float_product_within_rounding(num_in, shape):
+  w = jax.random.normal(jax.random.key(0), shape) * 0.02
+  x = jax.random.normal(jax.random.key(1), (5,) + shape[:num_in])
+  values, scale = quantize.int8_weights(w, num_in)
+  chex.assert_type(values, jnp.int8)
+  chex.assert_shape(scale, shape[num_in:])
+  got = quantize.int8_matmul(x, values, scale, num_in)
+  want = jnp.tensordot(x, w, num_in)
+  chex.assert_shape(got, want.shape)
+  assert float(jnp.max(jnp.abs(got - want))) < 0.02 * float(jnp.max(jnp.abs(want)))
+  # One row alone (computed as two) gives that row of the batch.
+  chex.assert_trees_all_close(quantize.int8_matmul(x[:1], values, scale, num_in), got[:1])
+
+
+def _run(config, params):
+  return run_loader.LoadedRun(config=None, tokenizer=None, model=GPT(config), params=params,
+                              mesh=None, step=0)
+
+
+def _logits(run, tokens):
+  return np.asarray(jax.jit(run.model.apply)({"params": run.params}, tokens))
+
+
+@pytest.mark.parametrize("config", [
+    GPT2_LIKE, LLAMA_LIKE, pytest.param(dataclasses.replace(GPT2_LIKE, scan_layers=True),
+                                        marks=pytest.mark.slow)],
+                         ids=["gpt2", "llama", "scanned"])
+def test_int8_and_bfloat16_logits_stay_near_float32s(config):
+  float_run = _run(config, jax.tree.map(jnp.asarray, perturbed_params(config)))
+  tokens = jax.random.randint(jax.random.key(2), (2, config.block_size), 0, config.vocab_size)
+  want = _logits(float_run, tokens)[..., :config.vocab_size]
+  largest = np.abs(want).max()
+  for dtype, quantized, bound in (("float32", "int8", INT8_BOUND),
+                                  ("bfloat16", "none", BFLOAT16_BOUND)):
+    run = float_run.for_sampling(dtype, quantized)
+    got = _logits(run, tokens)
+    chex.assert_type(got, jnp.float32)
+    got = got[..., :config.vocab_size]
+    assert np.abs(got - want).max() < bound * largest, (dtype, quantized)
+    assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9, (dtype, quantized)
+
+
+def test_int8_parameters_are_a_quarter_of_the_bytes():
+  run = _run(LLAMA_LIKE, jax.tree.map(jnp.asarray, perturbed_params(LLAMA_LIKE))).for_sampling(
+      "float32", "int8")
+  leaves = jax.tree_util.tree_leaves_with_path(run.params)
+  matrices = [x for path, x in leaves if path[-1].key in ("kernel", "wte", "lm_head")]
+  assert matrices and all(x.dtype == jnp.int8 for x in matrices)
+  assert all(x.dtype == jnp.float32 for _, x in leaves if x.dtype != jnp.int8)
+
+
+def test_lora_adapters_are_merged_before_quantizing():
+  config = dataclasses.replace(GPT2_LIKE, lora_rank=4, lora_targets=("c_attn", "c_fc"))
+  params = jax.tree.map(jnp.asarray, perturbed_params(config))
+  tokens = jnp.arange(config.block_size)[None] % config.vocab_size
+  want = _logits(_run(config, params), tokens)
+  run = _run(config, params).for_sampling("float32", "int8")
+  assert run.model.config.lora_rank == 0
+  got = _logits(run, tokens)
+  assert np.abs(got - want)[..., :config.vocab_size].max() < INT8_BOUND * np.abs(want).max()
+
+
+@pytest.mark.parametrize("num_samples", [1, 4])
+def test_int8_generation_runs_and_greedy_mostly_agrees_with_float32(num_samples):
+  config = GPT2_LIKE
+  float_run = _run(config, jax.tree.map(lambda x: jnp.asarray(x) * 3, perturbed_params(config)))
+  int8_run = float_run.for_sampling("float32", "int8")
+  sampling = generate.Sampling(temperature=0.0)
+
+  def greedy(run):
+    return np.concatenate(list(generate.generate(run.model, run.params, [1, 2, 3], 20, sampling,
+                                                 num_samples=num_samples)), axis=1)
+
+  want, got = greedy(float_run), greedy(int8_run)
+  chex.assert_shape(got, (num_samples, 20))
+  assert got.max() < config.vocab_size
+  assert (got[:, :5] == want[:, :5]).all()  # until a near tie flips, they agree
