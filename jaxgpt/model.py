@@ -54,7 +54,8 @@ def option(default, meaning: str, kind: str = DESIGN, legacy: dict | None = None
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
   """The model's options. The run fills in vocab_size (its tokenizer's), dtype (`precision`)
-  and the LoRA fields (the `lora` section); every other field is a config key of `model`."""
+  and the LoRA fields (the `lora` section), sampling `quantize`; every other field is a config
+  key of `model`."""
   vocab_size: int  # the tokenizer's; the embedding table is padded beyond it
   dtype: str = "float32"  # compute dtype; parameters are always float32
   lora_rank: int = 0  # > 0: low-rank adapters on the Dense layers named in lora_targets

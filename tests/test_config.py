@@ -136,7 +136,7 @@ def test_the_model_section_is_gptconfigs_options_with_their_defaults():
   """One place per model option: every GPTConfig field but those the run fills in is a key
   of `model` with the field's default, and every key of `model` is a field."""
   from jaxgpt.model import GPTConfig  # pylint: disable=g-import-not-at-top
-  run_filled = {"vocab_size", "dtype", "lora_rank", "lora_alpha", "lora_targets"}
+  run_filled = {"vocab_size", "dtype", "lora_rank", "lora_alpha", "lora_targets", "quantize"}
   fields = {f.name: f.default for f in dataclasses.fields(GPTConfig)
             if f.name not in run_filled}
   section = config_lib.base_config().model
