@@ -111,6 +111,7 @@ def test_batches_from_shards_equal_batches_from_memory(tmp_path):
       np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_tf_data_and_numpy_give_the_same_batches_from_shards(tmp_path):
   pytest.importorskip("tensorflow")
   tokens = np.random.default_rng(2).integers(0, 60, 3000).astype(np.int32)

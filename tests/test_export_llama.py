@@ -47,7 +47,9 @@ def _assert_exports_jaxgpt_logits(config, params, folder, hf_class):
                      jax_logits(GPT(config), params, tokens))
 
 
-@pytest.mark.parametrize("options", [dict(), dict(tie_embeddings=False), dict(bias=True)],
+@pytest.mark.parametrize("options", [dict(), pytest.param(dict(tie_embeddings=False),
+                                                          marks=pytest.mark.slow),
+                                     pytest.param(dict(bias=True), marks=pytest.mark.slow)],
                          ids=["tied", "untied", "bias"])
 def test_llama_export_gives_jaxgpt_logits(options, tmp_path):
   config = dataclasses.replace(CONFIG, **options)

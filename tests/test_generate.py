@@ -59,7 +59,7 @@ def test_cached_greedy_equals_recomputed_greedy_within_and_past_the_block(model_
   assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
 
 
-@pytest.mark.parametrize("cache_block", [8, 12])
+@pytest.mark.parametrize("cache_block", [pytest.param(8, marks=pytest.mark.slow), 12])
 def test_a_cache_read_block_by_block_gives_the_same_greedy_text(model_params, monkeypatch,
                                                                  cache_block):
   """A cache longer than attention.CACHE_BLOCK is read only as far as it is filled, a block at

@@ -62,6 +62,7 @@ def _tokens(vocab, seed=0):
   return np.random.default_rng(seed).integers(0, vocab, size=(2, 40))
 
 
+@pytest.mark.slow
 def test_a_gpt2_of_another_mlp_width_loads_and_exports_with_transformers_logits(hf_folder,
                                                                                 tmp_path):
   """n_inner (GPT-2's MLP width) is model.mlp_width: loaded, computed and written back."""

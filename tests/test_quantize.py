@@ -24,7 +24,8 @@ INT8_BOUND = 0.03
 BFLOAT16_BOUND = 0.03
 
 
-@pytest.mark.parametrize("num_in,shape", [(1, (64, 3, 4, 16)), (2, (4, 16, 64)), (1, (96, 40))])
+@pytest.mark.parametrize("num_in,shape", [(1, (64, 3, 4, 16)), (2, (4, 16, 64)),
+                                           pytest.param(1, (96, 40), marks=pytest.mark.slow)])
 def test_the_int8_matmul_is_the_float_product_within_rounding(num_in, shape):
   w = jax.random.normal(jax.random.key(0), shape) * 0.02
   x = jax.random.normal(jax.random.key(1), (5,) + shape[:num_in])
@@ -49,7 +50,7 @@ def _logits(run, tokens):
 
 
 @pytest.mark.parametrize("config", [
-    GPT2_LIKE, LLAMA_LIKE, pytest.param(dataclasses.replace(GPT2_LIKE, scan_layers=True),
+    pytest.param(GPT2_LIKE, marks=pytest.mark.slow), LLAMA_LIKE, pytest.param(dataclasses.replace(GPT2_LIKE, scan_layers=True),
                                         marks=pytest.mark.slow)],
                          ids=["gpt2", "llama", "scanned"])
 def test_int8_and_bfloat16_logits_stay_near_float32s(config):
@@ -76,6 +77,7 @@ def test_int8_parameters_are_a_quarter_of_the_bytes():
   assert all(x.dtype == jnp.float32 for _, x in leaves if x.dtype != jnp.int8)
 
 
+@pytest.mark.slow
 def test_lora_adapters_are_merged_before_quantizing():
   config = dataclasses.replace(GPT2_LIKE, lora_rank=4, lora_targets=("c_attn", "c_fc"))
   params = jax.tree.map(jnp.asarray, perturbed_params(config))
@@ -87,6 +89,7 @@ def test_lora_adapters_are_merged_before_quantizing():
   assert np.abs(got - want)[..., :config.vocab_size].max() < INT8_BOUND * np.abs(want).max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_samples", [1, 4])
 def test_int8_generation_runs_and_greedy_mostly_agrees_with_float32(num_samples):
   config = GPT2_LIKE

@@ -138,6 +138,7 @@ def test_chat_without_a_chat_template_is_one_line(workdir):
                      "without --chat")
 
 
+@pytest.mark.slow
 def test_a_huge_seed_or_number_of_samples_is_one_clear_line(workdir):
   assert_clean_error(_sample(workdir, f"--seed={2**70}", check=False), f"--seed={2**70}",
                      "0 to 2147483647")
@@ -145,6 +146,7 @@ def test_a_huge_seed_or_number_of_samples_is_one_clear_line(workdir):
                      "--num_samples", "GB", "pass fewer samples")
 
 
+@pytest.mark.slow
 def test_a_prompt_that_is_not_utf8_is_one_line_and_interactive_goes_on(workdir):
   """Python keeps command-line and stdin bytes that are not UTF-8 as surrogates ("\udcff"
   for 0xff); run() and _interactive() send them as those bytes."""
@@ -156,6 +158,7 @@ def test_a_prompt_that_is_not_utf8_is_one_line_and_interactive_goes_on(workdir):
   assert "error: the prompt is not valid UTF-8" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_logits_of_a_runs_workdir_are_the_models_forward_pass(workdir):
   run_ = run_loader.load_run(workdir)
   tokens_BxT = np.stack([run_.tokenizer.encode(text)

@@ -26,6 +26,7 @@ def _scanned(model):
   return GPT(dataclasses.replace(model.config, scan_layers=True))
 
 
+@pytest.mark.slow
 def test_both_forms_give_equal_losses_and_gradients_from_the_same_weights():
   config = tiny_config(bias=True)
   unrolled = GPT(model_config(config, 30))

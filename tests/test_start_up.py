@@ -27,6 +27,7 @@ def _listing(folder):
   return sorted(os.listdir(folder))
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_no_lock_and_no_folder(text_file, tmp_path):
   new = tmp_path / "new"
   assert_clean_error(_train(text_file, new, "--config.model.n_head=3"), "n_head")
