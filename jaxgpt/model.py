@@ -305,25 +305,25 @@ class GPT(nn.Module):
     """The tokens' rows (N, D) of the embedding table, and the table (V, D): float32, or
     int8 values and a scale per row (quantize.py)."""
     c = self.config
-    shape, names = (c.padded_vocab_size, c.n_embd), ("vocab", "embed")
     if c.quantize:
-      int8_VxD = (self.param("wte", zeros(names), shape, jnp.int8),
-                  self.param("wte" + quantize.SCALE, ones(names[:1]), shape[:1]))
+      int8_VxD = self._int8_table("wte")
       return quantize.looked_up(*int8_VxD, tokens_N), int8_VxD
-    wte_VxD = self.param("wte", normal(INIT_STD, names), shape)
+    wte_VxD = self.param("wte", normal(INIT_STD, ("vocab", "embed")),
+                         (c.padded_vocab_size, c.n_embd))
     # Gather the (small) table before the lookup rather than looking up a sharded table.
     return jnp.take(_constrain(wte_VxD, (None, None)), tokens_N, axis=0), wte_VxD
 
   def _int8_head(self, x_NxD, wte_VxD):
     """The output layer's products (N, V) with int8 weights (V, D), the token embeddings' or
     its own, and a scale per token."""
-    c = self.config
-    head_VxD = wte_VxD
-    if not c.tie_embeddings:
-      shape, names = (c.padded_vocab_size, c.n_embd), ("vocab", "embed")
-      head_VxD = (self.param("lm_head", zeros(names), shape, jnp.int8),
-                  self.param("lm_head" + quantize.SCALE, ones(names[:1]), shape[:1]))
+    head_VxD = wte_VxD if self.config.tie_embeddings else self._int8_table("lm_head")
     return quantize.int8_matmul(x_NxD, *head_VxD, num_in=1)
+
+  def _int8_table(self, name: str):
+    """A (V, D) int8 parameter `name` and its scale per token (quantize.py)."""
+    shape, names = (self.config.padded_vocab_size, self.config.n_embd), ("vocab", "embed")
+    return (self.param(name, zeros(names), shape, jnp.int8),
+            self.param(name + quantize.SCALE, ones(names[:1]), shape[:1]))
 
   def _float_head(self, wte_VxD):
     """The output layer (D, V): the token embeddings' transpose, or a kernel of its own."""

@@ -68,9 +68,9 @@ def _num_in(path: tuple) -> int:
 def quantized(params, scanned: bool):
   """The parameters of the int8 model (GPTConfig.quantize="int8") of the float ones: every
   Dense kernel as an int8 matrix `kernel` (outputs, inputs; see int8_matmul) and
-  `kernel_scale`, and the
-  token embeddings `wte` (V, D) and an untied output layer `lm_head` (then (V, D) too) as
-  int8 with a scale per token. Layers stacked by layer (`scanned`) get scales per layer."""
+  `kernel_scale`, and the token embeddings `wte` (V, D) and an untied output layer `lm_head`
+  (then (V, D) too) as int8 with a scale per token. Layers stacked by layer (`scanned`) get
+  scales per layer."""
   out = {}
   for path, value in flax.traverse_util.flatten_dict(params).items():
     if path[-1] == "kernel":

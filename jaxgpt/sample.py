@@ -26,7 +26,7 @@ import sys
 from absl import flags
 
 from jaxgpt import cli, runtime
-from jaxgpt.config import INT32_MAX
+from jaxgpt.config import INT32_MAX, backend_precision
 from jaxgpt.errors import UserError, run_cli
 
 _RUN = cli.define_run_flags(__name__, "sample from", "Sample from a pretrained model instead: "
@@ -221,11 +221,6 @@ def _interactive_chat(run, sampling) -> None:
       conversation = _chat_turn(run, conversation, line, sampling)
 
 
-def _default_dtype() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
 def main(argv=None):
   runtime.configure_cpu_devices()
   runtime.start_backend()
@@ -233,7 +228,7 @@ def main(argv=None):
   _check_flags()
   prompt = _file_prompt(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
   from jaxgpt import generate  # pylint: disable=g-import-not-at-top
-  run = _RUN.load().for_sampling(_DTYPE.value or _default_dtype(), _QUANTIZE.value)
+  run = _RUN.load().for_sampling(_DTYPE.value or backend_precision(), _QUANTIZE.value)
   sampling = generate.Sampling(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                top_p=_TOP_P.value)
   generate.check_memory(run.model, run.params, _NUM_SAMPLES.value)
