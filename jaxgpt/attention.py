@@ -1,6 +1,7 @@
 """Causal self-attention: the q, k, v projection, QK-norm and rotary positions, the choice of
-implementation (jaxgpt's own, jax.nn.dot_product_attention's cuDNN or XLA, or the Pallas
-splash kernel on TPU), the key/value cache for decoding, and the output projection.
+implementation (jaxgpt's own, which past QUERY_BLOCK positions is blockwise_attention.py's,
+jax.nn.dot_product_attention's cuDNN or XLA, or the Pallas splash kernel on TPU), the
+key/value cache for decoding, and the output projection.
 
 Shape suffixes as in model.py; in the cached attention N is batch x heads.
 """
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt.blockwise_attention import QUERY_BLOCK, blockwise_causal_attention
 from jaxgpt.dense import Dense, ones
 
 if TYPE_CHECKING:
@@ -144,13 +146,17 @@ def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool, ma
   batched matmul; one transpose in, one out (splitting the heads-major array keeps its
   backward a concatenation rather than three padded copies). `dropout` drops attention
   probabilities. `mask_BxTxS` says which positions each position attends to (causal, and
-  each attending to itself: several sequences packed in a row); None is the causal mask."""
+  each attending to itself: several sequences packed in a row); None is the causal mask.
+  Longer than QUERY_BLOCK, causal and without dropout, it is blockwise_causal_attention,
+  which holds no T x T array in either pass."""
   t, k = qkv_BxTx3xHxK.shape[1], qkv_BxTx3xHxK.shape[-1]
   names = ("activation_batch", "activation_heads", "activation_length", "activation_head_dim")
   qkv_3xBxHxTxK = qkv_BxTx3xHxK.transpose(2, 0, 3, 1, 4)
   q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (
       nn.with_logical_constraint(x[0], names) for x in jax.lax.split(qkv_3xBxHxTxK, (1, 1, 1)))
   q_BxHxTxK = q_BxHxTxK * (1.0 / math.sqrt(k))
+  if mask_BxTxS is None and t > QUERY_BLOCK and (deterministic or dropout.rate == 0):
+    return blockwise_causal_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK).transpose(0, 2, 1, 3)
   att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
                            preferred_element_type=jnp.float32)
   if mask_BxTxS is None:

@@ -102,8 +102,10 @@ class GPTConfig:
       False, "The projections into the residual stream start at zero.", TRAINING)
   attention: Literal["auto", "jaxgpt", "cudnn", "xla", "splash"] = option(
       "auto", "auto is cuDNN flash attention on NVIDIA GPUs and the Pallas splash kernel on "
-      "TPUs where they apply, jaxgpt's own elsewhere; cudnn, xla and splash have no attention "
-      "dropout (splash needs the length a multiple of 128; jaxgpt's runs other lengths).",
+      "TPUs where they apply, jaxgpt's own elsewhere (over 256 positions without attention "
+      "dropout, a block of queries at a time, never holding the T x T scores); cudnn, xla and "
+      "splash have no attention dropout (splash needs the length a multiple of 128; jaxgpt's "
+      "runs other lengths).",
       TRAINING)
   remat: Literal["none", "full", "dots"] = option(
       "none", "What the backward pass recomputes: full keeps only each block's input (least "

@@ -212,7 +212,8 @@ def test_each_remat_policy_keeps_what_it_says(capsys):
   assert not kept["full"][1]
 
 
-@pytest.mark.parametrize("module", ["model", "attention", "dense", "quantize"])
+@pytest.mark.parametrize("module", ["model", "attention", "blockwise_attention", "dense",
+                                    "quantize"])
 def test_the_model_imports_nothing_from_jaxgpt_but_its_own_modules(module):
   with open(os.path.join(REPO, "jaxgpt", f"{module}.py"), encoding="utf-8") as f:
     tree = ast.parse(f.read())
@@ -223,7 +224,8 @@ def test_the_model_imports_nothing_from_jaxgpt_but_its_own_modules(module):
               | {f"jaxgpt.{alias.name}" for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module == "jaxgpt"
                  for alias in node.names})
-  own = {"jaxgpt.model", "jaxgpt.attention", "jaxgpt.dense", "jaxgpt.quantize"}
+  own = {"jaxgpt.model", "jaxgpt.attention", "jaxgpt.blockwise_attention", "jaxgpt.dense",
+         "jaxgpt.quantize"}
   assert not {name for name in imported if name.split(".")[0] == "jaxgpt"} - own, imported
 
 
