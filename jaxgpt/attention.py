@@ -23,6 +23,7 @@ ACTIVATION_NAMES = ("activation_batch", "activation_length", "activation_heads",
                     "activation_head_dim")
 SPLASH_BLOCK = 128  # the splash kernel's query and key blocks: the length must be a multiple
 CACHE_BLOCK = 128  # decoding reads a longer key/value cache this many positions at a time
+FEW_ROWS = 4  # query rows that read it as element-wise products, half a CACHE_BLOCK at a time
 
 
 def implementation(c: "GPTConfig", deterministic: bool, length: int) -> str:
@@ -115,23 +116,24 @@ class CausalSelfAttention(nn.Module):
     """Appends this call's keys and values to the cache at `index` (a cache variable: the
     number of positions filled) and attends over all of it.
 
-    The cache holds the J key/value heads only (every G-th of the repeated ones). Keys are
-    cached as (B*J, K, S) and values as (B*J, S, K), the layouts the two matmuls read, with
-    the G query heads of a key/value head and their T positions as the rows of one matmul;
-    one batch axis of batch x heads keeps a batch of one from giving the matmuls operands of
-    another shape than the cache's, which would copy the cache every step.
+    The cache holds the J key/value heads only (every G-th of the repeated ones). Keys and
+    values are cached as (B*J, S, K), so that a step writes each key contiguously (the (K, S)
+    layout a matmul reads made those writes strided: 2.2 ms a step at GPT-2's size), with the
+    G query heads of a key/value head and their T positions as the query rows; one batch axis
+    of batch x heads keeps a batch of one from giving the products operands of another shape
+    than the cache's, which would copy the cache every step.
     """
     c = self.config
     b, t = q_BxTxHxK.shape[:2]
     g, n = c.group_size, b * c.kv_heads
-    cached_k = self.variable("cache", "k", jnp.zeros, (n, c.head_size, c.block_size),
+    cached_k = self.variable("cache", "k", jnp.zeros, (n, c.block_size, c.head_size),
                              k_BxTxHxK.dtype)
     cached_v = self.variable("cache", "v", jnp.zeros, (n, c.block_size, c.head_size),
                              v_BxTxHxK.dtype)
     start = index.value
-    k_NxKxT = k_BxTxHxK[:, :, ::g].transpose(0, 2, 3, 1).reshape(n, c.head_size, t)
+    k_NxTxK = k_BxTxHxK[:, :, ::g].transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
     v_NxTxK = v_BxTxHxK[:, :, ::g].transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxKxT, (0, 0, start))
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxTxK, (0, start, 0))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_NxTxK, (0, start, 0))
     index.value = start + t
     q_NxGTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, g * t, c.head_size)
@@ -198,49 +200,63 @@ def _splash_kernel(num_heads: int, length: int, interpret: bool):
   return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def _attend_to_cache(q_NxRxK, k_NxKxS, v_NxSxK, positions_R, filled):
+def _attend_to_cache(q_NxRxK, k_NxSxK, v_NxSxK, positions_R, filled):
   """Each query row (at positions_R) attends to the cache positions up to its own; `filled`
   positions of the cache hold keys. A cache longer than CACHE_BLOCK is read a block at a
   time, only as far as it is filled: decoding at position p then reads p positions of keys
-  and values, not the whole cache (at GPT-2's 1,024, 50 MB a layer for 8 samples)."""
-  s = k_NxKxS.shape[-1]
+  and values, not the whole cache (at GPT-2's 1,024, 50 MB a layer for 8 samples).
+
+  A decoding step's few rows (up to FEW_ROWS) take their products with a block as
+  element-wise multiplies and sums, which XLA fuses with reading the block out of the cache;
+  a matmul would first copy the block (on CPU half of the step's attention time), and pays
+  only for many rows (a prompt)."""
+  s = k_NxSxK.shape[1]
   if s <= CACHE_BLOCK:
     mask_RxS = jnp.arange(s)[None, :] <= positions_R[:, None]
-    return _weighted_values(q_NxRxK, k_NxKxS, v_NxSxK, mask_RxS)
+    return _weighted_values(q_NxRxK, k_NxSxK, v_NxSxK, mask_RxS)
   n, r, k = q_NxRxK.shape
-  scale = 1.0 / math.sqrt(k)
+  few_rows = r <= FEW_ROWS
+  block = CACHE_BLOCK // 2 if few_rows else CACHE_BLOCK  # each the faster for its rows
+  q_NxRxK = q_NxRxK * (1.0 / math.sqrt(k))
 
   def attend_block(j, carry):
     """Online softmax (as flash attention): the running max, sum and weighted values."""
     max_NxR, sum_NxR, y_NxRxK = carry
-    start = jnp.minimum(j * CACHE_BLOCK, s - CACHE_BLOCK)  # the last block may overlap
-    k_NxKxC = jax.lax.dynamic_slice_in_dim(k_NxKxS, start, CACHE_BLOCK, axis=2)
-    v_NxCxK = jax.lax.dynamic_slice_in_dim(v_NxSxK, start, CACHE_BLOCK, axis=1)
-    att_NxRxC = jnp.einsum("nrk,nkc->nrc", q_NxRxK, k_NxKxC,
-                           preferred_element_type=jnp.float32) * scale
-    positions_C = start + jnp.arange(CACHE_BLOCK)
-    seen_RxC = ((positions_C[None, :] >= j * CACHE_BLOCK)
+    start = jnp.minimum(j * block, s - block)  # the last block may overlap
+    k_NxCxK = jax.lax.dynamic_slice_in_dim(k_NxSxK, start, block, axis=1)
+    v_NxCxK = jax.lax.dynamic_slice_in_dim(v_NxSxK, start, block, axis=1)
+    if few_rows:
+      att_NxRxC = jnp.sum(q_NxRxK[:, :, None] * k_NxCxK[:, None].astype(jnp.float32), axis=-1)
+    else:
+      att_NxRxC = jnp.einsum("nrk,nck->nrc", q_NxRxK, k_NxCxK,
+                             preferred_element_type=jnp.float32)
+    positions_C = start + jnp.arange(block)
+    seen_RxC = ((positions_C[None, :] >= j * block)
                 & (positions_C[None, :] <= positions_R[:, None]))
     att_NxRxC = jnp.where(seen_RxC, att_NxRxC, -jnp.inf)
     new_max_NxR = jnp.maximum(max_NxR, att_NxRxC.max(axis=-1))
     probs_NxRxC = jnp.exp(att_NxRxC - new_max_NxR[..., None])
     kept_NxR = jnp.exp(max_NxR - new_max_NxR)
-    y_NxRxK = y_NxRxK * kept_NxR[..., None] + jnp.einsum(
-        "nrc,nck->nrk", probs_NxRxC.astype(v_NxCxK.dtype), v_NxCxK,
-        preferred_element_type=jnp.float32)
+    if few_rows:
+      values_NxRxK = jnp.sum(probs_NxRxC[..., None] * v_NxCxK[:, None].astype(jnp.float32),
+                             axis=2)
+    else:
+      values_NxRxK = jnp.einsum("nrc,nck->nrk", probs_NxRxC.astype(v_NxCxK.dtype), v_NxCxK,
+                                preferred_element_type=jnp.float32)
+    y_NxRxK = y_NxRxK * kept_NxR[..., None] + values_NxRxK
     return new_max_NxR, sum_NxR * kept_NxR + probs_NxRxC.sum(axis=-1), y_NxRxK
 
   # Every row sees position 0 in the first block, so the running max is finite from then on.
   carry = (jnp.full((n, r), -jnp.inf), jnp.zeros((n, r)), jnp.zeros((n, r, k)))
-  num_blocks = (filled + CACHE_BLOCK - 1) // CACHE_BLOCK
+  num_blocks = (filled + block - 1) // block
   _, sum_NxR, y_NxRxK = jax.lax.fori_loop(0, num_blocks, attend_block, carry)
   return (y_NxRxK / sum_NxR[..., None]).astype(v_NxSxK.dtype)
 
 
-def _weighted_values(q_NxTxK, k_NxKxS, v_NxSxK, mask_TxS):
+def _weighted_values(q_NxTxK, k_NxSxK, v_NxSxK, mask_TxS):
   """Attention over the cache as two plain batched matmuls, neither needing a transpose."""
   scale = 1.0 / math.sqrt(q_NxTxK.shape[-1])
-  att_NxTxS = jnp.einsum("ntk,nks->nts", q_NxTxK, k_NxKxS,
+  att_NxTxS = jnp.einsum("ntk,nsk->nts", q_NxTxK, k_NxSxK,
                          preferred_element_type=jnp.float32) * scale
   att_NxTxS = jnp.where(mask_TxS, att_NxTxS, jnp.finfo(jnp.float32).min)
   probs_NxTxS = jax.nn.softmax(att_NxTxS, axis=-1)

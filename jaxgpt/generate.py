@@ -34,6 +34,9 @@ _COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _LARGE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 LARGE_MODEL_WEIGHTS = 2**24
+# top_k up to TOP_K_GROUPS over a vocabulary of 2 x TOP_K_GROUPS x TOP_K_GROUP_SIZE ids or
+# more bisects only the TOP_K_GROUPS groups of ids with the largest logits (_top_k).
+TOP_K_GROUPS, TOP_K_GROUP_SIZE = 256, 64
 
 
 @flax.struct.dataclass
@@ -79,8 +82,31 @@ def filter_logits(logits_BxV, sampling: Sampling):
 
 def _top_k(logits_BxV, top_k):
   key_BxV = _order_keys(logits_BxV)
-  kth_Bx1 = _bisect(lambda m_Bx1: jnp.sum(key_BxV >= m_Bx1, -1, keepdims=True) >= top_k, key_BxV)
+  if key_BxV.shape[-1] < 2 * TOP_K_GROUPS * TOP_K_GROUP_SIZE:
+    kth_Bx1 = _kth_key(key_BxV, top_k)
+  else:
+    kth_Bx1 = jax.lax.cond(top_k <= TOP_K_GROUPS, _kth_key_in_top_groups, _kth_key, key_BxV,
+                           top_k)
   return jnp.where(key_BxV >= kth_Bx1, logits_BxV, jnp.finfo(jnp.float32).min)
+
+
+def _kth_key(key_BxV, k):
+  """Each row's k-th largest key."""
+  return _bisect(lambda m_Bx1: jnp.sum(key_BxV >= m_Bx1, -1, keepdims=True) >= k, key_BxV)
+
+
+def _kth_key_in_top_groups(key_BxV, k):
+  """_kth_key for k <= TOP_K_GROUPS, from half of the row or less: every key above the
+  TOP_K_GROUPS-th largest maximum of a group (of TOP_K_GROUP_SIZE keys) is in one of the
+  TOP_K_GROUPS groups with the largest maxima, and those hold at least k keys from it up,
+  so the k-th largest of theirs is the row's."""
+  b, v = key_BxV.shape
+  g = TOP_K_GROUP_SIZE
+  padded_BxV = jnp.pad(key_BxV, ((0, 0), (0, -v % g)), constant_values=jnp.iinfo(jnp.int32).min)
+  groups_BxNxG = padded_BxV.reshape(b, -1, g)
+  _, top_BxK = jax.lax.top_k(groups_BxNxG.max(axis=-1), TOP_K_GROUPS)
+  candidates_BxKxG = jnp.take_along_axis(groups_BxNxG, top_BxK[:, :, None], axis=1)
+  return _kth_key(candidates_BxKxG.reshape(b, -1), k)
 
 
 def _top_p(logits_BxV, top_p):

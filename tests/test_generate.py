@@ -63,7 +63,9 @@ def test_cached_greedy_equals_recomputed_greedy_within_and_past_the_block(model_
 def test_a_cache_read_block_by_block_gives_the_same_greedy_text(model_params, monkeypatch,
                                                                  cache_block):
   """A cache longer than attention.CACHE_BLOCK is read only as far as it is filled, a block at
-  a time (neither divides the 38 or 42 positions: the last block overlaps the one before)."""
+  a time: CACHE_BLOCK positions for the prompt's rows, half as many for a decoding step's
+  (8 and 4 do not divide the 38 positions, nor 12 the 42: the last block overlaps the one
+  before; 6 does divide 42)."""
   _, params = model_params
   model = GPT(dataclasses.replace(CONFIG, block_size=30 + cache_block))  # a new compilation
   params = {**params, "wpe": jnp.resize(params["wpe"], (model.config.block_size, CONFIG.n_embd))}
@@ -127,6 +129,18 @@ def test_top_k_and_top_p_filters():
   assert _kept(logits, top_p=0.5) == [[True, False, False, False]]
   assert _kept(logits, top_p=1.0) == [[True, True, True, True]]
   assert _kept(logits, top_k=3, top_p=0.9) == [[True, True, True, False]]
+
+
+@pytest.mark.parametrize("top_k", [1, 200, generate.TOP_K_GROUPS, generate.TOP_K_GROUPS + 1])
+def test_top_k_over_a_large_vocabulary_keeps_the_k_largest_and_their_ties(top_k):
+  """Over 50,304 ids top_k up to TOP_K_GROUPS bisects only the groups with the largest
+  logits: the same kept set as ranking the whole row, ties at the k-th logit kept (rows of
+  rounded logits, some ties across groups; one row constant; one with its largest logits in
+  one group)."""
+  rows = jax.random.normal(jax.random.key(top_k), (4, 50304)).round(1)
+  rows = rows.at[1].set(0.5).at[2, 64:64 + 300].add(10.0)
+  kth = -np.sort(-np.asarray(rows), axis=-1)[:, top_k - 1:top_k]
+  assert _kept(rows, temperature=1.0, top_k=top_k) == (np.asarray(rows) >= kth).tolist()
 
 
 def _texts(model, params, n, num_samples=3, stop="", timing=None):
