@@ -254,7 +254,7 @@ def _attend_to_cache(q_NxRxK, k_NxSxK, v_NxSxK, positions_R, filled):
 
 
 def _weighted_values(q_NxTxK, k_NxSxK, v_NxSxK, mask_TxS):
-  """Attention over the cache as two plain batched matmuls, neither needing a transpose."""
+  """Attention over the whole cache as two batched matmuls."""
   scale = 1.0 / math.sqrt(q_NxTxK.shape[-1])
   att_NxTxS = jnp.einsum("ntk,nsk->nts", q_NxTxK, k_NxSxK,
                          preferred_element_type=jnp.float32) * scale
