@@ -1,6 +1,7 @@
 """jaxgpt's attention a block of queries at a time: the values and gradients of plain causal
 attention, with no T x T array held for the backward pass."""
 
+import contextlib
 import dataclasses
 
 import chex
@@ -8,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxgpt import blockwise_attention, steps
+from jaxgpt import blockwise_attention, sharding, steps
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.trainer import Program
 
@@ -72,9 +73,11 @@ def test_the_gradients_memory_grows_with_the_length_not_its_square():
   assert growth(blockwise_attention.blockwise_causal_attention) < 2.5
 
 
-def test_a_model_over_a_longer_context_than_a_block_matches_xlas_attention():
+@pytest.mark.parametrize("on_a_mesh", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_model_over_a_longer_context_than_a_block_matches_xlas_attention(on_a_mesh):
   """GPT's own attention (blockwise past QUERY_BLOCK positions) against
-  jax.nn.dot_product_attention's XLA one: logits and gradients of every parameter."""
+  jax.nn.dot_product_attention's XLA one: logits and gradients of every parameter, on one
+  device and with the batch and heads sharded (data 2, tensor 2)."""
   config = GPTConfig(vocab_size=40, vocab_multiple=1, n_layer=2, n_head=2, n_embd=32,
                      dropout=0.0, block_size=blockwise_attention.QUERY_BLOCK + 64,
                      attention="jaxgpt")
@@ -85,7 +88,12 @@ def test_a_model_over_a_longer_context_than_a_block_matches_xlas_attention():
     mean_logit = lambda p: GPT(config).apply({"params": p}, tokens).mean()
     return jax.jit(jax.value_and_grad(mean_logit))(params)
 
-  chex.assert_trees_all_close(mean_logit_and_grads(config),
+  with contextlib.ExitStack() as stack:
+    if on_a_mesh:
+      mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+      stack.enter_context(sharding.rules_context(mesh))
+    blockwise = mean_logit_and_grads(config)
+  chex.assert_trees_all_close(blockwise,
                               mean_logit_and_grads(dataclasses.replace(config, attention="xla")),
                               rtol=1e-5, atol=1e-6)
 
