@@ -37,7 +37,9 @@ def _value_and_grads(attend, q, k, v, weights):
   return jax.jit(jax.value_and_grad(weighted, argnums=(0, 1, 2)))(q, k, v)
 
 
-@pytest.mark.parametrize("length, block", [(200, 64), (256, 128), (96, 256), (130, 64)])
+@pytest.mark.parametrize("length, block", [
+    (200, 64),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in ((256, 128), (96, 256), (130, 64)))])
 def test_blockwise_attention_gives_plain_attentions_values_and_gradients(length, block):
   """Blocks that divide the length, that do not (a shorter last block), and one block."""
   q, k, v, weights = _qkv((2, 3, length, 16))
@@ -46,6 +48,7 @@ def test_blockwise_attention_gives_plain_attentions_values_and_gradients(length,
                               _value_and_grads(_plain, q, k, v, weights), rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_blockwise_attention_in_bfloat16_keeps_its_dtypes_and_stays_close():
   q, k, v, weights = _qkv((2, 2, 160, 32), jnp.bfloat16)
   blockwise = lambda q, k, v: blockwise_attention.blockwise_causal_attention(q, k, v, 64)
@@ -78,8 +81,8 @@ def test_a_model_over_a_longer_context_than_a_block_matches_xlas_attention(on_a_
   """GPT's own attention (blockwise past QUERY_BLOCK positions) against
   jax.nn.dot_product_attention's XLA one: logits and gradients of every parameter, on one
   device and with the batch and heads sharded (data 2, tensor 2)."""
-  config = GPTConfig(vocab_size=40, vocab_multiple=1, n_layer=2, n_head=2, n_embd=32,
-                     dropout=0.0, block_size=blockwise_attention.QUERY_BLOCK + 64,
+  config = GPTConfig(vocab_size=40, vocab_multiple=1, n_layer=1, n_head=2, n_embd=16,
+                     dropout=0.0, block_size=blockwise_attention.QUERY_BLOCK + 16,
                      attention="jaxgpt")
   params = init_params(GPT(config))
   tokens = jax.random.randint(jax.random.key(1), (2, config.block_size), 0, config.vocab_size)
@@ -98,6 +101,7 @@ def test_a_model_over_a_longer_context_than_a_block_matches_xlas_attention(on_a_
                               rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_cpu_train_step_does_not_convert_every_scanned_layers_activations_at_once(
     monkeypatch):
   """XLA's CPU compiler would hoist the float32 conversion of a scanned bfloat16 model's

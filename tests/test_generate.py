@@ -131,7 +131,9 @@ def test_top_k_and_top_p_filters():
   assert _kept(logits, top_k=3, top_p=0.9) == [[True, True, True, False]]
 
 
-@pytest.mark.parametrize("top_k", [1, 200, generate.TOP_K_GROUPS, generate.TOP_K_GROUPS + 1])
+@pytest.mark.parametrize("top_k", [
+    200, generate.TOP_K_GROUPS + 1,
+    *(pytest.param(k, marks=pytest.mark.slow) for k in (1, generate.TOP_K_GROUPS))])
 def test_top_k_over_a_large_vocabulary_keeps_the_k_largest_and_their_ties(top_k):
   """Over 50,304 ids top_k up to TOP_K_GROUPS bisects only the groups with the largest
   logits: the same kept set as ranking the whole row, ties at the k-th logit kept (rows of
