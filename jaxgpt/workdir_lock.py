@@ -17,11 +17,13 @@ import os
 import shutil
 import socket
 import sys
+import time
 
 from jaxgpt import runtime
 from jaxgpt.errors import UserError
 
 LOCK_FILE = "lock"
+HOLDER_WAIT_S = 2.0  # how long a run that finds the lock held waits for its holder's name
 # What flock answers where the filesystem cannot lock.
 _UNSUPPORTED = (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -134,9 +136,15 @@ def _rewrite(f, text: str) -> None:
 
 
 def _holder(f) -> str:
-  f.seek(0)
-  try:
-    owner = json.loads(f.read())
-    return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
-  except (ValueError, KeyError, TypeError):
-    return "its holder did not say who it is"
+  """Who holds the lock, as its file says. The holder writes that just after taking the lock,
+  so a file that does not say yet is read again for up to HOLDER_WAIT_S."""
+  deadline = time.monotonic() + HOLDER_WAIT_S
+  while True:
+    f.seek(0)
+    try:
+      owner = json.loads(f.read())
+      return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+    except (ValueError, KeyError, TypeError):
+      if time.monotonic() >= deadline:
+        return "its holder did not say who it is"
+      time.sleep(0.05)
