@@ -43,12 +43,15 @@ def report(error: UserError) -> int:
 
 
 INTERRUPTED = "interrupted (Ctrl-C); nothing saved was changed"
+_main_started = False  # whether run_cli has called the command's main yet
 
 
 def run_cli(main, argv=None):
   """Runs `main(argv)`; turns a UserError into one stderr line and its exit code, and Ctrl-C
   at any moment into one `stopped:` line and exit status 130."""
+  global _main_started
   handle_ctrl_c()
+  _main_started = True
   try:
     return main(argv)
   except UserError as e:
@@ -58,9 +61,10 @@ def run_cli(main, argv=None):
 
 
 def handle_ctrl_c() -> None:
-  """Ctrl-C raises KeyboardInterrupt, except during an import, where it ends the command at
-  once (a KeyboardInterrupt inside a C extension's initialisation is turned into an
-  ImportError, or crashes; nothing is saved while importing); and a KeyboardInterrupt that
+  """Ctrl-C raises KeyboardInterrupt, except during an import or before run_cli has called the
+  command's main (the command module's own top level), where it ends the command at once (a
+  KeyboardInterrupt inside a C extension's initialisation is turned into an ImportError, or
+  crashes; nothing is saved before main); and a KeyboardInterrupt that
   Python dropped (raised in a garbage-collection callback or a __del__, such as JAX's, it is
   only "ignored") is raised again in the main thread. An ignored SIGINT stays ignored."""
   if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -71,12 +75,18 @@ def handle_ctrl_c() -> None:
 
 
 def _on_ctrl_c(_, frame) -> None:
+  if not _main_started or _importing(frame):
+    print(f"stopped: {INTERRUPTED}", file=sys.stderr, flush=True)
+    os._exit(130)  # pylint: disable=protected-access
+  raise KeyboardInterrupt
+
+
+def _importing(frame) -> bool:
   while frame is not None:
     if frame.f_code.co_filename.startswith("<frozen importlib"):
-      print(f"stopped: {INTERRUPTED}", file=sys.stderr, flush=True)
-      os._exit(130)  # pylint: disable=protected-access
+      return True
     frame = frame.f_back
-  raise KeyboardInterrupt
+  return False
 
 
 def _reraise_interrupts(unraisable) -> None:

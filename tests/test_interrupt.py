@@ -4,6 +4,7 @@ nothing half-written (the training loop's own save-and-stop is tested in test_re
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -40,6 +41,20 @@ def test_ctrl_c_while_train_starts(text_file, tmp_path, after):
   workdir = tmp_path / "run"
   _assert_stopped(*_interrupted(_train(text_file, workdir), after))
   assert not workdir.exists()
+
+
+def test_ctrl_c_in_a_command_modules_top_level_exits_130():
+  """After the package's imports and before run_cli calls main, as in a command module's own
+  flag definitions (CI once caught export there): no KeyboardInterrupt traceback."""
+  script = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "sys.argv = ['-m']\n"
+            "import jaxgpt\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+  _assert_stopped(result.returncode, result.stderr)
 
 
 @pytest.mark.slow
