@@ -28,15 +28,22 @@ HOLDER_WAIT_S = 2.0  # how long a run that finds the lock held waits for its hol
 _UNSUPPORTED = (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
+class WorkdirBusy(UserError):
+  """Another run holds the workdir's lock."""
+
+
 @contextlib.contextmanager
 def held(workdir: str):
   """Holds the workdir's lock while the block runs; a UserError if another run holds it.
-  A run that fails before it has written a result (refused at start) leaves the workdir as it
-  found it: what it made goes (the folder too where it made it), and the lock file, which
-  names its holder only while held, gets its old text back."""
+  A run that took the lock and fails before it has written a result (refused at start) leaves
+  the workdir as it found it: what it made goes (the folder too where it made it), and the
+  lock file, which names its holder only while held, gets its old text back. A run that finds
+  the lock taken changes nothing: what changed meanwhile is the holder's."""
   before = _snapshot(workdir)
   try:
     yield from _locked(workdir, os.path.join(workdir, LOCK_FILE))
+  except WorkdirBusy:
+    raise
   except BaseException:
     _undo_start_up(workdir, before)
     raise
@@ -107,9 +114,9 @@ def _locked(workdir: str, path: str):
     try:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise UserError(f"{workdir} is in use by another training run ({_holder(f)}): wait for "
-                      "it to end or stop it, or pass another --workdir; sample, export and "
-                      "bench can read it meanwhile") from None
+      raise WorkdirBusy(f"{workdir} is in use by another training run ({_holder(f)}): wait "
+                        "for it to end or stop it, or pass another --workdir; sample, export "
+                        "and bench can read it meanwhile") from None
     except OSError as e:
       if e.errno not in _UNSUPPORTED:
         raise

@@ -86,6 +86,13 @@ def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(text_file, re
 def test_a_second_run_on_a_busy_workdir_stops_before_writing(text_file, reference, tmp_path):
   workdir = tmp_path / "run"
   runs = [_start(text_file, workdir), _start(text_file, workdir)]
+  holder = _lock_holder(workdir, runs)
+  holder.send_signal(signal.SIGSTOP)  # so the other run always finds the lock held
+  try:
+    other, = [p for p in runs if p is not holder]
+    other.wait(timeout=300)
+  finally:
+    holder.send_signal(signal.SIGCONT)
   results = [(p, *p.communicate(timeout=300)) for p in runs]
   (winner, _, _), = [r for r in results if r[0].returncode == 0]
   (loser, _, stderr), = [r for r in results if r[0].returncode != 0]
@@ -95,6 +102,17 @@ def test_a_second_run_on_a_busy_workdir_stops_before_writing(text_file, referenc
   assert f"pid {winner.pid} " in last
   assert _train_steps_in_order(workdir) == list(range(1, STEPS + 1))
   assert logged_losses(workdir) == reference
+
+
+def _lock_holder(workdir, runs):
+  """The one of `runs` that holds the workdir's lock, once it has written its pid there."""
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    with contextlib.suppress(OSError, ValueError):
+      pid = json.loads((workdir / "lock").read_text())["pid"]
+      return next(p for p in runs if p.pid == pid)
+    time.sleep(0.01)
+  raise AssertionError("no run took the lock")
 
 
 def _without_model_flags(args):
