@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgpt.blockwise_attention import QUERY_BLOCK, blockwise_causal_attention
 from jaxgpt.dense import Dense, ones
@@ -125,22 +126,29 @@ class CausalSelfAttention(nn.Module):
     """
     c = self.config
     b, t = q_BxTxHxK.shape[:2]
-    g, n = c.group_size, b * c.kv_heads
+    g, j, n = c.group_size, c.kv_heads, b * c.kv_heads
+    # Rows batch-major; heads-major where the heads are split over devices (generation's
+    # tensor parallelism), so that each device's share of the rows is contiguous.
+    heads_major = nn.logical_to_mesh_axes(("activation_heads",))[0] is not None
+    to_rows = (2, 0, 3, 1, 4) if heads_major else (0, 2, 3, 1, 4)  # (B, T, J, G, K) ->
     cached_k = self.variable("cache", "k", jnp.zeros, (n, c.block_size, c.head_size),
                              k_BxTxHxK.dtype)
     cached_v = self.variable("cache", "v", jnp.zeros, (n, c.block_size, c.head_size),
                              v_BxTxHxK.dtype)
     start = index.value
-    k_NxTxK = k_BxTxHxK[:, :, ::g].transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
-    v_NxTxK = v_BxTxHxK[:, :, ::g].transpose(0, 2, 1, 3).reshape(n, t, c.head_size)
+    rows = lambda x_BxTxJxGxK, gt: x_BxTxJxGxK.transpose(to_rows).reshape(n, gt, c.head_size)
+    k_NxTxK = rows(k_BxTxHxK[:, :, ::g, None], t)
+    v_NxTxK = rows(v_BxTxHxK[:, :, ::g, None], t)
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_NxTxK, (0, start, 0))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_NxTxK, (0, start, 0))
     index.value = start + t
-    q_NxGTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(n, g * t, c.head_size)
+    q_NxGTxK = rows(q_BxTxHxK.reshape(b, t, j, g, c.head_size), g * t)
     positions_GT = jnp.tile(start + jnp.arange(t), g)
     y_NxGTxK = _attend_to_cache(q_NxGTxK, cached_k.value, cached_v.value, positions_GT,
                                 filled=start + t)
-    return y_NxGTxK.reshape(b, c.n_head, t, c.head_size).transpose(0, 2, 1, 3)
+    y_shape = tuple((b, t, j, g, c.head_size)[i] for i in to_rows)
+    y_BxTxJxGxK = y_NxGTxK.reshape(y_shape).transpose(np.argsort(to_rows))
+    return y_BxTxJxGxK.reshape(b, t, c.n_head, c.head_size)
 
 
 def causal_attention(qkv_BxTx3xHxK, dropout: nn.Dropout, deterministic: bool, mask_BxTxS=None):

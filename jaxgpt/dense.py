@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxgpt import quantize
@@ -64,13 +65,23 @@ class Dense(nn.Module):
     return y
 
   def _int8_product(self, x):
-    """x . kernel with the kernel an int8 matrix (outputs, inputs) and a scale per output
-    channel (jaxgpt/quantize.py)."""
-    out_shape, out_names = self.shape[self.num_in:], self.names[self.num_in:]
+    """x . kernel with the kernel an int8 matrix (outputs, inputs), its outputs in
+    quantize.output_order, and a scale per output channel (jaxgpt/quantize.py). The matrix's
+    axes are named by their major axes, which decide a device's contiguous share."""
+    order = quantize.output_order(len(self.shape) - self.num_in)
+    out_shape = tuple(self.shape[self.num_in + i] for i in order)
+    out_names = tuple(self.names[self.num_in + i] for i in order)
     matrix = (math.prod(out_shape), math.prod(self.shape[:self.num_in]))
-    kernel = self.param("kernel", zeros((None, None)), matrix, jnp.int8)
+    kernel = self.param("kernel", zeros((out_names[0], self.names[0])), matrix, jnp.int8)
     scale = self.param("kernel" + quantize.SCALE, ones(out_names), out_shape)
-    return quantize.int8_matmul(x, kernel, scale, self.num_in).astype(self.config.dtype)
+    split_by = _mesh_axis_splitting(self.names[0])
+    if split_by:
+      y = quantize.int8_matmul_split_inputs(x, kernel, scale, self.num_in, split_by)
+    else:
+      y = quantize.int8_matmul(x, kernel, scale, self.num_in)
+    y = y.astype(self.config.dtype)
+    lead = tuple(range(y.ndim - len(order)))
+    return y.transpose(*lead, *(len(lead) + i for i in np.argsort(order)))
 
   def _adapter(self, x):
     c, r = self.config, self.config.lora_rank
@@ -79,6 +90,14 @@ class Dense(nn.Module):
                                     self.names[:self.num_in] + ("lora",)), in_shape + (r,))
     b = self.param("lora_b", zeros(("lora",) + self.names[self.num_in:]), (r,) + out_shape)
     return (c.lora_alpha / r) * contract(contract(x, a, self.num_in, c.dtype), b, 1, c.dtype)
+
+
+def _mesh_axis_splitting(name: str) -> str | None:
+  """The mesh axis of more than one device that a logical axis is split over, by the current
+  rules and mesh; None where it is whole."""
+  axis = nn.logical_to_mesh_axes((name,))[0]
+  mesh = jax.sharding.get_abstract_mesh()
+  return axis if axis and not mesh.empty and mesh.shape[axis] > 1 else None
 
 
 def contract(x, kernel, num_in: int, dtype):

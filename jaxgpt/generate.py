@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxgpt import chat_template, memory
+from jaxgpt import chat_template, memory, sharding
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, count_params
+from jaxgpt.model import GPT, GPTConfig, count_params
+from jaxgpt.state import abstract_params
 
 # XLA's CPU "YNN" fusions run the decode step's small reductions many times slower; its own
 # dots are slow for int8 and for the few rows of a large model's step (GPT-2's output layer
@@ -194,7 +195,8 @@ def _run(model: GPT, params, cache, tokens_BxT, start):
   variables = {"params": params} if cache is None else {"params": params, "cache": cache}
   logits_BxTxV, mutated = model.apply(variables, tokens_BxT, decode=True,
                                       positions_T=positions_T, mutable=["cache"])
-  return logits_BxTxV, mutated["cache"]
+  # Whole on each device where the vocabulary is split: sampling reduces over it many times.
+  return _every_row(logits_BxTxV), mutated["cache"]
 
 
 def _fill(model: GPT, params, cache, tokens_BxT, length):
@@ -233,6 +235,17 @@ def _refill(model: GPT, params, state: DecodeState) -> DecodeState:
   return state.replace(cache=cache, context_BxS=context_BxS, length=jnp.array(keep, jnp.int32))
 
 
+def _sampled_rows(x):
+  """x with its rows split over the devices that split the weights (each samples its share
+  of the rows); as it is elsewhere."""
+  return nn.with_logical_constraint(x, ("sampled_rows",) + (None,) * (x.ndim - 1))
+
+
+def _every_row(x):
+  """x whole on every device where the weights are split (each embeds every row)."""
+  return nn.with_logical_constraint(x, (None,) * x.ndim)
+
+
 def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps,
             max_steps: int):
   """Samples `num_steps` (traced, at most `max_steps`) tokens per sequence, refilling the
@@ -243,7 +256,8 @@ def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_step
 
   def step(i, carry):
     st, tokens_BxN = carry
-    token_B = sample_token(st.logits_BxV, sampling, bits_BxN[:, i])
+    token_B = sample_token(_sampled_rows(st.logits_BxV), sampling, _sampled_rows(bits_BxN[:, i]))
+    token_B = _every_row(token_B)
     logits_Bx1xV, cache = _run(model, params, st.cache, token_B[:, None], st.length)
     context_BxS = jax.lax.dynamic_update_slice(st.context_BxS, token_B[:, None], (0, st.length))
     st = st.replace(cache=cache, context_BxS=context_BxS, length=st.length + 1,
@@ -262,7 +276,8 @@ def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_step
   tokens_BxN = jnp.zeros((state.logits_BxV.shape[0], max_steps), jnp.int32)
   state, tokens_BxN, _ = jax.lax.while_loop(lambda carry: carry[2] < num_steps, segment,
                                             (state, tokens_BxN, jnp.array(0, jnp.int32)))
-  return state, tokens_BxN
+  # As prefill returns them, so that the next call's state has the shardings it compiled for.
+  return state.replace(logits_BxV=_every_row(state.logits_BxV)), tokens_BxN
 
 
 def compile_fns(prefill_fn, decode_fn, large: bool = False):
@@ -291,36 +306,67 @@ def prompt_bucket(length: int, block_size: int) -> int:
   return min(block_size, 1 << max(0, length - 1).bit_length())
 
 
-def place(params, num_samples: int):
-  """The parameters replicated over the devices that hold them, as many as split the samples
-  evenly, and the mesh of those devices (axis "batch").
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where generation runs: the mesh (None: where the parameters are), the logical-axis rules
+  of the model's sharding constraints, and how the rows of a batch are split."""
+  mesh: jax.sharding.Mesh | None = None
+  rules: tuple = ()
+  rows: PartitionSpec = PartitionSpec()
 
-  Each device then decodes its own rows with no communication: on CPU, where XLA runs most
-  of a small program on one core, each device keeps another core busy. Parameters sharded
-  over devices (a model too large for one) or processes stay where they are (mesh None).
+  def put_rows(self, x):
+    return x if self.mesh is None else jax.device_put(x, NamedSharding(self.mesh, self.rows))
+
+  @contextlib.contextmanager
+  def active(self):
+    """Around each compiled call (not across the generator's yields), since the model's
+    sharding constraints would otherwise resolve on the caller's mesh and rules."""
+    with nn.logical_axis_rules(self.rules), (jax.set_mesh(self.mesh) if self.mesh else
+                                             contextlib.nullcontext()):
+      yield
+
+
+def place(model: GPT, params, num_samples: int, split_weights: bool = False):
+  """The parameters placed on the devices that hold them, and the Placement to run on.
+
+  The rows are split over as many devices as split them evenly, the parameters replicated:
+  each device decodes its rows with no communication. With `split_weights` (a large model's
+  generation), several devices there split each weight matrix instead, by its heads, MLP
+  features or vocabulary (tensor parallelism), so that each reads only its share of the
+  weights per token: on CPU a decoding step's matmuls cost about the same for 1 row as for
+  8, and two devices each reading every weight take twice as long as one. Parameters
+  sharded over devices (a model too large for one) or processes stay where they are.
   """
   leaves = jax.tree.leaves(params)
   if not all(x.is_fully_addressable and x.sharding.is_fully_replicated for x in leaves):
-    return params, None
+    return params, Placement()
   devices = sorted(set().union(*(x.sharding.device_set for x in leaves)), key=lambda d: d.id)
   n = max(d for d in range(1, len(devices) + 1) if num_samples % d == 0)
+  if split_weights and n > 1 and _weight_split_size(model.config, len(devices)) > 1:
+    n = _weight_split_size(model.config, len(devices))
+    mesh = jax.sharding.Mesh(np.array(devices[:n]).reshape(1, 1, n), sharding.MESH_AXES)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_params(model, mesh))
+    rules = sharding.LOGICAL_RULES + (("sampled_rows", "tensor"),)
+    return jax.device_put(params, shardings), Placement(mesh, rules)
   mesh = jax.sharding.Mesh(np.array(devices[:n]), ("batch",))
-  return jax.device_put(params, NamedSharding(mesh, PartitionSpec())), mesh
+  return (jax.device_put(params, NamedSharding(mesh, PartitionSpec())),
+          Placement(mesh, rows=PartitionSpec("batch")))
 
 
-@contextlib.contextmanager
-def _placed(mesh):
-  """Around each compiled call (not across the generator's yields): the model's sharding
-  constraints name the caller's mesh, so they are off, and the placed mesh is the context."""
-  with nn.logical_axis_rules(()), jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
-    yield
+def _weight_split_size(c: GPTConfig, num_devices: int) -> int:
+  """The most devices, up to `num_devices`, that split the key/value heads, the MLP and the
+  vocabulary evenly. (Where the heads are not split, each device would compute attention
+  for every row, and the 30 layers' collectives of a SmolLM2 shape cost more than the
+  weights save.)"""
+  return max(d for d in range(1, num_devices + 1)
+             if c.kv_heads % d == 0 and c.mlp_features % d == 0 and c.padded_vocab_size % d == 0)
 
 
 def check_memory(model: GPT, params, num_samples: int) -> None:
   """A UserError if `num_samples` rows' decode state and prompt logits (abstract shapes, none
   allocated) exceed the memory of all the devices here."""
   prompt_BxS = jax.ShapeDtypeStruct((num_samples, model.config.block_size), jnp.int32)
-  with _placed(None):
+  with Placement().active():
     state = jax.eval_shape(functools.partial(_prefill, model), params, prompt_BxS, 1, 0)
   logits_bytes = prompt_BxS.size * model.config.padded_vocab_size * 4
   needed = logits_bytes + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
@@ -336,10 +382,9 @@ def logits(model: GPT, params, tokens_BxT) -> np.ndarray:
   """The model's float32 logits (B, T, vocabulary) on whole sequences of token ids (B, T),
   the rows split over devices as generation splits its samples."""
   tokens_BxT = np.asarray(tokens_BxT, np.int32)
-  params, mesh = place(params, tokens_BxT.shape[0])
-  if mesh is not None:
-    tokens_BxT = jax.device_put(tokens_BxT, NamedSharding(mesh, PartitionSpec("batch")))
-  with _placed(mesh):
+  params, placement = place(model, params, tokens_BxT.shape[0])
+  tokens_BxT = placement.put_rows(tokens_BxT)
+  with placement.active():
     logits_BxTxV = _forward(model, params, tokens_BxT)
   return np.asarray(logits_BxTxV, np.float32)[..., :model.config.vocab_size]
 
@@ -387,18 +432,17 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
-  params, mesh = place(params, num_samples)
-  if mesh is not None:
-    padded = jax.device_put(padded, NamedSharding(mesh, PartitionSpec("batch")))
+  params, placement = place(model, params, num_samples, split_weights=large)
+  padded = placement.put_rows(padded)
   sampling = sampling.as_arrays()
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can
   # make XLA's all-reduce rendezvous time out and abort (see the training loop, trainer.py).
-  with _placed(mesh):
+  with placement.active():
     state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
   remaining = max_new_tokens
   while remaining > 0:
     n = min(chunk, remaining)
-    with _placed(mesh):
+    with placement.active():
       state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
     new_BxN = np.asarray(tokens_BxC)[:, :n]
     remaining -= n

@@ -16,6 +16,7 @@ import math
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 INT8_MAX = 127
 SCALE = "_scale"  # the suffix of a quantized matrix's scales: kernel_scale, wte_scale, ...
@@ -29,6 +30,20 @@ def int8_weights(w, num_in: int):
   scale = jnp.where(scale > 0, scale, 1.0).astype(jnp.float32)
   values = jnp.round(w / scale[(None,) * num_in]).astype(jnp.int8)
   return values.reshape(math.prod(w.shape[:num_in]), -1).T, scale
+
+
+def output_order(num_out: int) -> tuple:
+  """The order in which a quantized matrix keeps a kernel's output axes: of several (c_attn's
+  (G + 2, J, K), a SwiGLU c_fc's (2, F)), the second, which tensor parallelism splits (heads,
+  MLP features), first, so that each device's share of the matrix is a contiguous block of
+  rows (jaxgpt/generate.py splits the weights of a large model over the CPU devices)."""
+  return (1, 0, *range(2, num_out)) if num_out > 1 else tuple(range(num_out))
+
+
+def int8_kernel(w, num_in: int):
+  """int8_weights of a Dense kernel (inputs..., outputs...), its outputs in output_order."""
+  order = output_order(w.ndim - num_in)
+  return int8_weights(w.transpose(*range(num_in), *(num_in + i for i in order)), num_in)
 
 
 def int8_matmul(x, values, scale, num_in: int):
@@ -54,6 +69,21 @@ def int8_matmul(x, values, scale, num_in: int):
   return (y_NxO[:1] if lone else y_NxO).reshape(lead + scale.shape)
 
 
+def int8_matmul_split_inputs(x, values, scale, num_in: int, axis: str):
+  """int8_matmul with x's first contracted axis and the values' inputs split over the mesh
+  axis `axis` (generation's tensor parallelism: attention's and the MLP's output
+  projections). Each device scales its own share of a row and computes its float products;
+  one all-reduce adds them (rather than a second one first for a row's largest input)."""
+  lead = x.ndim - num_in
+  x_spec = PartitionSpec(*([None] * lead), axis, *([None] * (num_in - 1)))
+
+  def local(x, values, scale):
+    return jax.lax.psum(int8_matmul(x, values, scale, num_in), axis)
+
+  return jax.shard_map(local, in_specs=(x_spec, PartitionSpec(None, axis), PartitionSpec()),
+                       out_specs=PartitionSpec(), axis_names={axis})(x, values, scale)
+
+
 def looked_up(values_VxD, scale_V, tokens):
   """Rows of an int8 embedding table (values, a scale per row), in float32."""
   return jnp.take(values_VxD, tokens, axis=0) * jnp.take(scale_V, tokens)[..., None]
@@ -67,14 +97,14 @@ def _num_in(path: tuple) -> int:
 
 def quantized(params, scanned: bool):
   """The parameters of the int8 model (GPTConfig.quantize="int8") of the float ones: every
-  Dense kernel as an int8 matrix `kernel` (outputs, inputs; see int8_matmul) and
-  `kernel_scale`, and the token embeddings `wte` (V, D) and an untied output layer `lm_head`
+  Dense kernel as an int8 matrix `kernel` (outputs in output_order, inputs; see int8_matmul)
+  and `kernel_scale`, and the token embeddings `wte` (V, D) and an untied output layer `lm_head`
   (then (V, D) too) as int8 with a scale per token. Layers stacked by layer (`scanned`) get
   scales per layer."""
   out = {}
   for path, value in flax.traverse_util.flatten_dict(params).items():
     if path[-1] == "kernel":
-      quantize = lambda w, n=_num_in(path): int8_weights(w, n)
+      quantize = lambda w, n=_num_in(path): int8_kernel(w, n)
       if scanned:  # every kernel is in a block
         quantize = jax.vmap(quantize)
       out[path], out[path[:-1] + ("kernel" + SCALE,)] = quantize(value)

@@ -110,8 +110,8 @@ def test_samples_split_over_devices_equal_samples_on_one(model_params):
   model, params = model_params
   mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
   on_two = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-  assert generate.place(on_two, 4)[1].size == 2  # two rows on each device
-  assert generate.place(on_two, 3)[1].size == 1
+  assert generate.place(model, on_two, 4)[1].mesh.size == 2  # two rows on each device
+  assert generate.place(model, on_two, 3)[1].mesh.size == 1
   for sampling in (dict(temperature=0.0), dict(seed=3, temperature=2.0)):
     assert np.array_equal(_generate(model, on_two, [2, 3], 50, num_samples=4, **sampling),
                           _generate(model, params, [2, 3], 50, num_samples=4, **sampling))

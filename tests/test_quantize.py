@@ -105,3 +105,76 @@ def test_int8_generation_runs_and_greedy_mostly_agrees_with_float32(num_samples)
   chex.assert_shape(got, (num_samples, 20))
   assert got.max() < config.vocab_size
   assert (got[:, :5] == want[:, :5]).all()  # until a near tie flips, they agree
+
+
+def _on_two_devices(params):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _split_tokens(run, params, sampling):
+  """40 tokens for 4 rows, in chunks of 16 past a refill; asserts nothing compiles after the
+  first chunk."""
+  timing, chunks, compile_seconds = generate.Timing(), [], []
+  for chunk in generate.generate(run.model, params, [1, 2, 3], 40, sampling, num_samples=4,
+                                 seed=5, chunk=16, timing=timing):
+    chunks.append(chunk)
+    compile_seconds.append(timing.compile_s)
+  assert len(set(compile_seconds)) == 1
+  return np.concatenate(chunks, axis=1)
+
+
+def _assert_split_in_two(params, path, axis):
+  matrix = params
+  for key in path:
+    matrix = matrix[key]
+  halved = matrix.shape[:axis] + (matrix.shape[axis] // 2,) + matrix.shape[axis + 1:]
+  assert {shard.data.shape for shard in matrix.addressable_shards} == {halved}
+
+
+def test_a_large_float_models_weights_split_over_two_devices_give_one_devices_tokens(
+    monkeypatch):
+  """Two devices split each matrix by heads, MLP features and vocabulary (generation's tensor
+  parallelism): the same tokens, greedy and sampled, past a refill of the cache."""
+  monkeypatch.setattr(generate, "LARGE_MODEL_WEIGHTS", 0)  # the small model counts as large
+  run = _run(GPT2_LIKE, jax.tree.map(lambda x: jnp.asarray(x) * 3, perturbed_params(GPT2_LIKE)))
+  split, placement = generate.place(run.model, _on_two_devices(run.params), 4, True)
+  assert dict(placement.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 2}
+  _assert_split_in_two(split, ("h_0", "attn", "c_attn", "kernel"), 2)  # (D, 3, H, K)
+  _assert_split_in_two(split, ("h_0", "mlp", "c_proj", "kernel"), 0)  # (F, D)
+  for sampling in (generate.Sampling(temperature=0.0),
+                   generate.Sampling(temperature=0.8, top_k=20)):
+    np.testing.assert_array_equal(_split_tokens(run, _on_two_devices(run.params), sampling),
+                                  _split_tokens(run, run.params, sampling))
+
+
+def test_an_int8_models_weights_split_over_two_devices_stay_near_float32(monkeypatch):
+  """int8 matrices split as the float ones (their rows in quantize.output_order); each device
+  scales its own share of a row's inputs, so the logits are those of a slightly different
+  rounding: within the int8 bound of float32's, and greedy tokens agree at first."""
+  config = LLAMA_LIKE  # grouped-query heads and a SwiGLU MLP: both split in output_order
+  float_run = _run(config, jax.tree.map(lambda x: jnp.asarray(x) * 3, perturbed_params(config)))
+  run = float_run.for_sampling("float32", "int8")
+  split, placement = generate.place(run.model, _on_two_devices(run.params), 4, True)
+  _assert_split_in_two(split, ("h_0", "attn", "c_attn", "kernel"), 0)
+  _assert_split_in_two(split, ("h_0", "mlp", "c_fc", "kernel"), 0)
+  _assert_split_in_two(split, ("h_0", "mlp", "c_proj", "kernel"), 1)
+  prompt_BxP = np.tile(np.arange(1, 9, dtype=np.int32), (4, 1))
+  with placement.active():
+    state = generate.compiled(True)[0](run.model, split, placement.put_rows(prompt_BxP), 8, 0)
+  want = _logits(float_run, prompt_BxP)[:, -1, :config.vocab_size]
+  got = np.asarray(state.logits_BxV)[:, :config.vocab_size]
+  assert np.abs(got - want).max() < INT8_BOUND * np.abs(want).max()
+  greedy = generate.Sampling(temperature=0.0)
+  got = _split_tokens(run, _on_two_devices(run.params), greedy)
+  assert (got[:, :10] == _split_tokens(run, run.params, greedy)[:, :10]).all()
+
+
+def test_heads_the_devices_do_not_split_evenly_keep_the_rows_split():
+  config = dataclasses.replace(LLAMA_LIKE, n_head=6, n_kv_head=3, n_embd=96)
+  run = _run(config, jax.tree.map(jnp.asarray, perturbed_params(config)))
+  run = run.for_sampling("float32", "int8")
+  _, placement = generate.place(run.model, _on_two_devices(run.params), 4, True)
+  assert placement.mesh.axis_names == ("batch",) and placement.mesh.size == 2
+  _, placement = generate.place(run.model, _on_two_devices(run.params), 1, True)
+  assert placement.mesh.size == 1  # one row: one device reads every weight, no collectives
