@@ -330,8 +330,8 @@ def place(model: GPT, params, num_samples: int, split_weights: bool = False):
   """The parameters placed on the devices that hold them, and the Placement to run on.
 
   The rows are split over as many devices as split them evenly, the parameters replicated:
-  each device decodes its rows with no communication. With `split_weights` (a large model's
-  generation), several devices there split each weight matrix instead, by its heads, MLP
+  each device decodes its rows with no communication. With `split_weights` (a model of
+  LARGE_MODEL_WEIGHTS or more), several devices there split each weight matrix instead, by its heads, MLP
   features or vocabulary (tensor parallelism), so that each reads only its share of the
   weights per token: on CPU a decoding step's matmuls cost about the same for 1 row as for
   8, and two devices each reading every weight take twice as long as one. Parameters
@@ -342,9 +342,9 @@ def place(model: GPT, params, num_samples: int, split_weights: bool = False):
     return params, Placement()
   devices = sorted(set().union(*(x.sharding.device_set for x in leaves)), key=lambda d: d.id)
   n = max(d for d in range(1, len(devices) + 1) if num_samples % d == 0)
-  if split_weights and n > 1 and _weight_split_size(model.config, len(devices)) > 1:
-    n = _weight_split_size(model.config, len(devices))
-    mesh = jax.sharding.Mesh(np.array(devices[:n]).reshape(1, 1, n), sharding.MESH_AXES)
+  split = _weight_split_size(model.config, len(devices)) if split_weights and n > 1 else 1
+  if split > 1:
+    mesh = jax.sharding.Mesh(np.array(devices[:split]).reshape(1, 1, split), sharding.MESH_AXES)
     shardings = jax.tree.map(lambda x: x.sharding, abstract_params(model, mesh))
     rules = sharding.LOGICAL_RULES + (("sampled_rows", "tensor"),)
     return jax.device_put(params, shardings), Placement(mesh, rules)
@@ -427,12 +427,13 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   if not len(prompt) or s < 2:
     raise ValueError("generation needs a prompt of at least one token and block_size >= 2")
   timing = Timing() if timing is None else timing
-  large = bool(model.config.quantize) or count_params(params) >= LARGE_MODEL_WEIGHTS
-  prefill, decode = compiled(large)
+  large_weights = count_params(params) >= LARGE_MODEL_WEIGHTS
+  prefill, decode = compiled(bool(model.config.quantize) or large_weights)
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
   padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
-  params, placement = place(model, params, num_samples, split_weights=large)
+  # A small model's step is not its weights' reads: split, it would only add collectives.
+  params, placement = place(model, params, num_samples, split_weights=large_weights)
   padded = placement.put_rows(padded)
   sampling = sampling.as_arrays()
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can

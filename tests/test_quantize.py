@@ -152,6 +152,7 @@ def test_an_int8_models_weights_split_over_two_devices_stay_near_float32(monkeyp
   """int8 matrices split as the float ones (their rows in quantize.output_order); each device
   scales its own share of a row's inputs, so the logits are those of a slightly different
   rounding: within the int8 bound of float32's, and greedy tokens agree at first."""
+  monkeypatch.setattr(generate, "LARGE_MODEL_WEIGHTS", 0)  # the small model counts as large
   config = LLAMA_LIKE  # grouped-query heads and a SwiGLU MLP: both split in output_order
   float_run = _run(config, jax.tree.map(lambda x: jnp.asarray(x) * 3, perturbed_params(config)))
   run = float_run.for_sampling("float32", "int8")
@@ -178,3 +179,14 @@ def test_heads_the_devices_do_not_split_evenly_keep_the_rows_split():
   assert placement.mesh.axis_names == ("batch",) and placement.mesh.size == 2
   _, placement = generate.place(run.model, _on_two_devices(run.params), 1, True)
   assert placement.mesh.size == 1  # one row: one device reads every weight, no collectives
+
+
+def test_a_small_int8_models_rows_stay_split(monkeypatch):
+  """Under LARGE_MODEL_WEIGHTS a step is not its weights' reads: split, they add collectives."""
+  run = _run(LLAMA_LIKE, jax.tree.map(jnp.asarray, perturbed_params(LLAMA_LIKE)))
+  run = run.for_sampling("float32", "int8")
+  asked, place = [], generate.place
+  monkeypatch.setattr(generate, "place", lambda *args, **kwargs: (
+      asked.append(kwargs.get("split_weights")), place(*args, **kwargs))[1])
+  list(generate.generate(run.model, _on_two_devices(run.params), [1, 2], 4, num_samples=2))
+  assert asked == [False]
