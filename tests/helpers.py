@@ -45,6 +45,8 @@ def with_ctrl_c(module, *args):
   parent. sys.argv[0] is "-m" while the package is imported, as under `python -m`."""
   script = ("import runpy, signal, sys\n"
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "import os\n"
+            "if os.environ.get('JAXGPT_TEST_STARTED'): open(os.environ['JAXGPT_TEST_STARTED'], 'w').close()\n"
             "sys.argv = ['-m', *sys.argv[1:]]\n"
             f"runpy.run_module('jaxgpt.{module}', run_name='__main__', alter_sys=True)\n")
   return [sys.executable, "-c", script, *args]
