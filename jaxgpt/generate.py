@@ -346,8 +346,7 @@ def place(model: GPT, params, num_samples: int, split_weights: bool = False):
   if split > 1:
     mesh = jax.sharding.Mesh(np.array(devices[:split]).reshape(1, 1, split), sharding.MESH_AXES)
     shardings = jax.tree.map(lambda x: x.sharding, abstract_params(model, mesh))
-    rules = sharding.LOGICAL_RULES + (("sampled_rows", "tensor"),)
-    return jax.device_put(params, shardings), Placement(mesh, rules)
+    return jax.device_put(params, shardings), Placement(mesh, sharding.WEIGHT_SPLIT_RULES)
   mesh = jax.sharding.Mesh(np.array(devices[:n]), ("batch",))
   return (jax.device_put(params, NamedSharding(mesh, PartitionSpec())),
           Placement(mesh, rows=PartitionSpec("batch")))

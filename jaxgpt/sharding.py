@@ -39,6 +39,9 @@ LOGICAL_RULES = (
     ("activation_vocab", "tensor"),
 )
 
+# Generation's tensor parallelism (jaxgpt/generate.py) also splits the rows it samples.
+WEIGHT_SPLIT_RULES = LOGICAL_RULES + (("sampled_rows", "tensor"),)
+
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   """Axis sizes from the config; one axis may be -1 to take the remaining devices."""
