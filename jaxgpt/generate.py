@@ -105,9 +105,17 @@ def _kth_key_in_top_groups(key_BxV, k):
   g = TOP_K_GROUP_SIZE
   padded_BxV = jnp.pad(key_BxV, ((0, 0), (0, -v % g)), constant_values=jnp.iinfo(jnp.int32).min)
   groups_BxNxG = padded_BxV.reshape(b, -1, g)
-  _, top_BxK = jax.lax.top_k(groups_BxNxG.max(axis=-1), TOP_K_GROUPS)
+  top_BxK = _largest_indices(groups_BxNxG.max(axis=-1), TOP_K_GROUPS)
   candidates_BxKxG = jnp.take_along_axis(groups_BxNxG, top_BxK[:, :, None], axis=1)
   return _kth_key(candidates_BxKxG.reshape(b, -1), k)
+
+
+def _largest_indices(x_BxN, k: int):
+  """jax.lax.top_k's indices, by a sort: XLA's CPU backend gathers top_k's rows onto every
+  device where the rows are split, and sorts them all; a sort keeps each device to its own."""
+  iota_BxN = jax.lax.broadcasted_iota(jnp.int32, x_BxN.shape, 1)
+  _, order_BxN = jax.lax.sort((~x_BxN, iota_BxN), dimension=1, num_keys=1)  # ~: descending
+  return order_BxN[:, :k]
 
 
 def _top_p(logits_BxV, top_p):

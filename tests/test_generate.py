@@ -145,6 +145,21 @@ def test_top_k_over_a_large_vocabulary_keeps_the_k_largest_and_their_ties(top_k)
   assert _kept(rows, temperature=1.0, top_k=top_k) == (np.asarray(rows) >= kth).tolist()
 
 
+
+def test_filters_of_rows_split_over_devices_need_no_communication():
+  """Generation's rows path promises each device decodes its rows alone: the top-k and top-p
+  filters of rows split over two devices compile to no collective and keep what one device
+  keeps (XLA's CPU top_k, used before, gathered every row onto both devices)."""
+  rows = jax.random.normal(jax.random.key(0), (4, 50304)).round(1)
+  mesh = Mesh(np.array(jax.devices()[:2]), ("batch",))
+  split = jax.device_put(rows, NamedSharding(mesh, PartitionSpec("batch")))
+  sampling = generate.Sampling(temperature=1.0, top_k=200, top_p=0.9).as_arrays()
+  filtered = jax.jit(generate.filter_logits)
+  compiled = filtered.lower(split, sampling).compile().as_text()
+  assert not any(op in compiled for op in ("all-gather", "all-reduce", "all-to-all",
+                                           "collective-permute"))
+  np.testing.assert_array_equal(filtered(split, sampling), filtered(rows, sampling))
+
 def _texts(model, params, n, num_samples=3, stop="", timing=None):
   pieces = generate.generate_text(model, params, TOKENIZER, "ab", n,
                                   generate.Sampling(temperature=2.0), num_samples=num_samples,
