@@ -145,7 +145,6 @@ def test_top_k_over_a_large_vocabulary_keeps_the_k_largest_and_their_ties(top_k)
   assert _kept(rows, temperature=1.0, top_k=top_k) == (np.asarray(rows) >= kth).tolist()
 
 
-
 def test_filters_of_rows_split_over_devices_need_no_communication():
   """Generation's rows path promises each device decodes its rows alone: the top-k and top-p
   filters of rows split over two devices compile to no collective and keep what one device
@@ -159,6 +158,7 @@ def test_filters_of_rows_split_over_devices_need_no_communication():
   assert not any(op in compiled for op in ("all-gather", "all-reduce", "all-to-all",
                                            "collective-permute"))
   np.testing.assert_array_equal(filtered(split, sampling), filtered(rows, sampling))
+
 
 def _texts(model, params, n, num_samples=3, stop="", timing=None):
   pieces = generate.generate_text(model, params, TOKENIZER, "ab", n,

@@ -17,16 +17,16 @@ def _interrupted(command, after: float):
   """Ctrl-C `after` seconds after Python has started the command (a SIGINT while the
   interpreter itself starts, before any program runs, is Python's own fatal error)."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
-  started = tempfile.mktemp()
-  env["JAXGPT_TEST_STARTED"] = started
-  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  while not os.path.exists(started) and time.time() < deadline and process.poll() is None:
-    time.sleep(0.01)
-  time.sleep(after)
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=300)
+  with tempfile.TemporaryDirectory() as folder:
+    started = env["JAXGPT_TEST_STARTED"] = os.path.join(folder, "started")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(started) and time.time() < deadline and process.poll() is None:
+      time.sleep(0.01)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
   return process.returncode, stderr
 
 
