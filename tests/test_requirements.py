@@ -68,25 +68,50 @@ def source_only_wheels(tmp_path_factory):
   return folder
 
 
-@pytest.mark.parametrize("python", ["3.11", "3.12"])
-@pytest.mark.parametrize("platform", PLATFORMS)
-def test_requirements_resolve_to_wheels(platform, python, source_only_wheels, tmp_path):
-  markers, tags, tensorflow = PLATFORMS[platform]
+PYTHONS = ["3.11", "3.12"]
+
+
+def _resolve(platform: str, python: str, wheels, report) -> subprocess.Popen:
+  """pip's dry-run install of requirements.txt for one target, writing its report."""
+  markers, tags, _ = PLATFORMS[platform]
   markers = dict(markers, python_version=python, python_full_version=f"{python}.0",
                  implementation_name="cpython", platform_python_implementation="CPython")
-  report = tmp_path / "report.json"
   args = ["install", "--dry-run", "--ignore-installed", "--only-binary=:all:", "--quiet",
-          "--python-version", python, "--implementation", "cp", "--find-links",
-          str(source_only_wheels), "--report", str(report),
-          "-r", str(REQUIREMENTS)]
+          "--python-version", python, "--implementation", "cp", "--find-links", str(wheels),
+          "--report", str(report), "-r", str(REQUIREMENTS)]
   for tag in tags:
     args += ["--platform", tag]
-  result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(markers), *args],
-                          capture_output=True, text=True, timeout=300)
-  errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
-  assert result.returncode == 0, f"{platform}, Python {python}:\n" + "\n".join(errors)
+  return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(markers), *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def resolves(source_only_wheels, tmp_path_factory):
+  """Every target's resolve, all started at once (each mostly waits on PyPI): target ->
+  (the running pip, its report's path)."""
+  folder = tmp_path_factory.mktemp("reports")
+  started = {}
+  for platform in PLATFORMS:
+    for python in PYTHONS:
+      report = folder / f"{platform}-{python}.json"
+      started[platform, python] = _resolve(platform, python, source_only_wheels, report), report
+  yield started
+  for process, _ in started.values():
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_requirements_resolve_to_wheels(platform, python, resolves):
+  process, report = resolves[platform, python]
+  _, stderr = process.communicate(timeout=300)
+  errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
+  assert process.returncode == 0, f"{platform}, Python {python}:\n" + "\n".join(errors)
   names = {item["metadata"]["name"].lower().replace("_", "-")
            for item in json.loads(report.read_text())["install"]}
+  tensorflow = PLATFORMS[platform][2]
   other = {"tensorflow", "tensorflow-cpu"} - {tensorflow}
   assert tensorflow in names and not other & names, sorted(names)
   assert {"jax", "jaxlib", "flax", "orbax-checkpoint", "tensorstore"} <= names
