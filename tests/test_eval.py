@@ -199,8 +199,10 @@ def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
       "--config.train.sample_tokens=0")
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     final = [json.loads(line) for line in f if "val_loss" in line][-1]["val_loss"]
-  result = json.loads(run("eval", f"--workdir={workdir}", "--data=val",
-                          "--json").stdout.strip().splitlines()[-1])["val"]
+  hellaswag_file = _write_hellaswag(tmp_path / "hellaswag.jsonl")
+  args = [f"--workdir={workdir}", "--data=val", f"--hellaswag={hellaswag_file}", "--json"]
+  alone = json.loads(run("eval", *args).stdout.strip().splitlines()[-1])
+  result = alone["val"]
   # Training evaluates random windows, eval the whole split: the same loss within noise.
   assert result["loss"] == pytest.approx(final, abs=0.05)
   loaded = run_loader.load_run(workdir)
@@ -209,9 +211,6 @@ def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
   assert result["tokens"] == len(val) - 1
   assert result["bpb"] == pytest.approx(result["loss"] / math.log(2) / bytes_per_token, rel=1e-9)
   # Two processes of two devices each give the same results; only process 0 prints them.
-  hellaswag_file = _write_hellaswag(tmp_path / "hellaswag.jsonl")
-  args = [f"--workdir={workdir}", "--data=val", f"--hellaswag={hellaswag_file}", "--json"]
-  alone = json.loads(run("eval", *args).stdout.strip().splitlines()[-1])
   outputs = _two_processes("eval", *args)
   together = json.loads(outputs[0].strip().splitlines()[-1])
   assert not [line for line in outputs[1].splitlines() if line.startswith("{")]  # Gloo's lines only
