@@ -1,6 +1,8 @@
 """Tests run on CPU with 8 simulated devices; each test picks the devices its mesh uses."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -9,10 +11,13 @@ os.environ["JAX_NUM_CPU_DEVICES"] = "8"
 # Implicit rank promotion (adding a (T, S) mask to a (B, H, T, S) array) hides shape bugs;
 # here, and in the commands the tests start, it is an error.
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
-# One persistent compilation cache for the whole session, shared with the commands the tests
-# start: many tests compile the same small programs, and reading one back is much faster.
-_CACHE = tempfile.mkdtemp(prefix="jaxgpt-test-xla-cache-")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# One persistent compilation cache for the whole session, shared with pytest's worker
+# processes (started after this runs, with this environment) and the commands the tests start:
+# many tests compile the same small programs, and reading one back is much faster. The process
+# that makes it removes it at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgpt-test-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # pylint: disable=wrong-import-position
