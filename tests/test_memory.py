@@ -65,6 +65,7 @@ def _contents(folder):
           for p in folder.rglob("*")}
 
 
+@pytest.mark.slow  # a train command; the compiled step's memory is checked in the fast subset
 def test_a_train_step_larger_than_the_machine_stops_with_one_line_and_changes_nothing(
     text_file, tmp_path):
   """A tiny model's state with a batch of 4M rows: its logits alone are hundreds of GB."""

@@ -148,6 +148,7 @@ def test_a_large_float_models_weights_split_over_two_devices_give_one_devices_to
                                   _split_tokens(run, run.params, sampling))
 
 
+@pytest.mark.slow  # the float model's split stays in the fast subset
 def test_an_int8_models_weights_split_over_two_devices_stay_near_float32(monkeypatch):
   """int8 matrices split as the float ones (their rows in quantize.output_order); each device
   scales its own share of a row's inputs, so the logits are those of a slightly different
@@ -171,6 +172,7 @@ def test_an_int8_models_weights_split_over_two_devices_stay_near_float32(monkeyp
   assert (got[:, :10] == _split_tokens(run, run.params, greedy)[:, :10]).all()
 
 
+@pytest.mark.slow
 def test_heads_the_devices_do_not_split_evenly_keep_the_rows_split():
   config = dataclasses.replace(LLAMA_LIKE, n_head=6, n_kv_head=3, n_embd=96)
   run = _run(config, jax.tree.map(jnp.asarray, perturbed_params(config)))
@@ -181,6 +183,7 @@ def test_heads_the_devices_do_not_split_evenly_keep_the_rows_split():
   assert placement.mesh.size == 1  # one row: one device reads every weight, no collectives
 
 
+@pytest.mark.slow
 def test_a_small_int8_models_rows_stay_split(monkeypatch):
   """Under LARGE_MODEL_WEIGHTS a step is not its weights' reads: split, they add collectives."""
   run = _run(LLAMA_LIKE, jax.tree.map(jnp.asarray, perturbed_params(LLAMA_LIKE)))

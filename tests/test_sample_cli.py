@@ -13,17 +13,16 @@ from jaxgpt import run_loader
 
 from helpers import REPO, assert_clean_error, assert_same_logits, jax_logits, run, with_ctrl_c
 
+# Every test here starts sample commands on a trained run (test_cli.py keeps a few in the fast
+# subset).
+pytestmark = pytest.mark.slow
+
 MAX_NEW = 2100  # far past the block of 64
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("sample_cli")
-  with pytest.MonkeyPatch.context() as env:
-    # The sample commands share their compilations through JAX's persistent cache.
-    env.setenv("JAX_COMPILATION_CACHE_DIR", str(folder / "jax_cache"))
-    env.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    yield _train(folder)
+  return _train(tmp_path_factory.mktemp("sample_cli"))
 
 
 def _train_args(folder, steps=10, sample_tokens=0):
@@ -62,7 +61,6 @@ def _texts(result):
   return result.stdout.split("---------------\n")[:-1]
 
 
-@pytest.mark.slow
 def test_greedy_ignores_the_seed_equals_top_p_tiny_and_runs_past_the_block(workdir, tmp_path):
   (tmp_path / "prompt.txt").write_text("the ")
   greedy = run("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'prompt.txt'}",
@@ -76,7 +74,6 @@ def test_greedy_ignores_the_seed_equals_top_p_tiny_and_runs_past_the_block(workd
                         f"--max_new_tokens={MAX_NEW}")) == [text]
 
 
-@pytest.mark.slow
 def test_int8_and_bfloat16_weights_sample_text(workdir):
   for flag in ("--quantize=int8", "--dtype=bfloat16"):
     result = _sample(workdir, flag, "--temperature=0", f"--max_new_tokens={MAX_NEW}")
@@ -88,7 +85,6 @@ def test_int8_and_bfloat16_weights_sample_text(workdir):
   assert "int4" in bad.stderr
 
 
-@pytest.mark.slow
 def test_same_seed_same_text_stop_text_and_interactive(workdir):
   # Interactive: one load, two prompts with the same seed give the same text.
   same = _interactive(workdir, "the \nthe \n", "--seed=5", "--max_new_tokens=300",
@@ -101,7 +97,6 @@ def test_same_seed_same_text_stop_text_and_interactive(workdir):
   assert _texts(stopped)[0] == "the " + generated.split("e")[0] + "\n"
 
 
-@pytest.mark.slow
 def test_sample_and_export_import_neither_the_trainer_nor_the_optimizer(workdir, tmp_path,
                                                                         monkeypatch):
   """They read a checkpoint's weights alone. PYTHONPROFILEIMPORTTIME makes a process list
@@ -115,7 +110,6 @@ def test_sample_and_export_import_neither_the_trainer_nor_the_optimizer(workdir,
     assert not imported & {"jaxgpt.trainer", "jaxgpt.optim"}
 
 
-@pytest.mark.slow
 def test_sample_user_errors(workdir):
   assert_clean_error(run("sample", f"--workdir={workdir}", "--prompt_file=/no/such.txt",
                          check=False), "/no/such.txt")
@@ -138,7 +132,6 @@ def test_chat_without_a_chat_template_is_one_line(workdir):
                      "without --chat")
 
 
-@pytest.mark.slow
 def test_a_huge_seed_or_number_of_samples_is_one_clear_line(workdir):
   assert_clean_error(_sample(workdir, f"--seed={2**70}", check=False), f"--seed={2**70}",
                      "0 to 2147483647")
@@ -146,7 +139,6 @@ def test_a_huge_seed_or_number_of_samples_is_one_clear_line(workdir):
                      "--num_samples", "GB", "pass fewer samples")
 
 
-@pytest.mark.slow
 def test_a_prompt_that_is_not_utf8_is_one_line_and_interactive_goes_on(workdir):
   """Python keeps command-line and stdin bytes that are not UTF-8 as surrogates ("\udcff"
   for 0xff); run() and _interactive() send them as those bytes."""
@@ -158,7 +150,6 @@ def test_a_prompt_that_is_not_utf8_is_one_line_and_interactive_goes_on(workdir):
   assert "error: the prompt is not valid UTF-8" in result.stderr, result.stderr
 
 
-@pytest.mark.slow
 def test_logits_of_a_runs_workdir_are_the_models_forward_pass(workdir):
   run_ = run_loader.load_run(workdir)
   tokens_BxT = np.stack([run_.tokenizer.encode(text)
@@ -174,7 +165,6 @@ def test_logits_of_a_runs_workdir_are_the_models_forward_pass(workdir):
     run_.logits([[run_.tokenizer.vocab_size]])
 
 
-@pytest.mark.slow
 def test_a_rejected_interactive_prompt_leaves_stdout_clean(workdir):
   result = _interactive(workdir, "the \nthe \u4e2d\nthe \n", "--seed=5", "--max_new_tokens=20")
   texts = _texts(result)
@@ -182,7 +172,6 @@ def test_a_rejected_interactive_prompt_leaves_stdout_clean(workdir):
   assert "error: " in result.stderr and "vocabulary" in result.stderr
 
 
-@pytest.mark.slow
 def test_a_text_without_a_newline_trains_and_samples(tmp_path):
   (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 200)
   trained = run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
@@ -197,7 +186,6 @@ def test_a_text_without_a_newline_trains_and_samples(tmp_path):
   assert len(_texts(sampled)) == 1
 
 
-@pytest.mark.slow
 def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
   result = run("train", "--config=configs/shakespeare_char_cpu.py", "--config.data.source=text",
                f"--config.data.path={text_file}", "--config.data.pipeline=numpy",
@@ -225,7 +213,6 @@ def test_a_damaged_run_file_is_one_clear_line(workdir, tmp_path, name, content, 
     assert_clean_error(run(*command, check=False), *words)
 
 
-@pytest.mark.slow
 def test_an_accelerator_that_cannot_start_is_an_error_for_sample_and_export(workdir, tmp_path):
   for command in (["sample", f"--workdir={workdir}"],
                   ["export", f"--workdir={workdir}", f"--out={tmp_path / 'hf'}"]):
@@ -235,7 +222,6 @@ def test_an_accelerator_that_cannot_start_is_an_error_for_sample_and_export(work
     assert_clean_error(result, "JAX_PLATFORMS")
 
 
-@pytest.mark.slow
 def test_ctrl_c_in_sample_is_one_line(workdir):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
   process = subprocess.Popen(with_ctrl_c("sample", f"--workdir={workdir}", "--prompt=the ",
@@ -248,7 +234,6 @@ def test_ctrl_c_in_sample_is_one_line(workdir):
   assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted"), stderr
 
 
-@pytest.mark.slow
 def test_ctrl_c_in_the_end_of_training_sample_is_one_line_and_keeps_the_run(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
   process = subprocess.Popen(with_ctrl_c("train",
