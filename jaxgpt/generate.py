@@ -1,12 +1,14 @@
 """Fast generation: a key/value-cache prefill, then a compiled decode loop run in chunks.
 
-The context is the model's `block_size` positions. When the cache is full, the newest
-`block_size // 2` tokens are prefilled again as the new context and decoding goes on, so
-generation can run past `block_size` at a small amortised cost; until then the output is
-exactly what recomputing the whole context each step would give.
+The context is the model's `block_size` positions. The cache holds the prompt and the new
+tokens, rounded up to a power of two, and at most `block_size` positions. When it is full, its
+newest half is prefilled again as the new context and decoding goes on, so generation can run
+past `block_size` at a small amortised cost; until then the output is exactly what recomputing
+the whole context each step would give.
 
-Each (batch size, prompt bucket) compiles once: prompts are right-padded to a power of two,
-the cache length and the number of steps are traced data, and so are the sampling settings.
+Each (batch size, prompt bucket, cache size) compiles once: prompts are right-padded to a power
+of two, the number of positions filled and the number of steps are traced data, and so are the
+sampling settings.
 The compiled loop refills the cache itself, so a chunk of tokens may span several refills;
 the host finds stop tokens and stop text between chunks and stops once every sample is done.
 """
@@ -207,18 +209,33 @@ def _run(model: GPT, params, cache, tokens_BxT, start):
   return _every_row(logits_BxTxV), mutated["cache"]
 
 
-def _fill(model: GPT, params, cache, tokens_BxT, length):
-  """Writes tokens into an empty cache (None: a fresh one); returns it holding
+def _empty_cache(model: GPT, params, rows: int, size: int):
+  """A cache of `size` positions for `rows` sequences, every position empty. (The model's own
+  would hold block_size positions: at SmolLM2's size, 1.5 GB for 8 rows.)"""
+  def fresh_cache():
+    return _run(model, params, None, jnp.zeros((rows, 1), jnp.int32), 0)[1]
+
+  def empty(x):  # keys and values: (..., positions, head size); the rest the fill indices
+    shape = x.shape[:-2] + (size,) + x.shape[-1:] if x.ndim >= 3 else x.shape
+    return jnp.zeros(shape, x.dtype)
+  return jax.tree.map(empty, jax.eval_shape(fresh_cache))
+
+
+def _fill(model: GPT, params, cache, tokens_BxT, length, cache_size: int):
+  """Writes tokens into an empty cache of `cache_size` positions; returns it holding
   `tokens_BxT[:, :length]`, their logits, and the context array."""
   b, t = tokens_BxT.shape
   logits_BxTxV, cache = _run(model, params, cache, tokens_BxT, 0)
-  context_BxS = jnp.zeros((b, model.config.block_size), jnp.int32).at[:, :t].set(tokens_BxT)
+  context_BxS = jnp.zeros((b, cache_size), jnp.int32).at[:, :t].set(tokens_BxT)
   return _set_cache_length(cache, length), logits_BxTxV, context_BxS
 
 
-def _prefill(model: GPT, params, prompt_BxP, prompt_length, seed) -> DecodeState:
-  """Fills a fresh cache with the prompt (right-padded to a bucket; real length given)."""
-  cache, logits_BxPxV, context_BxS = _fill(model, params, None, prompt_BxP, prompt_length)
+def _prefill(model: GPT, params, prompt_BxP, prompt_length, seed, cache_size: int) -> DecodeState:
+  """Fills a fresh cache of `cache_size` positions with the prompt (right-padded to a bucket;
+  real length given)."""
+  cache = _empty_cache(model, params, prompt_BxP.shape[0], cache_size)
+  cache, logits_BxPxV, context_BxS = _fill(model, params, cache, prompt_BxP, prompt_length,
+                                           cache_size)
   key = jax.random.key(seed)
   return DecodeState(
       cache=cache, context_BxS=context_BxS, length=jnp.asarray(prompt_length, jnp.int32),
@@ -227,8 +244,8 @@ def _prefill(model: GPT, params, prompt_BxP, prompt_length, seed) -> DecodeState
       num_generated=jnp.array(0, jnp.int32))
 
 
-def refill_length(block_size: int) -> int:
-  return block_size // 2
+def refill_length(cache_size: int) -> int:
+  return cache_size // 2
 
 
 def _refill(model: GPT, params, state: DecodeState) -> DecodeState:
@@ -236,10 +253,11 @@ def _refill(model: GPT, params, state: DecodeState) -> DecodeState:
 
   The logits stay those of the full context: the next token is still predicted from it.
   """
-  keep = refill_length(model.config.block_size)
+  size = state.context_BxS.shape[1]
+  keep = refill_length(size)
   recent_BxR = state.context_BxS[:, -keep:]
   cache, _, context_BxS = _fill(model, params, _set_cache_length(state.cache, 0), recent_BxR,
-                                keep)
+                                keep, size)
   return state.replace(cache=cache, context_BxS=context_BxS, length=jnp.array(keep, jnp.int32))
 
 
@@ -259,7 +277,7 @@ def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_step
   """Samples `num_steps` (traced, at most `max_steps`) tokens per sequence, refilling the
   cache whenever it is full; returns the new state and tokens (B, max_steps), valid up to
   num_steps."""
-  s = model.config.block_size
+  s = state.context_BxS.shape[1]
   bits_BxN = step_bits(state.keys_B, state.num_generated, max_steps)
 
   def step(i, carry):
@@ -293,7 +311,7 @@ def compile_fns(prefill_fn, decode_fn, large: bool = False):
   or int8 model or another."""
   options = _LARGE_COMPILER_OPTIONS if large else _COMPILER_OPTIONS
   jit = functools.partial(jax.jit, compiler_options=options)
-  return (jit(prefill_fn, static_argnames=("model",)),
+  return (jit(prefill_fn, static_argnames=("model", "cache_size")),
           jit(decode_fn, static_argnames=("model", "max_steps"), donate_argnames=("state",)))
 
 
@@ -309,8 +327,9 @@ def _start_counting_compile_time():
   jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
 
 
-def prompt_bucket(length: int, block_size: int) -> int:
-  """Prompts are padded to a power of two (at most block_size), so few shapes compile."""
+def bucket(length: int, block_size: int) -> int:
+  """Prompts and caches take a power of two positions (at most block_size), so few shapes
+  compile."""
   return min(block_size, 1 << max(0, length - 1).bit_length())
 
 
@@ -370,11 +389,14 @@ def _weight_split_size(c: GPTConfig, num_devices: int) -> int:
 
 
 def check_memory(model: GPT, params, num_samples: int) -> None:
-  """A UserError if `num_samples` rows' decode state and prompt logits (abstract shapes, none
-  allocated) exceed the memory of all the devices here."""
-  prompt_BxS = jax.ShapeDtypeStruct((num_samples, model.config.block_size), jnp.int32)
+  """A UserError if `num_samples` rows' decode state and prompt logits at the longest (a prompt
+  and cache of block_size; abstract shapes, none allocated) exceed the memory of all the
+  devices here."""
+  s = model.config.block_size
+  prompt_BxS = jax.ShapeDtypeStruct((num_samples, s), jnp.int32)
   with Placement().active():
-    state = jax.eval_shape(functools.partial(_prefill, model), params, prompt_BxS, 1, 0)
+    state = jax.eval_shape(functools.partial(_prefill, model, cache_size=s), params, prompt_BxS,
+                           1, 0)
   logits_bytes = prompt_BxS.size * model.config.padded_vocab_size * 4
   needed = logits_bytes + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
   per_device, what = memory.device_memory(jax.local_devices()[0])
@@ -437,7 +459,7 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   large_weights = count_params(params) >= LARGE_MODEL_WEIGHTS
   prefill, decode = compiled(bool(model.config.quantize) or large_weights)
   started, compiled_before = time.perf_counter(), _compile_seconds[0]
-  padded = np.zeros((num_samples, prompt_bucket(len(prompt), s)), np.int32)
+  padded = np.zeros((num_samples, bucket(len(prompt), s)), np.int32)
   padded[:, :len(prompt)] = prompt
   # A small model's step is not its weights' reads: split, it would only add collectives.
   params, placement = place(model, params, num_samples, split_weights=large_weights)
@@ -446,7 +468,8 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can
   # make XLA's all-reduce rendezvous time out and abort (see the training loop, trainer.py).
   with placement.active():
-    state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed))
+    state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed,
+                                          bucket(len(prompt) + max_new_tokens, s)))
   remaining = max_new_tokens
   while remaining > 0:
     n = min(chunk, remaining)

@@ -59,6 +59,27 @@ def test_cached_greedy_equals_recomputed_greedy_within_and_past_the_block(model_
   assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
 
 
+def test_the_cache_holds_the_prompt_and_new_tokens_rounded_up_to_a_power_of_two(
+    model_params, monkeypatch):
+  """A short generation fills a short cache, with the tokens of the block-sized one."""
+  model, params = model_params
+  sizes = []
+
+  def prefill(model, params, prompt_BxP, prompt_length, seed, cache_size):
+    sizes.append(cache_size)
+    state = generate._prefill(model, params, prompt_BxP, prompt_length, seed, cache_size)  # pylint: disable=protected-access
+    chex.assert_shape(jax.tree.leaves(state.cache["h_0"]["attn"]["k"]), (2, cache_size, 16))
+    return state
+
+  monkeypatch.setattr(generate, "compiled", lambda *_: generate.compile_fns(
+      prefill, generate._decode))  # pylint: disable=protected-access
+  prompt = [3, 1, 4, 1, 5, 9]
+  for n, size in ((2, 8), (10, 16), (26, 32), (27, 32), (40, 32)):  # 32: the model's block
+    got = _generate(model, params, prompt, n, temperature=0.0)[0]
+    assert sizes[-1] == size
+    assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
+
+
 @pytest.mark.parametrize("cache_block", [pytest.param(8, marks=pytest.mark.slow), 12])
 def test_a_cache_read_block_by_block_gives_the_same_greedy_text(model_params, monkeypatch,
                                                                  cache_block):

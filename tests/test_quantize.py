@@ -163,7 +163,8 @@ def test_an_int8_models_weights_split_over_two_devices_stay_near_float32(monkeyp
   _assert_split_in_two(split, ("h_0", "mlp", "c_proj", "kernel"), 1)
   prompt_BxP = np.tile(np.arange(1, 9, dtype=np.int32), (4, 1))
   with placement.active():
-    state = generate.compiled(True)[0](run.model, split, placement.put_rows(prompt_BxP), 8, 0)
+    state = generate.compiled(True)[0](run.model, split, placement.put_rows(prompt_BxP), 8, 0,
+                                       cache_size=16)
   want = _logits(float_run, prompt_BxP)[:, -1, :config.vocab_size]
   got = np.asarray(state.logits_BxV)[:, :config.vocab_size]
   assert np.abs(got - want).max() < INT8_BOUND * np.abs(want).max()
