@@ -4,7 +4,8 @@
 Both sample with the sample command's defaults (temperature 0.8, top_k 200) from a one-token
 prompt; each figure is batch x (long - short) / (time of long new tokens - time of short),
 so prefill, start-up and compilation cancel out (jaxgpt's first call, which compiles, is
-reported apart); the median of --repeats. transformers runs in float32 with as many torch
+reported apart); the median of --repeats. Beside it, the median wall time of a whole
+generation of --short tokens (prefill and all), as a short answer takes. transformers runs in float32 with as many torch
 threads as there are cores; jaxgpt on the CPU devices the sample command uses.
 
 Without --folder, a random model of the --shape is written to a scratch folder first:
@@ -57,11 +58,14 @@ def write_random_folder(shape: str) -> str:
   return folder
 
 
-def rate(seconds, batch: int, long: int, short: int, repeats: int) -> tuple[float, list]:
-  """The median tokens/s of `repeats` (long - short) differences, and all of them."""
-  rates = sorted(batch * (long - short) / (seconds(long) - seconds(short))
-                 for _ in range(repeats))
-  return statistics.median(rates), rates
+def rate(seconds, batch: int, long: int, short: int, repeats: int) -> tuple[float, list, float]:
+  """The median tokens/s of `repeats` (long - short) differences, all of them, and the median
+  seconds of the short generations."""
+  rates, shorts = [], []
+  for _ in range(repeats):
+    shorts.append(seconds(short))
+    rates.append(batch * (long - short) / (seconds(long) - shorts[-1]))
+  return statistics.median(rates), sorted(rates), statistics.median(shorts)
 
 
 def transformers_rates(folder: str, args) -> dict:
@@ -102,9 +106,9 @@ def jaxgpt_rates(folder: str, variant: str, args) -> dict:
   for batch in args.batch:
     timing = generate.Timing()
     list(generate.generate(run.model, run.params, [0], 8, sampling, batch, timing=timing))
-    median, rates = rate(lambda n, b=batch: seconds(n, b), batch, args.long, args.short,
-                         args.repeats)
-    results[batch] = (median, rates, timing.compile_s)
+    median, rates, short_s = rate(lambda n, b=batch: seconds(n, b), batch, args.long,
+                                  args.short, args.repeats)
+    results[batch] = (median, rates, short_s, timing.compile_s)
   return results
 
 
@@ -119,15 +123,17 @@ def main():
         f"{jax.devices()[0].device_kind}, transformers {transformers.__version__}, "
         f"{args.long} - {args.short} new tokens, load {os.getloadavg()[0]:.2f}", flush=True)
   reference = transformers_rates(folder, args)
-  for batch, (median, rates) in reference.items():
+  for batch, (median, rates, short_s) in reference.items():
     print(f"transformers float32, batch {batch}: {median:7.1f} tokens/s "
-          f"(runs {', '.join(f'{r:.1f}' for r in rates)})", flush=True)
+          f"(runs {', '.join(f'{r:.1f}' for r in rates)}); {args.short} tokens in "
+          f"{short_s:.2f} s", flush=True)
   for variant in args.variants:
-    for batch, (median, rates, compile_s) in jaxgpt_rates(folder, variant, args).items():
+    for batch, (median, rates, short_s, compile_s) in jaxgpt_rates(folder, variant, args).items():
       print(f"jaxgpt {variant:8s}, batch {batch}: {median:7.1f} tokens/s = "
             f"{median / reference[batch][0]:.2f}x transformers (runs "
-            f"{', '.join(f'{r:.1f}' for r in rates)}; compiled in {compile_s:.1f} s; "
-            f"load {os.getloadavg()[0]:.2f})", flush=True)
+            f"{', '.join(f'{r:.1f}' for r in rates)}); {args.short} tokens in {short_s:.2f} s "
+            f"({short_s / reference[batch][2]:.2f}x transformers' time); compiled in "
+            f"{compile_s:.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":
