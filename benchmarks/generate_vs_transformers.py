@@ -2,11 +2,12 @@
 `generate`, side by side in one process, on the same Hugging Face folder.
 
 Both sample with the sample command's defaults (temperature 0.8, top_k 200) from a one-token
-prompt; each figure is batch x (long - short) / (time of long new tokens - time of short),
-so prefill, start-up and compilation cancel out (jaxgpt's first call, which compiles, is
+prompt; each figure is batch x (long - short) / (time of long new tokens - time of short), so
+prefill, start-up and compilation cancel out (jaxgpt's first call, which compiles, is
 reported apart); the median of --repeats. Beside it, the median wall time of a whole
-generation of --short tokens (prefill and all), as a short answer takes. transformers runs in float32 with as many torch
-threads as there are cores; jaxgpt on the CPU devices the sample command uses.
+generation of --short tokens (prefill and all), as a short answer takes. transformers runs in
+float32 with as many torch threads as there are cores; jaxgpt on the CPU devices the sample
+command uses.
 
 Without --folder, a random model of the --shape is written to a scratch folder first:
 gpt2 (GPT-2 124M: transformers' GPT2Config defaults) or smollm2 (SmolLM2-135M's Llama

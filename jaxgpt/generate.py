@@ -360,9 +360,10 @@ def place(model: GPT, params, num_samples: int, split_weights: bool = False):
   each device decodes its rows with no communication. With `split_weights` (a model of
   LARGE_MODEL_WEIGHTS or more), several devices there split each weight matrix instead, by
   its heads, MLP features or vocabulary (tensor parallelism), so that each reads only its
-  share of the weights per token: on CPU a decoding step's matmuls cost about the same for 1 row as for
-  8, and two devices each reading every weight take twice as long as one. Parameters
-  sharded over devices (a model too large for one) or processes stay where they are.
+  share of the weights per token: on CPU a decoding step's matmuls cost about the same for 1
+  row as for 8, and two devices each reading every weight take twice as long as one.
+  Parameters sharded over devices (a model too large for one) or processes stay where they
+  are.
   """
   leaves = jax.tree.leaves(params)
   if not all(x.is_fully_addressable and x.sharding.is_fully_replicated for x in leaves):
