@@ -23,7 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from jaxgpt import chat_template, memory, sharding
 from jaxgpt.errors import UserError
@@ -339,10 +339,12 @@ class Placement:
   of the model's sharding constraints, and how the rows of a batch are split."""
   mesh: jax.sharding.Mesh | None = None
   rules: tuple = ()
-  rows: PartitionSpec = PartitionSpec()
+  rows: NamedSharding | None = None  # None: replicated on the mesh
 
   def put_rows(self, x):
-    return x if self.mesh is None else jax.device_put(x, NamedSharding(self.mesh, self.rows))
+    if self.mesh is None:
+      return x
+    return jax.device_put(x, self.rows or sharding.replicated(self.mesh))
 
   @contextlib.contextmanager
   def active(self):
@@ -372,12 +374,12 @@ def place(model: GPT, params, num_samples: int, split_weights: bool = False):
   n = max(d for d in range(1, len(devices) + 1) if num_samples % d == 0)
   split = _weight_split_size(model.config, len(devices)) if split_weights and n > 1 else 1
   if split > 1:
-    mesh = jax.sharding.Mesh(np.array(devices[:split]).reshape(1, 1, split), sharding.MESH_AXES)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": split}, devices[:split])
     shardings = jax.tree.map(lambda x: x.sharding, abstract_params(model, mesh))
     return jax.device_put(params, shardings), Placement(mesh, sharding.WEIGHT_SPLIT_RULES)
-  mesh = jax.sharding.Mesh(np.array(devices[:n]), ("batch",))
-  return (jax.device_put(params, NamedSharding(mesh, PartitionSpec())),
-          Placement(mesh, rows=PartitionSpec("batch")))
+  mesh = sharding.make_mesh({"data": n, "fsdp": 1, "tensor": 1}, devices[:n])
+  return (jax.device_put(params, sharding.replicated(mesh)),
+          Placement(mesh, rows=sharding.global_batch_sharding(mesh)))
 
 
 def _weight_split_size(c: GPTConfig, num_devices: int) -> int:
