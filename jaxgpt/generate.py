@@ -199,14 +199,17 @@ def _set_cache_length(cache, length):
       lambda path, x: jnp.full_like(x, length) if path[-1].key == "index" else x, cache)
 
 
-def _run(model: GPT, params, cache, tokens_BxT, start):
-  """Runs tokens at positions start.. through the model, appending to the cache."""
+def _run(model: GPT, params, cache, tokens_BxT, start, logits_at_S=None):
+  """Runs tokens at positions start.. through the model, appending to the cache; returns
+  their logits (B, T, V), or with `logits_at_S` (indices into the B*T tokens) those (S, V)."""
   positions_T = start + jnp.arange(tokens_BxT.shape[1])
   variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-  logits_BxTxV, mutated = model.apply(variables, tokens_BxT, decode=True,
-                                      positions_T=positions_T, mutable=["cache"])
+  logits, mutated = model.apply(variables, tokens_BxT, decode=True, positions_T=positions_T,
+                                logits_at_S=logits_at_S, mutable=["cache"])
+  if logits_at_S is not None:
+    logits = logits[0]
   # Whole on each device where the vocabulary is split: sampling reduces over it many times.
-  return _every_row(logits_BxTxV), mutated["cache"]
+  return _every_row(logits), mutated["cache"]
 
 
 def _empty_cache(model: GPT, params, rows: int, size: int):
@@ -223,23 +226,25 @@ def _empty_cache(model: GPT, params, rows: int, size: int):
 
 def _fill(model: GPT, params, cache, tokens_BxT, length, cache_size: int):
   """Writes tokens into an empty cache of `cache_size` positions; returns it holding
-  `tokens_BxT[:, :length]`, their logits, and the context array."""
+  `tokens_BxT[:, :length]`, the logits (B, V) after the last of them (of no other token: a
+  long prompt's would be GBs), and the context array."""
   b, t = tokens_BxT.shape
-  logits_BxTxV, cache = _run(model, params, cache, tokens_BxT, 0)
+  logits_BxV, cache = _run(model, params, cache, tokens_BxT, 0,
+                           logits_at_S=jnp.arange(b) * t + length - 1)
   context_BxS = jnp.zeros((b, cache_size), jnp.int32).at[:, :t].set(tokens_BxT)
-  return _set_cache_length(cache, length), logits_BxTxV, context_BxS
+  return _set_cache_length(cache, length), logits_BxV, context_BxS
 
 
 def _prefill(model: GPT, params, prompt_BxP, prompt_length, seed, cache_size: int) -> DecodeState:
   """Fills a fresh cache of `cache_size` positions with the prompt (right-padded to a bucket;
   real length given)."""
   cache = _empty_cache(model, params, prompt_BxP.shape[0], cache_size)
-  cache, logits_BxPxV, context_BxS = _fill(model, params, cache, prompt_BxP, prompt_length,
-                                           cache_size)
+  cache, logits_BxV, context_BxS = _fill(model, params, cache, prompt_BxP, prompt_length,
+                                         cache_size)
   key = jax.random.key(seed)
   return DecodeState(
       cache=cache, context_BxS=context_BxS, length=jnp.asarray(prompt_length, jnp.int32),
-      logits_BxV=jax.lax.dynamic_index_in_dim(logits_BxPxV, prompt_length - 1, 1, False),
+      logits_BxV=logits_BxV,
       keys_B=jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(prompt_BxP.shape[0])),
       num_generated=jnp.array(0, jnp.int32))
 
@@ -392,21 +397,19 @@ def _weight_split_size(c: GPTConfig, num_devices: int) -> int:
 
 
 def check_memory(model: GPT, params, num_samples: int) -> None:
-  """A UserError if `num_samples` rows' decode state and prompt logits at the longest (a prompt
-  and cache of block_size; abstract shapes, none allocated) exceed the memory of all the
-  devices here."""
+  """A UserError if `num_samples` rows' decode state at the longest (a prompt and cache of
+  block_size; abstract shapes, none allocated) exceeds the memory of all the devices here."""
   s = model.config.block_size
   prompt_BxS = jax.ShapeDtypeStruct((num_samples, s), jnp.int32)
   with Placement().active():
     state = jax.eval_shape(functools.partial(_prefill, model, cache_size=s), params, prompt_BxS,
                            1, 0)
-  logits_bytes = prompt_BxS.size * model.config.padded_vocab_size * 4
-  needed = logits_bytes + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
   per_device, what = memory.device_memory(jax.local_devices()[0])
   count = jax.local_device_count()
   if needed > per_device * count:
-    raise UserError(f"--num_samples={num_samples} needs {needed / 1e9:,.1f} GB for its caches "
-                    f"and logits, more than the {per_device * count / 1e9:,.1f} GB of the "
+    raise UserError(f"--num_samples={num_samples} needs {needed / 1e9:,.1f} GB for its caches, "
+                    f"more than the {per_device * count / 1e9:,.1f} GB of the "
                     f"{count} devices here ({what}): pass fewer samples")
 
 
