@@ -398,13 +398,14 @@ def _weight_split_size(c: GPTConfig, num_devices: int) -> int:
 
 def check_memory(model: GPT, params, num_samples: int) -> None:
   """A UserError if `num_samples` rows' decode state at the longest (a prompt and cache of
-  block_size; abstract shapes, none allocated) exceeds the memory of all the devices here."""
+  block_size: one row's abstract shapes, none allocated, times the rows) exceeds the memory of
+  all the devices here."""
   s = model.config.block_size
-  prompt_BxS = jax.ShapeDtypeStruct((num_samples, s), jnp.int32)
+  prompt_1xS = jax.ShapeDtypeStruct((1, s), jnp.int32)
   with Placement().active():
-    state = jax.eval_shape(functools.partial(_prefill, model, cache_size=s), params, prompt_BxS,
+    state = jax.eval_shape(functools.partial(_prefill, model, cache_size=s), params, prompt_1xS,
                            1, 0)
-  needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  needed = num_samples * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
   per_device, what = memory.device_memory(jax.local_devices()[0])
   count = jax.local_device_count()
   if needed > per_device * count:
