@@ -10,7 +10,7 @@ import textwrap
 
 from absl import flags
 
-from jaxgpt import configs
+from jaxgpt import configs, runtime
 from jaxgpt.errors import UserError, first_line
 
 # The bundled configs' folder: configs/ in a clone, jaxgpt/configs/ when installed.
@@ -57,10 +57,14 @@ class RunFlags:
                       f"printed) or --init_from ({self.pretrained}), not both or neither")
 
   def load(self):
-    """The run_loader.LoadedRun the flags name."""
+    """The run_loader.LoadedRun the flags name. Its compiled programs are kept, as training's
+    are, in the run's xla_cache (a pretrained model's in ~/.cache/jaxgpt/xla_cache), so that
+    the next command on it skips most compilation."""
     from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
     if self.init_from.value:
+      runtime.keep_compiled_programs(runtime.USER_CACHE_DIR, make=True)
       return run_loader.load_pretrained(self.init_from.value)
+    runtime.keep_compiled_programs(self.workdir.value)  # load_run names a missing one
     return run_loader.load_run(self.workdir.value, self.checkpoint.value)
 
 

@@ -12,20 +12,20 @@ import urllib.request
 
 import numpy as np
 
+from jaxgpt import runtime
 from jaxgpt.errors import UserError, first_line
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt")
 NUM_ENDINGS = 4
 
 
 def resolve(path: str) -> str:
-  """`path`, or for "val" the official validation file, fetched once into CACHE_DIR."""
+  """`path`, or for "val" the official validation file, fetched once into ~/.cache/jaxgpt."""
   if path != "val":
     return path
-  cached = os.path.join(CACHE_DIR, os.path.basename(VAL_URL))
+  cached = os.path.join(runtime.USER_CACHE_DIR, os.path.basename(VAL_URL))
   if not os.path.isfile(cached):
-    os.makedirs(CACHE_DIR, exist_ok=True)
+    os.makedirs(runtime.USER_CACHE_DIR, exist_ok=True)
     try:
       urllib.request.urlretrieve(VAL_URL, cached + ".partial")
     except OSError as e:

@@ -10,6 +10,8 @@ from jaxgpt.errors import UserError, first_line
 DEFAULT_CPU_DEVICES = 2
 DISTRIBUTED_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 CACHE_DIR = "xla_cache"
+# Downloads, and the compiled programs of pretrained models (which have no run folder).
+USER_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt")
 # Programs that compile faster than this are cheaper to compile again than to read back.
 MIN_CACHED_COMPILE_SECS = 2.0
 
@@ -84,7 +86,8 @@ def _initialize(jax, *args) -> None:
 
 
 def enable_compilation_cache(workdir: str) -> None:
-  """Keeps compiled programs in WORKDIR/xla_cache, so a resumed run skips most compilation.
+  """Keeps compiled programs in WORKDIR/xla_cache, so a resumed run (or the next command on
+  it) skips most compilation.
 
   In the workdir, not on the machine: a preempted TPU VM or Colab runtime is gone, its
   workdir (a bucket, a persistent disk, Google Drive) is not. JAX_COMPILATION_CACHE_DIR
@@ -95,6 +98,18 @@ def enable_compilation_cache(workdir: str) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, CACHE_DIR))
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_SECS)
+
+
+def keep_compiled_programs(folder: str, make: bool = False) -> None:
+  """enable_compilation_cache(folder) where the folder can be written (made first, with
+  `make`); in a read-only one every program is compiled, without a warning for each."""
+  if make:
+    try:
+      os.makedirs(folder, exist_ok=True)
+    except OSError:
+      return
+  if os.access(folder, os.W_OK):
+    enable_compilation_cache(folder)
 
 
 def start_backend() -> None:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import data, hellaswag, heldout, run_loader, scoring, sharding
+from jaxgpt import data, hellaswag, heldout, run_loader, runtime, scoring, sharding
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
@@ -378,7 +378,7 @@ def test_bfloat16_compute_scores_close_to_float32(hf_folder):
 
 def test_hellaswag_val_is_fetched_once_into_the_cache_or_is_one_line_offline(tmp_path,
                                                                             monkeypatch):
-  monkeypatch.setattr(hellaswag, "CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(runtime, "USER_CACHE_DIR", str(tmp_path / "cache"))
   monkeypatch.setattr(hellaswag, "VAL_URL", (tmp_path / "missing.jsonl").as_uri())
   with pytest.raises(UserError, match="could not fetch .* pass --hellaswag=FILE"):
     hellaswag.resolve("val")

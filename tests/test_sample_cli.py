@@ -254,3 +254,27 @@ def test_an_export_folder_that_cannot_be_written_is_one_clear_line(workdir, tmp_
   (tmp_path / "file").write_text("a file, not a folder")
   result = run("export", f"--workdir={workdir}", f"--out={tmp_path / 'file' / 'hf'}", check=False)
   assert_clean_error(result, "cannot be written")
+
+
+@pytest.mark.parametrize("source", ["workdir", "init_from"])
+def test_sampling_keeps_its_compiled_programs_and_the_next_command_reads_them(
+    source, workdir, hf_folder, tmp_path, monkeypatch):
+  """In the run's xla_cache, as training's; a pretrained model's in ~/.cache/jaxgpt/xla_cache."""
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")  # the test session's, which would win
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # a tiny model's too
+  monkeypatch.setenv("HOME", str(tmp_path))
+  if source == "workdir":
+    args, cache = [f"--workdir={workdir}"], os.path.join(workdir, "xla_cache")
+    shutil.rmtree(cache, ignore_errors=True)
+  else:
+    args, cache = [f"--init_from={hf_folder}"], str(tmp_path / ".cache" / "jaxgpt" / "xla_cache")
+  args += ["--prompt=the ", "--max_new_tokens=5"]
+  first = run("sample", *args)
+  programs = sorted(os.listdir(cache))
+  for name in ("jit__prefill", "jit__decode"):
+    assert any(p.startswith(name) for p in programs), programs
+  monkeypatch.setenv("JAX_LOG_COMPILES", "1")  # jax then logs each cache hit
+  second = run("sample", *args)
+  assert "cache hit for 'jit__prefill'" in second.stderr
+  assert "cache hit for 'jit__decode'" in second.stderr
+  assert sorted(os.listdir(cache)) == programs and second.stdout == first.stdout
