@@ -103,6 +103,9 @@ def enable_compilation_cache(workdir: str) -> None:
 def keep_compiled_programs(folder: str, make: bool = False) -> None:
   """enable_compilation_cache(folder) where the folder can be written (made first, with
   `make`); in a read-only one every program is compiled, without a warning for each."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # the folder the user chose instead
+    enable_compilation_cache(folder)
+    return
   if make:
     try:
       os.makedirs(folder, exist_ok=True)
