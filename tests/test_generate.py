@@ -59,6 +59,24 @@ def test_cached_greedy_equals_recomputed_greedy_within_and_past_the_block(model_
   assert list(got) == _greedy_by_recomputation(model, params, prompt, n)
 
 
+def test_the_models_cache_is_traced_once_for_every_prompt_bucket_and_cache_size(model_params,
+                                                                               monkeypatch):
+  """Its shapes, which each prefill's empty cache takes, come from one trace of the model."""
+  model, params = model_params
+  monkeypatch.setattr(generate, "_model_caches", {})
+  traced = []
+  run = generate._run  # pylint: disable=protected-access
+
+  def counted_run(model, params, cache, *args, **kwargs):
+    traced.append(cache is None)
+    return run(model, params, cache, *args, **kwargs)
+
+  monkeypatch.setattr(generate, "_run", counted_run)
+  for prompt, n in (([1, 2, 3], 2), (list(range(1, 13)), 2), ([1, 2, 3], 20)):  # 3 compilations
+    _generate(model, params, prompt, n, temperature=0.0)
+  assert traced.count(True) == 1
+
+
 def test_the_cache_holds_the_prompt_and_new_tokens_rounded_up_to_a_power_of_two(
     model_params, monkeypatch):
   """A short generation fills a short cache, with the tokens of the block-sized one."""
