@@ -317,8 +317,7 @@ def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_step
   tokens_BxN = jnp.zeros((state.logits_BxV.shape[0], max_steps), jnp.int32)
   state, tokens_BxN, _ = jax.lax.while_loop(lambda carry: carry[2] < num_steps, segment,
                                             (state, tokens_BxN, jnp.array(0, jnp.int32)))
-  # As prefill returns them, so that the next call's state has the shardings it compiled for.
-  return state.replace(logits_BxV=_every_row(state.logits_BxV)), tokens_BxN
+  return state, tokens_BxN
 
 
 def compile_fns(prefill_fn, decode_fn, large: bool = False):
@@ -487,11 +486,15 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   with placement.active():
     state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed,
                                           bucket(len(prompt) + max_new_tokens, s)))
+  # XLA picks a program's output shardings: a state handed back otherwise sharded than
+  # prefill's (the logits of rows split over devices) would compile decode a second time.
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
   remaining = max_new_tokens
   while remaining > 0:
     n = min(chunk, remaining)
     with placement.active():
       state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
+    state = jax.device_put(state, state_shardings)
     new_BxN = np.asarray(tokens_BxC)[:, :n]
     remaining -= n
     timing.tokens += new_BxN.size

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt import attention, generate
+from jaxgpt import attention, generate, sharding
+from jaxgpt import state as state_lib
 from jaxgpt.data import CharTokenizer
 from jaxgpt.model import GPT, GPTConfig
 
@@ -75,6 +76,36 @@ def test_the_models_cache_is_traced_once_for_every_prompt_bucket_and_cache_size(
   for prompt, n in (([1, 2, 3], 2), (list(range(1, 13)), 2), ([1, 2, 3], 20)):  # 3 compilations
     _generate(model, params, prompt, n, temperature=0.0)
   assert traced.count(True) == 1
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_each_program_is_compiled_once_for_a_generation_of_several_chunks(model_params,
+                                                                          monkeypatch,
+                                                                          num_samples):
+  """Two samples split their rows over two devices: a state that decode hands back sharded
+  otherwise than prefill's would compile decode again for the second chunk. The parameters
+  carry their logical shardings, as a loaded run's do (whose logits decode then splits)."""
+  model, params = model_params
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  params = jax.device_put(params, jax.tree.map(lambda x: x.sharding,
+                                               state_lib.abstract_params(model, mesh)))
+  programs = (generate._prefill, generate._decode)  # pylint: disable=protected-access
+  fresh = [chex.assert_max_traces(f, n=1) for f in programs]
+  monkeypatch.setattr(generate, "compiled", lambda *_: generate.compile_fns(*fresh))
+  lowered = []
+
+  def count(event, duration, fun_name="", **_):
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+      lowered.append(fun_name)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    _generate(model, params, [1, 2, 3], 40, num_samples=num_samples, temperature=0.8)  # 3 chunks
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+    chex.clear_trace_counter()
+  assert sorted(n for n in lowered if n in ("jit(_prefill)", "jit(_decode)")) == [
+      "jit(_decode)", "jit(_prefill)"]
 
 
 def test_the_cache_holds_the_prompt_and_new_tokens_rounded_up_to_a_power_of_two(
