@@ -288,10 +288,11 @@ def _every_row(x):
 
 
 def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_steps,
-            max_steps: int):
+            max_steps: int, refills: bool):
   """Samples `num_steps` (traced, at most `max_steps`) tokens per sequence, refilling the
   cache whenever it is full; returns the new state and tokens (B, max_steps), valid up to
-  num_steps."""
+  num_steps. Only with `refills` (a generation longer than its cache) is the refill compiled
+  in: a second forward pass, which took 40% of the loop's compile time."""
   s = state.context_BxS.shape[1]
   bits_BxN = step_bits(state.keys_B, state.num_generated, max_steps)
 
@@ -309,7 +310,9 @@ def _decode(model: GPT, params, state: DecodeState, sampling: Sampling, num_step
     """Refills a full cache, then decodes until it is full again or the steps are done;
     the refill's branch is taken once per segment rather than tested every step."""
     st, tokens_BxN, done = carry
-    st = jax.lax.cond(st.length == s, functools.partial(_refill, model, params), lambda x: x, st)
+    if refills:
+      st = jax.lax.cond(st.length == s, functools.partial(_refill, model, params),
+                        lambda x: x, st)
     end = jnp.minimum(num_steps, done + s - st.length)
     st, tokens_BxN = jax.lax.fori_loop(done, end, step, (st, tokens_BxN))
     return st, tokens_BxN, end
@@ -326,7 +329,8 @@ def compile_fns(prefill_fn, decode_fn, large: bool = False):
   options = _LARGE_COMPILER_OPTIONS if large else _COMPILER_OPTIONS
   jit = functools.partial(jax.jit, compiler_options=options)
   return (jit(prefill_fn, static_argnames=("model", "cache_size")),
-          jit(decode_fn, static_argnames=("model", "max_steps"), donate_argnames=("state",)))
+          jit(decode_fn, static_argnames=("model", "max_steps", "refills"),
+              donate_argnames=("state",)))
 
 
 @functools.cache
@@ -481,11 +485,12 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   params, placement = place(model, params, num_samples, split_weights=large_weights)
   padded = placement.put_rows(padded)
   sampling = sampling.as_arrays()
+  cache_size = bucket(len(prompt) + max_new_tokens, s)
+  refills = len(prompt) + max_new_tokens > cache_size  # past block_size
   # One program in flight at a time: on CPU, sharded programs dispatched back to back can
   # make XLA's all-reduce rendezvous time out and abort (see the training loop, trainer.py).
   with placement.active():
-    state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed,
-                                          bucket(len(prompt) + max_new_tokens, s)))
+    state = jax.block_until_ready(prefill(model, params, padded, len(prompt), seed, cache_size))
   # XLA picks a program's output shardings: a state handed back otherwise sharded than
   # prefill's (the logits of rows split over devices) would compile decode a second time.
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -493,7 +498,7 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
   while remaining > 0:
     n = min(chunk, remaining)
     with placement.active():
-      state, tokens_BxC = decode(model, params, state, sampling, n, chunk)
+      state, tokens_BxC = decode(model, params, state, sampling, n, chunk, refills)
     state = jax.device_put(state, state_shardings)
     new_BxN = np.asarray(tokens_BxC)[:, :n]
     remaining -= n

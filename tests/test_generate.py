@@ -2,6 +2,7 @@
 text, and one compilation per bucket."""
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -106,6 +107,25 @@ def test_each_program_is_compiled_once_for_a_generation_of_several_chunks(model_
     chex.clear_trace_counter()
   assert sorted(n for n in lowered if n in ("jit(_prefill)", "jit(_decode)")) == [
       "jit(_decode)", "jit(_prefill)"]
+
+
+def test_the_refill_is_compiled_in_only_for_a_generation_longer_than_the_block(model_params,
+                                                                             monkeypatch):
+  """A generation that fits its cache never refills it: decode leaves that second forward
+  pass (40% of its compile time) out."""
+  model, params = model_params
+  traced = []
+  refill = generate._refill  # pylint: disable=protected-access
+  monkeypatch.setattr(generate, "_refill", lambda *args: traced.append(1) or refill(*args))
+  programs = (generate._prefill, generate._decode)  # pylint: disable=protected-access
+  fresh = [functools.wraps(f)(lambda *args, f=f, **kwargs: f(*args, **kwargs)) for f in programs]
+  monkeypatch.setattr(generate, "compiled", lambda *_: generate.compile_fns(*fresh))  # traced anew
+  s = CONFIG.block_size
+  for n, refills in ((s - 3, False), (s - 2, True)):  # the prompt takes 3 positions
+    traced.clear()
+    got = _generate(model, params, [3, 1, 4], n, temperature=0.0)[0]
+    assert bool(traced) == refills
+    assert list(got) == _greedy_by_recomputation(model, params, [3, 1, 4], n)
 
 
 def test_the_cache_holds_the_prompt_and_new_tokens_rounded_up_to_a_power_of_two(
