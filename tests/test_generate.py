@@ -79,7 +79,7 @@ def test_the_models_cache_is_traced_once_for_every_prompt_bucket_and_cache_size(
   assert traced.count(True) == 1
 
 
-@pytest.mark.parametrize("num_samples", [1, 2])
+@pytest.mark.parametrize("num_samples", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_each_program_is_compiled_once_for_a_generation_of_several_chunks(model_params,
                                                                           monkeypatch,
                                                                           num_samples):
