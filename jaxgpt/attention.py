@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxgpt.blockwise_attention import QUERY_BLOCK, blockwise_causal_attention
 from jaxgpt.dense import Dense, ones
@@ -196,10 +197,20 @@ def splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
 
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty:
+    spec = _dividing(spec, heads_major(q_BxTxHxK).shape, mesh)
     local = jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
                           check_vma=False)
   y_BxHxTxK = local(heads_major(q_BxTxHxK), heads_major(k_BxTxHxK), heads_major(v_BxTxHxK))
   return heads_major(y_BxHxTxK)
+
+
+def _dividing(spec: P, shape: tuple[int, ...], mesh) -> P:
+  """`spec` with each dimension left whole where the mesh axes it names do not divide it
+  (a batch of one row, as parameter initialisation and a single prompt's logits have)."""
+  def axes_size(axes):
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+  return P(*(axes if axes is None or size % axes_size(axes) == 0 else None
+             for axes, size in zip(spec, shape)))
 
 
 def _splash_kernel(num_heads: int, length: int, interpret: bool):

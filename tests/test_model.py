@@ -174,6 +174,22 @@ def test_splash_attention_gives_jaxgpts_logits_and_gradients_on_a_mesh():
                               rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_splash_attention_takes_a_batch_the_mesh_does_not_divide():
+  """One row (parameter initialisation, a single prompt's logits) on a data axis of 2: the
+  batch stays whole on each device."""
+  from jaxgpt import sharding  # pylint: disable=g-import-not-at-top
+  config = dataclasses.replace(CONFIG, block_size=attention.SPLASH_BLOCK, dropout=0.0)
+  params = _init(config)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  with sharding.rules_context(mesh):
+    splash = _mean_logit_and_grads(dataclasses.replace(config, attention="splash"), params, 1)
+    jax.jit(GPT(dataclasses.replace(config, attention="splash")).init)(
+        jax.random.key(0), jnp.zeros((1, config.block_size), jnp.int32))
+  chex.assert_trees_all_close(splash, _mean_logit_and_grads(config, params, 1),
+                              rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("policy, scan_layers", [
     ("dots", False),
     *(pytest.param(*case, marks=pytest.mark.slow)
