@@ -6,6 +6,7 @@ weights, loaded for sampling, export and logits from Python:
 """
 
 import dataclasses
+import json
 import os
 
 import ml_collections
@@ -15,6 +16,7 @@ from jaxgpt import checkpoint, data, lora, pretrained, sharding
 from jaxgpt import config as config_lib
 from jaxgpt import quantize as quantize_lib
 from jaxgpt import state as state_lib
+from jaxgpt.data.shards import DATASET_FILE
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
 
@@ -77,6 +79,7 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
   if not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} does not exist: pass the --workdir that "
                     "`python -m jaxgpt.train` printed")
+  check_not_another_kind_of_folder(workdir)
   config = config_lib.load_config(workdir)
   tokenizer = data.load_tokenizer(workdir)
   model = GPT(config_lib.model_config(config, tokenizer.vocab_size))
@@ -89,6 +92,31 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
   finally:
     checkpoints.close()
   return LoadedRun(config, tokenizer, model, params, mesh, step, workdir)
+
+
+def check_not_another_kind_of_folder(workdir: str) -> None:
+  """A UserError for a --workdir that is a Hugging Face model folder or a token dataset:
+  their config.json and tokenizer.json are not a run's, and training would replace them."""
+  hf_config = os.path.join(workdir, pretrained.HF_CONFIG_FILE)
+  weights = (pretrained.WEIGHTS_FILE, pretrained.WEIGHTS_INDEX)
+  if (any(os.path.isfile(os.path.join(workdir, name)) for name in weights)
+      or (os.path.isfile(hf_config) and "model_type" in _json_keys(hf_config))):
+    raise UserError(f"{workdir} is a Hugging Face model folder, not a jaxgpt run's workdir: "
+                    f"sample or evaluate it with --init_from={workdir}, fine-tune it with "
+                    f"python -m jaxgpt.train --config.init_from={workdir} and another --workdir")
+  if os.path.isfile(os.path.join(workdir, DATASET_FILE)):
+    raise UserError(f"{workdir} is a token dataset (python -m jaxgpt.prepare wrote it), not a "
+                    "jaxgpt run's workdir: train on it with --config.data.source=tokens "
+                    f"--config.data.path={workdir} and another --workdir")
+
+
+def _json_keys(path: str) -> set:
+  try:
+    with open(path, encoding="utf-8") as f:
+      loaded = json.load(f)
+  except (OSError, ValueError):
+    return set()  # a run's damaged config.json: load_config names it
+  return set(loaded) if isinstance(loaded, dict) else set()
 
 
 # The context a pretrained model samples and evaluates with, at most: the KV cache holds

@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from jaxgpt import checkpoint, config as config_lib, data, pretrained as pretrained_lib
+from jaxgpt import run_loader
 from jaxgpt.data.tokenizer import Tokenizer
 from jaxgpt.errors import UserError
 
@@ -35,6 +36,7 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   its identity (config.identity_keys()) from the workdir, and contradicting it is an error;
   without them, a differing shape meets the checkpoint's strict restore. `is_main`: whether
   this process (process 0) prints."""
+  run_loader.check_not_another_kind_of_folder(workdir)
   # Fine-tuning: the model's options (architecture and shape) and tokenizer are the
   # pretrained model's.
   pretrained = None if config.init_from == "scratch" else pretrained_lib.resolve(config.init_from)

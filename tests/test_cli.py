@@ -171,6 +171,33 @@ def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path):
                      "is a file")
 
 
+def _folder_of_another_kind(folder, kind):
+  """A Hugging Face model folder or a token dataset, as far as their file names go."""
+  folder.mkdir()
+  files = {"hugging_face": {"config.json": '{"model_type": "llama"}',
+                            "model.safetensors": "weights", "tokenizer.json": "{}"},
+           "token_dataset": {"dataset.json": "{}", "tokenizer.json": "{}"}}[kind]
+  for name, text in files.items():
+    (folder / name).write_text(text)
+  return {name: text for name, text in files.items()}
+
+
+@pytest.mark.parametrize("command, kind, words", [
+    ("train", "hugging_face", ["Hugging Face model folder", "--config.init_from="]),
+    pytest.param("sample", "hugging_face", ["Hugging Face model folder", "--init_from="],
+                 marks=pytest.mark.slow),
+    pytest.param("train", "token_dataset", ["token dataset", "--config.data.path="],
+                 marks=pytest.mark.slow),
+])
+def test_a_workdir_that_is_a_model_or_a_dataset_is_refused_untouched(tmp_path, command, kind,
+                                                                      words):
+  folder = tmp_path / "folder"
+  files = _folder_of_another_kind(folder, kind)
+  args = tiny_args() if command == "train" else []
+  assert_clean_error(run(command, *args, f"--workdir={folder}", check=False), *words)
+  assert {p.name: p.read_text() for p in folder.iterdir()} == files
+
+
 def test_sample_errors(tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path / 'none'}", check=False), "does not exist")
   assert_clean_error(run("sample", check=False), "--workdir")
