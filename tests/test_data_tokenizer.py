@@ -57,7 +57,7 @@ def test_load_unknown_kind(tmp_path):
 
 def test_build_tokenizer_choices():
   assert build_tokenizer("char", "xyz").vocab_size == 3
-  with pytest.raises(UserError, match="no GPT-2 tokenizer files"):
+  with pytest.raises(UserError, match="no tokenizer files"):
     build_tokenizer("gpt2", "xyz", folder="/nonexistent")
   with pytest.raises(UserError, match="char, gpt2"):
     build_tokenizer("words", "xyz")
@@ -94,3 +94,15 @@ def test_char_tokenizer_as_hugging_face_tokenizer():
   text = "not to be,\nor be"
   assert hf.encode(text).ids == tok.encode(text).tolist()
   assert hf.decode(hf.encode(text).ids) == text
+
+
+@pytest.mark.parametrize("files, named", [
+    ({"tokenizer.json": "garbage"}, "tokenizer.json"),
+    ({"tokenizer.json": "{}"}, "tokenizer.json"),
+    ({"vocab.json": "x", "merges.txt": "y"}, "vocab.json"),
+])
+def test_a_folder_whose_tokenizer_cannot_be_read_is_a_user_error(tmp_path, files, named):
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  with pytest.raises(UserError, match=named):
+    tokenizer_lib.BPETokenizer.from_folder(str(tmp_path))

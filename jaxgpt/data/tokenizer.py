@@ -1,6 +1,7 @@
 """Tokenizers: characters, or GPT-2's byte-level BPE; saved as `tokenizer.json` in a run's
 workdir, and written as Hugging Face tokenizer files on export."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -9,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from jaxgpt import config as config_lib, files
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 FILENAME = "tokenizer.json"  # a run's tokenizer; Hugging Face folders use the same name
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -140,17 +141,18 @@ class BPETokenizer:
     `vocab.json` and `merges.txt`."""
     path = os.path.join(folder, FILENAME)
     if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        hf_json = f.read()
-      tokenizer = cls(hf_json, vocab_size)
+      with _readable_tokenizer(path):
+        with open(path, encoding="utf-8") as f:
+          tokenizer = cls(f.read(), vocab_size)
       tokenizer.specials = _folder_specials(folder, tokenizer)
       return tokenizer
     vocab, merges = (os.path.join(folder, name) for name in ("vocab.json", "merges.txt"))
     if not (os.path.isfile(vocab) and os.path.isfile(merges)):
-      raise UserError(f"{folder} has no GPT-2 tokenizer files (tokenizer.json, or vocab.json "
-                      "and merges.txt): pass a Hugging Face GPT-2 folder that has them")
+      raise UserError(f"{folder} has no tokenizer files (tokenizer.json, or GPT-2's vocab.json "
+                      "and merges.txt): copy the model's own tokenizer files into it")
     import tokenizers  # pylint: disable=g-import-not-at-top
-    bpe = tokenizers.ByteLevelBPETokenizer(vocab, merges)
+    with _readable_tokenizer(f"{vocab} and {merges}"):
+      bpe = tokenizers.ByteLevelBPETokenizer(vocab, merges)
     return cls(bpe._tokenizer.to_str(), vocab_size)  # pylint: disable=protected-access
 
   def encode(self, text: str) -> np.ndarray:
@@ -193,6 +195,17 @@ class BPETokenizer:
     if self.specials != Specials():
       spec["specials"] = self.specials.to_json()
     _write_spec(directory, spec)
+
+
+@contextlib.contextmanager
+def _readable_tokenizer(what: str):
+  """A UserError for tokenizer files the `tokenizers` library cannot read (it raises a bare
+  Exception)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{what} cannot be read as a Hugging Face tokenizer ({first_line(e)}): "
+                    "restore the model's tokenizer files from its original copy") from None
 
 
 def _read_json(path: str) -> dict:
