@@ -69,9 +69,20 @@ def _dataset(config, workdir: str, pretrained: str | None) -> data.Dataset:
   tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
                or pretrained_lib.run_tokenizer(config, pretrained))
   dataset = data.build_dataset(config, tokenizer=tokenizer)
+  if from_shards and pretrained:
+    _check_model_tokenizer(dataset.tokenizer, pretrained, config)
   config.data.tokenizer = dataset.tokenizer.kind
   config.data.fingerprint = data.fingerprint(dataset)
   return dataset
+
+
+def _check_model_tokenizer(tokenizer: Tokenizer, pretrained: str, config) -> None:
+  """Token shards fine-tune a pretrained model only if they were made with its tokenizer."""
+  model_tokenizer = pretrained_lib.load_tokenizer(pretrained)
+  if tokenizer.kind != "gpt2" or tokenizer.vocabulary() != model_tokenizer.vocabulary():
+    raise UserError(f"the token dataset {config.data.path} was not made with the tokenizer of "
+                    f"init_from={config.init_from}: prepare it again with python -m "
+                    f"jaxgpt.prepare --tokenizer={pretrained} (and a new --out)")
 
 
 def _check_resumable(checkpoints: checkpoint.Checkpointer, workdir: str) -> None:

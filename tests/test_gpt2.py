@@ -21,7 +21,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
 from helpers import (assert_clean_error, assert_same_logits, jax_logits, require_transformers,
-                     run, tiny_config)
+                     run, tiny_config, write_token_dataset)
 
 transformers = require_transformers()
 torch = pytest.importorskip("torch")
@@ -193,6 +193,20 @@ def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
   (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
   with pytest.raises(UserError, match="tokens but the model only 100"):
     pretrained.load_tokenizer(str(small))
+
+
+def test_token_shards_fine_tune_a_model_only_when_made_with_its_tokenizer(hf_folder,
+                                                                           text_file, tmp_path):
+  from jaxgpt import run_setup  # pylint: disable=g-import-not-at-top
+  def resolved(dataset, workdir):
+    config = tiny_config(init_from=hf_folder, data=dict(source="tokens", path=dataset))
+    run_setup.resolve_run(config, str(tmp_path / workdir)).checkpoints.close()
+  characters = write_token_dataset(open(text_file, encoding="utf-8").read(), tmp_path / "chars")
+  with pytest.raises(UserError, match="not made with the tokenizer of init_from"):
+    resolved(characters, "refused")
+  run("prepare", f"--input={text_file}", f"--val_input={text_file}", f"--out={tmp_path / 'bpe'}",
+      f"--tokenizer={hf_folder}")
+  resolved(str(tmp_path / "bpe"), "fine_tunes")
 
 
 def test_a_gpt2_configs_layer_norm_epsilon_becomes_model_norm_eps(tmp_path):

@@ -135,6 +135,10 @@ class BPETokenizer:
   def token_id(self, token: str) -> int | None:
     return self._tokenizer.token_to_id(token)
 
+  def vocabulary(self) -> dict[str, int]:
+    """Every token (special ones included) and its id."""
+    return self._tokenizer.get_vocab(with_added_tokens=True)
+
   @classmethod
   def from_folder(cls, folder: str, vocab_size: int = 0) -> "BPETokenizer":
     """From `tokenizer.json` (with the folder's Specials), or else GPT-2's original
