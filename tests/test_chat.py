@@ -156,10 +156,12 @@ def test_accumulated_micro_batches_weigh_each_trained_target_alike(tokenizer):
     ('{"text": "hello"}', "chat.jsonl:2 has no list of messages"),
     ('{"messages": [{"role": "user"}]}', "without a string role and content"),
     ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
+    ("\udcff\udcfe", "chat.jsonl:2 is not UTF-8 text"),  # the bytes ff fe
 ])
 def test_a_malformed_conversation_is_one_line_naming_it(line, words, tmp_path):
   path = tmp_path / "chat.jsonl"
-  path.write_text(json.dumps({"messages": CONVERSATION}) + "\n" + line + "\n")
+  path.write_bytes((json.dumps({"messages": CONVERSATION}) + "\n" + line + "\n").encode(
+      "utf-8", "surrogateescape"))
   with pytest.raises(UserError, match=words):
     chat.read_conversations(str(path))
 

@@ -59,8 +59,13 @@ def assistant_turns(rows: ChatRows):
 def read_conversations(path: str) -> list[list[dict]]:
   """The `messages` of each line of a JSONL file; a malformed line is a UserError naming it."""
   conversations = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        raise UserError(f"{path}:{number} is not UTF-8 text: convert the file to UTF-8, e.g. "
+                        "with iconv") from None
       if line.strip():
         conversations.append(_messages(line, f"{path}:{number}"))
   if not conversations:
