@@ -47,9 +47,14 @@ def _manager(directory: str, keep: int, read_only: bool, timeout_secs: int, **op
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=os.path.basename(directory)),
       **options)
-  return ocp.CheckpointManager(directory, options=options, item_handlers={
-      PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
-      OLD_STATE: ocp.PyTreeCheckpointHandler()})  # whose partial restore reads params alone
+  try:
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
+        OLD_STATE: ocp.PyTreeCheckpointHandler()})  # whose partial restore reads params alone
+  except (ValueError, KeyError, TypeError) as e:  # a step's metadata, read on opening
+    raise DamagedCheckpointError(
+        f"the checkpoints in {directory} cannot be read ({_plain_reason(e)}): move the damaged "
+        "step's folder out of it (or restore it from a copy)") from None
 
 
 class Checkpointer:

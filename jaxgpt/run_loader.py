@@ -8,6 +8,7 @@ weights, loaded for sampling, export and logits from Python:
 import dataclasses
 import json
 import os
+import sys
 
 import ml_collections
 import numpy as np
@@ -150,9 +151,12 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
   """The step and parameters (only) of the checkpoint `which` names."""
   if which == "latest":
     step, params = checkpoints.restore_newest_good_params(abstract)
-    if step is None and checkpoints.best_step() is not None:
+    if step is None and _best_reads(checkpoints, abstract):
       raise UserError(f"{workdir} has no readable checkpoint under checkpoints/, but a best one "
                       f"(step {checkpoints.best_step()}): pass --checkpoint=best")
+    if step is None and (checkpoints.all_steps() or checkpoints.best_step() is not None):
+      raise UserError(f"every checkpoint in {workdir} is damaged (see the warnings above): "
+                      "restore the workdir from a copy, or train again in a new --workdir")
     if step is None:
       raise UserError(f"{workdir} has no readable checkpoint: train first with "
                       f"python -m jaxgpt.train --workdir={workdir}")
@@ -162,11 +166,31 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
     if step is None:
       raise UserError(f"{workdir} has no best checkpoint yet (one is kept at each evaluation): "
                       "use --checkpoint=latest")
-    return step, checkpoints.restore_params(step, abstract, which="best")
+    return step, _read_or_advise(checkpoints, step, abstract, "best")
   if not which.isdecimal():
     raise UserError(f"--checkpoint={which} is not latest, best or a step number")
   step = int(which)
   if step not in checkpoints.all_steps():
     raise UserError(f"{workdir} has no checkpoint of step {step}: its checkpoints are "
                     f"{checkpoints.all_steps() or 'none'}")
-  return step, checkpoints.restore_params(step, abstract)
+  return step, _read_or_advise(checkpoints, step, abstract, "latest")
+
+
+def _best_reads(checkpoints, abstract) -> bool:
+  if checkpoints.best_step() is None:
+    return False
+  try:
+    checkpoints.restore_params(checkpoints.best_step(), abstract, which="best")
+  except checkpoint.DamagedCheckpointError as e:
+    print(f"warning: {e}", file=sys.stderr, flush=True)
+    return False
+  return True
+
+
+def _read_or_advise(checkpoints, step: int, abstract, which: str):
+  try:
+    return checkpoints.restore_params(step, abstract, which=which)
+  except checkpoint.DamagedCheckpointError as e:
+    raise UserError(f"{e}: pass another --checkpoint (latest takes the newest readable one; "
+                    f"the run's steps are {checkpoints.all_steps() or 'none'}, best is "
+                    f"{checkpoints.best_step()})") from None

@@ -253,17 +253,31 @@ def test_a_damaged_newest_checkpoint(text_file, tmp_path):
   workdir = tmp_path / "run"
   run("train", *_train_args(text_file, workdir), "--config.train.max_steps=20")
   older = _hashes(workdir / "checkpoints" / "10")
-  for root, _, files in os.walk(workdir / "checkpoints" / "20"):
-    for name in files:
-      path = os.path.join(root, name)
-      size = os.path.getsize(path)
-      with open(path, "r+b") as f:
-        f.truncate(size // 2)
+  _truncate_files(workdir / "checkpoints" / "20")
   sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=10", "--prompt=ROMEO:")
   assert "checkpoint 20" in sample.stderr and "ROMEO:" in sample.stdout
+  assert_clean_error(run("sample", f"--workdir={workdir}", "--checkpoint=20", check=False),
+                     "checkpoint 20", "pass another --checkpoint")
   resume = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=30", check=False)
   assert_clean_error(resume, "damaged", "20")
   assert _hashes(workdir / "checkpoints" / "10") == older
+  for params in (workdir / "checkpoints").glob("*/params"), (workdir / "best").glob("*/params"):
+    _truncate_files(*params)
+  assert_clean_error(run("sample", f"--workdir={workdir}", check=False),
+                     "every checkpoint", "is damaged")
+  _truncate_files(workdir / "best")  # its metrics too, which opening the folder reads
+  assert_clean_error(run("sample", f"--workdir={workdir}", check=False),
+                     "best cannot be read", "move the damaged step's folder out")
+
+
+def _truncate_files(*folders):
+  """Cuts every file under the folders to half its size."""
+  for folder in folders:
+    for root, _, files in os.walk(folder):
+      for name in files:
+        path = os.path.join(root, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
 
 
 @pytest.mark.slow
