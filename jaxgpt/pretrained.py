@@ -67,8 +67,9 @@ def resolve(init_from: str) -> str:
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"{init_from} is not in the Hugging Face cache and could not be downloaded "
                     f"from {repo} ({first_line(e)}): connect to the internet once (and log in "
-                    "with `hf auth login` for gated models), or pass --init_from=FOLDER with a "
-                    "downloaded copy") from None
+                    "with `hf auth login` for gated models), or point init_from at a downloaded "
+                    "copy's folder (--config.init_from=FOLDER for train, --init_from=FOLDER "
+                    "for sample and eval)") from None
 
 
 def read_hf_config(folder: str) -> dict:

@@ -250,7 +250,7 @@ def test_gpt2_by_name_neither_cached_nor_downloadable(monkeypatch):
     raise OSError("offline")
 
   monkeypatch.setattr(huggingface_hub, "snapshot_download", unavailable)
-  with pytest.raises(UserError, match="not in the Hugging Face cache.*--init_from=FOLDER"):
+  with pytest.raises(UserError, match="not in the Hugging Face cache.*--config.init_from=FOLDER for train"):
     pretrained.resolve("gpt2-medium")
 
 
