@@ -55,6 +55,10 @@ class RunFlags:
     if bool(self.workdir.value) == bool(self.init_from.value):
       raise UserError("pass either --workdir (the run folder that `python -m jaxgpt.train` "
                       f"printed) or --init_from ({self.pretrained}), not both or neither")
+    if self.init_from.value and self.checkpoint.present:
+      raise UserError("--checkpoint picks one of a run's checkpoints, and --init_from loads "
+                      "pretrained weights, which have one: drop --checkpoint, or pass "
+                      "--workdir instead of --init_from")
 
   def load(self):
     """The run_loader.LoadedRun the flags name. Its compiled programs are kept, as training's

@@ -54,9 +54,33 @@ def _check_flags() -> None:
                     "leave it out to evaluate everything")
   if _ROWS.value is not None and _ROWS.value < 1:
     raise UserError(f"--rows={_ROWS.value} is out of range: pass 1 or more")
+  _check_data_names(_DATA.value)
+  if _LM_EVAL_INCLUDE.value and not os.path.isdir(_LM_EVAL_INCLUDE.value):
+    raise UserError(f"--lm_eval_include={_LM_EVAL_INCLUDE.value} is not a folder: pass the "
+                    "folder that holds your task YAML files")
   if "val" in _DATA.value and not _RUN.workdir.value:
     raise UserError("--data=val is a run's own validation split: pass --workdir, or a text file "
                     "or dataset folder with --init_from")
+
+
+def _check_data_names(specs: list[str]) -> None:
+  """Each --data set has a name of its own: the results are keyed by it."""
+  names = {}
+  for spec in specs:
+    if not spec.strip():
+      raise UserError(f"--data={','.join(specs)} has an empty entry: separate the sets with "
+                      "single commas, without one at the end")
+    name = _data_name(spec)
+    if name in names:
+      raise UserError(f"--data names two sets {name} ({names[name]} and {spec}), whose results "
+                      "would share one key: give one of them another file or folder name")
+    names[name] = spec
+
+
+def _data_name(spec: str) -> str:
+  """A --data set's name in the results: val, or its file's or folder's base name."""
+  return spec if spec == "val" else os.path.basename(
+      os.path.abspath(os.path.expanduser(spec)).rstrip(os.sep))
 
 
 def evaluate(run, data: list[str], hellaswag_examples: list[dict] | None = None,
@@ -92,8 +116,7 @@ def _heldout_tokens(run, spec: str):
   from jaxgpt import data  # pylint: disable=g-import-not-at-top
   if spec == "val":
     return "val", data.build_dataset(run.config, tokenizer=run.tokenizer).val
-  path = os.path.abspath(os.path.expanduser(spec))
-  name = os.path.basename(path.rstrip(os.sep))
+  path, name = os.path.abspath(os.path.expanduser(spec)), _data_name(spec)
   if os.path.isdir(path):
     return name, _dataset_val_split(run, path)
   if not os.path.isfile(path):
@@ -109,6 +132,9 @@ def _heldout_tokens(run, spec: str):
 
 def _dataset_val_split(run, path: str):
   from jaxgpt.data import shards  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(path, shards.DATASET_FILE)):
+    raise UserError(f"--data={path} holds no {shards.DATASET_FILE}: pass a folder that python "
+                    "-m jaxgpt.prepare --out=DIR wrote, a UTF-8 text file, or val")
   info = shards.read_dataset(path)  # a dataset without a val split is a UserError here
   if shards.dataset_tokenizer(path, info).hf_json() != run.tokenizer.hf_json():
     raise UserError(f"--data={path} was tokenized with another tokenizer than the model's: "

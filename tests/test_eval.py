@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxgpt import data, hellaswag, heldout, run_loader, runtime, scoring, sharding
+from jaxgpt import eval as eval_lib
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
@@ -266,6 +267,26 @@ def test_bad_eval_input_is_one_line_exit_2(hf_folder, token_dir, tmp_path):
   (no_val / "dataset.json").write_text(json.dumps(info))
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={no_val}", check=False),
                      'no "val" split')
+
+
+@pytest.mark.parametrize("specs, words", [
+    (["val", ""], "has an empty entry"),
+    (["a/x.txt", "b/x.txt"], "names two sets x.txt"),
+])
+def test_eval_data_sets_each_need_a_name_of_their_own(specs, words):
+  with pytest.raises(UserError, match=words):
+    eval_lib._check_data_names(specs)  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_contradicting_or_missing_eval_flags_are_one_line(hf_folder, tmp_path):
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", "--checkpoint=best", "--data=x",
+                         check=False), "drop --checkpoint")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", "--lm_eval_tasks=t",
+                         f"--lm_eval_include={tmp_path / 'none'}", check=False),
+                     "--lm_eval_include", "is not a folder")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path}", check=False),
+                     "holds no dataset.json", "python -m jaxgpt.prepare")
 
 
 def _write_local_tasks(folder, data_file):
