@@ -124,6 +124,11 @@ def main(argv=None):
   cli.parse_flags(argv, __doc__)
   if not 1 <= _STEPS.value <= INT32_MAX:
     raise UserError(f"--steps={_STEPS.value} is out of range: pass 1 to {INT32_MAX}")
+  if _JSON.value and not _COMPILE_ONLY.value:
+    raise UserError("--json prints --compile_only's figures: add --compile_only, or drop --json "
+                    "for the timed step's row")
+  if _END_TO_END.value and _COMPILE_ONLY.value:
+    raise UserError("--end_to_end trains, and --compile_only compiles without running: pass one")
   config = config_flag.value
   runtime.check_backend(config)
   if _COMPILE_ONLY.value:

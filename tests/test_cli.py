@@ -89,9 +89,14 @@ def test_bench_reports_a_benchmarks_row(text_file):
     assert words in row, row
 
 
-@pytest.mark.parametrize("steps", ["0", pytest.param("-1", marks=pytest.mark.slow)])
-def test_bench_steps_out_of_range_is_one_clear_line(steps):
-  assert_clean_error(run("bench", f"--steps={steps}", check=False), f"--steps={steps}", "1 to")
+@pytest.mark.parametrize("args, words", [
+    (["--steps=0"], ["--steps=0", "1 to"]),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        (["--steps=-1"], ["--steps=-1", "1 to"]),
+        (["--json"], ["add --compile_only"]),
+        (["--compile_only", "--end_to_end"], ["pass one"])))])
+def test_bad_bench_flags_are_one_clear_line(args, words):
+  assert_clean_error(run("bench", *args, check=False), *words)
 
 
 @pytest.mark.slow
