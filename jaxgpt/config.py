@@ -227,14 +227,11 @@ def adopt_architecture(c: ml_collections.ConfigDict, name: str, options: dict,
                        explicit: set[str]) -> None:
   """A pretrained model (init_from) decides the model options, its architecture (`name`) and
   its shape: `options`. Those a config file set (configs/default.py's recipe) are replaced;
-  a DESIGN option given on the command line (`explicit`) that the model does not have is a
+  an option given on the command line (`explicit`) that the model does not have is a
   UserError."""
-  from jaxgpt import model  # pylint: disable=g-import-not-at-top
-  design = {f.name for f in model.options() if f.metadata["kind"] == model.DESIGN}
   given = [f"model.{key}={c.model[key]!r}" for key, value in options.items()
-           if key in design and c.model[key] != value
-           and f"model.{key}" in explicit]
-  _require(not given, f"init_from={c.init_from} loads {name}'s architecture, which "
+           if c.model[key] != value and f"model.{key}" in explicit]
+  _require(not given, f"init_from={c.init_from} loads {name}'s architecture and shape, which "
            f"{', '.join(given)} is not: drop that option to fine-tune it, or train it with "
            "init_from=scratch")
   c.model.update(options)

@@ -122,11 +122,16 @@ def model_options(folder: str) -> tuple[str, dict, int]:
 
 def configure(config, folder: str, explicit: set[str] = frozenset()) -> None:
   """Gives `config` (unlocked) the pretrained model's options and tokenizer. An option given
-  on the command line (`explicit`) that the model does not have is a UserError. `model.block_size` is kept if shorter than the model's context (a learned
-  position table is cut, as nanoGPT's crop_block_size does)."""
+  on the command line (`explicit`) that the model does not have is a UserError.
+  `model.block_size` is kept if shorter than the model's context (a learned position table is
+  cut, as nanoGPT's crop_block_size does); a config file's longer one is cut to the context."""
   from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
   name, options, context = model_options(folder)
   config_lib.adopt_architecture(config, name, options, explicit)
+  if "model.block_size" in explicit and config.model.block_size > context:
+    raise UserError(f"--config.model.block_size={config.model.block_size} is longer than the "
+                    f"{context} positions init_from={config.init_from} was trained for: pass "
+                    f"{context} or less")
   config.model.block_size = min(config.model.block_size, context)
   config.data.tokenizer = "gpt2"
 

@@ -49,7 +49,7 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
     if changed and is_main:
       print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  dataset = _dataset(config, workdir, pretrained)
+  dataset = _dataset(config, workdir, pretrained, explicit_keys or set())
   if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
     raise UserError(f"the training data differs from the data the run in {workdir} was "
                     f"trained on (data.source={config.data.source}, data.path="
@@ -61,16 +61,23 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   return ResolvedRun(config, workdir, dataset, pretrained, checkpoints)
 
 
-def _dataset(config, workdir: str, pretrained: str | None) -> data.Dataset:
+def _dataset(config, workdir: str, pretrained: str | None, explicit_keys: set[str]
+             ) -> data.Dataset:
   """The run's data and tokenizer (the workdir's saved one, the pretrained model's, or one
   made from the text); sets data.tokenizer and data.fingerprint. Prepared token shards bring
-  their own tokenizer, which decides data.tokenizer."""
+  their own tokenizer, which decides data.tokenizer (one given on the command line must be it)."""
   from_shards = config.data.source == "tokens"
   tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
                or pretrained_lib.run_tokenizer(config, pretrained))
   dataset = data.build_dataset(config, tokenizer=tokenizer)
   if from_shards and pretrained:
     _check_model_tokenizer(dataset.tokenizer, pretrained, config)
+  if (from_shards and "data.tokenizer" in explicit_keys
+      and config.data.tokenizer != dataset.tokenizer.kind):
+    raise UserError(f"--config.data.tokenizer={config.data.tokenizer} contradicts the token "
+                    f"dataset {config.data.path}, made with the {dataset.tokenizer.kind} "
+                    "tokenizer (shards bring their own): drop that flag, or prepare the data "
+                    "again with that tokenizer")
   config.data.tokenizer = dataset.tokenizer.kind
   config.data.fingerprint = data.fingerprint(dataset)
   return dataset

@@ -199,5 +199,8 @@ def test_a_pretrained_gpt2_takes_its_architecture_unless_an_option_was_given():
   config_lib.validate(c)
   c = default.cpu_config()
   c.init_from = "gpt2"
-  with pytest.raises(UserError, match="loads GPT-2's architecture, which model.position='rope'"):
+  with pytest.raises(UserError, match="GPT-2's architecture and shape, which model.position="):
     config_lib.adopt_architecture(c, "GPT-2", gpt2, explicit={"init_from", "model.position"})
+  shape = {**gpt2, "n_layer": 12, "n_embd": 768, "n_head": 12}
+  with pytest.raises(UserError, match="which model.n_layer=3 is not"):
+    config_lib.adopt_architecture(c, "GPT-2", shape, explicit={"init_from", "model.n_layer"})

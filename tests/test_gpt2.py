@@ -207,6 +207,18 @@ def test_token_shards_fine_tune_a_model_only_when_made_with_its_tokenizer(hf_fol
   run("prepare", f"--input={text_file}", f"--val_input={text_file}", f"--out={tmp_path / 'bpe'}",
       f"--tokenizer={hf_folder}")
   resolved(str(tmp_path / "bpe"), "fine_tunes")
+  config = tiny_config(data=dict(source="tokens", path=characters, tokenizer="gpt2"))
+  with pytest.raises(UserError, match="data.tokenizer=gpt2 contradicts the token dataset"):
+    run_setup.resolve_run(config, str(tmp_path / "contradicted"), {"data.tokenizer"})
+
+
+def test_a_block_size_longer_than_the_pretrained_context_is_cut_unless_given(hf_folder):
+  config = tiny_config(init_from=hf_folder, model=dict(block_size=128))
+  pretrained.configure(config, hf_folder)
+  assert config.model.block_size == 64
+  config = tiny_config(init_from=hf_folder, model=dict(block_size=128))
+  with pytest.raises(UserError, match="block_size=128 is longer than the 64 positions"):
+    pretrained.configure(config, hf_folder, {"model.block_size"})
 
 
 def test_a_gpt2_configs_layer_norm_epsilon_becomes_model_norm_eps(tmp_path):
@@ -250,7 +262,7 @@ def test_gpt2_by_name_neither_cached_nor_downloadable(monkeypatch):
     raise OSError("offline")
 
   monkeypatch.setattr(huggingface_hub, "snapshot_download", unavailable)
-  with pytest.raises(UserError, match="not in the Hugging Face cache.*--config.init_from=FOLDER for train"):
+  with pytest.raises(UserError, match="not in the Hugging Face cache.*--config.init_from=FOLDER"):
     pretrained.resolve("gpt2-medium")
 
 
