@@ -4,6 +4,7 @@ choice of a model to load (--workdir or --init_from), and flag errors as one cle
 import ast
 import dataclasses
 import difflib
+import logging
 import os
 import sys
 import textwrap
@@ -106,15 +107,25 @@ def parse_flags(argv, usage: str) -> None:
 
 
 def _parse(argv) -> None:
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # its warning of a None config; the error below says it
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     raise UserError(f"{first_line(e)} (see --help for the accepted flags)") from None
   except (AttributeError, KeyError) as e:
     raise unknown_config_key(e, argv) from None
+  finally:
+    absl_log.setLevel(level)
   if len(rest) > 1:
     raise UserError(f"unexpected argument {rest[1]!r}: flags are written --name=value "
                     "(see --help)")
+  if "config" in flags.FLAGS and flags.FLAGS["config"].value is None:
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    raise UserError(f"config file {config_flags.get_config_filename(flags.FLAGS['config'])}'s "
+                    "get_config() returned None (a missing return statement?): return the config, as "
+                    "configs/default.py does")
 
 
 def define_config_flag():

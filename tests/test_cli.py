@@ -154,6 +154,8 @@ def test_train_help_lists_the_named_configs_and_every_key_with_its_default_and_m
     ("def get_config(:\n", ["syntax error", "line 1"]),
     pytest.param("import ml_collections\nCONFIG = 1\n", ["no get_config"],
                  marks=pytest.mark.slow),
+    pytest.param("def get_config():\n  pass\n", ["get_config() returned None"],
+                 marks=pytest.mark.slow),
 ])
 def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):
   (tmp_path / "broken.py").write_text(source)
