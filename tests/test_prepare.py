@@ -457,6 +457,13 @@ def test_a_damaged_dataset_is_found_by_verify_and_remade_by_a_rerun(docs, tmp_pa
   assert "train_000002.bin is damaged" in rerun.stderr and "val_000000.bin" in rerun.stderr
   assert folder_bytes(out) == whole
   assert "nothing to do" in prepare(*args, f"--out={out}").stdout
+  (out / "dataset.json").write_text("{cut short")
+  for command in ([f"--verify={out}"], [*args, f"--out={out}"]):  # both say how to repair it
+    assert_clean_error(prepare(*command, check=False), "dataset.json", "delete it",
+                       "same", "command again")
+  os.remove(out / "dataset.json")
+  assert "going on from the finished shards" in prepare(*args, f"--out={out}").stderr
+  assert folder_bytes(out) == whole
   CharTokenizer("abc").save(str(out))  # another vocabulary than the shards'
   assert_clean_error(prepare(f"--verify={out}", check=False), "tokenizer.json has 3 ids")
 

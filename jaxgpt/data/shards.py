@@ -179,8 +179,9 @@ def read_dataset(directory: str) -> dict:
                     "folder that `python -m jaxgpt.prepare --out=DIR` wrote, or write one for "
                     f"your shards ({SCHEMA}; see the README's token shards section)") from None
   except (OSError, ValueError) as e:
-    raise UserError(f"{path} cannot be read ({e}): restore it, or prepare the dataset "
-                    "again") from None
+    raise UserError(f"{path} cannot be read ({e}): restore it, or if python -m jaxgpt.prepare "
+                    "wrote it, delete it and run the same prepare command again (it goes on "
+                    "from the finished shards)") from None
   check_schema(info, path)
   return info
 

@@ -229,6 +229,10 @@ def _already_prepared(out: str, source: dict) -> bool:
   if not os.path.exists(path):
     return False
   info = shard_writer.read_json(path)
+  if info is None:
+    raise UserError(f"{path} cannot be read: if prepare wrote it, delete it and run the same "
+                    "command again (it goes on from the finished shards); else pass another "
+                    "--out")
   if not isinstance(info, dict) or info.get("format") != shards.FORMAT:
     raise UserError(f"{path} exists but is not a jaxgpt token dataset: pass another --out")
   made_from = info.get("source") or {}
@@ -256,6 +260,9 @@ def _remove_damaged(out: str, damaged: list[tuple[str, str, str]]) -> None:
     print(f"{os.path.join(out, file)} is damaged ({problem}): making it again",
           file=sys.stderr, flush=True)
     for name in (file, file[:-len(".bin")] + shard_writer.PROGRESS_SUFFIX):
+      if os.path.isdir(os.path.join(out, name)):
+        raise UserError(f"{os.path.join(out, name)} is a folder where prepare writes a file: "
+                        "move it away, then run the same command again")
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out, name))
   os.remove(os.path.join(out, shards.DATASET_FILE))
