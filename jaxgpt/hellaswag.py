@@ -79,8 +79,14 @@ def _example(line: str, number: int, path: str) -> dict:
 
 def requests(examples: list[dict], tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
   """(context ids, ending ids) for every ending of every example, in order."""
-  return [(tokenizer.encode(example["ctx"]), tokenizer.encode(" " + ending))
-          for example in examples for ending in example["endings"]]
+  pairs = []
+  for number, example in enumerate(examples, 1):
+    try:
+      pairs += [(tokenizer.encode(example["ctx"]), tokenizer.encode(" " + ending))
+                for ending in example["endings"]]
+    except UserError as e:
+      raise UserError(f"HellaSwag example {number} (line {number} of its file): {e}") from None
+  return pairs
 
 
 def accuracies(examples: list[dict], ending_losses: list[np.ndarray]) -> dict:

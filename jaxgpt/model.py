@@ -221,7 +221,8 @@ def _problems(c: GPTConfig):
            f"{c.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")
   if c.position == "rope" and c.n_head > 0 and c.head_size > 0 and c.head_size % 2:
     yield (f"model.position=rope turns pairs of head features, but the head size "
-           f"{c.head_size} is odd: choose an even one")
+           f"{c.head_size} (model.head_dim, or else model.n_embd / model.n_head) is odd: "
+           "choose those that make it even")
   if c.vocab_size < 1:
     yield f"vocab_size must be positive, got {c.vocab_size}"
 

@@ -249,6 +249,13 @@ def test_a_bad_hellaswag_file_is_one_line(tmp_path, line, words):
     assert word in str(error.value)
 
 
+def test_a_hellaswag_example_the_tokenizer_cannot_encode_is_named():
+  examples = [{"ctx": "abc", "endings": ["a", "b", "c", "d"], "label": 0},
+              {"ctx": "abc", "endings": ["a", "b", "c", "k"], "label": 0}]
+  with pytest.raises(UserError, match=r"HellaSwag example 2 \(line 2 of its file\): .*'k'"):
+    hellaswag.requests(examples, tokenizer_lib.CharTokenizer.from_text("abc d"))
+
+
 def test_bad_eval_input_is_one_line_exit_2(hf_folder, token_dir, tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps({"ctx": "x", "endings": ["a"] * 4, "label": 7}) + "\n")
