@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from jaxgpt import data, hellaswag, heldout, run_loader, runtime, scoring, sharding
-from jaxgpt import eval as eval_lib
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
@@ -276,15 +275,6 @@ def test_bad_eval_input_is_one_line_exit_2(hf_folder, token_dir, tmp_path):
                      'no "val" split')
 
 
-@pytest.mark.parametrize("specs, words", [
-    (["val", ""], "has an empty entry"),
-    (["a/x.txt", "b/x.txt"], "names two sets x.txt"),
-])
-def test_eval_data_sets_each_need_a_name_of_their_own(specs, words):
-  with pytest.raises(UserError, match=words):
-    eval_lib._check_data_names(specs)  # pylint: disable=protected-access
-
-
 @pytest.mark.slow
 def test_contradicting_or_missing_eval_flags_are_one_line(hf_folder, tmp_path):
   assert_clean_error(run("eval", f"--init_from={hf_folder}", "--checkpoint=best", "--data=x",
@@ -294,6 +284,14 @@ def test_contradicting_or_missing_eval_flags_are_one_line(hf_folder, tmp_path):
                      "--lm_eval_include", "is not a folder")
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path}", check=False),
                      "holds no dataset.json", "python -m jaxgpt.prepare")
+  for name in ("a", "b"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "x.txt").write_text(LINES)
+  two = f"--data={tmp_path / 'a' / 'x.txt'},{tmp_path / 'b' / 'x.txt'}"
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", two, check=False),
+                     "names two sets x.txt")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'a' / 'x.txt'},",
+                         check=False), "has an empty entry")
 
 
 def _write_local_tasks(folder, data_file):
