@@ -123,9 +123,9 @@ def _parse(argv) -> None:
                     "(see --help)")
   if "config" in flags.FLAGS and flags.FLAGS["config"].value is None:
     from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    raise UserError(f"config file {config_flags.get_config_filename(flags.FLAGS['config'])}'s "
-                    "get_config() returned None (a missing return statement?): return the config, as "
-                    "configs/default.py does")
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    raise UserError(f"config file {path}'s get_config() returned None (a missing return "
+                    "statement?): return the config, as configs/default.py does")
 
 
 def define_config_flag():
