@@ -186,7 +186,7 @@ def _folder_of_another_kind(folder, kind):
            "token_dataset": {"dataset.json": "{}", "tokenizer.json": "{}"}}[kind]
   for name, text in files.items():
     (folder / name).write_text(text)
-  return {name: text for name, text in files.items()}
+  return dict(files)
 
 
 @pytest.mark.parametrize("command, kind, words", [
