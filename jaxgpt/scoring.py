@@ -75,13 +75,15 @@ class Scorer:
 
   def _scored_length(self, count: int, most: int) -> int:
     """A compiled number of scored tokens for `count`: 8, 10, 12, 14, 16, 20, 24, 28, 32, 40,
-    ... (each at most a quarter more than needed), at most `most`, a multiple of the devices."""
+    ... (each at most a quarter more than needed), at most `most` (the rows' tokens) unless
+    `count` is more (a context's last token scores each continuation's first: full rows can
+    hold more scored tokens than tokens), a multiple of the devices."""
     size, step = FEWEST_SCORED, FEWEST_SCORED // 4
     while size < count:
       size += step
       if size == 8 * step:
         step *= 2
-    size = min(size, most)
+    size = max(min(size, most), count)
     devices = self.mesh.size * jax.process_count()
     return -(-size // devices) * devices
 

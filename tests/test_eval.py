@@ -17,8 +17,10 @@ import pytest
 from jaxgpt import data, hellaswag, heldout, run_loader, runtime, scoring, sharding
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, GPTConfig
 
-from helpers import LINES, REPO, assert_clean_error, require_transformers, run, tiny_args
+from helpers import (LINES, REPO, assert_clean_error, init_params, require_transformers, run,
+                     tiny_args)
 
 WORDS = LINES.split()
 
@@ -129,6 +131,21 @@ def test_few_shapes_compile_and_any_mesh_gives_the_same_losses(hf_folder, monkey
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -log_probs[np.arange(len(tokens) - 1), tokens[1:]][-len(continuation):]
     np.testing.assert_allclose(scored.token_losses, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_full_rows_score_more_targets_than_they_hold_tokens():
+  """Held-out windows of one first token, all full, and a last window of two tokens: its one
+  target joins a full row, so the call scores one target more than its rows hold tokens."""
+  config = GPTConfig(vocab_size=8, vocab_multiple=1, block_size=16, n_layer=1, n_head=2,
+                     n_embd=16)
+  model = GPT(config)
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  with sharding.rules_context(mesh):
+    params = jax.device_put(init_params(model), sharding.replicated(mesh))
+  tokens = np.zeros(8 * config.block_size + 2, np.int32)
+  result = heldout.evaluate(scoring.Scorer(model, params, mesh),
+                            tokens, tokenizer_lib.CharTokenizer("ab"))
+  assert result["tokens"] == len(tokens) - 1 and np.isfinite(result["loss"])
 
 
 def test_packed_rows_hold_each_continuation_once_after_its_context_and_little_padding():
