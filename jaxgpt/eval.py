@@ -132,11 +132,12 @@ def _heldout_tokens(run, spec: str):
 
 def _dataset_val_split(run, path: str):
   from jaxgpt.data import shards  # pylint: disable=g-import-not-at-top
+  from jaxgpt.data.tokenizer import same_ids  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(os.path.join(path, shards.DATASET_FILE)):
     raise UserError(f"--data={path} holds no {shards.DATASET_FILE}: pass a folder that python "
                     "-m jaxgpt.prepare --out=DIR wrote, a UTF-8 text file, or val")
   info = shards.read_dataset(path)  # a dataset without a val split is a UserError here
-  if shards.dataset_tokenizer(path, info).hf_json() != run.tokenizer.hf_json():
+  if not same_ids(shards.dataset_tokenizer(path, info), run.tokenizer):
     raise UserError(f"--data={path} was tokenized with another tokenizer than the model's: "
                     "prepare the text with the model's tokenizer (--tokenizer=FOLDER)")
   return shards.load_split(path, info, "val")

@@ -11,7 +11,7 @@ import ml_collections
 
 from jaxgpt import checkpoint, config as config_lib, data, pretrained as pretrained_lib
 from jaxgpt import run_loader
-from jaxgpt.data.tokenizer import Tokenizer
+from jaxgpt.data.tokenizer import Tokenizer, same_ids
 from jaxgpt.errors import UserError
 
 
@@ -86,7 +86,7 @@ def _dataset(config, workdir: str, pretrained: str | None, explicit_keys: set[st
 def _check_model_tokenizer(tokenizer: Tokenizer, pretrained: str, config) -> None:
   """Token shards fine-tune a pretrained model only if they were made with its tokenizer."""
   model_tokenizer = pretrained_lib.load_tokenizer(pretrained)
-  if tokenizer.kind != "gpt2" or tokenizer.vocabulary() != model_tokenizer.vocabulary():
+  if not same_ids(tokenizer, model_tokenizer):
     raise UserError(f"the token dataset {config.data.path} was not made with the tokenizer of "
                     f"init_from={config.init_from}: prepare it again with python -m "
                     f"jaxgpt.prepare --tokenizer={pretrained} (and a new --out)")

@@ -195,6 +195,7 @@ def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
     pretrained.load_tokenizer(str(small))
 
 
+@pytest.mark.slow
 def test_token_shards_fine_tune_a_model_only_when_made_with_its_tokenizer(hf_folder,
                                                                            text_file, tmp_path):
   from jaxgpt import run_setup  # pylint: disable=g-import-not-at-top
@@ -207,6 +208,8 @@ def test_token_shards_fine_tune_a_model_only_when_made_with_its_tokenizer(hf_fol
   run("prepare", f"--input={text_file}", f"--val_input={text_file}", f"--out={tmp_path / 'bpe'}",
       f"--tokenizer={hf_folder}")
   resolved(str(tmp_path / "bpe"), "fine_tunes")
+  evaluated = run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'bpe'}", "--json")
+  assert json.loads(evaluated.stdout.splitlines()[-1])["bpe"]["tokens"] > 0
   config = tiny_config(data=dict(source="tokens", path=characters, tokenizer="gpt2"))
   with pytest.raises(UserError, match="data.tokenizer=gpt2 contradicts the token dataset"):
     run_setup.resolve_run(config, str(tmp_path / "contradicted"), {"data.tokenizer"})

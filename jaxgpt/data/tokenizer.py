@@ -25,7 +25,14 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> np.ndarray: ...
   def decode(self, ids) -> str: ...
   def hf_json(self) -> str: ...  # the same tokenizer for Hugging Face's `tokenizers`
+  def vocabulary(self) -> dict[str, int]: ...  # every token and its id
   def save(self, directory: str) -> None: ...
+
+
+def same_ids(a: Tokenizer, b: Tokenizer) -> bool:
+  """Whether the two tokenizers give every token the same id (so a model of one reads the
+  other's token ids)."""
+  return a.kind == b.kind and a.vocabulary() == b.vocabulary()
 
 
 class CharTokenizer:
@@ -49,6 +56,9 @@ class CharTokenizer:
   @property
   def vocab_size(self) -> int:
     return len(self.chars)
+
+  def vocabulary(self) -> dict[str, int]:
+    return {c: i for i, c in enumerate(self.chars)}
 
   def encode(self, text: str) -> np.ndarray:
     codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
