@@ -96,12 +96,13 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
 
 
 def check_not_another_kind_of_folder(workdir: str) -> None:
-  """A UserError for a --workdir that is a Hugging Face model folder or a token dataset:
-  their config.json and tokenizer.json are not a run's, and training would replace them."""
-  hf_config = os.path.join(workdir, pretrained.HF_CONFIG_FILE)
+  """A UserError for a --workdir that is a Hugging Face model or tokenizer folder, a token
+  dataset, or holds another program's config.json: their config.json and tokenizer.json are
+  not a run's, and training would replace them."""
+  config_keys = _json_keys(os.path.join(workdir, config_lib.CONFIG_FILE))
   weights = (pretrained.WEIGHTS_FILE, pretrained.WEIGHTS_INDEX)
-  if (any(os.path.isfile(os.path.join(workdir, name)) for name in weights)
-      or (os.path.isfile(hf_config) and "model_type" in _json_keys(hf_config))):
+  if "model_type" in config_keys or any(os.path.isfile(os.path.join(workdir, name))
+                                        for name in weights):
     raise UserError(f"{workdir} is a Hugging Face model folder, not a jaxgpt run's workdir: "
                     f"sample or evaluate it with --init_from={workdir}, fine-tune it with "
                     f"python -m jaxgpt.train --config.init_from={workdir} and another --workdir")
@@ -109,14 +110,24 @@ def check_not_another_kind_of_folder(workdir: str) -> None:
     raise UserError(f"{workdir} is a token dataset (python -m jaxgpt.prepare wrote it), not a "
                     "jaxgpt run's workdir: train on it with --config.data.source=tokens "
                     f"--config.data.path={workdir} and another --workdir")
+  if config_keys and not config_keys & {"model", "train", "data"}:  # a run's has all three
+    raise UserError(f"{workdir} holds a {config_lib.CONFIG_FILE} that is not a jaxgpt run's: "
+                    "pass another --workdir (a new folder, or one that train printed)")
+  tokenizer_keys = _json_keys(os.path.join(workdir, data.tokenizer.FILENAME))
+  if not config_keys and "model" in tokenizer_keys and "kind" not in tokenizer_keys:
+    raise UserError(f"{workdir} is a Hugging Face tokenizer folder, not a jaxgpt run's "
+                    f"workdir: train with it as --config.data.tokenizer=gpt2 "
+                    f"--config.data.tokenizer_path={workdir} and another --workdir")
 
 
 def _json_keys(path: str) -> set:
+  """The keys of a JSON object file; none for a missing or damaged one (load_config and
+  load_tokenizer name a run's damaged files)."""
   try:
     with open(path, encoding="utf-8") as f:
       loaded = json.load(f)
   except (OSError, ValueError):
-    return set()  # a run's damaged config.json: load_config names it
+    return set()
   return set(loaded) if isinstance(loaded, dict) else set()
 
 

@@ -179,11 +179,14 @@ def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path):
 
 
 def _folder_of_another_kind(folder, kind):
-  """A Hugging Face model folder or a token dataset, as far as their file names go."""
+  """A Hugging Face model or tokenizer folder, a token dataset or another program's folder,
+  as far as their files go."""
   folder.mkdir()
   files = {"hugging_face": {"config.json": '{"model_type": "llama"}',
                             "model.safetensors": "weights", "tokenizer.json": "{}"},
-           "token_dataset": {"dataset.json": "{}", "tokenizer.json": "{}"}}[kind]
+           "token_dataset": {"dataset.json": "{}", "tokenizer.json": "{}"},
+           "tokenizer": {"tokenizer.json": '{"model": {"type": "BPE"}}'},
+           "other_program": {"config.json": '{"learning_rate": 1}'}}[kind]
   for name, text in files.items():
     (folder / name).write_text(text)
   return dict(files)
@@ -195,6 +198,9 @@ def _folder_of_another_kind(folder, kind):
                  marks=pytest.mark.slow),
     pytest.param("train", "token_dataset", ["token dataset", "--config.data.path="],
                  marks=pytest.mark.slow),
+    pytest.param("train", "tokenizer", ["tokenizer folder", "--config.data.tokenizer_path="],
+                 marks=pytest.mark.slow),
+    pytest.param("train", "other_program", ["not a jaxgpt run's"], marks=pytest.mark.slow),
 ])
 def test_a_workdir_that_is_a_model_or_a_dataset_is_refused_untouched(tmp_path, command, kind,
                                                                       words):
