@@ -229,12 +229,23 @@ def adopt_architecture(c: ml_collections.ConfigDict, name: str, options: dict,
   its shape: `options`. Those a config file set (configs/default.py's recipe) are replaced;
   an option given on the command line (`explicit`) that the model does not have is a
   UserError."""
-  given = [f"model.{key}={c.model[key]!r}" for key, value in options.items()
-           if c.model[key] != value and f"model.{key}" in explicit]
+  given = [f"model.{key}={c.model[key]!r}" for key in options
+           if f"model.{key}" in explicit and _in_effect(c.model, key) != _in_effect(options, key)]
   _require(not given, f"init_from={c.init_from} loads {name}'s architecture and shape, which "
            f"{', '.join(given)} is not: drop that option to fine-tune it, or train it with "
            "init_from=scratch")
   c.model.update(options)
+
+
+def _in_effect(model_options, key: str):
+  """The option's value as the model takes it: 0 for head_dim and n_kv_head means the
+  n_embd / n_head and n_head it then has."""
+  value = model_options[key]
+  if key == "head_dim" and not value:
+    return model_options["n_embd"] // model_options["n_head"]
+  if key == "n_kv_head" and not value:
+    return model_options["n_head"]
+  return value
 
 
 def gpt2_architecture() -> dict:

@@ -204,3 +204,6 @@ def test_a_pretrained_gpt2_takes_its_architecture_unless_an_option_was_given():
   shape = {**gpt2, "n_layer": 12, "n_embd": 768, "n_head": 12}
   with pytest.raises(UserError, match="which model.n_layer=3 is not"):
     config_lib.adopt_architecture(c, "GPT-2", shape, explicit={"init_from", "model.n_layer"})
+  c.model.update(head_dim=64, n_kv_head=12)  # what GPT-2's 0s mean: given, they are its own
+  config_lib.adopt_architecture(c, "GPT-2", shape,
+                                explicit={"init_from", "model.head_dim", "model.n_kv_head"})
