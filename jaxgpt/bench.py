@@ -127,6 +127,8 @@ def main(argv=None):
   if _JSON.value and not _COMPILE_ONLY.value:
     raise UserError("--json prints --compile_only's figures: add --compile_only, or drop --json "
                     "for the timed step's row")
+  if _STEPS.present and _COMPILE_ONLY.value:
+    raise UserError("--steps times the train step, which --compile_only does not run: pass one")
   if _END_TO_END.value and _COMPILE_ONLY.value:
     raise UserError("--end_to_end trains, and --compile_only compiles without running: pass one")
   config = config_flag.value

@@ -71,6 +71,8 @@ def _check_data_names(specs: list[str]) -> None:
       raise UserError(f"--data={','.join(specs)} has an empty entry: separate the sets with "
                       "single commas, without one at the end")
     name = _data_name(spec)
+    if spec in names.values():
+      raise UserError(f"--data names {spec} twice: drop the repeated one")
     if name in names:
       raise UserError(f"--data names two sets {name} ({names[name]} and {spec}), whose results "
                       "would share one key: give one of them another file or folder name")

@@ -74,7 +74,7 @@ def _example(line: str, number: int, path: str) -> dict:
     label = int(label)
   if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < NUM_ENDINGS:
     raise UserError(f"{where} has label {example['label']!r}, not 0 to {NUM_ENDINGS - 1}: {fix}")
-  return {"ctx": example["ctx"], "endings": endings, "label": label}
+  return {"ctx": example["ctx"], "endings": endings, "label": label, "where": where}
 
 
 def requests(examples: list[dict], tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -85,7 +85,7 @@ def requests(examples: list[dict], tokenizer) -> list[tuple[np.ndarray, np.ndarr
       pairs += [(tokenizer.encode(example["ctx"]), tokenizer.encode(" " + ending))
                 for ending in example["endings"]]
     except UserError as e:
-      raise UserError(f"HellaSwag example {number} (line {number} of its file): {e}") from None
+      raise UserError(f"{example.get('where', f'HellaSwag example {number}')}: {e}") from None
   return pairs
 
 

@@ -202,6 +202,11 @@ def _read_or_advise(checkpoints, step: int, abstract, which: str):
   try:
     return checkpoints.restore_params(step, abstract, which=which)
   except checkpoint.DamagedCheckpointError as e:
-    raise UserError(f"{e}: pass another --checkpoint (latest takes the newest readable one; "
-                    f"the run's steps are {checkpoints.all_steps() or 'none'}, best is "
-                    f"{checkpoints.best_step()})") from None
+    others = [str(s) for s in checkpoints.all_steps() if which == "best" or s != step]
+    if which != "best" and checkpoints.best_step() is not None:
+      others.append("best")
+    if not others:
+      raise UserError(f"{e}, and the run has no other checkpoint: restore the workdir from a "
+                      "copy, or train again in a new --workdir") from None
+    raise UserError(f"{e}: pass another --checkpoint ({', '.join(others)}; latest takes the "
+                    "newest readable one)") from None

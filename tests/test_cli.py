@@ -94,7 +94,8 @@ def test_bench_reports_a_benchmarks_row(text_file):
     *(pytest.param(*case, marks=pytest.mark.slow) for case in (
         (["--steps=-1"], ["--steps=-1", "1 to"]),
         (["--json"], ["add --compile_only"]),
-        (["--compile_only", "--end_to_end"], ["pass one"])))])
+        (["--compile_only", "--end_to_end"], ["pass one"]),
+        (["--compile_only", "--steps=2"], ["--steps", "pass one"])))])
 def test_bad_bench_flags_are_one_clear_line(args, words):
   assert_clean_error(run("bench", *args, check=False), *words)
 

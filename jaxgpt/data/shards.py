@@ -175,8 +175,8 @@ def read_dataset(directory: str) -> dict:
     with open(path, encoding="utf-8") as f:
       info = json.load(f)
   except FileNotFoundError:
-    raise UserError(f"{directory} holds no {DATASET_FILE}: pass --config.data.path=DIR of a "
-                    "folder that `python -m jaxgpt.prepare --out=DIR` wrote, or write one for "
+    raise UserError(f"{directory} holds no {DATASET_FILE}: pass a folder that "
+                    "`python -m jaxgpt.prepare --out=DIR` wrote, or write one for "
                     f"your shards ({SCHEMA}; see the README's token shards section)") from None
   except (OSError, ValueError) as e:
     raise UserError(f"{path} cannot be read ({e}): restore it, or if python -m jaxgpt.prepare "

@@ -257,12 +257,14 @@ def _remove_damaged(out: str, damaged: list[tuple[str, str, str]]) -> None:
   """Removes dataset.json and the damaged shards (with their progress files), saying which:
   the prepare then remakes each split from its first damaged shard on."""
   for split, file, problem in damaged:
-    print(f"{os.path.join(out, file)} is damaged ({problem}): making it again",
-          file=sys.stderr, flush=True)
-    for name in (file, file[:-len(".bin")] + shard_writer.PROGRESS_SUFFIX):
+    names = (file, file[:-len(".bin")] + shard_writer.PROGRESS_SUFFIX)
+    for name in names:
       if os.path.isdir(os.path.join(out, name)):
         raise UserError(f"{os.path.join(out, name)} is a folder where prepare writes a file: "
                         "move it away, then run the same command again")
+    print(f"{os.path.join(out, file)} is damaged ({problem}): making it again",
+          file=sys.stderr, flush=True)
+    for name in names:
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out, name))
   os.remove(os.path.join(out, shards.DATASET_FILE))
