@@ -52,9 +52,27 @@ def _manager(directory: str, keep: int, read_only: bool, timeout_secs: int, **op
         PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
         OLD_STATE: ocp.PyTreeCheckpointHandler()})  # whose partial restore reads params alone
   except (ValueError, KeyError, TypeError) as e:  # a step's metadata, read on opening
+    step = _step_with_damaged_metadata(directory)
+    folder = os.path.join(directory, step) if step else "the damaged step's folder"
     raise DamagedCheckpointError(
-        f"the checkpoints in {directory} cannot be read ({_plain_reason(e)}): move the damaged "
-        "step's folder out of it (or restore it from a copy)") from None
+        f"the checkpoints in {directory} cannot be read ({_plain_reason(e)}): move {folder} "
+        "out of it (or restore it from a copy)") from None
+
+
+def _step_with_damaged_metadata(directory: str) -> str | None:
+  """The first step folder whose metadata files (read when the folder is opened) are not
+  JSON, or None."""
+  steps = sorted((name for name in os.listdir(directory) if name.isdigit()), key=int)
+  for step in steps:
+    for name in ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics")):
+      try:
+        with open(os.path.join(directory, step, name), encoding="utf-8") as f:
+          json.load(f)
+      except FileNotFoundError:
+        continue
+      except (OSError, ValueError):
+        return step
+  return None
 
 
 class Checkpointer:

@@ -267,7 +267,7 @@ def test_a_damaged_newest_checkpoint(text_file, tmp_path):
                      "every checkpoint", "is damaged")
   _truncate_files(workdir / "best")  # its metrics too, which opening the folder reads
   assert_clean_error(run("sample", f"--workdir={workdir}", check=False),
-                     "best cannot be read", "move the damaged step's folder out")
+                     "best cannot be read", f"move {workdir / 'best'}/")
 
 
 def _truncate_files(*folders):
