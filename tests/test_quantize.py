@@ -132,6 +132,7 @@ def _assert_split_in_two(params, path, axis):
   assert {shard.data.shape for shard in matrix.addressable_shards} == {halved}
 
 
+@pytest.mark.slow  # 16 s on 2 cores: keeps the fast subset under 3 minutes
 def test_a_large_float_models_weights_split_over_two_devices_give_one_devices_tokens(
     monkeypatch):
   """Two devices split each matrix by heads, MLP features and vocabulary (generation's tensor

@@ -44,6 +44,7 @@ def test_run_leaves_metrics_config_tokenizer_and_checkpoints(text_file, tmp_path
   assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20
 
 
+@pytest.mark.slow  # 15 s on 2 cores: keeps the fast subset under 3 minutes
 def test_running_again_resumes_from_the_checkpoint(text_file, tmp_path, capsys):
   workdir = str(tmp_path / "run")
   config = text_config(text_file, max_steps=10)
