@@ -21,7 +21,7 @@ import traceback
 import jax
 import orbax.checkpoint as ocp
 
-from jaxgpt import layers
+from jaxgpt import files, layers
 from jaxgpt.errors import UserError, first_line
 
 LATEST_DIR = "checkpoints"
@@ -65,12 +65,8 @@ def _step_with_damaged_metadata(directory: str) -> str | None:
   steps = sorted((name for name in os.listdir(directory) if name.isdigit()), key=int)
   for step in steps:
     for name in ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics")):
-      try:
-        with open(os.path.join(directory, step, name), encoding="utf-8") as f:
-          json.load(f)
-      except FileNotFoundError:
-        continue
-      except (OSError, ValueError):
+      path = os.path.join(directory, step, name)
+      if os.path.isfile(path) and files.read_json(path) is None:
         return step
   return None
 

@@ -1,5 +1,7 @@
-"""Writing a file so that a reader, or a crash, never sees half of it."""
+"""Writing a file so that a reader, or a crash, never sees half of it; reading JSON that may
+be missing or damaged."""
 
+import json
 import os
 
 
@@ -8,3 +10,12 @@ def write_atomically(path: str, text: str) -> None:
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(path + ".tmp", path)
+
+
+def read_json(path: str):
+  """The file's JSON, or None where it is missing or unreadable."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None

@@ -6,14 +6,13 @@ weights, loaded for sampling, export and logits from Python:
 """
 
 import dataclasses
-import json
 import os
 import sys
 
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, data, lora, pretrained, sharding
+from jaxgpt import checkpoint, data, files, lora, pretrained, sharding
 from jaxgpt import config as config_lib
 from jaxgpt import quantize as quantize_lib
 from jaxgpt import state as state_lib
@@ -123,11 +122,7 @@ def check_not_another_kind_of_folder(workdir: str) -> None:
 def _json_keys(path: str) -> set:
   """The keys of a JSON object file; none for a missing or damaged one (load_config and
   load_tokenizer name a run's damaged files)."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      loaded = json.load(f)
-  except (OSError, ValueError):
-    return set()
+  loaded = files.read_json(path)
   return set(loaded) if isinstance(loaded, dict) else set()
 
 

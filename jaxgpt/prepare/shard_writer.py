@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 from jaxgpt import files
+from jaxgpt.files import read_json  # prepare's modules read it from here
 from jaxgpt.data import shards
 
 PROGRESS_SUFFIX = ".progress.json"
@@ -41,15 +42,6 @@ def write_json(path: str, value) -> None:
 def as_json(value):
   """`value` as it reads back from JSON (lists for tuples), for comparing with a file's."""
   return json.loads(json.dumps(value))
-
-
-def read_json(path: str):
-  """The file's JSON, or None where it is missing or unreadable."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def progress_records(directory: str) -> list[tuple[str, dict]]:
