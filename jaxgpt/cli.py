@@ -110,6 +110,7 @@ def _parse(argv) -> None:
   absl_log = logging.getLogger("absl")
   level = absl_log.level
   absl_log.setLevel(logging.ERROR)  # its warning of a None config; the error below says it
+  _check_values_given(argv)
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
@@ -126,6 +127,16 @@ def _parse(argv) -> None:
     path = config_flags.get_config_filename(flags.FLAGS["config"])
     raise UserError(f"config file {path}'s get_config() returned None (a missing return "
                     "statement?): return the config, as configs/default.py does")
+
+
+def _check_values_given(argv) -> None:
+  """`--verify --out=DIR` is refused: absl would take "--out=DIR" as --verify's value."""
+  for arg, following in zip(argv[1:], argv[2:]):
+    name = arg[2:] if arg.startswith("--") and "=" not in arg else ""
+    if (name in flags.FLAGS and not isinstance(flags.FLAGS[name], flags.BooleanFlag)
+        and following.startswith("--")):
+      raise UserError(f"{arg} has no value (the next argument is {following}): write "
+                      f"{arg}=VALUE")
 
 
 def define_config_flag():

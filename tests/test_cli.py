@@ -100,6 +100,15 @@ def test_bad_bench_flags_are_one_clear_line(args, words):
   assert_clean_error(run("bench", *args, check=False), *words)
 
 
+@pytest.mark.parametrize("command, args", [
+    ("prepare", ["--verify", "--out=/tmp/x"]),
+    pytest.param("sample", ["--workdir", "--prompt=x"], marks=pytest.mark.slow)])
+def test_a_flag_whose_value_is_the_next_flag_is_one_clear_line(command, args):
+  """absl took "--out=/tmp/x" as --verify's value, and the error named a folder of that name."""
+  assert_clean_error(run(command, *args, check=False), f"{args[0]} has no value", args[1],
+                     f"write {args[0]}=VALUE")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
