@@ -79,9 +79,16 @@ class Checkpointer:
     workdir = os.path.abspath(workdir)
     _quiet_background_failures()
     self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep, read_only, timeout_secs)
-    self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only, timeout_secs,
-                          best_fn=lambda m: m["val_loss"], best_mode="min")
-    best_step = self._best.best_step()
+    self._best, self._best_damage = None, None
+    try:
+      self._best = _manager(os.path.join(workdir, BEST_DIR), 1, read_only, timeout_secs,
+                            best_fn=lambda m: m["val_loss"], best_mode="min")
+    except DamagedCheckpointError as e:
+      if not read_only:  # training would keep its new best checkpoints there
+        raise
+      self._best_damage = e  # reading the other checkpoints goes on
+      print(f"warning: {e}", file=sys.stderr, flush=True)
+    best_step = self._best.best_step() if self._best else None
     self.best_val_loss = (self._best.metrics(best_step) or {}).get("val_loss") \
         if best_step is not None else None
 
@@ -92,6 +99,9 @@ class Checkpointer:
     return sorted(self._latest.all_steps())
 
   def best_step(self) -> int | None:
+    """The best checkpoint's step; a DamagedCheckpointError if best/ could not be opened."""
+    if self._best_damage:
+      raise self._best_damage
     return self._best.best_step()
 
   def save(self, step: int, state) -> None:
@@ -141,6 +151,8 @@ class Checkpointer:
     form, on shardings derived from the wanted ones, and converted. Shapes are compared first:
     a differently shaped model is an error naming the first mismatch, never a partial restore.
     """
+    if which == "best" and self._best_damage:
+      raise self._best_damage
     manager = self._best if which == "best" else self._latest
     where = f"checkpoint {step} in {manager.directory}"
     missing = _missing_part(manager.directory / str(step), "opt_state" in wanted)
@@ -172,7 +184,7 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every save is on disk; a failed save raises here."""
-    for manager in (self._latest, self._best):
+    for manager in self._managers():
       with self._failures_as_errors(manager):
         manager.wait_until_finished()
         manager.check_for_errors()
@@ -207,9 +219,12 @@ class Checkpointer:
     try:
       self.wait()
     finally:  # each item of a failed save reports its own error, the later ones here
-      for manager in (self._latest, self._best):
+      for manager in self._managers():
         with self._failures_as_errors(manager):
           manager.close()
+
+  def _managers(self):
+    return [self._latest] + ([self._best] if self._best else [])
 
 
 class DamagedCheckpointError(UserError):
@@ -309,9 +324,22 @@ def _abandoned_orbax_read(unraisable) -> bool:
 def _not_from_orbax(record: logging.LogRecord) -> bool:
   if record.levelno < logging.ERROR:
     return True
+  if record.name == "asyncio" and "exception was never retrieved" in record.getMessage():
+    return False  # only Orbax runs asyncio here; a TensorStore error's frames are not its own
   frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
   return not ("orbax" in record.pathname or "orbax" in record.getMessage()
-              or any("orbax" in frame.filename for frame in frames))
+              or any("orbax" in frame.filename for frame in frames) or _called_from_orbax())
+
+
+def _called_from_orbax() -> bool:
+  """Whether Orbax's code is logging now: absl's logging functions can name themselves as the
+  record's origin."""
+  frame = sys._getframe(2)  # pylint: disable=protected-access
+  while frame is not None:
+    if "orbax" in frame.f_code.co_filename:
+      return True
+    frame = frame.f_back
+  return False
 
 
 def _save_args(state):

@@ -160,7 +160,7 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
     if step is None and _best_reads(checkpoints, abstract):
       raise UserError(f"{workdir} has no readable checkpoint under checkpoints/, but a best one "
                       f"(step {checkpoints.best_step()}): pass --checkpoint=best")
-    if step is None and (checkpoints.all_steps() or checkpoints.best_step() is not None):
+    if step is None and (checkpoints.all_steps() or _has_best(checkpoints)):
       raise UserError(f"every checkpoint in {workdir} is damaged (see the warnings above): "
                       "restore the workdir from a copy, or train again in a new --workdir")
     if step is None:
@@ -182,11 +182,23 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
   return step, _read_or_advise(checkpoints, step, abstract, "latest")
 
 
+def _has_best(checkpoints) -> bool:
+  """Whether best/ holds a checkpoint, readable or not."""
+  try:
+    return checkpoints.best_step() is not None
+  except checkpoint.DamagedCheckpointError:
+    return True
+
+
 def _best_reads(checkpoints, abstract) -> bool:
-  if checkpoints.best_step() is None:
+  try:
+    step = checkpoints.best_step()
+  except checkpoint.DamagedCheckpointError:
+    return False  # opening best/ printed why
+  if step is None:
     return False
   try:
-    checkpoints.restore_params(checkpoints.best_step(), abstract, which="best")
+    checkpoints.restore_params(step, abstract, which="best")
   except checkpoint.DamagedCheckpointError as e:
     print(f"warning: {e}", file=sys.stderr, flush=True)
     return False
@@ -198,7 +210,7 @@ def _read_or_advise(checkpoints, step: int, abstract, which: str):
     return checkpoints.restore_params(step, abstract, which=which)
   except checkpoint.DamagedCheckpointError as e:
     others = [str(s) for s in checkpoints.all_steps() if which == "best" or s != step]
-    if which != "best" and checkpoints.best_step() is not None:
+    if which != "best" and _best_reads(checkpoints, abstract):
       others.append("best")
     if not others:
       raise UserError(f"{e}, and the run has no other checkpoint: restore the workdir from a "

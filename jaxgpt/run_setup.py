@@ -97,6 +97,7 @@ def _check_resumable(checkpoints: checkpoint.Checkpointer, workdir: str) -> None
   measure a new "best" against the old run's and could replace it."""
   best = checkpoints.best_step()
   if checkpoints.latest_step() is None and best is not None:
+    run_loader.load_run(workdir, "best")  # a UserError if best cannot be read either
     raise UserError(f"{workdir} holds a best checkpoint (step {best}) but nothing under "
                     "checkpoints/ to resume from: sample or export it with "
                     "--checkpoint=best, restore checkpoints/ to resume, or train in a new "

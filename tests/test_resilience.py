@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,7 +208,6 @@ def test_sigkill_resumes_from_the_newest_complete_checkpoint(text_file, referenc
 
 
 def _drop_checkpoint(workdir, step):
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
 
 
@@ -252,6 +252,16 @@ def _hashes(folder):
 def test_a_damaged_newest_checkpoint(text_file, tmp_path):
   workdir = tmp_path / "run"
   run("train", *_train_args(text_file, workdir), "--config.train.max_steps=20")
+  shutil.copytree(workdir / "best", tmp_path / "best")
+  _truncate_files(*(workdir / "best").glob("*/metrics"))  # read when best/ is opened
+  sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=10", "--prompt=ROMEO:")
+  assert "best cannot be read" in sample.stderr and "ROMEO:" in sample.stdout
+  for command in (["sample", f"--workdir={workdir}", "--checkpoint=best"],
+                  ["train", *_train_args(text_file, workdir), "--config.train.max_steps=30"]):
+    assert_clean_error(run(*command, check=False), "best cannot be read",
+                       f"move {workdir / 'best' / '20'} out")
+  shutil.rmtree(workdir / "best")
+  shutil.copytree(tmp_path / "best", workdir / "best")
   older = _hashes(workdir / "checkpoints" / "10")
   _truncate_files(workdir / "checkpoints" / "20")
   sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=10", "--prompt=ROMEO:")
@@ -267,7 +277,7 @@ def test_a_damaged_newest_checkpoint(text_file, tmp_path):
                      "every checkpoint", "is damaged")
   _truncate_files(workdir / "best")  # its metrics too, which opening the folder reads
   assert_clean_error(run("sample", f"--workdir={workdir}", check=False),
-                     "best cannot be read", f"move {workdir / 'best'}/")
+                     "every checkpoint", "is damaged")
 
 
 def _truncate_files(*folders):
@@ -295,7 +305,6 @@ def test_best_checkpoint_is_kept_and_sampled(text_file, tmp_path):
 
 @pytest.mark.slow
 def test_a_workdir_with_only_its_best_checkpoint_is_kept(text_file, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   run("train", *_train_args(text_file, tmp_path), "--config.train.max_steps=40")
   shutil.rmtree(tmp_path / "checkpoints")
   best = _hashes(tmp_path / "best")
@@ -305,6 +314,11 @@ def test_a_workdir_with_only_its_best_checkpoint_is_kept(text_file, tmp_path):
   assert run("sample", f"--workdir={tmp_path}", "--checkpoint=best",
              "--max_new_tokens=5").returncode == 0
   assert _hashes(tmp_path / "best") == best
+  _truncate_files(*(tmp_path / "best").glob("*/params"))
+  damaged = _hashes(tmp_path / "best")
+  assert_clean_error(run("train", *_train_args(text_file, tmp_path), check=False),
+                     "best cannot be read", "no other checkpoint", "new --workdir")
+  assert _hashes(tmp_path / "best") == damaged
 
 
 @pytest.mark.slow
