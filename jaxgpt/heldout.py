@@ -9,6 +9,7 @@ the first is predicted once, from up to block_size tokens of context.
 import functools
 import json
 import math
+import re
 
 import numpy as np
 
@@ -82,11 +83,36 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
   special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
   vocab = dict(spec["model"]["vocab"])
   vocab.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
-  byte_level = _byte_level_alphabet()
+  byte_count = _byte_counter(_decoder_types(spec.get("decoder")))
   for token, i in vocab.items():
     if i not in special and 0 <= i < len(lengths):
-      lengths[i] = len(token) if set(token) <= byte_level else len(token.encode("utf-8"))
+      lengths[i] = byte_count(token)
   return lengths
+
+
+def _byte_counter(decoders: set):
+  """How many bytes a token of a vocabulary stands for: byte-level BPE (GPT-2's, Llama 3's,
+  Qwen's) writes each byte as one character; SentencePiece's (Llama 2's, Mistral's) writes a
+  space as "▁" and a byte without a token of its own as "<0xNN>"."""
+  byte_level = _byte_level_alphabet() if "ByteLevel" in decoders or not decoders else set()
+  metaspace = bool(decoders & {"Metaspace", "Replace"})
+  byte_fallback = "ByteFallback" in decoders
+
+  def count(token: str) -> int:
+    if set(token) <= byte_level:  # added tokens are written as themselves
+      return len(token)
+    if byte_fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+      return 1
+    return len((token.replace("\u2581", " ") if metaspace else token).encode("utf-8"))
+  return count
+
+
+def _decoder_types(decoder) -> set:
+  """The types of a tokenizer.json decoder and of the decoders a Sequence holds."""
+  if not decoder:
+    return set()
+  inner = [_decoder_types(d) for d in decoder.get("decoders") or []]
+  return {decoder.get("type")}.union(*inner)
 
 
 @functools.cache

@@ -208,6 +208,35 @@ def test_special_tokens_count_no_bytes(hf_folder):
   assert list(heldout.token_byte_lengths(char)) == [1, 2, 3]
 
 
+def _sentencepiece_style_tokenizer():
+  """Llama 2's and Mistral's kind: "\u2581" for a space, "<0xNN>" for a byte without a token."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders  # pylint: disable=g-import-not-at-top
+  specials = ["<unk>", "<s>", "</s>"]
+  pieces = [*specials, *(f"<0x{b:02X}>" for b in range(256)), *"\u2581CafeéROMT", "\u2581R"]
+  model = tokenizers.models.BPE({p: i for i, p in enumerate(pieces)}, [("\u2581", "R")],
+                                unk_token="<unk>", byte_fallback=True)
+  tokenizer = tokenizers.Tokenizer(model)
+  tokenizer.add_special_tokens(specials)
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace("\u2581", prepend_scheme="first")
+  tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+  return tokenizer_lib.BPETokenizer(tokenizer.to_str())
+
+
+def test_sentencepiece_tokens_count_a_space_and_a_fallback_byte_as_one_byte():
+  """Mistral's bits per byte were 27% low: "\u2581" (3 bytes in UTF-8) counted for a space,
+  "<0xE2>" as 6 bytes, "é" as 1."""
+  tokenizer = _sentencepiece_style_tokenizer()
+  text = "Café ROMEO ☺ éT"
+  ids = tokenizer.encode(text)
+  assert tokenizer.decode(ids) == text
+  assert {"\u2581R", "<0xE2>", "é"} <= {tokenizer._tokenizer.id_to_token(i) for i in ids}  # pylint: disable=protected-access
+  lengths = heldout.token_byte_lengths(tokenizer)
+  assert lengths[ids].sum() == len((" " + text).encode("utf-8"))  # the space it begins with
+  assert lengths[tokenizer.token_id("</s>")] == 0
+
+
 @pytest.mark.slow
 def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
   workdir = str(tmp_path / "run")
