@@ -1,10 +1,13 @@
 """jaxgpt as an lm-evaluation-harness model, so that every harness task runs on a jaxgpt run or
 on pretrained weights: `python -m jaxgpt.eval --lm_eval_tasks=hellaswag,arc_easy`.
 
-Requests are tokenized as the harness's own Hugging Face backend tokenizes them (its
-TemplateLM: trailing spaces of a context move to the continuation, an empty context is the
-end-of-text token), then scored in jaxgpt's fixed shapes (jaxgpt/scoring.py) and generated
-with jaxgpt's compiled decoding, greedily.
+Requests are tokenized as the harness's own Hugging Face backend (`hf`) tokenizes them:
+trailing spaces of a context move to the continuation, a text begins with the begin-of-text
+token where the model's tokenizer adds one (Llama's, Mistral's), and an empty context or a
+rolling window's first is conditioned on the begin-of-text token, else the tokenizer's eos
+(GPT-2's <|endoftext|>, Qwen's <|im_end|> or <|endoftext|>). Then they are scored in
+jaxgpt's fixed shapes (jaxgpt/scoring.py) and generated with jaxgpt's compiled decoding,
+greedily.
 """
 
 import numpy as np
@@ -59,8 +62,25 @@ def harness_model(run, scorer):
       return end if end is not None else int(self.run.tokenizer.encode(
           generate.default_prompt(self.run.tokenizer))[0])
 
+    @property
+    def prefix_token_id(self) -> int:
+      """What an empty context and the first rolling window are conditioned on: as the
+      harness's `hf` backend has it, the begin-of-text token, else the tokenizer's eos."""
+      specials = getattr(self.run.tokenizer, "specials", None)
+      for token in (specials.bos_token, specials.eos_token) if specials else ():
+        if token and self.run.tokenizer.token_id(token) is not None:
+          return self.run.tokenizer.token_id(token)
+      return self.eot_token_id
+
     def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
-      return [int(i) for i in self.run.tokenizer.encode(string)]
+      """As `hf` encodes: with the begin-of-text token where the model's tokenizer adds one,
+      unless the string already begins with the prefix token."""
+      tokenizer = self.run.tokenizer
+      plain = add_special_tokens is False or (
+          add_special_tokens is None
+          and string.startswith(tokenizer.decode([self.prefix_token_id])))
+      ids = tokenizer.encode(string) if plain else generate.prompt_ids(tokenizer, string)
+      return [int(i) for i in ids]
 
     def _loglikelihood_tokens(self, requests, **kwargs) -> list[tuple[float, bool]]:
       scored = self.scorer.score([(np.asarray(context), np.asarray(continuation))

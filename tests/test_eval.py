@@ -380,10 +380,43 @@ def _lm_eval():
   return pytest.importorskip("lm_eval")
 
 
+@pytest.fixture(scope="module")
+def llama_bos_folder(tmp_path_factory):
+  """transformers' Llama (2 layers, 32 wide) whose tokenizer begins every text with
+  <|begin_of_text|>, as Llama 3's does, and ends documents with <|end_of_text|>."""
+  transformers = require_transformers()
+  torch = pytest.importorskip("torch")
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES] * 20, vocab_size=300, min_frequency=1,
+                          special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                          show_progress=False)
+  bpe.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])
+  tokenizer = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe._tokenizer, bos_token="<|begin_of_text|>",  # pylint: disable=protected-access
+      eos_token="<|end_of_text|>")
+  assert tokenizer.encode("ROMEO")[0] == 0
+  config = transformers.LlamaConfig(
+      vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+      bos_token_id=0, eos_token_id=1, initializer_range=0.2)
+  torch.manual_seed(0)
+  folder = str(tmp_path_factory.mktemp("llama_bos"))
+  transformers.LlamaForCausalLM(config).save_pretrained(folder)
+  tokenizer.save_pretrained(folder)
+  return folder
+
+
 @pytest.mark.slow
-def test_lm_eval_tasks_give_the_hugging_face_backends_results(hf_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("folder", ["hf_folder", "llama_bos_folder"])
+def test_lm_eval_tasks_give_the_hugging_face_backends_results(folder, request, tmp_path,
+                                                              monkeypatch):
   """Every request type on local tasks: the same metrics and the same generated text as
-  lm-eval's own `hf` backend (transformers) on the same GPT-2 folder."""
+  lm-eval's own `hf` backend (transformers) on the same folder: GPT-2, and a Llama whose
+  tokenizer adds a begin-of-text token (which jaxgpt left out, and its rolling windows began
+  with the end-of-text token instead)."""
+  hf_folder = request.getfixturevalue(folder)
   lm_eval = _lm_eval()
   from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
   from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
