@@ -33,7 +33,7 @@ def _runs(marks):
 
 
 def test_the_assistant_turns_and_their_end_of_turn_are_the_trained_tokens(tokenizer):
-  ids, trained = chat.encode(tokenizer, CONVERSATION)
+  [(ids, trained)] = chat.encode(tokenizer, CONVERSATION)
   assert tokenizer.decode(ids).startswith("<|im_start|>system\nAnswer in verse.<|im_end|>")
   answers = [tokenizer.decode(ids[start:end]) for start, end in _runs(trained)]
   assert answers == ["But soft, what light<|im_end|>\n",
@@ -46,12 +46,41 @@ def test_a_template_that_renders_turns_differently_in_context_is_one_line(chat_t
   tokenizer = BPETokenizer.from_folder(chat_tokenizer_folder)
   tokenizer.specials = dataclasses.replace(
       tokenizer.specials, chat_template="{{ messages|length }}" + tokenizer.chat_template)
-  with pytest.raises(UserError, match="renders a conversation's first turns differently"):
+  with pytest.raises(UserError, match="renders an assistant turn that does not begin with"):
     chat.encode(tokenizer, CONVERSATION)
 
 
+# Qwen3's template in short: the last assistant turn holds an empty <think></think> block,
+# earlier ones (in the conversation's history) do not.
+LAST_TURN_THINKS = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{% if message['role'] == 'assistant' and loop.last %}{{'<think>\\n\\n</think>\\n\\n'}}"
+    "{% endif %}{{message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_a_template_that_renders_the_last_turn_apart_trains_each_turn_as_it_is_answered(
+    tokenizer):
+  """Qwen3's: multi-turn conversations were refused. Each assistant turn is an example of its
+  own, the conversation before it as the model sees it when it answers that turn."""
+  thinking = _with_template(tokenizer, LAST_TURN_THINKS)
+  examples = chat.encode(thinking, CONVERSATION)
+  assert len(examples) == 2
+  texts = [thinking.decode(ids) for ids, _ in examples]
+  answers = [[thinking.decode(ids[a:b]) for a, b in _runs(trained)] for ids, trained in examples]
+  assert answers == [["<think>\n\n</think>\n\nBut soft, what light<|im_end|>\n"],
+                     ["<think>\n\n</think>\n\nthrough yonder window breaks?<|im_end|>\n"]]
+  assert texts[1].startswith(texts[0].replace("<think>\n\n</think>\n\n", ""))
+  assert len(chat.encode(tokenizer, CONVERSATION)) == 1  # ChatML renders turns alike
+
+
+def _with_template(tokenizer, template):
+  return BPETokenizer(tokenizer.hf_json(), tokenizer.vocab_size,
+                      dataclasses.replace(tokenizer.specials, chat_template=template))
+
+
 def test_rows_pack_whole_conversations_or_pad_one_to_a_row(tokenizer):
-  conversations = [chat.encode(tokenizer, CONVERSATION[1:3]) for _ in range(5)]
+  conversations = [chat.encode(tokenizer, CONVERSATION[1:3])[0] for _ in range(5)]
   length = len(conversations[0][0])
   packed = chat.layout(conversations, 2 * length + 3, pack=True)
   assert packed.num_rows == 3 and list(packed.segments[0, [0, length, 2 * length]]) == [1, 2, 0]
@@ -63,7 +92,7 @@ def test_rows_pack_whole_conversations_or_pad_one_to_a_row(tokenizer):
 
 
 def test_a_batch_takes_no_loss_outside_the_assistant_turns(tokenizer):
-  rows = chat.layout([chat.encode(tokenizer, CONVERSATION)] * 3, 64, pack=True)
+  rows = chat.layout(chat.encode(tokenizer, CONVERSATION) * 3, 64, pack=True)
   x, y, segments = rows.batch(np.arange(rows.num_rows))
   trained_targets = rows.trained[:, 1:] & (rows.segments[:, 1:] == rows.segments[:, :-1])
   assert ((y >= 0) == trained_targets).all()
@@ -85,8 +114,8 @@ def test_packed_conversations_do_not_see_each_other(tokenizer):
   changed one, and alone at the start of a row (learned positions: rotary ones would not
   show positions that fail to restart)."""
   model, params = _model_and_params(tokenizer.vocab_size, position="learned", block_size=128)
-  first, _ = chat.encode(tokenizer, CONVERSATION[1:3])
-  second, _ = chat.encode(tokenizer, CONVERSATION[3:])
+  [(first, _)] = chat.encode(tokenizer, CONVERSATION[1:3])
+  [(second, _)] = chat.encode(tokenizer, CONVERSATION[3:])
   changed = (first + 1) % tokenizer.vocab_size
   n, m = len(first), len(second)
   rows = np.zeros((3, n + m), np.int32)
@@ -116,7 +145,7 @@ def test_tokens_outside_the_assistant_turns_contribute_nothing(tokenizer):
   for last_words in ("Thank you.", "What light?"):
     ended_by_user = CONVERSATION[1:] + [{"role": "user", "content": last_words}]
     conversations = [CONVERSATION[1:3], ended_by_user]
-    rows = chat.layout([chat.encode(tokenizer, c) for c in conversations], 129, pack=True)
+    rows = chat.layout([chat.encode(tokenizer, c)[0] for c in conversations], 129, pack=True)
     assert rows.num_rows == 1 and rows.segments[0, -1] == 0  # both, then padding
     batches.append(rows.batch([0]))
   batches[1][0][0, -3:] = 7  # and the padding
@@ -135,7 +164,7 @@ def test_accumulated_micro_batches_weigh_each_trained_target_alike(tokenizer):
   """Micro-batches with different numbers of assistant tokens (one answer a row, then two)
   take the step that one batch of them all takes: the loss is over the batch's trained
   targets, not a mean of the micro-batches' means."""
-  conversations = [chat.encode(tokenizer, c)
+  conversations = [chat.encode(tokenizer, c)[0]
                    for c in [CONVERSATION[1:3]] * 4 + [CONVERSATION[1:]] * 4]
   x, y, segments = chat.layout(conversations, 65, pack=False).batch(np.arange(8))
   batch = (x % 30, np.where(y >= 0, y % 30, -1), segments)  # setup_step's 30 ids

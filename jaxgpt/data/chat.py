@@ -94,23 +94,35 @@ def _messages(line: str, where: str) -> list[dict]:
   return messages
 
 
-def encode(tokenizer, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-  """A conversation's ids as the chat template renders it, and which of them are the
-  assistant's: each assistant message's text, from where the template's generation prompt
-  ends to where the message (with the template's end-of-turn text) ends."""
+def encode(tokenizer, messages: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """A conversation's examples, each its ids and which of them are trained: the whole
+  conversation with every assistant turn trained, where the template renders the first turns
+  the same on their own as within it (ChatML, Llama's); else one example an assistant turn,
+  the conversation up to it as the model sees it when it answers, only that turn trained
+  (Qwen3's template writes an empty <think></think> into the last assistant turn alone)."""
+  turns = [_turn(tokenizer, messages, i) for i, message in enumerate(messages)
+           if message["role"] == ASSISTANT]
   text = chat_template.render(tokenizer, messages)
-  spans = []
-  for i, message in enumerate(messages):
-    if message["role"] != ASSISTANT:
-      continue
-    prompt = chat_template.render(tokenizer, messages[:i], add_generation_prompt=True)
-    through = chat_template.render(tokenizer, messages[:i + 1])
-    if not (text.startswith(through) and through.startswith(prompt)):
-      raise UserError("the tokenizer's chat template renders a conversation's first turns "
-                      "differently on their own than within the whole conversation, so its "
-                      "assistant turns cannot be found: use a template that renders each turn "
-                      "the same way")
-    spans.append((len(prompt), len(through)))
+  if all(text.startswith(through) for _, through in turns):
+    return [_marked(tokenizer, text, [(len(prompt), len(through)) for prompt, through in turns])]
+  return [_marked(tokenizer, through, [(len(prompt), len(through))]) for prompt, through in turns]
+
+
+def _turn(tokenizer, messages: list[dict], i: int) -> tuple[str, str]:
+  """The conversation before assistant message i with the generation prompt, and through
+  message i: the turn is the text between their ends."""
+  prompt = chat_template.render(tokenizer, messages[:i], add_generation_prompt=True)
+  through = chat_template.render(tokenizer, messages[:i + 1])
+  if not through.startswith(prompt):
+    raise UserError("the tokenizer's chat template renders an assistant turn that does not "
+                    "begin with the template's generation prompt, so the turn cannot be "
+                    "found: use a template that writes the conversation before a turn the "
+                    "same way with and without the turn")
+  return prompt, through
+
+
+def _marked(tokenizer, text: str, spans) -> tuple[np.ndarray, np.ndarray]:
+  """The ids of `text`, and whether each is in one of the character spans."""
   ids, offsets = tokenizer.encode_with_offsets(text)
   # A token across a span's edge holds answer text: it is trained. Offsets trimmed of
   # whitespace (some tokenizers' post-processors) can be empty: such a token spans a character.
@@ -172,4 +184,5 @@ def load_splits(data_config, tokenizer, block_size: int) -> tuple[ChatRows, Chat
   held_out = min(max(1, round(len(conversations) * data_config.val_fraction)),
                  len(conversations) - 1)
   train, val = conversations[:-held_out], conversations[-held_out:]
-  return tuple(layout(split, block_size + 1, data_config.chat_packing) for split in (train, val))
+  return tuple(layout([example for examples in split for example in examples], block_size + 1,
+                      data_config.chat_packing) for split in (train, val))
