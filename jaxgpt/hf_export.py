@@ -116,7 +116,8 @@ def write_folder(folder: str, architecture: str, tensors: dict, hf_config: dict,
   _default_permissions(weights)
   model_type, hf_class = HF_CLASSES[architecture]
   eos = tokenizer.end_of_text_id
-  hf_config = {"bos_token_id": eos, "eos_token_id": eos, **hf_config,
+  bos = getattr(tokenizer, "begin_of_text_id", None)
+  hf_config = {"bos_token_id": eos if bos is None else bos, "eos_token_id": eos, **hf_config,
                "architectures": [hf_class], "model_type": model_type,
                "vocab_size": model_config.vocab_size,
                "tie_word_embeddings": model_config.tie_embeddings, "dtype": "float32"}

@@ -66,11 +66,11 @@ def harness_model(run, scorer):
     def prefix_token_id(self) -> int:
       """What an empty context and the first rolling window are conditioned on: as the
       harness's `hf` backend has it, the begin-of-text token, else the tokenizer's eos."""
-      specials = getattr(self.run.tokenizer, "specials", None)
-      for token in (specials.bos_token, specials.eos_token) if specials else ():
-        if token and self.run.tokenizer.token_id(token) is not None:
-          return self.run.tokenizer.token_id(token)
-      return self.eot_token_id
+      tokenizer = self.run.tokenizer
+      bos = getattr(tokenizer, "begin_of_text_id", None)
+      specials = getattr(tokenizer, "specials", None)
+      eos = tokenizer.token_id(specials.eos_token) if specials and specials.eos_token else None
+      return next((i for i in (bos, eos) if i is not None), self.eot_token_id)
 
     def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
       """As `hf` encodes: with the begin-of-text token where the model's tokenizer adds one,

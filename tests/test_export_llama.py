@@ -14,7 +14,8 @@ from safetensors.numpy import load_file
 
 from jaxgpt import config as config_lib
 from jaxgpt import export, hf_export, hf_llama, layers, run_loader
-from jaxgpt.data import CharTokenizer
+from jaxgpt.data import BPETokenizer, CharTokenizer
+from jaxgpt.data.tokenizer import Specials
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
@@ -70,6 +71,24 @@ def test_llama_export_gives_jaxgpt_logits(options, tmp_path):
   assert {"model.embed_tokens.weight", "model.norm.weight", "model.layers.1.mlp.gate_proj.weight",
           "model.layers.0.input_layernorm.weight"} <= names
   assert ("model.layers.0.mlp.up_proj.bias" in names) == config.bias
+
+
+def test_a_tokenizer_with_a_begin_of_text_token_exports_its_id_as_bos(tmp_path):
+  """A run trained from scratch with Llama 3's tokenizer (data.tokenizer_path) exported its
+  <|end_of_text|> as bos_token_id, so generate() from an empty prompt began with it."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator([LINES], vocab_size=300, special_tokens=["<|begin_of_text|>",
+                                                                    "<|end_of_text|>"],
+                          show_progress=False)
+  tokenizer = BPETokenizer(bpe._tokenizer.to_str(), specials=Specials(  # pylint: disable=protected-access
+      bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", add_bos=True))
+  config = dataclasses.replace(CONFIG, vocab_size=tokenizer.vocab_size)
+  hf_llama.export(perturbed_params(config), config, tokenizer, str(tmp_path))
+  hf_config = json.loads((tmp_path / "config.json").read_text())
+  assert (hf_config["bos_token_id"], hf_config["eos_token_id"]) == (0, 1)
+  loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert (loaded.bos_token_id, loaded.eos_token_id) == (0, 1)
 
 
 @pytest.mark.parametrize("tie_embeddings", [True, False], ids=["tied", "untied"])

@@ -132,6 +132,11 @@ class BPETokenizer:
     return end
 
   @property
+  def begin_of_text_id(self) -> int | None:
+    """The token a model's tokenizer may begin a text with (Llama's <|begin_of_text|>)."""
+    return self.token_id(self.specials.bos_token) if self.specials.bos_token else None
+
+  @property
   def chat_template(self) -> str | None:
     return self.specials.chat_template
 
@@ -184,7 +189,7 @@ class BPETokenizer:
     """The ids of a prompt: `encode`, after the begin-of-text token where the model's
     tokenizer puts one."""
     ids = self.encode(text)
-    bos = self.specials.bos_token and self.token_id(self.specials.bos_token)
+    bos = self.begin_of_text_id
     if self.specials.add_bos and bos is not None and not (ids.size and ids[0] == bos):
       ids = np.concatenate([np.array([bos], np.int32), ids])
     return ids
