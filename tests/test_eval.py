@@ -231,7 +231,8 @@ def test_sentencepiece_tokens_count_a_space_and_a_fallback_byte_as_one_byte():
   text = "Café ROMEO ☺ éT"
   ids = tokenizer.encode(text)
   assert tokenizer.decode(ids) == text
-  assert {"\u2581R", "<0xE2>", "é"} <= {tokenizer._tokenizer.id_to_token(i) for i in ids}  # pylint: disable=protected-access
+  names = {i: token for token, i in tokenizer.vocabulary().items()}
+  assert {"\u2581R", "<0xE2>", "é"} <= {names[i] for i in ids}
   lengths = heldout.token_byte_lengths(tokenizer)
   assert lengths[ids].sum() == len((" " + text).encode("utf-8"))  # the space it begins with
   assert lengths[tokenizer.token_id("</s>")] == 0
@@ -394,8 +395,8 @@ def llama_bos_folder(tmp_path_factory):
   bpe.post_processor = tokenizers.processors.TemplateProcessing(
       single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])
   tokenizer = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=bpe._tokenizer, bos_token="<|begin_of_text|>",  # pylint: disable=protected-access
-      eos_token="<|end_of_text|>")
+      tokenizer_object=bpe._tokenizer,  # pylint: disable=protected-access
+      bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
   assert tokenizer.encode("ROMEO")[0] == 0
   config = transformers.LlamaConfig(
       vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

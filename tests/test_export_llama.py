@@ -81,8 +81,9 @@ def test_a_tokenizer_with_a_begin_of_text_token_exports_its_id_as_bos(tmp_path):
   bpe.train_from_iterator([LINES], vocab_size=300, special_tokens=["<|begin_of_text|>",
                                                                     "<|end_of_text|>"],
                           show_progress=False)
-  tokenizer = BPETokenizer(bpe._tokenizer.to_str(), specials=Specials(  # pylint: disable=protected-access
-      bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", add_bos=True))
+  specials = Specials(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", add_bos=True)
+  hf_json = bpe._tokenizer.to_str()  # pylint: disable=protected-access
+  tokenizer = BPETokenizer(hf_json, specials=specials)
   config = dataclasses.replace(CONFIG, vocab_size=tokenizer.vocab_size)
   hf_llama.export(perturbed_params(config), config, tokenizer, str(tmp_path))
   hf_config = json.loads((tmp_path / "config.json").read_text())
