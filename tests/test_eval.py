@@ -309,6 +309,10 @@ def test_bad_eval_input_is_one_line_exit_2(hf_folder, token_dir, tmp_path):
   bad.write_text(json.dumps({"ctx": "x", "endings": ["a"] * 4, "label": 7}) + "\n")
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--hellaswag={bad}", check=False),
                      "label 7")
+
+
+@pytest.mark.slow
+def test_a_zero_limit_or_a_dataset_without_val_is_one_line_exit_2(hf_folder, token_dir, tmp_path):
   assert_clean_error(run("eval", f"--init_from={hf_folder}", "--data=val", "--limit=0",
                          check=False), "--limit=0")
   no_val = tmp_path / "no_val"
