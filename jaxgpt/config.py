@@ -237,15 +237,15 @@ def adopt_architecture(c: ml_collections.ConfigDict, name: str, options: dict,
   c.model.update(options)
 
 
-def _in_effect(model_options, key: str):
-  """The option's value as the model takes it: 0 for head_dim and n_kv_head means the
-  n_embd / n_head and n_head it then has."""
-  value = model_options[key]
-  if key == "head_dim" and not value:
-    return model_options["n_embd"] // model_options["n_head"]
-  if key == "n_kv_head" and not value:
-    return model_options["n_head"]
-  return value
+def _in_effect(options, key: str):
+  """The option's value as the model takes it (0 for head_dim and n_kv_head stands for a
+  size the other options give)."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  if key == "head_dim":
+    return model.head_size_of(options["n_embd"], options["n_head"], options["head_dim"])
+  if key == "n_kv_head":
+    return model.kv_heads_of(options["n_head"], options["n_kv_head"])
+  return options[key]
 
 
 def gpt2_architecture() -> dict:

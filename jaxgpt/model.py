@@ -51,6 +51,16 @@ def option(default, meaning: str, kind: str = DESIGN, legacy: dict | None = None
                            metadata={"meaning": meaning, "kind": kind, "legacy": legacy or {}})
 
 
+def head_size_of(n_embd: int, n_head: int, head_dim: int) -> int:
+  """The size of each head: head_dim, or n_embd / n_head where it is 0."""
+  return head_dim or n_embd // n_head
+
+
+def kv_heads_of(n_head: int, n_kv_head: int) -> int:
+  """The key/value heads: n_kv_head, or n_head where it is 0."""
+  return n_kv_head or n_head
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
   """The model's options. The run fills in vocab_size (its tokenizer's), dtype (`precision`)
@@ -122,11 +132,11 @@ class GPTConfig:
 
   @property
   def head_size(self) -> int:
-    return self.head_dim or self.n_embd // self.n_head
+    return head_size_of(self.n_embd, self.n_head, self.head_dim)
 
   @property
   def kv_heads(self) -> int:
-    return self.n_kv_head or self.n_head
+    return kv_heads_of(self.n_head, self.n_kv_head)
 
   @property
   def group_size(self) -> int:
