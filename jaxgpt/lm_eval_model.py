@@ -10,6 +10,8 @@ jaxgpt's fixed shapes (jaxgpt/scoring.py) and generated with jaxgpt's compiled d
 greedily.
 """
 
+import functools
+
 import numpy as np
 
 from jaxgpt import generate
@@ -62,7 +64,7 @@ def harness_model(run, scorer):
       return end if end is not None else int(self.run.tokenizer.encode(
           generate.default_prompt(self.run.tokenizer))[0])
 
-    @property
+    @functools.cached_property
     def prefix_token_id(self) -> int:
       """What an empty context and the first rolling window are conditioned on: as the
       harness's `hf` backend has it, the begin-of-text token, else the tokenizer's eos."""
@@ -72,13 +74,17 @@ def harness_model(run, scorer):
       eos = tokenizer.token_id(specials.eos_token) if specials and specials.eos_token else None
       return next((i for i in (bos, eos) if i is not None), self.eot_token_id)
 
+    @functools.cached_property
+    def _prefix_text(self) -> str:
+      return self.run.tokenizer.decode([self.prefix_token_id])
+
     def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
       """As `hf` encodes: with the begin-of-text token where the model's tokenizer adds one,
       unless the string already begins with the prefix token."""
       tokenizer = self.run.tokenizer
       plain = add_special_tokens is False or (
           add_special_tokens is None
-          and string.startswith(tokenizer.decode([self.prefix_token_id])))
+          and string.startswith(self._prefix_text))
       ids = tokenizer.encode(string) if plain else generate.prompt_ids(tokenizer, string)
       return [int(i) for i in ids]
 
