@@ -168,7 +168,8 @@ def bundled_config(path: str) -> str:
 def check_config_file(argv) -> None:
   """Rewrites each --config=NAME in argv, in place, to the bundled file's path (config_flags
   loads a path); a missing, unparsable or get_config-less --config file is a clear error, not a
-  flag-parser traceback or an "unknown key"."""
+  flag-parser traceback or an "unknown key". `--config NAME` is first joined to --config=NAME."""
+  _join_config_value(argv)
   for i, arg in enumerate(argv):
     if i and arg.startswith("--config="):
       path, colon, config_arg = arg.split("=", 1)[1].partition(":")
@@ -180,6 +181,12 @@ def check_config_file(argv) -> None:
       if not _defines_get_config(_config_source(path)):
         raise UserError(f"config file {path} has no get_config() function: define one that "
                         "returns the config, as configs/default.py does")
+
+
+def _join_config_value(argv) -> None:
+  for i in range(len(argv) - 2, 0, -1):
+    if argv[i] == "--config" and not argv[i + 1].startswith("-"):
+      argv[i:i + 2] = [f"--config={argv[i + 1]}"]
 
 
 def _config_source(path: str) -> ast.Module:

@@ -7,8 +7,9 @@ import jax
 import pytest
 
 from configs import default as default_config
-from jaxgpt import config as config_lib
+from jaxgpt import cli, config as config_lib
 from jaxgpt.data import plays, sources
+from jaxgpt.errors import UserError
 
 from helpers import REPO, assert_clean_error, run, tiny_args
 
@@ -109,9 +110,20 @@ def test_a_flag_whose_value_is_the_next_flag_is_one_clear_line(command, args):
                      f"write {args[0]}=VALUE")
 
 
+def test_config_and_its_value_as_two_arguments_read_the_named_config():
+  """absl accepts `--config NAME`; config_flags then failed on the first key read, a traceback."""
+  argv = ["train", "--config", "shakespeare_char_cpu", "--config.model.n_layer=2"]
+  cli.check_config_file(argv)
+  assert argv == ["train", f"--config={cli.CONFIGS}/shakespeare_char_cpu.py",
+                  "--config.model.n_layer=2"]
+  with pytest.raises(UserError, match="'nope.py' does not exist"):
+    cli.check_config_file(["train", "--config", "nope.py"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["--config=configs/nope.py"], ["nope.py", "does not exist"]),
+    (["--config", "configs/nope.py"], ["nope.py", "does not exist"]),
     (["--config.model.n_embd=30", "--config.model.n_head=4"], ["n_embd", "n_head"]),
     (["--config.data.source=poems"], ["data.source", "kaggle_csv"]),
     (["--config.data.source=text", "--config.data.path=/no/such/file.txt"], ["/no/such/file.txt"]),
