@@ -23,7 +23,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from jaxgpt import files, hf_export, layers
+from jaxgpt import files, hf_export, hub, layers
 from jaxgpt.data.tokenizer import FILENAME as TOKENIZER_FILE, BPETokenizer
 from jaxgpt.errors import UserError, first_line
 
@@ -56,20 +56,19 @@ def resolve(init_from: str) -> str:
     raise UserError(f"init_from={init_from!r} is not a Hugging Face model folder ({folder}/"
                     f"{HF_CONFIG_FILE} is missing) nor a hub name such as gpt2 or "
                     "HuggingFaceTB/SmolLM2-135M: pass one")
-  import huggingface_hub  # pylint: disable=g-import-not-at-top
-  try:
-    return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES,
-                                             local_files_only=True)
-  except Exception:  # pylint: disable=broad-except
-    pass  # not cached yet: download it
-  try:
-    return huggingface_hub.snapshot_download(repo, allow_patterns=_HUB_FILES)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"{init_from} is not in the Hugging Face cache and could not be downloaded "
-                    f"from {repo} ({first_line(e)}): connect to the internet once (and log in "
-                    "with `hf auth login` for gated models), or point init_from at a downloaded "
-                    "copy's folder (--config.init_from=FOLDER for train, --init_from=FOLDER "
-                    "for sample and eval)") from None
+  return hub.snapshot(
+      repo, _HUB_FILES, _missing_model, init_from,
+      "connect to the internet once (and log in with `hf auth login` for gated models), or "
+      "point init_from at a downloaded copy's folder (--config.init_from=FOLDER for train, "
+      "--init_from=FOLDER for sample and eval)")
+
+
+def _missing_model(folder: str) -> str | None:
+  if not os.path.isfile(os.path.join(folder, HF_CONFIG_FILE)):
+    return HF_CONFIG_FILE
+  if not any(os.path.isfile(os.path.join(folder, f)) for f in (WEIGHTS_FILE, WEIGHTS_INDEX)):
+    return WEIGHTS_FILE
+  return None
 
 
 def read_hf_config(folder: str) -> dict:
@@ -154,7 +153,8 @@ def run_tokenizer(config, pretrained: str | None):
     return None
   if pretrained:
     return load_tokenizer(pretrained)
-  return BPETokenizer.from_folder(config.data.tokenizer_path or resolve("gpt2"))
+  return BPETokenizer.from_folder(config.data.tokenizer_path
+                                  or hub.gpt2_tokenizer("--config.data.tokenizer_path"))
 
 
 def load_params(folder: str, model_config, abstract_params) -> dict:

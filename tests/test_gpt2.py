@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import export, hf_gpt2, lora, pretrained, run_loader
+from jaxgpt import export, hf_gpt2, hub, lora, pretrained, run_loader
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
@@ -269,12 +269,43 @@ def test_gpt2_by_name_neither_cached_nor_downloadable(monkeypatch):
     pretrained.resolve("gpt2-medium")
 
 
-def _fake_hub_cache(hf_folder, home):
-  """The Hugging Face cache layout, holding the test model as openai-community/gpt2."""
+def _fake_hub_cache(hf_folder, home, names=None):
+  """The Hugging Face cache layout, holding the test model (or the files `names` of its
+  folder) as openai-community/gpt2."""
   repo = home / "hub" / "models--openai-community--gpt2"
   (repo / "refs").mkdir(parents=True)
   (repo / "refs" / "main").write_text("0" * 40)
-  shutil.copytree(hf_folder, repo / "snapshots" / ("0" * 40))
+  shutil.copytree(hf_folder, repo / "snapshots" / ("0" * 40),
+                  ignore=None if names is None else lambda _, all: set(all) - set(names))
+
+
+def test_a_cache_with_gpt2s_tokenizer_alone_is_topped_up_for_its_weights(
+    hf_folder, tmp_path, monkeypatch):
+  """prepare --tokenizer=gpt2 caches the tokenizer files alone; init_from=gpt2 took that folder
+  for the model and failed on its missing config.json, even online."""
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
+  _fake_hub_cache(hf_folder, tmp_path / "home", names=hub.TOKENIZER_FILES)
+  with pytest.raises(UserError, match="gpt2's config.json is neither in the Hugging Face cache"):
+    pretrained.resolve("gpt2")
+  config = tiny_config(data=dict(tokenizer="gpt2"))
+  assert pretrained.run_tokenizer(config, None).vocab_size > 256  # the cached tokenizer
+
+
+def test_a_gpt2_tokenizer_for_training_from_scratch_downloads_no_weights(monkeypatch, hf_folder):
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  patterns = []
+
+  def download(repo, allow_patterns, local_files_only=False):
+    patterns.extend(allow_patterns)
+    if local_files_only:
+      raise OSError("not cached")
+    return hf_folder
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+  pretrained.run_tokenizer(tiny_config(data=dict(tokenizer="gpt2")), None)
+  assert patterns and not any("safetensors" in p for p in patterns)
 
 
 @pytest.mark.slow

@@ -15,12 +15,11 @@ import signal
 
 import numpy as np
 
+from jaxgpt import hub
 from jaxgpt.data import tokenizer as tokenizer_lib
-from jaxgpt.errors import UserError, first_line
+from jaxgpt.errors import UserError
 from jaxgpt.prepare.shard_writer import read_json
 
-GPT2_REPO = "openai-community/gpt2"
-GPT2_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
 CHUNK_CHARS = 1 << 20  # characters of text per task sent to a worker
 CHUNKS_PER_WORKER = 3  # tasks in flight per worker
 
@@ -29,7 +28,10 @@ def named_tokenizer(name: str):
   """The tokenizer of --tokenizer=gpt2|FOLDER; None for `char`, which the corpus makes."""
   if name == "char":
     return None
-  folder = gpt2_folder() if name == "gpt2" else os.path.abspath(os.path.expanduser(name))
+  if name == "gpt2":
+    folder = hub.gpt2_tokenizer("--tokenizer")
+  else:
+    folder = os.path.abspath(os.path.expanduser(name))
   if not os.path.isdir(folder):
     raise UserError(f"--tokenizer={name} is neither char, gpt2 nor a folder: pass a Hugging "
                     "Face tokenizer folder (tokenizer.json, or vocab.json and merges.txt) or "
@@ -38,26 +40,6 @@ def named_tokenizer(name: str):
   if isinstance(spec, dict) and "kind" in spec:  # jaxgpt's own spec, as runs and datasets keep it
     return tokenizer_lib.load_tokenizer(folder)
   return tokenizer_lib.BPETokenizer.from_folder(folder)
-
-
-def gpt2_folder() -> str:
-  """GPT-2's tokenizer files: from the Hugging Face cache, else downloaded (they are small)."""
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserError("--tokenizer=gpt2 needs huggingface_hub (pip install huggingface_hub), or "
-                    "pass --tokenizer=FOLDER with GPT-2's tokenizer files") from None
-  error = None
-  for local_only in (True, False):
-    try:
-      return huggingface_hub.snapshot_download(GPT2_REPO, allow_patterns=GPT2_FILES,
-                                               local_files_only=local_only)
-    except Exception as e:  # pylint: disable=broad-except  # not cached; offline; the hub
-      error = e
-  raise UserError(f"GPT-2's tokenizer is not in the Hugging Face cache and could not be "
-                  f"downloaded from {GPT2_REPO} ({first_line(error)}): connect to the internet "
-                  "once, or pass --tokenizer=FOLDER with tokenizer.json or vocab.json and "
-                  "merges.txt")
 
 
 @dataclasses.dataclass(frozen=True)
