@@ -107,11 +107,17 @@ def test_build_dataset_reuses_tokenizer(tmp_path):
 
 def test_split_too_short(tmp_path):
   path = tmp_path / "input.txt"
-  path.write_text("x" * 100, encoding="utf-8")
-  with pytest.raises(UserError, match="val split.*block_size=16"):
+  path.write_text("x" * 100, encoding="utf-8")  # 90 characters to train on, 10 held out
+  with pytest.raises(UserError, match="val split.*block_size=16.*raise --config.data.val_f"):
     build_dataset(config(path, block_size=16))
+  with pytest.raises(UserError, match="train split.*lower --config.data.val_fraction"):
+    build_dataset(config(path, block_size=95))
+  assert len(build_dataset(config(path, block_size=9)).val) == 10  # exactly one window
 
 
 def test_too_few_tokens_for_get_batch():
   with pytest.raises(UserError, match="too short"):
-    get_batch(np.arange(5, dtype=np.int32), BatchSpec(0, 0, 2, block_size=8), 0)
+    get_batch(np.arange(8, dtype=np.int32), BatchSpec(0, 0, 2, block_size=8), 0)
+  x, y = get_batch(np.arange(9, dtype=np.int32), BatchSpec(0, 0, 2, block_size=8), 0)
+  np.testing.assert_array_equal(x, [np.arange(8)] * 2)
+  np.testing.assert_array_equal(y, [np.arange(1, 9)] * 2)

@@ -53,8 +53,10 @@ def build_dataset(config, tokenizer=None) -> Dataset:
     tokenizer = build_tokenizer(config.data.tokenizer, train_text + val_text)
   dataset = Dataset(tokenizer.encode(train_text), tokenizer.encode(val_text),
                     tokenizer)
-  for name, tokens in (("train", dataset.train), ("val", dataset.val)):
-    _check_length(tokens, config.model.block_size, f"the {name} split")
+  for name, tokens, fix in (
+      ("train", dataset.train, "lower --config.data.val_fraction, or give more text"),
+      ("val", dataset.val, "raise --config.data.val_fraction, or give more text")):
+    _check_length(tokens, config.model.block_size, f"the {name} split", fix)
   return dataset
 
 
@@ -71,8 +73,10 @@ def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> D
         "dataset, or train on this one in a new --workdir")
   dataset = Dataset(shards.load_split(directory, info, "train"),
                     shards.load_split(directory, info, "val"), tokenizer)
-  for name, tokens in (("train", dataset.train), ("val", dataset.val)):
-    _check_length(tokens, block_size, f"the {name} split of {directory}")
+  for name, tokens, fix in (
+      ("train", dataset.train, "prepare it again from more text"),
+      ("val", dataset.val, "prepare it again with a larger --val_fraction or more text")):
+    _check_length(tokens, block_size, f"the {name} split of {directory}", fix)
   return dataset
 
 
@@ -94,14 +98,15 @@ def _identity(tokenizer) -> str:
   return tokenizer.chars if tokenizer.kind == "char" else tokenizer.hf_json()
 
 
-def _check_length(tokens: Tokens, block_size: int, what: str) -> None:
+def _check_length(tokens: Tokens, block_size: int, what: str,
+                  fix: str = "give more text") -> None:
+  """A window of block_size + 1 tokens (the inputs and, one further on, the targets) fits."""
   if isinstance(tokens, chat.ChatRows):
     return  # any number of rows of block_size + 1
-  if len(tokens) <= block_size + 1:
+  if len(tokens) < block_size + 1:
     raise UserError(
-        f"{what} has {len(tokens)} tokens, too short for model.block_size="
-        f"{block_size}: lower --config.model.block_size or data.val_fraction,"
-        " or give more text")
+        f"{what} has {len(tokens)} tokens, too short for model.block_size={block_size} (a "
+        f"window is {block_size + 1} tokens): lower --config.model.block_size, or {fix}")
   if len(tokens) >= 2**32 and not isinstance(tokens, shards.TokenShards):
     raise UserError(
         f"{what} has {len(tokens)} tokens; at most 2**32-1 fit in memory: prepare it "
