@@ -100,17 +100,19 @@ def evaluate(run, data: list[str], hellaswag_examples: list[dict] | None = None,
         lambda: hellaswag.evaluate(scorer, run.tokenizer, hellaswag_examples))
   if lm_eval_tasks:
     from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
-    results["lm_eval"] = lm_eval_model.run_tasks(run, scorer, list(lm_eval_tasks), limit,
-                                                 lm_eval_include)
+    results["lm_eval"] = _scored(lambda: lm_eval_model.run_tasks(
+        run, scorer, list(lm_eval_tasks), limit, lm_eval_include))
   return results
 
 
 def _scored(evaluation):
-  """`evaluation()`, with a request the model cannot take as a UserError."""
+  """`evaluation()`, with a request longer than the model's context as a UserError."""
+  from jaxgpt import scoring  # pylint: disable=g-import-not-at-top
   try:
     return evaluation()
-  except ValueError as e:
-    raise UserError(f"{e}: evaluate with shorter texts, or a model with a longer context") from None
+  except scoring.DoesNotFit as e:
+    raise UserError(f"{e}: evaluate shorter texts or answers, or a model with a longer "
+                    "context") from None
 
 
 def _heldout_tokens(run, spec: str):
@@ -129,7 +131,11 @@ def _heldout_tokens(run, spec: str):
   except (OSError, UnicodeDecodeError) as e:
     raise UserError(f"--data={spec} cannot be read as UTF-8 text ({e}): pass a UTF-8 text "
                     "file") from None
-  return name, run.tokenizer.encode(text)
+  tokens = run.tokenizer.encode(text)
+  if len(tokens) < 2:
+    raise UserError(f"--data={spec} holds {len(tokens)} token(s); a held-out loss needs at "
+                    "least 2: pass a longer text")
+  return name, tokens
 
 
 def _dataset_val_split(run, path: str):

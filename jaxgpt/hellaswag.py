@@ -128,14 +128,14 @@ class DuringTraining:
 
   def __call__(self, params) -> dict:
     """hellaswag_acc and hellaswag_acc_norm (acc_char is jaxgpt.eval's) with these params."""
-    from jaxgpt.scoring import Scorer  # pylint: disable=g-import-not-at-top
+    from jaxgpt.scoring import DoesNotFit, Scorer  # pylint: disable=g-import-not-at-top
     if self.scorer is None:  # one Scorer and one tokenization serve every evaluation
       self.scorer = Scorer(self.model, params, self.mesh)
       self.requests = requests(self.examples, self.tokenizer)
     self.scorer.params = params
     try:
       scored = self.scorer.score(self.requests)
-    except ValueError as e:
+    except DoesNotFit as e:
       raise UserError(f"HellaSwag cannot be scored with this model ({e}): pass a "
                       "data.hellaswag_path of shorter examples, or a longer block_size") from None
     result = accuracies(self.examples, [s.token_losses for s in scored])

@@ -24,6 +24,10 @@ OPEN_ROWS = 16  # a group goes into one of the newest rows that has room
 FEWEST_SCORED = 8  # the fewest tokens whose logits a call computes
 
 
+class DoesNotFit(ValueError):
+  """A continuation longer than the model's context."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Scored:
   """One continuation's per-token losses (nats) and whether greedy decoding would give it."""
@@ -199,7 +203,7 @@ def _fitted(context, continuation, block_size: int):
   if not len(context):
     raise ValueError("a request needs at least one context token (e.g. end-of-text)")
   if not 0 < len(continuation) <= block_size:
-    raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the model's "
+    raise DoesNotFit(f"a continuation of {len(continuation)} tokens does not fit the model's "
                      f"block_size={block_size}")
   return context[-(block_size + 1 - len(continuation)):], continuation
 

@@ -349,6 +349,28 @@ def test_contradicting_or_missing_eval_flags_are_one_line(hf_folder, tmp_path):
                          check=False), "has an empty entry")
 
 
+@pytest.mark.slow
+def test_an_empty_text_or_an_answer_longer_than_the_context_is_one_line(hf_folder, tmp_path,
+                                                                         monkeypatch):
+  """An empty --data file was told to "evaluate with shorter texts"; an lm-eval answer longer
+  than block_size was a traceback."""
+  (tmp_path / "empty.txt").write_text("")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'empty.txt'}",
+                         check=False), "empty.txt holds 0 token(s)", "pass a longer text")
+  _lm_eval()
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  (tmp_path / "long.jsonl").write_text(json.dumps({"q": "a", "choices": ["b", "ROMEO " * 80]}))
+  (tmp_path / "long.yaml").write_text(
+      "task: jaxgpt_long\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+      f"    test: {tmp_path / 'long.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+      "doc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: 0\n"
+      "metric_list:\n  - metric: acc\n")
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--lm_eval_include={tmp_path}",
+                         "--lm_eval_tasks=jaxgpt_long", check=False),
+                     "does not fit the model's block_size=", "a longer context")
+
+
 def _write_local_tasks(folder, data_file):
   """Three lm-eval tasks over a local JSONL file: multiple choice, rolling loglikelihood and
   greedy generation."""
