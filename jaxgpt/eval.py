@@ -185,7 +185,8 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   examples = None  # read first: a bad file is reported before the model loads
   if _HELLASWAG.value:
-    examples = hellaswag.read_examples(hellaswag.resolve(_HELLASWAG.value), _LIMIT.value)
+    examples = hellaswag.read_examples(hellaswag.resolve(_HELLASWAG.value, "--hellaswag"),
+                                       _LIMIT.value)
   run = _RUN.load().with_dtype(_DTYPE.value)
   results = evaluate(run, _DATA.value, examples, tuple(_LM_EVAL_TASKS.value), _LIMIT.value,
                      _ROWS.value, _LM_EVAL_INCLUDE.value)

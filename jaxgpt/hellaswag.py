@@ -6,6 +6,7 @@ context (only the ending's tokens). `acc` picks the ending with the lowest summe
 highest log-likelihood per character of `" " + ending` (lm-evaluation-harness's acc_norm).
 """
 
+import http.client
 import json
 import os
 import urllib.request
@@ -19,8 +20,9 @@ VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellas
 NUM_ENDINGS = 4
 
 
-def resolve(path: str) -> str:
-  """`path`, or for "val" the official validation file, fetched once into ~/.cache/jaxgpt."""
+def resolve(path: str, flag: str) -> str:
+  """`path`, or for "val" the official validation file, fetched once into ~/.cache/jaxgpt;
+  `flag` is how the command names the file, for the advice if the fetch fails."""
   if path != "val":
     return path
   cached = os.path.join(runtime.USER_CACHE_DIR, os.path.basename(VAL_URL))
@@ -28,9 +30,11 @@ def resolve(path: str) -> str:
     os.makedirs(runtime.USER_CACHE_DIR, exist_ok=True)
     try:
       urllib.request.urlretrieve(VAL_URL, cached + ".partial")
-    except OSError as e:
-      raise UserError(f"--hellaswag=val could not fetch {VAL_URL} ({first_line(e)}): download "
-                      f"it on a machine that is online and pass --hellaswag=FILE, or put it at "
+    except (OSError, http.client.HTTPException) as e:  # offline; a connection cut short
+      if os.path.exists(cached + ".partial"):
+        os.remove(cached + ".partial")
+      raise UserError(f"{flag}=val could not fetch {VAL_URL} ({first_line(e)}): download it "
+                      f"on a machine that is online and pass {flag}=FILE, or put it at "
                       f"{cached}") from None
     os.replace(cached + ".partial", cached)
     print(f"HellaSwag's validation set is cached in {cached}", flush=True)
@@ -119,7 +123,9 @@ class DuringTraining:
   def __init__(self, config, model, mesh, tokenizer):
     t = config.train
     self.every, self.last_step = t.hellaswag_every, t.max_steps
-    self.examples = read_examples(resolve(config.data.hellaswag_path)) if self.every else []
+    self.examples = (read_examples(resolve(config.data.hellaswag_path,
+                                           "--config.data.hellaswag_path"))
+                     if self.every else [])
     self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
     self.scorer, self.requests = None, None
 

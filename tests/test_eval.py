@@ -1,6 +1,7 @@
 """python -m jaxgpt.eval: held-out loss and bits per byte, HellaSwag scored as build-nanogpt's
 hellaswag.py scores it, and lm-evaluation-harness tasks, against PyTorch references."""
 
+import http.client
 import json
 import math
 import os
@@ -517,12 +518,27 @@ def test_hellaswag_val_is_fetched_once_into_the_cache_or_is_one_line_offline(tmp
   monkeypatch.setattr(runtime, "USER_CACHE_DIR", str(tmp_path / "cache"))
   monkeypatch.setattr(hellaswag, "VAL_URL", (tmp_path / "missing.jsonl").as_uri())
   with pytest.raises(UserError, match="could not fetch .* pass --hellaswag=FILE"):
-    hellaswag.resolve("val")
+    hellaswag.resolve("val", "--hellaswag")
+  with pytest.raises(UserError, match="^--config.data.hellaswag_path=val could not fetch .* pass "
+                     "--config.data.hellaswag_path=FILE"):
+    hellaswag.resolve("val", "--config.data.hellaswag_path")
+
+  def cut_short(url, path):
+    with open(path, "w", encoding="utf-8") as f:
+      f.write('{"ctx": ')
+    raise http.client.IncompleteRead(b"")
+
+  monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", cut_short)
+  with pytest.raises(UserError, match="could not fetch"):
+    hellaswag.resolve("val", "--hellaswag")
+  assert os.listdir(tmp_path / "cache") == []  # no half-written file is left
+  monkeypatch.undo()
+  monkeypatch.setattr(runtime, "USER_CACHE_DIR", str(tmp_path / "cache"))
   official = _write_hellaswag(tmp_path / "hellaswag_val.jsonl")
   monkeypatch.setattr(hellaswag, "VAL_URL", "file://" + official)
-  cached = hellaswag.resolve("val")
+  cached = hellaswag.resolve("val", "--hellaswag")
   assert cached == str(tmp_path / "cache" / "hellaswag_val.jsonl")
   with open(cached, "rb") as a, open(official, "rb") as b:
     assert a.read() == b.read()
   os.remove(official)  # the second time it comes from the cache
-  assert hellaswag.resolve("val") == cached
+  assert hellaswag.resolve("val", "--hellaswag") == cached
