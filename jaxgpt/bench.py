@@ -142,8 +142,11 @@ def main(argv=None):
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as workdir:
     trainer = Trainer(config, workdir)
-    with trainer.context():
-      compile_s, step_s, eval_s, state = _time_steps(trainer, _STEPS.value)
+    try:
+      with trainer.context():
+        compile_s, step_s, eval_s, state = _time_steps(trainer, _STEPS.value)
+    finally:
+      trainer.checkpoints.close()
   tokens = config.train.batch_size * config.model.block_size
   flops = metrics.flops_per_token(trainer.model.config, count_params(state.params))
   peak, peak_note = _peak_flops(jax.device_count())

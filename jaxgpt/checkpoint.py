@@ -85,6 +85,7 @@ class Checkpointer:
                             best_fn=lambda m: m["val_loss"], best_mode="min")
     except DamagedCheckpointError as e:
       if not read_only:  # training would keep its new best checkpoints there
+        self._latest.close()
         raise
       self._best_damage = e  # reading the other checkpoints goes on
       print(f"warning: {e}", file=sys.stderr, flush=True)

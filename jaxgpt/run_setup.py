@@ -57,7 +57,11 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
                     "on this data in a new --workdir")
   checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                         timeout_secs=config.train.checkpoint_timeout_secs)
-  _check_resumable(checkpoints, workdir)
+  try:
+    _check_resumable(checkpoints, workdir)
+  except BaseException:
+    checkpoints.close()
+    raise
   return ResolvedRun(config, workdir, dataset, pretrained, checkpoints)
 
 

@@ -244,19 +244,18 @@ class Trainer:
   def run(self) -> dict:
     """Trains from the newest checkpoint (or from scratch) to train.max_steps; returns the
     last step and validation loss."""
-    writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
-    # Process 0 alone traces: processes sharing a host would write the same file (per host).
-    trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
-                              config_lib.profile_window(self.config) if self.is_main else None)
-    try:
+    with contextlib.ExitStack() as cleanup:  # closed in the reverse order
+      cleanup.callback(self.checkpoints.close)  # waits for the last save to be on disk
+      writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
+      cleanup.callback(writer.close)
+      # Process 0 alone traces: processes sharing a host would write the same file (per host).
+      trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
+                                config_lib.profile_window(self.config) if self.is_main else None)
+      cleanup.callback(trace.stop)
       with self.context(), self.stop_request.installed():
         compiled, state = self.compiled_steps_and_initial_state()
         self._save_run_files(int(state.step))
         return self._train_from(state, self._loop(state, compiled, writer, trace))
-    finally:
-      trace.stop()
-      self.checkpoints.close()  # waits for the last save to be on disk
-      writer.close()
 
   def _save_run_files(self, step: int) -> None:
     """The tokenizer and config, saved only now: a run refused at start, or with nothing to

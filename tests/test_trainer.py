@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxgpt import checkpoint, metrics, sharding, state as state_lib
+from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
 from helpers import REPO, logged_losses, text_config, tiny_args
@@ -26,6 +27,24 @@ def test_ten_steps_on_a_2x2x2_mesh_equal_one_device(text_file, tmp_path):
   single, meshed = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
   assert sorted(single) == list(range(1, 11))
   np.testing.assert_allclose([meshed[s] for s in single], list(single.values()), atol=1e-4)
+
+
+def test_a_run_that_cannot_open_its_metrics_closes_its_checkpoints(text_file, tmp_path,
+                                                                   monkeypatch):
+  """The metrics writer was opened before the try that closes the checkpoint managers."""
+  closed = []
+  close = checkpoint.Checkpointer.close
+  monkeypatch.setattr(checkpoint.Checkpointer, "close",
+                      lambda self: closed.append(self) or close(self))
+
+  def unwritable(*_, **__):
+    raise UserError("metrics.jsonl cannot be written")
+
+  monkeypatch.setattr(metrics, "MetricsWriter", unwritable)
+  trainer = Trainer(text_config(text_file), str(tmp_path / "run"), devices=jax.devices()[:1])
+  with pytest.raises(UserError, match="cannot be written"):
+    trainer.run()
+  assert closed == [trainer.checkpoints]
 
 
 @pytest.mark.slow
