@@ -86,14 +86,22 @@ def _time_steps(trainer, num_steps: int):
 
 def _vocab_size(config) -> int:
   """The vocabulary a run of `config` would have, found without its data where possible:
-  a pretrained model's (whose shape `config` takes), GPT-2's, or the data's tokenizer's."""
+  a pretrained model's (whose shape `config` takes), prepared shards' (GPT-2's where they are
+  not there yet), data.tokenizer_path's, GPT-2's, or the data's tokenizer's."""
   from jaxgpt import config as config_lib, data, pretrained  # pylint: disable=g-import-not-at-top
+  from jaxgpt.data import shards  # pylint: disable=g-import-not-at-top
   if config.init_from != "scratch":
     folder = pretrained.resolve(config.init_from)
     pretrained.configure(config, folder)
     return pretrained.load_tokenizer(folder).vocab_size
+  if config.data.source == "tokens":
+    if not os.path.isfile(os.path.join(config.data.path, shards.DATASET_FILE)):
+      return GPT2_VOCAB_SIZE
+    return shards.dataset_tokenizer(config.data.path,
+                                    shards.read_dataset(config.data.path)).vocab_size
   if config.data.tokenizer == "gpt2":
-    return GPT2_VOCAB_SIZE
+    return (pretrained.run_tokenizer(config, None).vocab_size if config.data.tokenizer_path
+            else GPT2_VOCAB_SIZE)
   config_lib.validate(config)  # the data's settings too: its text makes the vocabulary
   return data.build_dataset(config).tokenizer.vocab_size
 

@@ -41,6 +41,23 @@ def test_bench_compile_only_allocates_no_parameters():
   assert figures["compile_seconds"] > 0 and figures["temp_bytes"] > 0
 
 
+def _compiled_state_bytes(*args):
+  result = run("bench", "--compile_only", "--json", "--config=gpt2_owt",
+               "--config.model.n_layer=1", "--config.model.n_embd=256",
+               "--config.model.n_head=4", "--config.model.block_size=64",
+               "--config.train.batch_size=8", "--config.train.grad_accum_steps=1", *args)
+  return json.loads(result.stdout.strip().splitlines()[-1])["argument_bytes"]
+
+
+@pytest.mark.slow
+def test_bench_compile_only_takes_the_vocabulary_of_the_runs_tokenizer(hf_folder, token_dir):
+  """It took GPT-2's 50,257 ids for any data.tokenizer_path and for prepared shards."""
+  gpt2_embedding = 50_257 * 256 * 4 * 3  # with AdamW's two moments: 154 MB
+  assert _compiled_state_bytes("--config.data.source=text",
+                               f"--config.data.tokenizer_path={hf_folder}") < gpt2_embedding / 5
+  assert _compiled_state_bytes(f"--config.data.path={token_dir}") < gpt2_embedding / 5
+
+
 @pytest.mark.slow
 def test_a_train_step_that_cannot_fit_stops_before_the_state_is_made(text_file, tmp_path,
                                                                       monkeypatch):
