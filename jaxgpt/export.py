@@ -30,6 +30,9 @@ def _check_flags() -> None:
     if not flag.value:
       raise UserError(f"--{name} is required: python -m jaxgpt.export --workdir=DIR --out=FOLDER")
   out = os.path.abspath(_OUT.value)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out={out} is a file: pass a new or empty folder (nothing is "
+                    "overwritten)")
   if os.path.isdir(out) and os.listdir(out):
     raise UserError(f"--out={out} already has files in it: pass a new or empty folder "
                     "(nothing is overwritten)")

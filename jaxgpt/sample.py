@@ -81,7 +81,7 @@ def _check_flags() -> None:
   given = [f"--{name}" for name in ("prompt", "prompt_file", "interactive")
            if flags.FLAGS[name].present]
   if len(given) > 1:
-    raise UserError(f"{' and '.join(given)} were both given: pass only one of them")
+    raise UserError(f"{' and '.join(given)} were given together: pass only one of them")
   if _CHAT.value:
     _check_chat_flags(given)
   elif _SYSTEM.value is not None:

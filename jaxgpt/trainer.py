@@ -29,11 +29,12 @@ def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   t = config.train
   micro_batch = t.batch_size // t.grad_accum_steps
   dp = sharding.data_parallel_size(mesh)
-  if micro_batch % dp or micro_batch % jax.process_count():
+  multiple = math.lcm(dp, jax.process_count())
+  if micro_batch % multiple:
     raise UserError(
         f"train.batch_size={t.batch_size} / train.grad_accum_steps={t.grad_accum_steps} = "
         f"{micro_batch} rows per micro-batch cannot be split over {dp} data-parallel devices "
-        f"and {jax.process_count()} processes: make the micro-batch a multiple of {dp}")
+        f"and {jax.process_count()} processes: make the micro-batch a multiple of {multiple}")
 
 
 class Program:

@@ -242,6 +242,9 @@ def test_export_never_overwrites(tmp_path):
   result = run("export", f"--workdir={tmp_path}", f"--out={out}", check=False)
   assert_clean_error(result, "already has files")
   assert (out / "keep.txt").read_text() == "mine"
+  result = run("export", f"--workdir={tmp_path}", f"--out={out / 'keep.txt'}", check=False)
+  assert_clean_error(result, "keep.txt is a file")  # it was found out after the export
+  assert (out / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.slow

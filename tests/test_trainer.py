@@ -14,7 +14,7 @@ from jaxgpt import checkpoint, metrics, sharding, state as state_lib
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
 
-from helpers import REPO, logged_losses, text_config, tiny_args
+from helpers import REPO, logged_losses, text_config, tiny_args, tiny_config
 
 @pytest.mark.slow
 def test_ten_steps_on_a_2x2x2_mesh_equal_one_device(text_file, tmp_path):
@@ -27,6 +27,17 @@ def test_ten_steps_on_a_2x2x2_mesh_equal_one_device(text_file, tmp_path):
   single, meshed = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
   assert sorted(single) == list(range(1, 11))
   np.testing.assert_allclose([meshed[s] for s in single], list(single.values()), atol=1e-4)
+
+
+def test_a_micro_batch_that_does_not_split_over_the_processes_names_a_multiple_that_does(
+    monkeypatch):
+  from jaxgpt import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 4)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  config = tiny_config(train=dict(batch_size=6))
+  with pytest.raises(UserError, match="2 data-parallel devices and 4 processes: make the "
+                     "micro-batch a multiple of 4"):
+    trainer_lib._check_batch(config, mesh)  # pylint: disable=protected-access
 
 
 def test_a_run_that_cannot_open_its_metrics_closes_its_checkpoints(text_file, tmp_path,
