@@ -18,7 +18,7 @@ import os
 
 from absl import flags
 
-from jaxgpt import cli, runtime
+from jaxgpt import cli, files, runtime
 from jaxgpt.errors import UserError, run_cli
 
 _RUN = cli.define_run_flags(__name__, "evaluate", "Evaluate pretrained weights instead: gpt2, "
@@ -125,12 +125,7 @@ def _heldout_tokens(run, spec: str):
     return name, _dataset_val_split(run, path)
   if not os.path.isfile(path):
     raise UserError(f"--data={spec} is neither val, a text file nor a dataset folder: pass one")
-  try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"--data={spec} cannot be read as UTF-8 text ({e}): pass a UTF-8 text "
-                    "file") from None
+  text = files.read_utf8(path, f"--data={spec}")
   tokens = run.tokenizer.encode(text)
   if len(tokens) < 2:
     raise UserError(f"--data={spec} holds {len(tokens)} token(s); a held-out loss needs at "

@@ -25,7 +25,7 @@ import sys
 
 from absl import flags
 
-from jaxgpt import cli, runtime
+from jaxgpt import cli, files, runtime
 from jaxgpt.config import INT32_MAX, backend_precision
 from jaxgpt.errors import UserError, run_cli
 
@@ -109,15 +109,10 @@ def _check_utf8(text: str, what: str) -> None:
 
 
 def _file_prompt(path: str) -> str:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return f.read()
-  except FileNotFoundError:
+  if not os.path.exists(path):
     raise UserError(f"--prompt_file {os.path.abspath(path)} does not exist: pass the path "
-                    "of a text file") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"--prompt_file {path} cannot be read as UTF-8 text ({e}): pass a "
-                    "UTF-8 text file") from None
+                    "of a text file")
+  return files.read_utf8(path, f"--prompt_file {path}")
 
 
 def _check_prompt(prompt: str) -> None:

@@ -5,6 +5,7 @@ import csv
 import ml_collections
 import pytest
 
+from jaxgpt import files
 from jaxgpt.data import plays
 from jaxgpt.data import sources
 from jaxgpt.errors import UserError
@@ -134,6 +135,16 @@ def test_text_source_errors(tmp_path, name, content, message):
     path.write_bytes(content)
   with pytest.raises(UserError, match=message):
     sources.load_splits(data_config(source="text", path=str(path)))
+
+
+def test_a_named_text_file_that_cannot_be_read_is_one_error_naming_it(tmp_path):
+  """Only decoding errors and a missing file were caught; any other OSError (a directory, a
+  file without read permission) was a traceback where commands read a file the user named."""
+  with pytest.raises(UserError, match=r"^--data=x cannot be read \(Is a directory\): make it"):
+    files.read_utf8(str(tmp_path), "--data=x")
+  (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+  with pytest.raises(UserError, match="^f is not UTF-8 text .bad byte at offset 3.: convert"):
+    files.read_utf8(str(tmp_path / "latin1.txt"), "f")
 
 
 def write_kaggle_csv(path, rows, columns=plays.KAGGLE_COLUMNS):

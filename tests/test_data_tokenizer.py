@@ -49,6 +49,12 @@ def test_load_missing_file(tmp_path):
     load_tokenizer(str(tmp_path))
 
 
+def test_a_tokenizer_file_that_cannot_be_read_is_one_error(tmp_path):
+  (tmp_path / tokenizer_lib.FILENAME).mkdir()  # an OSError other than a missing file
+  with pytest.raises(UserError, match="tokenizer.json' cannot be read .*: restore it"):
+    load_tokenizer(str(tmp_path))
+
+
 def test_load_unknown_kind(tmp_path):
   (tmp_path / tokenizer_lib.FILENAME).write_text('{"kind": "bpe9"}')
   with pytest.raises(UserError, match="bpe9"):

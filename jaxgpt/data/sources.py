@@ -4,7 +4,7 @@ import glob
 import importlib.util
 import os
 
-from jaxgpt import config as config_lib
+from jaxgpt import config as config_lib, files
 from jaxgpt.data import plays
 from jaxgpt.data import tfhost
 from jaxgpt.errors import UserError
@@ -70,14 +70,7 @@ def _check_file(path, source: str) -> None:
 
 def _read_text(path) -> str:
   _check_file(path, "text")
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise UserError(
-        f"data.path {path!r} is not UTF-8 text (bad byte at offset {e.start}):"
-        " convert it to UTF-8, e.g. with iconv") from None
+  text = files.read_utf8(path, f"data.path {path!r}")
   if not text:
     raise UserError(f"data.path {path!r} is empty: point it at a file with text")
   return text

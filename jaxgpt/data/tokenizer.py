@@ -319,9 +319,9 @@ def load_tokenizer(directory: str):
     raise UserError(
         f"no tokenizer at {path!r}: pass the workdir of a run that has"
         " started training") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(
-        f"{path!r} is damaged ({e}): restore it, or retrain in a new workdir"
+        f"{path!r} cannot be read ({e}): restore it, or retrain in a new workdir"
     ) from None
   if not isinstance(spec, dict):
     spec = {"kind": spec}

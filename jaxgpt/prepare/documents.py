@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 
+from jaxgpt import files
 from jaxgpt.errors import UserError, first_line
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -81,14 +82,8 @@ def _read_file(path: str, text_field: str):
 
 
 def _read_text(path: str):
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start}): convert it to "
-                    "UTF-8 (e.g. with iconv) or leave it out of the input") from None
-  yield text, len(raw)
+  yield (files.read_utf8(path, path, f"{files.TO_UTF8}, or leave it out of the input"),
+         os.path.getsize(path))
 
 
 def _read_jsonl(path: str, text_field: str):
