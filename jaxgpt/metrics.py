@@ -1,4 +1,4 @@
-"""Console progress, metrics.jsonl, TensorBoard event files, profiler traces, tokens/s and MFU."""
+"""metrics.jsonl, TensorBoard event files, profiler traces, tokens/s and MFU."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import jax
 
 from jaxgpt.errors import UserError
 
-# Dense bf16 peak FLOP/s per device, by a substring of `device.device_kind` (lower case).
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# Dense bf16 peak FLOP/s per device, by a substring of `device.device_kind` (lower case).
 PEAK_FLOPS = (
     ("h200", 989e12),
     ("h100", 989e12),

@@ -1,5 +1,6 @@
-"""A saved run (config, tokenizer, model, a checkpoint's parameters) or pretrained GPT-2
-weights, loaded for sampling, export and logits from Python:
+"""A saved run (config, tokenizer, model, a checkpoint's parameters) or a pretrained Hugging
+Face model (GPT-2, Llama, Mistral, Qwen2, Qwen3), loaded for sampling, export and logits from
+Python:
 
   run = load_run("runs/default")
   logits_BxTxV = run.logits(run.tokenizer.encode("ROMEO:")[None])

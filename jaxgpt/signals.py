@@ -1,7 +1,7 @@
 """SIGTERM and SIGINT: the first asks the run to save and stop, a second one ends it at once.
 
 The first signal only sets a flag; the training loop passes it into the train step, whose
-maximum over all processes makes every process stop, and save, at the same step, whichever
+sum over all processes makes every process stop, and save, at the same step, whichever
 of them got the signal (a preempted worker, a Ctrl-C, a scheduler's kill). A second signal
 means the user will not wait for that save: a thread ends the process even while the main
 thread is blocked in a collective or a checkpoint barrier, where Python handlers cannot run.
