@@ -309,11 +309,10 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
     _require(bool(c.data.path), "data.source=tokens needs the folder `python -m jaxgpt.prepare` "
              "wrote: pass --config.data.path=DIR")
   _require(0 < c.data.val_fraction < 1,
-           f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}")
+           f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}: pass e.g. "
+           "--config.data.val_fraction=0.1")
   model_config(c, vocab_size=1)  # the options alone: the vocabulary comes with the data
-  _require(c.train.optimizer in OPTIMIZERS,
-           f"train.optimizer={c.train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}: pass "
-           "--config.train.optimizer=adamw or muon")
+  _check_choice("train.optimizer", c.train.optimizer, OPTIMIZERS)
   for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2",
               "muon_learning_rate", "muon_momentum", "muon_weight_decay"):
     _require(math.isfinite(c.train[key]),
@@ -332,8 +331,8 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
              f"train.{key} must be in [0, 1), got {c.train[key]}: pass e.g. --config.train.{key}=0.9")
   _require(c.train.batch_size % c.train.grad_accum_steps == 0,
            f"train.batch_size={c.train.batch_size} is not divisible by "
-           f"train.grad_accum_steps={c.train.grad_accum_steps}: the global batch is split into "
-           "that many micro-batches")
+           f"train.grad_accum_steps={c.train.grad_accum_steps} (the batch is split into that "
+           "many micro-batches): pass a batch_size that is a multiple of grad_accum_steps")
   profile_window(c)
   _require(c.train.hellaswag_every >= 0, f"train.hellaswag_every must not be negative, got "
            f"{c.train.hellaswag_every}: pass 0 (off) or a number of steps")
@@ -351,7 +350,8 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
              "pass e.g. --config.lora.targets=c_attn,c_proj")
   for axis in ("data", "fsdp", "tensor"):
     _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
-             f"mesh.{axis} must be a positive size or -1 (the remaining devices), got {c.mesh[axis]}")
+             f"mesh.{axis} must be a positive size or -1 (the remaining devices), got "
+             f"{c.mesh[axis]}: pass --config.mesh.{axis}=-1 or a device count")
   _check_integer_sizes(c)
 
 
@@ -361,7 +361,7 @@ INT32_MAX = 2**31 - 1
 def _check_integer_sizes(c: ml_collections.ConfigDict) -> None:
   """Steps, sizes and counts reach the device as int32; the seed is a 64-bit integer."""
   _require(-2**63 <= c.seed < 2**63, f"seed={c.seed} does not fit in 64 bits: pass "
-           "--config.seed=<an integer from 0 to 2**63-1>")
+           "--config.seed=<an integer from -2**63 to 2**63-1>")
   for key, value in flat_items(c):
     if isinstance(value, int) and not isinstance(value, bool) and key != "seed":
       _require(value <= INT32_MAX, f"{key}={value} is too large: pass --config.{key}=<at most "

@@ -225,7 +225,8 @@ def _problems(c: GPTConfig):
            "each key/value head serves the same number of query heads")
   yield from _rope_scaling_problems(c.rope_scaling)
   if not 0 <= c.dropout < 1:
-    yield f"model.dropout must be in [0, 1), got {c.dropout}"
+    yield (f"model.dropout must be in [0, 1), got {c.dropout}: pass e.g. "
+           "--config.model.dropout=0.1")
   if c.attention not in ("auto", "jaxgpt") and c.dropout != 0:
     yield (f"model.attention={c.attention} has no attention dropout but model.dropout="
            f"{c.dropout}: pass --config.model.attention=auto or --config.model.dropout=0")

@@ -47,7 +47,8 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   """Axis sizes from the config; one axis may be -1 to take the remaining devices."""
   sizes = [mesh_config[a] for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise UserError("only one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    raise UserError("only one of mesh.data, mesh.fsdp, mesh.tensor may be -1: give the "
+                    "others their sizes")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
