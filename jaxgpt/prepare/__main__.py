@@ -136,13 +136,20 @@ def _remove_partial_shard(out: str) -> None:
     shard_writer.remove_temporaries(out)
 
 
+def _token_bytes(out: str) -> int:
+  """The bytes of a token in the shards of the tokenizer saved in `out` (4 before it is)."""
+  try:
+    return shards.token_dtype(tokenizer_lib.load_tokenizer(out).vocab_size).itemsize
+  except UserError:
+    return 4
+
+
 def _write_error(out: str, error: OSError) -> UserError:
   """One line for a write that failed (a full disk, a read-only folder); the partial shard
   is removed, the finished ones are kept for the rerun."""
   _remove_partial_shard(out)
   if error.errno in (errno.ENOSPC, errno.EDQUOT):
-    itemsize = 2 if _TOKENIZER.value in ("char", "gpt2") else 4
-    shard_mb = (shards.HEADER_BYTES + _SHARD_TOKENS.value * itemsize) / 1e6
+    shard_mb = (shards.HEADER_BYTES + _SHARD_TOKENS.value * _token_bytes(out)) / 1e6
     return UserError(f"the disk holding {out} is full ({error.strerror}): free at least "
                      f"{shard_mb:,.1f} MB there (one shard of --shard_tokens="
                      f"{_SHARD_TOKENS.value:,}) and run the same command again: it goes on "
