@@ -157,10 +157,11 @@ class Trainer:
     step = self.checkpoints.latest_step()
     if step is None:
       return self._new_state()
-    if step > self.config.train.max_steps:
-      self.log(f"the run is already at step {step}, past train.max_steps="
-               f"{self.config.train.max_steps}: nothing to train (raise "
-               "--config.train.max_steps to go on)")
+    max_steps = self.config.train.max_steps
+    if step >= max_steps:
+      where = "at" if step == max_steps else "past"
+      self.log(f"the run is already at step {step}, {where} train.max_steps={max_steps}: "
+               "nothing to train (raise --config.train.max_steps to go on)")
     else:
       self.log(f"resuming from the checkpoint of step {step}")
     return self._restore(step)

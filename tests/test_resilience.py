@@ -153,6 +153,9 @@ def test_max_steps_below_the_saved_step_trains_nothing_and_keeps_the_config(text
   result = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=5")
   assert "already at step 10, past train.max_steps=5" in result.stdout
   assert (workdir / "config.json").read_text() == saved
+  again = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
+  assert "already at step 10, at train.max_steps=10: nothing to train" in again.stdout
+  assert "resuming" not in again.stdout  # it said it resumed, then trained nothing
   assert _train_steps_in_order(workdir) == list(range(1, 11))
 
 
