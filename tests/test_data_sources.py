@@ -208,6 +208,31 @@ def test_tfds_source_with_mock_data():
   assert train and val
 
 
+def test_a_tfds_validation_split_that_fails_to_load_is_one_error(monkeypatch):
+  """Only a missing split was caught; a failed download of the validation split was a
+  traceback. A dataset without one holds out the tail of train."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  load = tfds.load
+
+  def offline_validation(name, split):
+    if split == "validation":
+      raise ConnectionError("offline")
+    return load(name, split=split)
+
+  def no_validation(name, split):
+    if split == "validation":
+      raise ValueError("Unknown split 'validation'. Should be one of ['train'].")
+    return load(name, split=split)
+
+  with tfds.testing.mock_data(num_examples=3):
+    monkeypatch.setattr(tfds, "load", offline_validation)
+    with pytest.raises(UserError, match="could not load TFDS dataset .*ConnectionError: offline"):
+      sources.load_splits(data_config(source="tfds"))
+    monkeypatch.setattr(tfds, "load", no_validation)
+    train, val = sources.load_splits(data_config(source="tfds"))
+    assert len(val) == len(train + val) - int(len(train + val) * 0.9)
+
+
 def test_unknown_source_lists_choices():
   with pytest.raises(UserError, match="shakespeare_plays, text, kaggle_csv, tfds"):
     sources.load_splits(data_config(source="web"))

