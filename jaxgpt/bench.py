@@ -39,8 +39,9 @@ _JSON = flags.DEFINE_boolean("json", False, "With --compile_only: print one JSON
 GPT2_VOCAB_SIZE = 50257
 
 
-def measured_cpu_flops(size: int = 2048) -> float:
+def measured_cpu_flops() -> float:
   """FLOP/s of a float32 matmul on the first device (all of the CPU's cores)."""
+  size = 2048
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jnp.ones((size, size), jnp.float32)

@@ -46,14 +46,14 @@ INTERRUPTED = "interrupted (Ctrl-C); nothing saved was changed"
 _main_started = False  # whether run_cli has called the command's main yet
 
 
-def run_cli(main, argv=None):
-  """Runs `main(argv)`; turns a UserError into one stderr line and its exit code, and Ctrl-C
+def run_cli(main):
+  """Runs `main()`; turns a UserError into one stderr line and its exit code, and Ctrl-C
   at any moment into one `stopped:` line and exit status 130."""
   global _main_started
   handle_ctrl_c()
   _main_started = True
   try:
-    return main(argv)
+    return main()
   except UserError as e:
     sys.exit(report(e))
   except KeyboardInterrupt:

@@ -23,8 +23,8 @@ PEAK_FLOPS = (
 )
 
 
-def peak_flops_per_device(device=None) -> float | None:
-  kind = (device or jax.devices()[0]).device_kind.lower()
+def peak_flops_per_device() -> float | None:
+  kind = jax.devices()[0].device_kind.lower()
   return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
 
 

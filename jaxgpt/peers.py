@@ -21,18 +21,18 @@ _PREFIX = "jaxgpt/peers/"
 _FAILED = _PREFIX + "failed"
 _DONE = "done"
 EXIT_CODE = 2
+POLL_SECS = 1.0  # how often the watcher reads the other processes' reports
 
 
 @contextlib.contextmanager
-def watch(timeout_secs: float, interval_secs: float = 1.0):
+def watch(timeout_secs: float):
   """While the block runs, ends this process if another process fails or stops responding."""
   client = _client()
   if client is None:
     yield
     return
   import jax  # pylint: disable=g-import-not-at-top
-  watcher = _Watcher(client, jax.process_index(), jax.process_count(), timeout_secs,
-                     interval_secs)
+  watcher = _Watcher(client, jax.process_index(), jax.process_count(), timeout_secs)
   watcher.start()
   try:
     yield
@@ -68,9 +68,9 @@ def _client():
 class _Watcher:
   """Beats this process's heartbeat and watches the other processes' beats and errors."""
 
-  def __init__(self, client, process_id, process_count, timeout_secs, interval_secs):
+  def __init__(self, client, process_id, process_count, timeout_secs):
     self._client, self._id, self._count = client, process_id, process_count
-    self._timeout, self._interval = timeout_secs, interval_secs
+    self._timeout, self._interval = timeout_secs, POLL_SECS
     self._stopped = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="jaxgpt-peers")
 

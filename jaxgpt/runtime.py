@@ -126,9 +126,8 @@ def start_backend() -> None:
                     "holding it, or unset JAX_PLATFORMS") from None
 
 
-def check_backend(config) -> str:
-  """The backend JAX runs on; a requested accelerator (or cuDNN attention) that JAX cannot
-  use is an error."""
+def check_backend(config) -> None:
+  """A requested accelerator (or cuDNN attention) that JAX cannot use is an error."""
   import jax  # pylint: disable=g-import-not-at-top
   backend, requested = jax.default_backend(), config.backend
   if config.model.attention == "cudnn" and backend != "gpu":
@@ -139,7 +138,6 @@ def check_backend(config) -> str:
                     f"(devices: {jax.devices()}): install jax for {requested} "
                     f"(e.g. pip install 'jax[{'cuda13' if requested == 'gpu' else 'tpu'}]') "
                     "or pass --config.backend=auto")
-  return backend
 
 
 def banner() -> str:

@@ -22,6 +22,7 @@ SHORTEST_ROW = 64  # the shortest row length compiled; longer ones double up to 
 ROW_TOKENS = 256  # rows are packed up to this many tokens (attention's cost grows with it)
 OPEN_ROWS = 16  # a group goes into one of the newest rows that has room
 FEWEST_SCORED = 8  # the fewest tokens whose logits a call computes
+TOKENS_PER_CALL = 4096  # the rows of a call, unless given: this many tokens
 
 
 class DoesNotFit(ValueError):
@@ -49,11 +50,10 @@ class Scorer:
   The output layer runs only at the scored tokens, gathered from all rows.
   """
 
-  def __init__(self, model: GPT, params, mesh, rows: int | None = None,
-               tokens_per_call: int = 4096):
+  def __init__(self, model: GPT, params, mesh, rows: int | None = None):
     self.model, self.params, self.mesh = model, params, mesh
     self._step = sharding.data_parallel_size(mesh) * jax.process_count()
-    rows = rows or max(1, tokens_per_call // min(ROW_TOKENS, model.config.block_size))
+    rows = rows or max(1, TOKENS_PER_CALL // min(ROW_TOKENS, model.config.block_size))
     self.rows = -(-rows // self._step) * self._step
     self._losses = jax.jit(functools.partial(_token_losses, model),
                            out_shardings=sharding.replicated(mesh))

@@ -372,13 +372,12 @@ class Trainer:
                       f"after step {step}, whose checkpoint is saved: run the same command "
                       "to resume", exit_code=self.stop_request.exit_code)
 
-  def sample(self, prompt: str | None = None, max_new_tokens: int = 300, seed: int = 0) -> str:
+  def sample(self, prompt: str | None = None, max_new_tokens: int = 300) -> str:
     """A short sample from the trained parameters (printed after training)."""
     prompt = generate.default_prompt(self.tokenizer) if prompt is None else prompt
     with self.context():
       pieces = generate.generate_text(self.model, self.state.params, self.tokenizer, prompt,
-                                      max_new_tokens, generate.Sampling(temperature=0.8, top_k=200),
-                                      seed=seed)
+                                      max_new_tokens, generate.Sampling(temperature=0.8, top_k=200))
       return prompt + "".join(sample[0] for sample in pieces)
 
 

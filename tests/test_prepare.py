@@ -488,7 +488,8 @@ def test_a_full_disk_is_one_line_and_the_rerun_goes_on(small_disk, tmp_path):
   filler.write_bytes(b"\0" * (free - 300_000))  # room for one shard of 200 KB, not two
   out = small_disk / "out"
   full = prepare(*args, f"--out={out}", check=False)
-  assert_clean_error(full, str(out), "is full", "free at least 0.2 MB", "run the same command again")
+  assert_clean_error(full, str(out), "is full", "free at least 0.2 MB",
+                     "run the same command again")
   assert len(full.stderr.strip().splitlines()) == 1, full.stderr
   assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
   assert (out / "train_000000.bin").exists()

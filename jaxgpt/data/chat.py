@@ -18,6 +18,7 @@ from jaxgpt import chat_template
 from jaxgpt.errors import UserError
 
 ASSISTANT = "assistant"
+OPEN_ROWS = 64  # packing: a conversation goes into the first of the newest rows with room
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +154,13 @@ def layout(conversations: list, row_length: int, pack: bool) -> ChatRows:
   return ChatRows(tokens, trained_rows, segments)
 
 
-def _packed_rows(lengths: list[int], row_length: int, open_rows: int = 64) -> list[list[int]]:
-  """The conversations (indices) of each row: first fit among the last `open_rows` rows,
+def _packed_rows(lengths: list[int], row_length: int) -> list[list[int]]:
+  """The conversations (indices) of each row: first fit among the last OPEN_ROWS rows,
   which fills rows much better than starting a new row whenever the next one does not fit,
   at a bounded cost per conversation."""
   rows, room = [], []
   for i, length in enumerate(lengths):
-    first = len(rows) - min(len(rows), open_rows)
+    first = len(rows) - min(len(rows), OPEN_ROWS)
     fit = next((r for r in range(first, len(rows)) if room[r] >= length), None)
     if fit is not None:
       rows[fit].append(i)
