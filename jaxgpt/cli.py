@@ -73,6 +73,9 @@ class RunFlags:
     return run_loader.load_run(self.workdir.value, self.checkpoint.value)
 
 
+CHECKPOINT_HELP = "latest (the newest readable), best (lowest validation loss) or a step number."
+
+
 def define_run_flags(module_name: str, verb: str, init_from_help: str,
                      pretrained: str) -> RunFlags:
   """The flags of RunFlags, key flags of the module `module_name` (so its --help lists them;
@@ -87,8 +90,7 @@ def define_run_flags(module_name: str, verb: str, init_from_help: str,
   return RunFlags(
       define("workdir", None, f"The run to {verb} (as printed by train)."),
       define("init_from", None, init_from_help),
-      define("checkpoint", "latest", "latest (the newest readable), best (lowest validation "
-             "loss) or a step number."),
+      define("checkpoint", "latest", CHECKPOINT_HELP),
       pretrained)
 
 

@@ -21,8 +21,7 @@ from jaxgpt.errors import UserError, run_cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run to export (as printed by train).")
 _OUT = flags.DEFINE_string("out", None, "The folder to write; it must not hold a model yet.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest (the newest readable), best "
-                                  "(lowest validation loss) or a step number.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", cli.CHECKPOINT_HELP)
 
 
 def _check_flags() -> None:

@@ -40,7 +40,7 @@ from jaxgpt.prepare import corpus, documents, shard_writer
 from jaxgpt.progress import duration
 
 SOURCES = config_lib.TEXT_SOURCES + ("hf",)
-SPLITS = corpus.SPLITS
+SPLITS = shards.SPLITS
 
 _INPUT = flags.DEFINE_string("input", "", "Comma-separated globs of the corpus's files "
                              "(.txt or any other: one document; .jsonl, .jsonl.gz, .parquet).")
@@ -264,7 +264,7 @@ def _remove_damaged(out: str, damaged: list[tuple[str, str, str]]) -> None:
   """Removes dataset.json and the damaged shards (with their progress files), saying which:
   the prepare then remakes each split from its first damaged shard on."""
   for split, file, problem in damaged:
-    names = (file, file[:-len(".bin")] + shard_writer.PROGRESS_SUFFIX)
+    names = (file, shard_writer.progress_name(file))
     for name in names:
       if os.path.isdir(os.path.join(out, name)):
         raise UserError(f"{os.path.join(out, name)} is a folder where prepare writes a file: "

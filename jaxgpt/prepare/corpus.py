@@ -9,7 +9,6 @@ without (documents joined with newlines).
 """
 
 import dataclasses
-import hashlib
 import os
 import sys
 
@@ -23,7 +22,7 @@ from jaxgpt.prepare import documents as documents_lib
 from jaxgpt.prepare import encoding, shard_writer
 from jaxgpt.progress import ProgressLine
 
-SPLITS = ("train", "val")
+SPLITS = shards.SPLITS
 
 
 @dataclasses.dataclass
@@ -96,8 +95,7 @@ def fingerprint(out: str, source: dict, dtype) -> dict:
 
 def _file_sha256(path: str) -> str | None:
   try:
-    with open(path, "rb") as f:
-      return hashlib.sha256(f.read()).hexdigest()
+    return shards.file_sha256(path)
   except OSError:
     return None
 

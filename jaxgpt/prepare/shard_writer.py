@@ -50,6 +50,11 @@ def progress_records(directory: str) -> list[tuple[str, dict]]:
   return [(path, read_json(path)) for path in paths]
 
 
+def progress_name(shard_name: str) -> str:
+  """The progress file's name of a shard's (train_000001.bin: train_000001.progress.json)."""
+  return shard_name[:-len(".bin")] + PROGRESS_SUFFIX
+
+
 def is_shard_name(name: str) -> bool:
   return bool(_SHARD_NAME.match(name))
 
@@ -57,7 +62,7 @@ def is_shard_name(name: str) -> bool:
 def remove_leftovers(directory: str, keep: tuple[str, ...] = ()) -> None:
   """Removes temporary files, and shards not named in `keep` with their progress files (a
   kept shard's progress file stays: a rerun remakes a damaged shard from the one before)."""
-  kept_progress = {name[:-len(".bin")] + PROGRESS_SUFFIX for name in keep}
+  kept_progress = {progress_name(name) for name in keep}
   for name in os.listdir(directory):
     if (name.endswith(".tmp") or (name.endswith(PROGRESS_SUFFIX) and name not in kept_progress)
         or (is_shard_name(name) and name not in keep)):
