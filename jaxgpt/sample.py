@@ -27,7 +27,7 @@ from absl import flags
 
 from jaxgpt import cli, files, runtime
 from jaxgpt.config import INT32_MAX, backend_precision
-from jaxgpt.errors import UserError, run_cli
+from jaxgpt.errors import UserError, report, run_cli
 
 _RUN = cli.define_run_flags(__name__, "sample from", "Sample from a pretrained model instead: "
                             "gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub name such as "
@@ -199,7 +199,7 @@ def _reported():
   try:
     yield
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
+    report(e)
 
 
 def _interactive(run, sampling) -> None:
