@@ -96,7 +96,8 @@ def _vocab_size(config) -> int:
     pretrained.configure(config, folder)
     return pretrained.load_tokenizer(folder).vocab_size
   if config.data.source == "tokens":
-    if not os.path.isfile(os.path.join(config.data.path, shards.DATASET_FILE)):
+    if not (config.data.path
+            and os.path.isfile(os.path.join(config.data.path, shards.DATASET_FILE))):
       return GPT2_VOCAB_SIZE
     return shards.dataset_tokenizer(config.data.path,
                                     shards.read_dataset(config.data.path)).vocab_size
