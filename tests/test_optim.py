@@ -154,7 +154,7 @@ def test_learning_rate_schedules_share_their_shape():
 def test_an_unknown_optimizer_is_one_line():
   result = run("train", "--config=shakespeare_char_cpu", "--config.train.optimizer=sgd",
                check=False)
-  assert_clean_error(result, "train.optimizer='sgd'", "adamw or muon")
+  assert_clean_error(result, "train.optimizer='sgd'", "adamw, muon", "--config.train.optimizer=")
 
 
 @pytest.mark.slow
