@@ -32,7 +32,7 @@ import time
 
 from absl import flags
 
-from jaxgpt import cli, config as config_lib
+from jaxgpt import cli, config as config_lib, files
 from jaxgpt.data import shards
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import Interrupted, UserError, run_cli
@@ -235,7 +235,7 @@ def _already_prepared(out: str, source: dict) -> bool:
   path = os.path.join(out, shards.DATASET_FILE)
   if not os.path.exists(path):
     return False
-  info = shard_writer.read_json(path)
+  info = files.read_json(path)
   if info is None:
     raise UserError(f"{path} cannot be read: if prepare wrote it, delete it and run the same "
                     "command again (it goes on from the finished shards); else pass another "
@@ -249,12 +249,12 @@ def _already_prepared(out: str, source: dict) -> bool:
                     f"{', '.join(differ)} differ): pass another --out, or delete {out} to "
                     "prepare this one there")
   shards.check_schema(info, path)
-  files = tuple(e["file"] for split in SPLITS for e in info["splits"][split])
-  shard_writer.remove_leftovers(out, keep=files)  # a run stopped just after dataset.json
+  shard_files = tuple(e["file"] for split in SPLITS for e in info["splits"][split])
+  shard_writer.remove_leftovers(out, keep=shard_files)  # a run stopped just after dataset.json
   damaged = shards.damaged_shards(out, info)
   if not damaged:
-    print(f"{out} is already prepared from these arguments: its {len(files)} shards are intact "
-          "(sizes and SHA-256 checked): nothing to do", flush=True)
+    print(f"{out} is already prepared from these arguments: its {len(shard_files)} shards are "
+          "intact (sizes and SHA-256 checked): nothing to do", flush=True)
     return True
   _remove_damaged(out, damaged)
   return False
@@ -293,7 +293,7 @@ def _check_out_is_ours(out: str) -> None:
 
 def _written_by_prepare(out: str, name: str) -> bool:
   if name == tokenizer_lib.FILENAME:  # jaxgpt's own spec; a Hugging Face one has "model"
-    spec = shard_writer.read_json(os.path.join(out, name))
+    spec = files.read_json(os.path.join(out, name))
     return isinstance(spec, dict) and "kind" in spec
   return (name == shards.DATASET_FILE or name.endswith(".tmp")
           or name.endswith(shard_writer.PROGRESS_SUFFIX) or shard_writer.is_shard_name(name))

@@ -15,10 +15,9 @@ import signal
 
 import numpy as np
 
-from jaxgpt import hub
+from jaxgpt import files, hub
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
-from jaxgpt.prepare.shard_writer import read_json
 
 CHUNK_CHARS = 1 << 20  # characters of text per task sent to a worker
 CHUNKS_PER_WORKER = 3  # tasks in flight per worker
@@ -36,7 +35,7 @@ def named_tokenizer(name: str):
     raise UserError(f"--tokenizer={name} is neither char, gpt2 nor a folder: pass a Hugging "
                     "Face tokenizer folder (tokenizer.json, or vocab.json and merges.txt) or "
                     "a jaxgpt run's or dataset's folder")
-  spec = read_json(os.path.join(folder, tokenizer_lib.FILENAME))
+  spec = files.read_json(os.path.join(folder, tokenizer_lib.FILENAME))
   if isinstance(spec, dict) and "kind" in spec:  # jaxgpt's own spec, as runs and datasets keep it
     return tokenizer_lib.load_tokenizer(folder)
   return tokenizer_lib.BPETokenizer.from_folder(folder)

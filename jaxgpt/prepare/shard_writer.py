@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from jaxgpt import files
-from jaxgpt.files import read_json  # prepare's modules read it from here
+from jaxgpt.files import read_json
 from jaxgpt.data import shards
 
 PROGRESS_SUFFIX = ".progress.json"
