@@ -297,11 +297,23 @@ def _check_positive(name: str, value) -> None:
 def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   """Raises UserError for any setting that cannot work, naming the key and the fix;
   `needs_data=False` (compiling without training) lets data.path be empty."""
+  _check_choice("precision", c.precision, PRECISIONS)
+  _check_choice("backend", c.backend, BACKENDS)
+  _check_data(c, needs_data)
+  model_config(c, vocab_size=1)  # the options alone: the vocabulary comes with the data
+  _check_train(c)
+  _check_lora(c)
+  for axis in ("data", "fsdp", "tensor"):
+    _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
+             f"mesh.{axis} must be a positive size or -1 (the remaining devices), got "
+             f"{c.mesh[axis]}: pass --config.mesh.{axis}=-1 or a device count")
+  _check_integer_sizes(c)
+
+
+def _check_data(c: ml_collections.ConfigDict, needs_data: bool) -> None:
   _check_choice("data.source", c.data.source, DATA_SOURCES)
   _check_choice("data.tokenizer", c.data.tokenizer, TOKENIZERS)
   _check_choice("data.pipeline", c.data.pipeline, PIPELINES)
-  _check_choice("precision", c.precision, PRECISIONS)
-  _check_choice("backend", c.backend, BACKENDS)
   if needs_data and c.data.source in ("text", "kaggle_csv", "chat"):
     _require(bool(c.data.path),
              f"data.source={c.data.source} needs a file: pass --config.data.path=FILE")
@@ -311,34 +323,39 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   _require(0 < c.data.val_fraction < 1,
            f"data.val_fraction must be between 0 and 1, got {c.data.val_fraction}: pass e.g. "
            "--config.data.val_fraction=0.1")
-  model_config(c, vocab_size=1)  # the options alone: the vocabulary comes with the data
-  _check_choice("train.optimizer", c.train.optimizer, OPTIMIZERS)
+
+
+def _check_train(c: ml_collections.ConfigDict) -> None:
+  t = c.train
+  _check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
   for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2",
               "muon_learning_rate", "muon_momentum", "muon_weight_decay"):
-    _require(math.isfinite(c.train[key]),
-             f"train.{key} must be a finite number, got {c.train[key]}: pass a finite "
-             f"--config.train.{key}")
+    _require(math.isfinite(t[key]), f"train.{key} must be a finite number, got {t[key]}: pass "
+             f"a finite --config.train.{key}")
   for key in ("batch_size", "grad_accum_steps", "eval_every", "eval_steps", "log_every",
               "checkpoint_every", "keep_checkpoints", "learning_rate", "checkpoint_timeout_secs",
               "peer_timeout_secs", "muon_learning_rate"):
-    _check_positive(f"train.{key}", c.train[key])
+    _check_positive(f"train.{key}", t[key])
   for key in ("max_steps", "warmup_steps", "min_lr", "weight_decay", "grad_clip", "sample_tokens",
               "muon_weight_decay"):
-    _require(c.train[key] >= 0,
-             f"train.{key} must not be negative, got {c.train[key]}: pass --config.train.{key}=<0 or more>")
+    _require(t[key] >= 0, f"train.{key} must not be negative, got {t[key]}: pass "
+             f"--config.train.{key}=<0 or more>")
   for key in ("beta1", "beta2", "muon_momentum"):
-    _require(0 <= c.train[key] < 1,
-             f"train.{key} must be in [0, 1), got {c.train[key]}: pass e.g. --config.train.{key}=0.9")
-  _require(c.train.batch_size % c.train.grad_accum_steps == 0,
-           f"train.batch_size={c.train.batch_size} is not divisible by "
-           f"train.grad_accum_steps={c.train.grad_accum_steps} (the batch is split into that "
-           "many micro-batches): pass a batch_size that is a multiple of grad_accum_steps")
+    _require(0 <= t[key] < 1,
+             f"train.{key} must be in [0, 1), got {t[key]}: pass e.g. --config.train.{key}=0.9")
+  _require(t.batch_size % t.grad_accum_steps == 0,
+           f"train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps="
+           f"{t.grad_accum_steps} (the batch is split into that many micro-batches): pass a "
+           "batch_size that is a multiple of grad_accum_steps")
   profile_window(c)
-  _require(c.train.hellaswag_every >= 0, f"train.hellaswag_every must not be negative, got "
-           f"{c.train.hellaswag_every}: pass 0 (off) or a number of steps")
-  _require(not c.train.hellaswag_every or bool(c.data.hellaswag_path),
+  _require(t.hellaswag_every >= 0, f"train.hellaswag_every must not be negative, got "
+           f"{t.hellaswag_every}: pass 0 (off) or a number of steps")
+  _require(not t.hellaswag_every or bool(c.data.hellaswag_path),
            "train.hellaswag_every needs HellaSwag's examples: pass "
            "--config.data.hellaswag_path=FILE (hellaswag_val.jsonl) or val")
+
+
+def _check_lora(c: ml_collections.ConfigDict) -> None:
   _require(c.lora.rank >= 0, f"lora.rank must not be negative, got {c.lora.rank}: pass "
            "--config.lora.rank=0 (off) or a small positive rank such as 8")
   if c.lora.rank:
@@ -348,11 +365,6 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
     _require(bool(targets) and set(targets) <= set(HIDDEN_LAYERS),
              f"lora.targets={c.lora.targets!r} must name some of {', '.join(HIDDEN_LAYERS)}: "
              "pass e.g. --config.lora.targets=c_attn,c_proj")
-  for axis in ("data", "fsdp", "tensor"):
-    _require(c.mesh[axis] == -1 or c.mesh[axis] > 0,
-             f"mesh.{axis} must be a positive size or -1 (the remaining devices), got "
-             f"{c.mesh[axis]}: pass --config.mesh.{axis}=-1 or a device count")
-  _check_integer_sizes(c)
 
 
 INT32_MAX = 2**31 - 1
