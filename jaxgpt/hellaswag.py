@@ -118,7 +118,8 @@ def evaluate(scorer, tokenizer, examples: list[dict]) -> dict:
 
 class DuringTraining:
   """HellaSwag every train.hellaswag_every steps (and at the last one), on the run's own mesh
-  and parameters: its examples are read when the run starts, so a bad file stops it then."""
+  and parameters: its examples are read, tokenized and fitted to the context when the run
+  starts, so a file the run cannot score stops it then, before anything is saved."""
 
   def __init__(self, config, model, mesh, tokenizer):
     t = config.train
@@ -126,23 +127,24 @@ class DuringTraining:
     self.examples = (read_examples(resolve(config.data.hellaswag_path,
                                            "--config.data.hellaswag_path"))
                      if self.every else [])
-    self.model, self.mesh, self.tokenizer = model, mesh, tokenizer
-    self.scorer, self.requests = None, None
+    self.requests = requests(self.examples, tokenizer)
+    longest = max((len(ending) for _, ending in self.requests), default=0)
+    if longest > model.config.block_size:
+      raise UserError(f"HellaSwag cannot be scored with this model (an ending of {longest} "
+                      f"tokens does not fit its block_size={model.config.block_size}): pass a "
+                      "data.hellaswag_path of shorter examples, or a longer block_size")
+    self.model, self.mesh = model, mesh
+    self.scorer = None
 
   def due(self, step: int) -> bool:
     return bool(self.every) and (step % self.every == 0 or step == self.last_step)
 
   def __call__(self, params) -> dict:
     """hellaswag_acc and hellaswag_acc_norm (acc_char is jaxgpt.eval's) with these params."""
-    from jaxgpt.scoring import DoesNotFit, Scorer  # pylint: disable=g-import-not-at-top
-    if self.scorer is None:  # one Scorer and one tokenization serve every evaluation
+    from jaxgpt.scoring import Scorer  # pylint: disable=g-import-not-at-top
+    if self.scorer is None:  # one Scorer serves every evaluation
       self.scorer = Scorer(self.model, params, self.mesh)
-      self.requests = requests(self.examples, self.tokenizer)
     self.scorer.params = params
-    try:
-      scored = self.scorer.score(self.requests)
-    except DoesNotFit as e:
-      raise UserError(f"HellaSwag cannot be scored with this model ({e}): pass a "
-                      "data.hellaswag_path of shorter examples, or a longer block_size") from None
+    scored = self.scorer.score(self.requests)
     result = accuracies(self.examples, [s.token_losses for s in scored])
     return {"hellaswag_acc": result["acc"], "hellaswag_acc_norm": result["acc_norm"]}

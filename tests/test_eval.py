@@ -21,7 +21,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
 from helpers import (LINES, REPO, assert_clean_error, init_params, require_transformers, run,
-                     tiny_args)
+                     text_config, tiny_args)
 
 WORDS = LINES.split()
 
@@ -294,6 +294,25 @@ def test_a_bad_hellaswag_file_is_one_line(tmp_path, line, words):
     hellaswag.read_examples(str(path))
   for word in words:
     assert word in str(error.value)
+
+
+def test_a_hellaswag_file_the_run_cannot_score_stops_it_before_anything_is_saved(text_file,
+                                                                                 tmp_path):
+  """Its examples were tokenized and fitted at the first evaluation, after the first best
+  checkpoint was saved: the workdir then held best/ alone, which training refuses to resume."""
+  from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  for name, ending, words in (("euro", "a €", "'€'"),
+                              ("long", "a " * 20, "an ending of 41 tokens does not fit its "
+                                                  "block_size=16")):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(json.dumps({"ctx": "ROMEO", "endings": ["a", "b", "d", ending],
+                                "label": 0}) + "\n")
+    config = text_config(text_file, hellaswag_every=5)
+    config.data.hellaswag_path = str(path)
+    with pytest.raises(UserError, match=words):
+      Trainer(config, str(tmp_path / name), devices=jax.devices()[:1])
+    best = tmp_path / name / "best"
+    assert not best.exists() or not os.listdir(best)  # no checkpoint to strand
 
 
 def test_a_hellaswag_example_the_tokenizer_cannot_encode_is_named(tmp_path):
