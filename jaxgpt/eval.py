@@ -90,10 +90,14 @@ def evaluate(run, data: list[str], hellaswag_examples: list[dict] | None = None,
              rows: int | None = None, lm_eval_include: str | None = None) -> dict:
   """The results jaxgpt.eval prints, as one dict (see the module's docstring)."""
   from jaxgpt import hellaswag, heldout, scoring  # pylint: disable=g-import-not-at-top
+  from jaxgpt.data import chat  # pylint: disable=g-import-not-at-top
   scorer = scoring.Scorer(run.model, run.params, run.mesh, rows)
   results = {}
   for spec in data:
     name, tokens = _heldout_tokens(run, spec)
+    if limit == 1 and not isinstance(tokens, chat.ChatRows):  # a chat set's limit: answers
+      raise UserError(f"--limit=1 leaves --data={spec} one token, and a held-out loss needs 2 "
+                      "(one predicted from the other): pass --limit=2 or more")
     results[name] = _scored(lambda: heldout.evaluate(scorer, tokens, run.tokenizer, limit))
   if hellaswag_examples:
     results["hellaswag"] = _scored(

@@ -377,6 +377,9 @@ def test_an_empty_text_or_an_answer_longer_than_the_context_is_one_line(hf_folde
   (tmp_path / "empty.txt").write_text("")
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'empty.txt'}",
                          check=False), "empty.txt holds 0 token(s)", "pass a longer text")
+  (tmp_path / "x.txt").write_text(LINES)
+  assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'x.txt'}",
+                         "--limit=1", check=False), "--limit=1 leaves", "--limit=2 or more")
   _lm_eval()
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
