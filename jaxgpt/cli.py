@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 import sys
 import textwrap
 
@@ -116,7 +117,7 @@ def _parse(argv) -> None:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
-    raise UserError(f"{first_line(e)} (see --help for the accepted flags)") from None
+    raise UserError(_flag_error(e)) from None
   except (AttributeError, KeyError) as e:
     raise unknown_config_key(e, argv) from None
   finally:
@@ -124,11 +125,37 @@ def _parse(argv) -> None:
   if len(rest) > 1:
     raise UserError(f"unexpected argument {rest[1]!r}: flags are written --name=value "
                     "(see --help)")
-  if "config" in flags.FLAGS and flags.FLAGS["config"].value is None:
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    path = config_flags.get_config_filename(flags.FLAGS["config"])
-    raise UserError(f"config file {path}'s get_config() returned None (a missing return "
-                    "statement?): return the config, as configs/default.py does")
+  if "config" in flags.FLAGS:
+    _check_config_value(flags.FLAGS["config"])
+
+
+def _flag_error(error: flags.Error) -> str:
+  """The flag error's line; for a config file whose get_config() raised, what it raised."""
+  found = re.match(r"flag --config=(.*?): Error whilst parsing config file", str(error))
+  if found:
+    raised = str(error).strip().splitlines()[-1]
+    return (f"config file {found.group(1)}'s get_config() failed ({raised}): fix it (its keys "
+            "and their types are those of configs/default.py)")
+  return f"{first_line(error)} (see --help for the accepted flags)"
+
+
+def _check_config_value(flag) -> None:
+  """A config file's get_config() must return a whole jaxgpt config."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
+  path, value = config_flags.get_config_filename(flag), flag.value
+  fix = "return jaxgpt.config.base_config() with your changes, as configs/default.py does"
+  if not isinstance(value, ml_collections.ConfigDict):
+    kind = "None" if value is None else type(value).__name__
+    raise UserError(f"config file {path}'s get_config() returned {kind}, not a "
+                    f"config{' (a missing return statement?)' if value is None else ''}: {fix}")
+  given = {key for key, _ in config_lib.flat_items(value)}
+  missing = [key for key, _ in config_lib.flat_items(config_lib.base_config())
+             if key not in given]
+  if missing:
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise UserError(f"config file {path}'s config has no {', '.join(missing[:3])}{more}: {fix}")
 
 
 def _check_values_given(argv) -> None:
@@ -172,13 +199,18 @@ def check_config_file(argv) -> None:
   loads a path); a missing, unparsable or get_config-less --config file is a clear error, not a
   flag-parser traceback or an "unknown key". `--config NAME` is first joined to --config=NAME."""
   _join_config_value(argv)
+  given = [arg for arg in argv[1:] if arg.startswith("--config=")]
+  if len(given) > 1:
+    raise UserError(f"--config was given {len(given)} times ({', '.join(given)}): pass one "
+                    "config, and change its keys with --config.KEY=VALUE")
   for i, arg in enumerate(argv):
     if i and arg.startswith("--config="):
       path, colon, config_arg = arg.split("=", 1)[1].partition(":")
       path = bundled_config(path)
       argv[i] = f"--config={path}{colon}{config_arg}"
       if not os.path.isfile(path):
-        raise UserError(f"config file {path!r} does not exist: pass --config=NAME or a config "
+        problem = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"config file {path!r} {problem}: pass --config=NAME or a config "
                         f"file's path (NAME: {', '.join(named_configs())})")
       if not _defines_get_config(_config_source(path)):
         raise UserError(f"config file {path} has no get_config() function: define one that "

@@ -110,6 +110,13 @@ def test_a_flag_whose_value_is_the_next_flag_is_one_clear_line(command, args):
                      f"write {args[0]}=VALUE")
 
 
+def test_two_configs_or_a_folder_as_the_config_are_one_line(tmp_path):
+  with pytest.raises(UserError, match="--config was given 2 times"):
+    cli.check_config_file(["train", "--config", "default", "--config=shakespeare_char"])
+  with pytest.raises(UserError, match="is a folder"):
+    cli.check_config_file(["train", f"--config={tmp_path}"])
+
+
 def test_config_and_its_value_as_two_arguments_read_the_named_config():
   """absl accepts `--config NAME`; config_flags then failed on the first key read, a traceback."""
   argv = ["train", "--config", "shakespeare_char_cpu", "--config.model.n_layer=2"]
@@ -177,6 +184,15 @@ def test_train_help_lists_the_named_configs_and_every_key_with_its_default_and_m
     pytest.param("import ml_collections\nCONFIG = 1\n", ["no get_config"],
                  marks=pytest.mark.slow),
     pytest.param("def get_config():\n  pass\n", ["get_config() returned None"],
+                 marks=pytest.mark.slow),
+    pytest.param("def get_config():\n  return 5\n", ["returned int, not a config"],
+                 marks=pytest.mark.slow),
+    pytest.param("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict("
+                 "{'train': {'max_steps': 1}})\n", ["config has no backend", "base_config()"],
+                 marks=pytest.mark.slow),
+    pytest.param("from jaxgpt import config\ndef get_config():\n  c = config.base_config()\n"
+                 "  c.train.max_steps = 'ten'\n  return c\n",
+                 ["get_config() failed (TypeError: Could not override field 'max_steps'"],
                  marks=pytest.mark.slow),
 ])
 def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):

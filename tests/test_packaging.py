@@ -33,11 +33,13 @@ def test_config_names_resolve_and_files_here_win(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / "mine.py").write_text("def get_config():\n  return None\n")
   bundled = os.path.join(REPO, "configs")
-  argv = ["train", "--config=gpt2_owt", "--config=default.py:arg", "--config=configs/gpt2_owt.py",
-          "--config=mine.py"]
-  cli.check_config_file(argv)
-  assert argv == ["train", f"--config={bundled}/gpt2_owt.py", f"--config={bundled}/default.py:arg",
-                  f"--config={bundled}/gpt2_owt.py", "--config=mine.py"]
+  for given, resolved in (("gpt2_owt", f"{bundled}/gpt2_owt.py"),
+                          ("default.py:arg", f"{bundled}/default.py:arg"),
+                          ("configs/gpt2_owt.py", f"{bundled}/gpt2_owt.py"),
+                          ("mine.py", "mine.py")):
+    argv = ["train", f"--config={given}"]
+    cli.check_config_file(argv)
+    assert argv == ["train", f"--config={resolved}"]
 
 
 @pytest.mark.slow
