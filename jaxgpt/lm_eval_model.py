@@ -39,7 +39,8 @@ def run_tasks(run, scorer, tasks: list[str], limit: int | None,
                                      task_manager=manager, log_samples=False)
   except (OSError, ConnectionError) as e:
     raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} ({first_line(e)}): "
-                    "connect to the internet once so that it caches them") from None
+                    "connect to the internet once so that it caches them, or point a local "
+                    "task's data files at files that exist") from None
   return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
                  if isinstance(value, float) and "stderr" not in metric}
           for task, metrics in output["results"].items()}

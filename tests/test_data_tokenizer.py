@@ -55,6 +55,12 @@ def test_a_tokenizer_file_that_cannot_be_read_is_one_error(tmp_path):
     load_tokenizer(str(tmp_path))
 
 
+def test_a_tokenizer_folder_that_does_not_exist_is_named_as_missing(tmp_path):
+  """It was told to copy tokenizer files into a folder that is not there (a mistyped path)."""
+  with pytest.raises(UserError, match="tokenizer folder .*nope does not exist"):
+    tokenizer_lib.BPETokenizer.from_folder(str(tmp_path / "nope"))
+
+
 def test_load_unknown_kind(tmp_path):
   (tmp_path / tokenizer_lib.FILENAME).write_text('{"kind": "bpe9"}')
   with pytest.raises(UserError, match="bpe9"):
@@ -64,7 +70,7 @@ def test_load_unknown_kind(tmp_path):
 def test_build_tokenizer_choices():
   assert build_tokenizer("char", "xyz").vocab_size == 3
   with pytest.raises(UserError, match="no tokenizer files"):
-    build_tokenizer("gpt2", "xyz", folder="/nonexistent")
+    build_tokenizer("gpt2", "xyz", folder="/")
   with pytest.raises(UserError, match="char, gpt2"):
     build_tokenizer("words", "xyz")
 

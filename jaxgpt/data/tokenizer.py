@@ -158,6 +158,9 @@ class BPETokenizer:
   def from_folder(cls, folder: str, vocab_size: int = 0) -> "BPETokenizer":
     """From `tokenizer.json` (with the folder's Specials), or else GPT-2's original
     `vocab.json` and `merges.txt`."""
+    if not os.path.isdir(folder):
+      raise UserError(f"tokenizer folder {folder} does not exist: pass the folder that holds "
+                      "the tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
     path = os.path.join(folder, FILENAME)
     if os.path.isfile(path):
       with _readable_tokenizer(path):
