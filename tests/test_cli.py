@@ -11,7 +11,7 @@ from jaxgpt import cli, config as config_lib
 from jaxgpt.data import plays, sources
 from jaxgpt.errors import UserError
 
-from helpers import REPO, assert_clean_error, run, tiny_args
+from helpers import CPU_CONFIG, REPO, assert_clean_error, run, tiny_args
 
 
 def _speech_rows(play_name, text):
@@ -144,7 +144,8 @@ def test_config_and_its_value_as_two_arguments_read_the_named_config():
                  marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="has a GPU")),
 ])
 def test_bad_train_input_is_one_clear_line(args, words, tmp_path):
-  result = run("train", *tiny_args(), *args, f"--workdir={tmp_path / 'w'}", check=False)
+  config = None if args[0] == "--config" or args[0].startswith("--config=") else CPU_CONFIG
+  result = run("train", *tiny_args(config), *args, f"--workdir={tmp_path / 'w'}", check=False)
   assert_clean_error(result, *words)
 
 
