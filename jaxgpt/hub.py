@@ -6,7 +6,8 @@ from typing import Callable
 
 from jaxgpt.errors import UserError, first_line
 
-GPT2_REPO = "openai-community/gpt2"
+GPT2_REPOS = {name: f"openai-community/{name}"  # GPT-2's short names
+              for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
 
 
@@ -39,9 +40,9 @@ def snapshot(repo: str, patterns: list[str], missing: Callable[[str], str | None
 def gpt2_tokenizer(flag: str) -> str:
   """The folder of GPT-2's tokenizer files (not its weights); `flag` is how the command
   names another tokenizer folder, for the advice if neither the cache nor the hub has it."""
-  return snapshot(GPT2_REPO, TOKENIZER_FILES, _missing_tokenizer, "GPT-2's tokenizer",
-                  f"connect to the internet once, or pass {flag}=FOLDER with tokenizer.json "
-                  "or vocab.json and merges.txt")
+  return snapshot(GPT2_REPOS["gpt2"], TOKENIZER_FILES, _missing_tokenizer,
+                  "GPT-2's tokenizer", f"connect to the internet once, or pass {flag}=FOLDER "
+                  "with tokenizer.json or vocab.json and merges.txt")
 
 
 def _missing_tokenizer(folder: str) -> str | None:

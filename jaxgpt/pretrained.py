@@ -29,8 +29,6 @@ from jaxgpt.errors import UserError, first_line
 
 HF_CONFIG_FILE, WEIGHTS_FILE = hf_export.HF_CONFIG_FILE, hf_export.WEIGHTS_FILE
 WEIGHTS_INDEX = "model.safetensors.index.json"
-GPT2_REPOS = {name: f"openai-community/{name}"
-              for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 _HUB_FILES = [HF_CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX, "model-*.safetensors",
               TOKENIZER_FILE, "vocab.json", "merges.txt", "tokenizer_config.json",
               "generation_config.json", "special_tokens_map.json", "chat_template.jinja"]
@@ -51,13 +49,13 @@ def resolve(init_from: str) -> str:
   folder = os.path.abspath(os.path.expanduser(init_from))
   if os.path.isfile(os.path.join(folder, HF_CONFIG_FILE)):
     return folder
-  repo = GPT2_REPOS.get(init_from, init_from)
-  if init_from not in GPT2_REPOS and (init_from.count("/") != 1 or os.path.exists(folder)):
+  gpt2_repo = hub.GPT2_REPOS.get(init_from)
+  if not gpt2_repo and (init_from.count("/") != 1 or os.path.exists(folder)):
     raise UserError(f"init_from={init_from!r} is not a Hugging Face model folder ({folder}/"
                     f"{HF_CONFIG_FILE} is missing) nor a hub name such as gpt2 or "
                     "HuggingFaceTB/SmolLM2-135M: pass one")
   return hub.snapshot(
-      repo, _HUB_FILES, _missing_model, init_from,
+      gpt2_repo or init_from, _HUB_FILES, _missing_model, init_from,
       "connect to the internet once (and log in with `hf auth login` for gated models), or "
       "point init_from at a downloaded copy's folder (--config.init_from=FOLDER for train, "
       "--init_from=FOLDER for sample and eval)")
