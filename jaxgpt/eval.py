@@ -90,15 +90,15 @@ def evaluate(run, data: list[str], hellaswag_examples: list[dict] | None = None,
              rows: int | None = None, lm_eval_include: str | None = None) -> dict:
   """The results jaxgpt.eval prints, as one dict (see the module's docstring)."""
   from jaxgpt import hellaswag, heldout, scoring  # pylint: disable=g-import-not-at-top
-  from jaxgpt.data import chat  # pylint: disable=g-import-not-at-top
   scorer = scoring.Scorer(run.model, run.params, run.mesh, rows)
   results = {}
   for spec in data:
     name, tokens = _heldout_tokens(run, spec)
-    if limit == 1 and not isinstance(tokens, chat.ChatRows):  # a chat set's limit: answers
-      raise UserError(f"--limit=1 leaves --data={spec} one token, and a held-out loss needs 2 "
-                      "(one predicted from the other): pass --limit=2 or more")
-    results[name] = _scored(lambda: heldout.evaluate(scorer, tokens, run.tokenizer, limit))
+    try:
+      results[name] = _scored(lambda: heldout.evaluate(scorer, tokens, run.tokenizer, limit))
+    except heldout.TooShort as e:
+      fix = "pass --limit=2 or more" if e.by_limit else "pass a longer text or another set"
+      raise UserError(f"--data={spec}: {e}: {fix}") from None
   if hellaswag_examples:
     results["hellaswag"] = _scored(
         lambda: hellaswag.evaluate(scorer, run.tokenizer, hellaswag_examples))
@@ -129,12 +129,7 @@ def _heldout_tokens(run, spec: str):
     return name, _dataset_val_split(run, path)
   if not os.path.isfile(path):
     raise UserError(f"--data={spec} is neither val, a text file nor a dataset folder: pass one")
-  text = files.read_utf8(path, f"--data={spec}")
-  tokens = run.tokenizer.encode(text)
-  if len(tokens) < 2:
-    raise UserError(f"--data={spec} holds {len(tokens)} token(s); a held-out loss needs at "
-                    "least 2: pass a longer text")
-  return name, tokens
+  return name, run.tokenizer.encode(files.read_utf8(path, f"--data={spec}"))
 
 
 def _dataset_val_split(run, path: str):

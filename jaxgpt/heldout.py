@@ -19,6 +19,15 @@ from jaxgpt.scoring import Scorer
 WINDOWS_PER_CALL = 1024  # windows read and scored at a time: memory stays flat on any set
 
 
+class TooShort(ValueError):
+  """A held-out set with less than one token predicted from another (or no answer to score);
+  `by_limit`: the set is long enough, but not the part that `limit` lets be read."""
+
+  def __init__(self, message: str, by_limit: bool = False):
+    super().__init__(message)
+    self.by_limit = by_limit
+
+
 def evaluate(scorer: Scorer, tokens, tokenizer, limit: int | None = None) -> dict:
   """loss (nats per token), stderr, ppl, bpb and tokens over `tokens` (an int array or
   TokenShards; or chat rows, whose assistant tokens are scored); `limit` caps the number of
@@ -27,7 +36,8 @@ def evaluate(scorer: Scorer, tokens, tokenizer, limit: int | None = None) -> dic
     return _evaluate_answers(scorer, tokens, tokenizer, limit)
   total = len(tokens) if limit is None else min(limit, len(tokens))
   if total < 2:
-    raise ValueError(f"a held-out set needs at least 2 tokens, got {total}")
+    raise TooShort(f"{total} token(s) to read, and a held-out loss needs at least 2 (one "
+                   "predicted from the other)", by_limit=total < len(tokens))
   byte_lengths = token_byte_lengths(tokenizer)
   losses = []
   num_bytes = 0
@@ -51,7 +61,7 @@ def _evaluate_answers(scorer: Scorer, rows: chat.ChatRows, tokenizer, limit: int
     requests.append((context, answer))
     total += len(answer)
   if not requests:
-    raise ValueError("the held-out conversations have no assistant turn to score")
+    raise TooShort("the conversations have no assistant turn to score")
   losses = [scored.token_losses for scored in scorer.score(requests)]
   byte_lengths = token_byte_lengths(tokenizer)
   num_bytes = sum(int(byte_lengths[answer].sum()) for _, answer in requests)

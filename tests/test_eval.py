@@ -147,6 +147,13 @@ def test_full_rows_score_more_targets_than_they_hold_tokens():
   result = heldout.evaluate(scoring.Scorer(model, params, mesh),
                             tokens, tokenizer_lib.CharTokenizer("ab"))
   assert result["tokens"] == len(tokens) - 1 and np.isfinite(result["loss"])
+  scorer, tokenizer = scoring.Scorer(model, params, mesh), tokenizer_lib.CharTokenizer("ab")
+  with pytest.raises(heldout.TooShort) as short:  # eval tells the user which fix applies
+    heldout.evaluate(scorer, tokens[:1], tokenizer)
+  assert not short.value.by_limit
+  with pytest.raises(heldout.TooShort) as limited:
+    heldout.evaluate(scorer, tokens, tokenizer, limit=1)
+  assert limited.value.by_limit
 
 
 def test_packed_rows_hold_each_continuation_once_after_its_context_and_little_padding():
@@ -376,10 +383,10 @@ def test_an_empty_text_or_an_answer_longer_than_the_context_is_one_line(hf_folde
   than block_size was a traceback."""
   (tmp_path / "empty.txt").write_text("")
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'empty.txt'}",
-                         check=False), "empty.txt holds 0 token(s)", "pass a longer text")
+                         check=False), "empty.txt: 0 token(s)", "pass a longer text")
   (tmp_path / "x.txt").write_text(LINES)
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={tmp_path / 'x.txt'}",
-                         "--limit=1", check=False), "--limit=1 leaves", "--limit=2 or more")
+                         "--limit=1", check=False), "x.txt: 1 token(s)", "--limit=2 or more")
   _lm_eval()
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
