@@ -38,9 +38,10 @@ SWIGLU_MULTIPLE = 64  # the SwiGLU MLP's width is 8/3 D rounded up to a multiple
 SCANNED = "h"  # the blocks with model.scan_layers (stacked by layer); else h_0 .. h_{L-1}
 HIDDEN_LAYERS = ("c_attn", "c_proj", "c_fc")  # the Dense layers inside the blocks
 
-# What an option is to a run (its field's "kind"). A resumed run keeps its SHAPE and DESIGN.
+# What an option is to a run (its field's "kind"). A resumed run keeps all but TRAINING's.
 SHAPE = "shape"  # sizes and constants, which a pretrained model's config.json sets
 DESIGN = "design"  # the architecture: GPT-2's by default, which GPT-2's weights need
+INIT = "init"  # how the weights start: acts once, and the run's config.json records it
 TRAINING = "training"  # how the model trains and runs; a run may change it when it resumes
 
 
@@ -109,7 +110,7 @@ class GPTConfig:
   qkv_bias: bool = option(False, "Biases on the q, k and v projections only (Qwen2's).")
   dropout: float = option(0.2, "Dropout rate, in [0, 1).", TRAINING)
   zero_init_proj: bool = option(
-      False, "The projections into the residual stream start at zero.", TRAINING)
+      False, "The projections into the residual stream start at zero.", INIT)
   attention: Literal["auto", "jaxgpt", "cudnn", "xla", "splash"] = option(
       "auto", "auto is cuDNN flash attention on NVIDIA GPUs and the Pallas splash kernel on "
       "TPUs where they apply, jaxgpt's own elsewhere (over 256 positions without attention "

@@ -21,6 +21,21 @@ def test_base_config_is_valid():
   config_lib.validate(config_lib.base_config())
 
 
+def test_a_resume_keeps_how_the_weights_started():
+  """zero_init_proj acts only at initialisation: a resume under a config file without it
+  takes the run's value (config.json said False of weights started at zero), and giving
+  another value on the command line contradicts the run."""
+  saved = _config(model__zero_init_proj=True)
+  resumed = _config(model__zero_init_proj=False)
+  changed = config_lib.adopt_identity(resumed, saved, set(), "runs/x")
+  assert changed == ["model.zero_init_proj=True"] and resumed.model.zero_init_proj
+  with pytest.raises(UserError, match="model.zero_init_proj=False contradicts"):
+    config_lib.adopt_identity(_config(model__zero_init_proj=False), saved,
+                              {"model.zero_init_proj"}, "runs/x")
+  dropout = _config(model__dropout=0.0)  # how it trains may change
+  assert not config_lib.adopt_identity(dropout, _config(model__dropout=0.2), set(), "runs/x")
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"model__n_embd": 100, "model__n_head": 6}, ["n_embd", "n_head"]),
     ({"model__n_layer": 0}, ["model.n_layer"]),
