@@ -11,6 +11,8 @@ greedily.
 """
 
 import functools
+import glob
+import os
 
 import numpy as np
 
@@ -31,6 +33,10 @@ def run_tasks(run, scorer, tasks: list[str], limit: int | None,
                     f"{INSTALL}") from None
   manager = TaskManager(include_path=include_path)
   unknown = [task for task in tasks if not manager.match_tasks([task])]
+  unreadable = unknown and include_path and _unreadable_yaml(include_path)
+  if unreadable:  # lm-eval skips a task file it cannot parse without a word
+    raise UserError(f"lm-eval has no task {', '.join(unknown)}, and {unreadable}: correct "
+                    "that file's YAML")
   if unknown:
     raise UserError(f"lm-eval has no task {', '.join(unknown)}: pass names that "
                     "`lm_eval ls tasks` lists, or --lm_eval_include=DIR for your own task YAML")
@@ -44,6 +50,25 @@ def run_tasks(run, scorer, tasks: list[str], limit: int | None,
   return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
                  if isinstance(value, float) and "stderr" not in metric}
           for task, metrics in output["results"].items()}
+
+
+def _unreadable_yaml(folder: str) -> str | None:
+  """The first task file under `folder` that is not YAML, and why; None if all parse."""
+  import yaml  # pylint: disable=g-import-not-at-top
+
+  class Loader(yaml.SafeLoader):  # lm-eval's tags (!function) need not be resolved here
+    pass
+  Loader.add_multi_constructor("!", lambda loader, tag, node: None)
+  for path in sorted(glob.glob(os.path.join(folder, "**", "*.yaml"), recursive=True)):
+    try:
+      with open(path, encoding="utf-8") as f:
+        yaml.load(f, Loader=Loader)  # pylint: disable=no-value-for-parameter
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+      mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)
+      why = ": ".join(filter(None, [getattr(e, "context", None), getattr(e, "problem", None)]))
+      return (f"{path}{f' line {mark.line + 1}' if mark else ''} cannot be read "
+              f"({why or first_line(e)})")
+  return None
 
 
 def harness_model(run, scorer):

@@ -399,6 +399,12 @@ def test_an_empty_text_or_an_answer_longer_than_the_context_is_one_line(hf_folde
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--lm_eval_include={tmp_path}",
                          "--lm_eval_tasks=jaxgpt_long", check=False),
                      "does not fit the model's block_size=", "a longer context")
+  # lm-eval skips a task file it cannot parse, and its task seemed unknown.
+  (tmp_path / "broken.yaml").write_text("task: jaxgpt_broken\ndoc_to_text: '{{q}}\n")
+  from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match=r"no task jaxgpt_broken, and .*broken.yaml line 2 cannot "
+                     r"be read \(while scanning a quoted scalar.*correct that file's YAML"):
+    lm_eval_model.run_tasks(None, None, ["jaxgpt_broken"], None, str(tmp_path))
 
 
 def _write_local_tasks(folder, data_file):
