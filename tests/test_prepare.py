@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from jaxgpt import config as config_lib
+from jaxgpt import config as config_lib, data
 from jaxgpt.data import shards, sources
 from jaxgpt.data.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+from jaxgpt.errors import UserError
 from jaxgpt.prepare import documents, shard_writer
 
 from helpers import REPO, assert_clean_error
@@ -219,6 +220,12 @@ def test_val_input_files_are_the_validation_split(docs, tmp_path):
   info = json.loads((out / "dataset.json").read_text())
   assert info["documents"] == {"train": 40, "val": 20}
   assert info["source"]["val_fraction"] is None and len(info["source"]["val_input"]) == 20
+  config = config_lib.base_config()  # a val split too short for the model: more --val_input
+  config.data.source, config.data.path = "tokens", str(out)
+  config.model.block_size = len(split_tokens(out, "val"))
+  with pytest.raises(UserError, match="val split .* prepare it again with more text in "
+                     "--val_input$"):
+    data.build_dataset(config)
 
 
 def test_held_out_is_a_deterministic_share_of_documents():

@@ -73,9 +73,12 @@ def _token_shards_dataset(directory: str, block_size: int, saved_tokenizer) -> D
         "dataset, or train on this one in a new --workdir")
   dataset = Dataset(shards.load_split(directory, info, "train"),
                     shards.load_split(directory, info, "val"), tokenizer)
-  for name, tokens, fix in (
-      ("train", dataset.train, "prepare it again from more text"),
-      ("val", dataset.val, "prepare it again with a larger --val_fraction or more text")):
+  source = info.get("source")  # how prepare made it (a hand-written dataset.json may not say)
+  val_fix = ("prepare it again with more text in --val_input"
+             if isinstance(source, dict) and source.get("val_input")
+             else "prepare it again with a larger --val_fraction or more text")
+  for name, tokens, fix in (("train", dataset.train, "prepare it again from more text"),
+                            ("val", dataset.val, val_fix)):
     _check_length(tokens, block_size, f"the {name} split of {directory}", fix)
   return dataset
 
