@@ -38,6 +38,12 @@ SWIGLU_MULTIPLE = 64  # the SwiGLU MLP's width is 8/3 D rounded up to a multiple
 SCANNED = "h"  # the blocks with model.scan_layers (stacked by layer); else h_0 .. h_{L-1}
 HIDDEN_LAYERS = ("c_attn", "c_proj", "c_fc")  # the Dense layers inside the blocks
 
+
+def kernel_inputs(names: tuple) -> int:
+  """How many leading axes of the Dense kernel at `names` (its module path) are its inputs:
+  attention's output projection contracts heads and head size, (H, K, D); any other its first."""
+  return 2 if tuple(names[-3:-1]) == ("attn", "c_proj") else 1
+
 # What an option is to a run (its field's "kind"). A resumed run keeps all but TRAINING's.
 SHAPE = "shape"  # sizes and constants, which a pretrained model's config.json sets
 DESIGN = "design"  # the architecture: GPT-2's by default, which GPT-2's weights need

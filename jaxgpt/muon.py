@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from jaxgpt.model import HIDDEN_LAYERS, SCANNED
+from jaxgpt.model import HIDDEN_LAYERS, SCANNED, kernel_inputs
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's, as modded-nanogpt and optax
 NS_STEPS = 5
@@ -48,9 +48,8 @@ def dimensions(path, p) -> MuonDimensionNumbers:
   s, names = layers_axes(path), _names(path)
   if names[-2] == "c_attn":
     return MuonDimensionNumbers(reduction_axis=(s,), output_axis=(s + 2, s + 3))
-  if names[-3:-1] == ("attn", "c_proj"):  # (H, K, D)
-    return MuonDimensionNumbers(reduction_axis=(s, s + 1), output_axis=(p.ndim - 1,))
-  return MuonDimensionNumbers(reduction_axis=(s,), output_axis=(p.ndim - 1,))
+  return MuonDimensionNumbers(reduction_axis=tuple(range(s, s + kernel_inputs(names))),
+                              output_axis=(p.ndim - 1,))
 
 
 def _as_matrices(path, x):

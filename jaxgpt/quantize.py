@@ -89,22 +89,17 @@ def looked_up(values_VxD, scale_V, tokens):
   return jnp.take(values_VxD, tokens, axis=0) * jnp.take(scale_V, tokens)[..., None]
 
 
-def _num_in(path: tuple) -> int:
-  """The input axes of a Dense kernel: attention's output projection contracts heads and
-  head size, (H, K, D); every other kernel contracts its first axis."""
-  return 2 if path[-3:-1] == ("attn", "c_proj") else 1
-
-
 def quantized(params, scanned: bool):
   """The parameters of the int8 model (GPTConfig.quantize="int8") of the float ones: every
   Dense kernel as an int8 matrix `kernel` (outputs in output_order, inputs; see int8_matmul)
   and `kernel_scale`, and the token embeddings `wte` (V, D) and an untied output layer `lm_head`
   (then (V, D) too) as int8 with a scale per token. Layers stacked by layer (`scanned`) get
   scales per layer."""
+  from jaxgpt.model import kernel_inputs  # pylint: disable=g-import-not-at-top  # (a cycle)
   out = {}
   for path, value in flax.traverse_util.flatten_dict(params).items():
     if path[-1] == "kernel":
-      quantize = lambda w, n=_num_in(path): int8_kernel(w, n)
+      quantize = lambda w, n=kernel_inputs(path): int8_kernel(w, n)
       if scanned:  # every kernel is in a block
         quantize = jax.vmap(quantize)
       out[path], out[path[:-1] + ("kernel" + SCALE,)] = quantize(value)
