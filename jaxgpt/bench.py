@@ -57,11 +57,11 @@ def measured_cpu_flops() -> float:
 
 def _peak_flops(num_devices: int) -> tuple[float | None, str]:
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxgpt import metrics  # pylint: disable=g-import-not-at-top
+  from jaxgpt import throughput  # pylint: disable=g-import-not-at-top
   if jax.default_backend() == "cpu":  # simulated CPU devices share the same cores
     peak = measured_cpu_flops()
     return peak, f"measured float32 matmul {peak / 1e9:.0f} GFLOP/s"
-  peak = metrics.peak_flops_per_device()
+  peak = throughput.peak_flops_per_device()
   return (None, "peak unknown") if peak is None else (peak * num_devices, "bf16 peak")
 
 
@@ -147,7 +147,7 @@ def main(argv=None):
     print(_compile_only(config), flush=True)
     return
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxgpt import metrics  # pylint: disable=g-import-not-at-top
+  from jaxgpt import throughput  # pylint: disable=g-import-not-at-top
   from jaxgpt.model import count_params  # pylint: disable=g-import-not-at-top
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as workdir:
@@ -158,7 +158,7 @@ def main(argv=None):
     finally:
       trainer.checkpoints.close()
   tokens = config.train.batch_size * config.model.block_size
-  flops = metrics.flops_per_token(trainer.model.config, count_params(state.params))
+  flops = throughput.flops_per_token(trainer.model.config, count_params(state.params))
   peak, peak_note = _peak_flops(jax.device_count())
   mfu = f"{100 * tokens / step_s * flops / peak:.1f}%" if peak else "n/a"
   device = jax.devices()[0]

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxgpt import checkpoint, config as config_lib, data, generate, hellaswag, memory
 from jaxgpt import pretrained as pretrained_lib
-from jaxgpt import metrics, optim, run_setup, sharding, signals
+from jaxgpt import metrics, optim, profiling, run_setup, sharding, signals, throughput
 from jaxgpt import state as state_lib
 from jaxgpt import steps
 from jaxgpt.data.tokenizer import Tokenizer
@@ -85,8 +85,8 @@ class _Loop:
   compiled: CompiledSteps
   eval_set: steps.Batch
   writer: metrics.MetricsWriter
-  trace: metrics.StepTrace
-  throughput: metrics.Throughput
+  trace: profiling.StepTrace
+  throughput: throughput.Throughput
   start_step: int
   started: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -251,7 +251,7 @@ class Trainer:
       writer = metrics.MetricsWriter(self.workdir, enabled=self.is_main)
       cleanup.callback(writer.close)
       # Process 0 alone traces: processes sharing a host would write the same file (per host).
-      trace = metrics.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
+      trace = profiling.StepTrace(os.path.join(self.workdir, metrics.TENSORBOARD_DIR),
                                 config_lib.profile_window(self.config) if self.is_main else None)
       cleanup.callback(trace.stop)
       with self.context(), self.stop_request.installed():
@@ -269,17 +269,17 @@ class Trainer:
         pretrained_lib.save_hf_config(self.setup.pretrained, self.workdir)
 
   def _loop(self, state: state_lib.TrainState, compiled: CompiledSteps,
-            writer: metrics.MetricsWriter, trace: metrics.StepTrace) -> _Loop:
+            writer: metrics.MetricsWriter, trace: profiling.StepTrace) -> _Loop:
     c, t, dataset = self.config, self.config.train, self.setup.dataset
     num_params = count_params(state.params)
     self.log(f"model: {num_params / 1e6:.2f}M parameters, vocabulary "
              f"{self.tokenizer.vocab_size} (padded to {self.model.config.padded_vocab_size}); "
              f"mesh {dict(self.mesh.shape)}; train {len(dataset.train):,} tokens, "
              f"val {len(dataset.val):,}")
-    throughput = metrics.Throughput(t.batch_size * c.model.block_size,
-                                    metrics.flops_per_token(self.model.config, num_params),
-                                    jax.device_count())
-    return _Loop(compiled, self.eval_set(), writer, trace, throughput, int(state.step))
+    rate = throughput.Throughput(t.batch_size * c.model.block_size,
+                                 throughput.flops_per_token(self.model.config, num_params),
+                                 jax.device_count())
+    return _Loop(compiled, self.eval_set(), writer, trace, rate, int(state.step))
 
   def _train_from(self, state: state_lib.TrainState, loop: _Loop) -> dict:
     t, start = self.config.train, loop.start_step
@@ -348,7 +348,7 @@ class Trainer:
       line += f" | {rate['tokens_per_sec']:,.0f} tok/s"
     if "mfu" in rate:
       line += f" | mfu {100 * rate['mfu']:.1f}%"
-    self.log(line + f" | eta {metrics.format_duration(eta)}")
+    self.log(line + f" | eta {_format_duration(eta)}")
     return stop
 
   def _evaluate_and_keep_best(self, step: int, state: state_lib.TrainState, loop: _Loop
@@ -388,3 +388,9 @@ def has_segments(config) -> bool:
 
 def _use_tf(config) -> bool | None:
   return {"auto": None, "tf": True, "numpy": False}[config.data.pipeline]
+
+
+def _format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
