@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from jaxgpt import cli
+from jaxgpt import config_reference
 from jaxgpt import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,13 +34,13 @@ def _links(path: str) -> list[str]:
 
 
 def test_config_reference_is_current():
-  """docs/config.md equals what `python -m jaxgpt.cli` generates now."""
-  assert _read(os.path.join(DOCS, "config.md")) == cli.config_reference(), (
-      f"docs/config.md is out of date: run `{cli.CONFIG_REFERENCE_COMMAND}`")
+  """docs/config.md equals what `python -m jaxgpt.config_reference` generates now."""
+  assert _read(os.path.join(DOCS, "config.md")) == config_reference.markdown(), (
+      f"docs/config.md is out of date: run `{config_reference.CONFIG_REFERENCE_COMMAND}`")
 
 
 def test_config_reference_has_every_key_default_and_meaning():
-  reference = cli.config_reference()
+  reference = config_reference.markdown()
   meanings = config_lib.key_meanings()
   for key, value in config_lib.flat_items(config_lib.base_config()):
     row = next((line for line in reference.splitlines() if line.startswith(f"| `{key}` |")),
