@@ -224,9 +224,17 @@ def test_a_tfds_validation_split_that_fails_to_load_is_one_error(monkeypatch):
       raise ValueError("Unknown split 'validation'. Should be one of ['train'].")
     return load(name, split=split)
 
+  def damaged_validation(name, split):  # another ValueError that names a split
+    if split == "validation":
+      raise ValueError("the validation split's files hold fewer examples than its info says")
+    return load(name, split=split)
+
   with tfds.testing.mock_data(num_examples=3):
     monkeypatch.setattr(tfds, "load", offline_validation)
     with pytest.raises(UserError, match="could not load TFDS dataset .*ConnectionError: offline"):
+      sources.load_splits(data_config(source="tfds"))
+    monkeypatch.setattr(tfds, "load", damaged_validation)
+    with pytest.raises(UserError, match="could not load TFDS dataset .*fewer examples"):
       sources.load_splits(data_config(source="tfds"))
     monkeypatch.setattr(tfds, "load", no_validation)
     train, val = sources.load_splits(data_config(source="tfds"))

@@ -102,8 +102,8 @@ def _tfds_load(tfds, name: str, split: str, optional: bool = False):
     raise UserError(
         f"TFDS has no dataset {name!r}: pass an existing one, e.g."
         " --config.data.tfds_name=tiny_shakespeare") from None
-  except ValueError as e:  # an unknown split, among others
-    if optional and "split" in str(e).lower():
+  except ValueError as e:  # an unknown split (TFDS's words, core/splits.py), among others
+    if optional and f"unknown split {split!r}" in str(e).lower():
       return None
     raise _tfds_error(name, e) from None
   except Exception as e:  # Download and preparation fail in many ways.
