@@ -195,6 +195,28 @@ def test_a_malformed_conversation_is_one_line_naming_it(line, words, tmp_path):
     chat.read_conversations(str(path))
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_conversation(tmp_path):
+  path = tmp_path / "chat.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"messages": CONVERSATION}).encode() + b"\n")
+  assert chat.read_conversations(str(path)) == [CONVERSATION]
+
+
+def test_a_split_whose_answers_all_lie_past_the_context_is_refused(tokenizer, tmp_path):
+  """Rows cut to block_size + 1 tokens can lose every answer: the run then trained on
+  nothing at a loss of 0.0000, and a validation split without answers kept best/ at the first
+  evaluation."""
+  [(_, trained)] = chat.encode(tokenizer, CONVERSATION)
+  first = int(np.argmax(trained))  # the first answer's first token
+  data_config = config_lib.base_config().data
+  data_config.path = str(tmp_path / "chat.jsonl")
+  (tmp_path / "chat.jsonl").write_text(2 * (json.dumps({"messages": CONVERSATION}) + "\n"))
+  with pytest.raises(UserError, match=f"no assistant token of the train split's conversations "
+                     f"fits in model.block_size={first - 1} .* to {first} or more"):
+    chat.load_splits(data_config, tokenizer, first - 1)
+  train, val = chat.load_splits(data_config, tokenizer, first)
+  assert train.num_targets() == val.num_targets() == 1  # the answer's first token alone
+
+
 def test_chat_data_without_a_chat_template_is_one_line(tmp_path):
   result = run("train", f"--workdir={tmp_path / 'run'}", *tiny_args(
       **{"data.source": "chat", "data.path": write_chat_jsonl(tmp_path / "chat.jsonl")}),

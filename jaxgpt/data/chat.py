@@ -32,6 +32,11 @@ class ChatRows:
   def num_rows(self) -> int:
     return len(self.tokens)
 
+  def num_targets(self) -> int:
+    """The tokens predicted with a loss: assistant tokens after another of their conversation."""
+    same = self.segments[:, 1:] == self.segments[:, :-1]
+    return int(np.count_nonzero(self.trained[:, 1:] & same))
+
   def __len__(self) -> int:
     """The conversations' tokens (padding not counted)."""
     return int(np.count_nonzero(self.segments))
@@ -63,7 +68,7 @@ def read_conversations(path: str) -> list[list[dict]]:
   with open(path, "rb") as f:
     for number, raw in enumerate(f, start=1):
       try:
-        line = raw.decode("utf-8")
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is no text
       except UnicodeDecodeError:
         raise UserError(f"{path}:{number} is not UTF-8 text: convert the file to UTF-8, e.g. "
                         "with iconv") from None
@@ -184,6 +189,25 @@ def load_splits(data_config, tokenizer, block_size: int) -> tuple[ChatRows, Chat
                     "are needed, one to train on and one to validate with")
   held_out = min(max(1, round(len(conversations) * data_config.val_fraction)),
                  len(conversations) - 1)
-  train, val = conversations[:-held_out], conversations[-held_out:]
-  return tuple(layout([example for examples in split for example in examples], block_size + 1,
-                      data_config.chat_packing) for split in (train, val))
+  splits = []
+  for name, split in (("train", conversations[:-held_out]), ("val", conversations[-held_out:])):
+    examples = [example for examples in split for example in examples]
+    splits.append(layout(examples, block_size + 1, data_config.chat_packing))
+    _check_targets(splits[-1], examples, name, block_size)
+  return tuple(splits)
+
+
+def _check_targets(rows: ChatRows, examples, split: str, block_size: int) -> None:
+  """Rows cut to block_size + 1 tokens may have lost every answer: such a split trains (or
+  validates) on nothing, at a loss of 0."""
+  if rows.num_targets():
+    return
+  first = min((int(np.argmax(trained)) for _, trained in examples if trained.any()),
+              default=None)
+  if first is None:
+    raise UserError(f"the {split} split's assistant turns render as no tokens: give the "
+                    "assistant messages content")
+  raise UserError(f"no assistant token of the {split} split's conversations fits in "
+                  f"model.block_size={block_size} (the earliest answer begins at token {first}"
+                  f" of its conversation): raise --config.model.block_size to {first} or "
+                  "more, or shorten what comes before the answers")
