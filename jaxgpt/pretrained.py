@@ -130,6 +130,12 @@ def configure(config, folder: str, explicit: set[str] = frozenset()) -> None:
                     f"{context} positions init_from={config.init_from} was trained for: pass "
                     f"{context} or less")
   config.model.block_size = min(config.model.block_size, context)
+  given = [f"--config.data.{key}={config.data[key]}" for key in ("tokenizer", "tokenizer_path")
+           if f"data.{key}" in explicit and config.data[key] not in ("gpt2", "")]
+  if given:
+    raise UserError(f"{', '.join(given)} names another tokenizer than init_from="
+                    f"{config.init_from}'s own, which a fine-tune keeps: drop it, or train "
+                    "with init_from=scratch")
   config.data.tokenizer = "gpt2"
 
 

@@ -224,6 +224,20 @@ def test_a_block_size_longer_than_the_pretrained_context_is_cut_unless_given(hf_
     pretrained.configure(config, hf_folder, {"model.block_size"})
 
 
+def test_a_tokenizer_given_beside_init_from_is_refused(hf_folder):
+  """A fine-tune keeps the model's own tokenizer: --config.data.tokenizer=char beside
+  init_from was replaced without a word."""
+  for key, value in (("tokenizer", "char"), ("tokenizer_path", "/elsewhere")):
+    config = tiny_config(init_from=hf_folder, data={key: value})
+    with pytest.raises(UserError, match=f"--config.data.{key}={value} names another "
+                       "tokenizer than init_from=.* drop it"):
+      pretrained.configure(config, hf_folder, {f"data.{key}"})
+    pretrained.configure(config, hf_folder)  # a config file's value gives way
+    assert config.data.tokenizer == "gpt2"
+  pretrained.configure(tiny_config(init_from=hf_folder, data={"tokenizer": "gpt2"}), hf_folder,
+                       {"data.tokenizer"})
+
+
 def test_a_gpt2_configs_layer_norm_epsilon_becomes_model_norm_eps(tmp_path):
   from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
   (tmp_path / "config.json").write_text(json.dumps(
