@@ -13,6 +13,7 @@ greedily.
 import functools
 import glob
 import os
+import traceback
 
 import numpy as np
 
@@ -47,9 +48,23 @@ def run_tasks(run, scorer, tasks: list[str], limit: int | None,
     raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} ({first_line(e)}): "
                     "connect to the internet once so that it caches them, or point a local "
                     "task's data files at files that exist") from None
+  except Exception as e:  # pylint: disable=broad-except
+    if _through_jaxgpt(e):  # the model's side: a request too long (DoesNotFit), or a bug
+      raise
+    where = f"under {include_path} " if include_path else ""
+    raise UserError(f"lm-eval could not run {', '.join(tasks)} ({type(e).__name__}: "
+                    f"{first_line(e)}): correct the task's YAML or data {where}(a template's "
+                    "field names, a malformed data line, a target past the choices)") from None
   return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
                  if isinstance(value, float) and "stderr" not in metric}
           for task, metrics in output["results"].items()}
+
+
+def _through_jaxgpt(error: Exception) -> bool:
+  """Whether jaxgpt's code (beyond the call into lm-eval) raised `error` or called what did."""
+  package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+  frames = traceback.extract_tb(error.__traceback__)[1:]
+  return any(os.path.abspath(frame.filename).startswith(package) for frame in frames)
 
 
 def _unreadable_yaml(folder: str) -> str | None:

@@ -405,6 +405,23 @@ def test_an_empty_text_or_an_answer_longer_than_the_context_is_one_line(hf_folde
   with pytest.raises(UserError, match=r"no task jaxgpt_broken, and .*broken.yaml line 2 cannot "
                      r"be read \(while scanning a quoted scalar.*correct that file's YAML"):
     lm_eval_model.run_tasks(None, None, ["jaxgpt_broken"], None, str(tmp_path))
+  (tmp_path / "broken.yaml").unlink()
+  # A task's own faults were tracebacks from inside lm-eval, jinja2 or datasets.
+  (tmp_path / "ok.jsonl").write_text(json.dumps({"q": "a", "choices": ["b", "c"]}) + "\n")
+  (tmp_path / "torn.jsonl").write_text(json.dumps({"q": "a", "choices": ["b", "c"]}) + "\n{\n")
+  loaded = run_loader.load_pretrained(hf_folder)
+  scorer = scoring.Scorer(loaded.model, loaded.params, loaded.mesh, rows=8)
+  for task, data_file, text, words in (
+      ("jaxgpt_field", "ok.jsonl", "{{nosuchfield}}", "UndefinedError: 'nosuchfield'"),
+      ("jaxgpt_torn", "torn.jsonl", "{{q}}", "DatasetGenerationError")):
+    (tmp_path / f"{task}.yaml").write_text(
+        f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / data_file}\ntest_split: test\noutput_type: multiple_choice\n"
+        f"doc_to_text: '{text}'\ndoc_to_choice: '{{{{choices}}}}'\ndoc_to_target: 0\n"
+        "metric_list:\n  - metric: acc\n")
+    with pytest.raises(UserError, match=f"lm-eval could not run {task} .*{words}.*correct the "
+                       "task's YAML or data under"):
+      lm_eval_model.run_tasks(loaded, scorer, [task], None, str(tmp_path))
 
 
 def _write_local_tasks(folder, data_file):
