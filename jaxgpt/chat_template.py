@@ -46,5 +46,6 @@ def _compiled(template: str):
   try:
     return env.from_string(template)
   except jinja2.TemplateSyntaxError as e:
-    raise UserError(f"the tokenizer's chat template is not valid Jinja ({e}): fix "
-                    "chat_template in its tokenizer_config.json") from None
+    raise UserError(f"the tokenizer's chat template is not valid Jinja ({e}): fix it in the "
+                    "folder's chat_template.jinja (or tokenizer_config.json's chat_template)"
+                    ) from None

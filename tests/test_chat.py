@@ -79,6 +79,13 @@ def _with_template(tokenizer, template):
                       dataclasses.replace(tokenizer.specials, chat_template=template))
 
 
+def test_a_template_that_is_not_jinja_names_the_file_to_fix(tokenizer):
+  """transformers 5 saves a template as chat_template.jinja; the advice named only
+  tokenizer_config.json."""
+  with pytest.raises(UserError, match="not valid Jinja .* chat_template.jinja"):
+    chat.encode(_with_template(tokenizer, "{% for %}"), CONVERSATION)
+
+
 def test_rows_pack_whole_conversations_or_pad_one_to_a_row(tokenizer):
   conversations = [chat.encode(tokenizer, CONVERSATION[1:3])[0] for _ in range(5)]
   length = len(conversations[0][0])

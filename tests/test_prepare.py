@@ -398,6 +398,10 @@ def test_bad_input_is_one_clear_line(docs, tmp_path):
       ([f"--input={corpus}"], ["--out"]),
       ([f"--input={corpus}", "--tokenizer=/no/such/folder", out], ["/no/such/folder"]),
       ([f"--input={corpus}", "--val_fraction=1.5", out], ["--val_fraction"]),
+      ([f"--input={corpus}", "--workers=0", out], ["--workers=0: pass 1 or more"]),
+      ([f"--input={corpus}", "--shard_tokens=0", out], ["--shard_tokens=0: pass 1 to"]),
+      ([f"--input={corpus}", f"--tokenizer={tmp_path / 'empty'}", out],
+       ["has no tokenizer files", "pass a folder that holds them"]),
   ]
   for args, words in cases:
     assert_clean_error(prepare(*args, check=False), *words)

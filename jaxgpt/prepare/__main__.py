@@ -206,8 +206,10 @@ def _check_flags() -> str:
   if source == "hf" and not _NAME.value:
     raise UserError("--source=hf needs --name=DATASET (a Hugging Face dataset, e.g. "
                     "HuggingFaceFW/fineweb-edu) and optionally --path=CONFIG")
-  if _WORKERS.value < 1 or not 1 <= _SHARD_TOKENS.value <= shards.MAX_SHARD_TOKENS:
-    raise UserError(f"--workers must be at least 1 and --shard_tokens from 1 to "
+  if _WORKERS.value < 1:
+    raise UserError(f"--workers={_WORKERS.value}: pass 1 or more")
+  if not 1 <= _SHARD_TOKENS.value <= shards.MAX_SHARD_TOKENS:
+    raise UserError(f"--shard_tokens={_SHARD_TOKENS.value}: pass 1 to "
                     f"{shards.MAX_SHARD_TOKENS:,} (a shard's header counts its tokens in 32 bits)")
   return source or "files"
 
