@@ -86,6 +86,20 @@ def test_a_template_that_is_not_jinja_names_the_file_to_fix(tokenizer):
     chat.encode(_with_template(tokenizer, "{% for %}"), CONVERSATION)
 
 
+def test_a_conversation_the_template_cannot_render_is_named_by_its_line(tokenizer, tmp_path):
+  refusing = _with_template(tokenizer, "{% if messages[0]['role'] == 'system' %}"
+                            "{{ raise_exception('System role not supported') }}{% endif %}"
+                            + tokenizer.chat_template)
+  path = tmp_path / "chat.jsonl"
+  path.write_text(json.dumps({"messages": CONVERSATION[1:3]}) + "\n\n"
+                  + json.dumps({"messages": CONVERSATION}) + "\n")
+  data_config = config_lib.base_config().data
+  data_config.path = str(path)
+  with pytest.raises(UserError, match="chat.jsonl:3: the tokenizer's chat template cannot "
+                     "render this conversation .*System role not supported"):
+    chat.load_splits(data_config, refusing, 64)
+
+
 def test_rows_pack_whole_conversations_or_pad_one_to_a_row(tokenizer):
   conversations = [chat.encode(tokenizer, CONVERSATION[1:3])[0] for _ in range(5)]
   length = len(conversations[0][0])
@@ -205,7 +219,7 @@ def test_a_malformed_conversation_is_one_line_naming_it(line, words, tmp_path):
 def test_a_byte_order_mark_is_not_part_of_the_first_conversation(tmp_path):
   path = tmp_path / "chat.jsonl"
   path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"messages": CONVERSATION}).encode() + b"\n")
-  assert chat.read_conversations(str(path)) == [CONVERSATION]
+  assert chat.read_conversations(str(path)) == [(1, CONVERSATION)]
 
 
 def test_a_split_whose_answers_all_lie_past_the_context_is_refused(tokenizer, tmp_path):

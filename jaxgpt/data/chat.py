@@ -62,8 +62,9 @@ def assistant_turns(rows: ChatRows):
           yield ids[:start], ids[start:end]
 
 
-def read_conversations(path: str) -> list[list[dict]]:
-  """The `messages` of each line of a JSONL file; a malformed line is a UserError naming it."""
+def read_conversations(path: str) -> list[tuple[int, list[dict]]]:
+  """(line number, `messages`) of each line of a JSONL file; a malformed line is a UserError
+  naming it."""
   conversations = []
   with open(path, "rb") as f:
     for number, raw in enumerate(f, start=1):
@@ -73,7 +74,7 @@ def read_conversations(path: str) -> list[list[dict]]:
         raise UserError(f"{path}:{number} is not UTF-8 text: convert the file to UTF-8, e.g. "
                         "with iconv") from None
       if line.strip():
-        conversations.append(_messages(line, f"{path}:{number}"))
+        conversations.append((number, _messages(line, f"{path}:{number}")))
   if not conversations:
     raise UserError(f"data.path {path} holds no conversations: write one JSON object a line, "
                     '{"messages": [{"role": "user", "content": ...}, ...]}')
@@ -183,7 +184,12 @@ def load_splits(data_config, tokenizer, block_size: int) -> tuple[ChatRows, Chat
   if not os.path.isfile(path):
     raise UserError(f"data.path {path!r} is not a file: pass --config.data.path=FILE, a JSONL "
                     "file of conversations, for data.source=chat")
-  conversations = [encode(tokenizer, m) for m in read_conversations(path)]
+  conversations = []
+  for number, messages in read_conversations(path):
+    try:
+      conversations.append(encode(tokenizer, messages))
+    except UserError as e:  # the template's: which conversation it could not render
+      raise UserError(f"{path}:{number}: {e}") from None
   if len(conversations) < 2:
     raise UserError(f"data.path {path} holds {len(conversations)} conversation: at least two "
                     "are needed, one to train on and one to validate with")
