@@ -73,7 +73,7 @@ def _tensor_table(c: GPTConfig):
 
 def import_rules(c: GPTConfig) -> list:
   """How each parameter is read: the vocabulary padded, the positions cut to block_size."""
-  pad_vocab = lambda w: np.pad(w, ((0, c.padded_vocab_size - w.shape[0]), (0, 0)))
+  pad_vocab = pretrained.padded_vocab(c)
   rules = []
   for name, path, hf_shape in _tensor_table(c):
     if name == "wte.weight":

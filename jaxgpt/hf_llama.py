@@ -140,7 +140,7 @@ def _split_qkv(qkv, c: GPTConfig):
 def import_rules(c: GPTConfig) -> list:
   """How each jaxgpt parameter is made from a Llama-family folder's tensors."""
   rule = pretrained.Rule
-  pad_rows = lambda w: np.pad(w, ((0, c.padded_vocab_size - w.shape[0]), (0, 0)))
+  pad_rows = pretrained.padded_vocab(c)
   rules = [rule(("wte",), ("model.embed_tokens.weight",), pad_rows),
            rule(("ln_f", "scale"), ("model.norm.weight",), lambda w: w)]
   if not c.tie_embeddings:

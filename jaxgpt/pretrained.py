@@ -43,6 +43,18 @@ class Rule:
   make: Callable[..., np.ndarray]  # those tensors, in order -> the parameter in jaxgpt's shape
 
 
+def padded_vocab(c) -> Callable[[np.ndarray], np.ndarray]:
+  """A (vocab_size, D) table of the folder, rows added up to the model's padded_vocab_size;
+  a table of another size than config.json's vocab_size is a UserError."""
+  def pad(table: np.ndarray) -> np.ndarray:
+    if table.shape[0] != c.vocab_size:
+      raise UserError(f"the folder's {table.shape[0]} rows of token weights do not match its "
+                      f"{HF_CONFIG_FILE}'s vocab_size={c.vocab_size}: pass a folder whose "
+                      f"weights and {HF_CONFIG_FILE} belong together")
+    return np.pad(table, ((0, c.padded_vocab_size - c.vocab_size), (0, 0)))
+  return pad
+
+
 def resolve(init_from: str) -> str:
   """The local folder of `init_from`: a path, GPT-2's short names, or a hub name
   (ORG/NAME) from the Hugging Face cache, else downloaded."""

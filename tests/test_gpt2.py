@@ -193,6 +193,11 @@ def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
   (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
   with pytest.raises(UserError, match="tokens but the model only 100"):
     pretrained.load_tokenizer(str(small))
+  larger = config["vocab_size"] + 8  # transformers refuses it; the rows were padded with zeros
+  (small / "config.json").write_text(json.dumps({**config, "vocab_size": larger}))
+  with pytest.raises(UserError, match=f"{config['vocab_size']} rows of token weights do not "
+                     f"match its config.json's vocab_size={larger}"):
+    run_loader.load_pretrained(str(small))
 
 
 @pytest.mark.slow
