@@ -199,7 +199,7 @@ def identity_keys() -> tuple[str, ...]:
   """What makes a run the run it is: a resume takes these from the workdir's config.json
   (the model's SHAPE and DESIGN options among them)."""
   from jaxgpt import model  # pylint: disable=g-import-not-at-top
-  return ("init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
+  return ("seed", "init_from", "data.source", "data.path", "data.tfds_name", "data.val_fraction",
           "data.chat_packing", "data.tokenizer", "data.tokenizer_path",
           *(f"model.{f.name}" for f in model.options() if f.metadata["kind"] != model.TRAINING),
           "train.optimizer", "lora.rank", "lora.alpha", "lora.targets")

@@ -21,7 +21,7 @@ def test_base_config_is_valid():
   config_lib.validate(config_lib.base_config())
 
 
-def test_a_resume_keeps_how_the_weights_started():
+def test_a_resume_keeps_how_the_weights_started_and_its_seed():
   """zero_init_proj acts only at initialisation: a resume under a config file without it
   takes the run's value (config.json said False of weights started at zero), and giving
   another value on the command line contradicts the run."""
@@ -32,6 +32,11 @@ def test_a_resume_keeps_how_the_weights_started():
   with pytest.raises(UserError, match="model.zero_init_proj=False contradicts"):
     config_lib.adopt_identity(_config(model__zero_init_proj=False), saved,
                               {"model.zero_init_proj"}, "runs/x")
+  seeded = config_lib.base_config()  # a batch and a dropout key are functions of the seed
+  seeded.seed = 5
+  with pytest.raises(UserError, match="--config.seed=5 contradicts the run in runs/x, which "
+                     "has seed=1337"):
+    config_lib.adopt_identity(seeded, config_lib.base_config(), {"seed"}, "runs/x")
   dropout = _config(model__dropout=0.0)  # how it trains may change
   assert not config_lib.adopt_identity(dropout, _config(model__dropout=0.2), set(), "runs/x")
 
