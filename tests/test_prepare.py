@@ -213,13 +213,17 @@ def test_val_input_files_are_the_validation_split(docs, tmp_path):
   train_glob = write_text_files(tmp_path / "train", docs[:40])
   val_glob = write_text_files(tmp_path / "val", docs[40:])
   out = tmp_path / "out"
-  prepare(f"--input={train_glob}", f"--val_input={val_glob}", f"--out={out}")
+  assert "warning" not in prepare(f"--input={train_glob}", f"--val_input={val_glob}",
+                                  f"--out={out}").stderr
   tokenizer = load_tokenizer(str(out))
   assert split_tokens(out, "train").tolist() == tokenizer.encode("\n".join(docs[:40])).tolist()
   assert split_tokens(out, "val").tolist() == tokenizer.encode("\n".join(docs[40:])).tolist()
   info = json.loads((out / "dataset.json").read_text())
   assert info["documents"] == {"train": 40, "val": 20}
   assert info["source"]["val_fraction"] is None and len(info["source"]["val_input"]) == 20
+  overlapping = prepare(f"--input={train_glob}", f"--val_input={val_glob},{train_glob}",
+                        f"--out={tmp_path / 'overlapping'}")
+  assert "warning: 40 file(s) of --val_input are also in --input" in overlapping.stderr
   config = config_lib.base_config()  # a val split too short for the model: more --val_input
   config.data.source, config.data.path = "tokens", str(out)
   config.model.block_size = len(split_tokens(out, "val"))

@@ -77,6 +77,7 @@ def main(argv=None):
     return
   started = time.monotonic()
   source = describe_source()
+  _warn_of_shared_files(source)
   out = os.path.abspath(os.path.expanduser(_OUT.value))
   _check_out_is_ours(out)
   if _already_prepared(out, source):
@@ -181,6 +182,15 @@ def describe_source() -> dict:
           "text_field": _TEXT_FIELD.value if kind in ("files", "hf") else None,
           "tokenizer": tokenizer, "val_fraction": None if val_input else _VAL_FRACTION.value,
           "shard_tokens": _SHARD_TOKENS.value}
+
+
+def _warn_of_shared_files(source: dict) -> None:
+  """Validation text that is also training text measures memory, not generalisation."""
+  shared = [f for f in source["val_input"] or [] if f in set(source["input"] or [])]
+  if shared:
+    print(f"warning: {len(shared)} file(s) of --val_input are also in --input (the first: "
+          f"{shared[0]}): the validation loss will be measured on text the model trains on",
+          file=sys.stderr, flush=True)
 
 
 def _check_flags() -> str:
