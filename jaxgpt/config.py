@@ -365,6 +365,12 @@ def _check_lora(c: ml_collections.ConfigDict) -> None:
     _require(bool(targets) and set(targets) <= set(HIDDEN_LAYERS),
              f"lora.targets={c.lora.targets!r} must name some of {', '.join(HIDDEN_LAYERS)}: "
              "pass e.g. --config.lora.targets=c_attn,c_proj")
+    # Adapters before frozen projections that start at zero never get a gradient.
+    _require(not (c.init_from == "scratch" and c.model.zero_init_proj and "c_proj" not in targets),
+             f"lora.targets={c.lora.targets} on a model from scratch with model.zero_init_proj "
+             "would train nothing (the frozen c_proj layers are zero, so no gradient reaches "
+             "the adapters): pass --config.lora.targets with c_proj among them, or "
+             "--config.model.zero_init_proj=False, or fine-tune a pretrained model (init_from)")
 
 
 INT32_MAX = 2**31 - 1

@@ -62,6 +62,8 @@ def test_a_resume_keeps_how_the_weights_started_and_its_seed():
     ({"lora__rank": -1}, ["lora.rank"]),
     ({"lora__rank": 4, "lora__targets": "c_attn,wte"}, ["lora.targets", "c_fc"]),
     ({"lora__rank": 4, "lora__alpha": 0.0}, ["lora.alpha"]),
+    ({"lora__rank": 4, "lora__targets": "c_attn,c_fc", "model__zero_init_proj": True},
+     ["would train nothing", "with c_proj among them"]),  # it did: grad_norm 0.0 at every step
     ({"model__attention": "flash"}, ["model.attention", "cudnn"]),
     ({"model__attention": "cudnn", "model__dropout": 0.2}, ["model.attention", "dropout"]),
     ({"model__remat": "some"}, ["model.remat", "dots"]),
