@@ -35,6 +35,6 @@ def read_utf8(path: str, what: str, fix: str = TO_UTF8) -> str:
     raise UserError(f"{what} cannot be read ({e.strerror or e}): make it readable, or pass "
                     "another file") from None
   try:
-    return raw.decode("utf-8")
+    return raw.decode("utf-8-sig")  # a byte order mark (Windows editors write one) is no text
   except UnicodeDecodeError as e:
     raise UserError(f"{what} is not UTF-8 text (bad byte at offset {e.start}): {fix}") from None

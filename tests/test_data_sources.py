@@ -145,6 +145,8 @@ def test_a_named_text_file_that_cannot_be_read_is_one_error_naming_it(tmp_path):
   (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
   with pytest.raises(UserError, match="^f is not UTF-8 text .bad byte at offset 3.: convert"):
     files.read_utf8(str(tmp_path / "latin1.txt"), "f")
+  (tmp_path / "bom.txt").write_bytes("\ufeffROMEO".encode("utf-8"))  # no vocabulary character
+  assert files.read_utf8(str(tmp_path / "bom.txt"), "f") == "ROMEO"
 
 
 def write_kaggle_csv(path, rows, columns=plays.KAGGLE_COLUMNS):
@@ -199,6 +201,18 @@ def test_kaggle_csv_missing_columns(tmp_path):
   write_kaggle_csv(path, [], columns=("Dataline", "Play", "Text"))
   with pytest.raises(UserError, match="PlayerLinenumber.*Shakespeare_data.csv"):
     sources.load_splits(data_config(source="kaggle_csv", path=str(path)))
+  write_kaggle_csv(path, [])  # a traceback from the split
+  with pytest.raises(UserError, match="has a header but no rows"):
+    sources.load_splits(data_config(source="kaggle_csv", path=str(path)))
+
+
+def test_a_kaggle_csv_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+  """Excel writes one; the first column was then not found."""
+  path = tmp_path / "Shakespeare_data.csv"
+  write_kaggle_csv(path, KAGGLE_ROWS)
+  plain = plays.kaggle_csv_to_plays(str(path))
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  assert plays.kaggle_csv_to_plays(str(path)) == plain
 
 
 def test_tfds_source_with_mock_data():

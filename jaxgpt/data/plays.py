@@ -107,7 +107,7 @@ def plays_to_text(markdown: str) -> str:
 
 
 def _kaggle_rows(path: str):
-  with open(path, newline="", encoding="utf-8") as f:
+  with open(path, newline="", encoding="utf-8-sig") as f:  # as Excel saves it, with a BOM
     try:
       reader = csv.DictReader(f)
       missing = [c for c in KAGGLE_COLUMNS if c not in (reader.fieldnames or ())]
@@ -141,4 +141,7 @@ def kaggle_csv_to_plays(path: str) -> list[str]:
       paragraphs.append(speech(player, lines))
     else:
       paragraphs += [_stage_paragraph(line) for line in lines]
+  if not plays:
+    raise UserError(f"{path!r} has a header but no rows: data.source=kaggle_csv needs the "
+                    "Kaggle shakespeare-plays Shakespeare_data.csv, one line of a play a row")
   return [join_paragraphs(paragraphs) for paragraphs in plays.values()]
