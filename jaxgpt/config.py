@@ -212,7 +212,8 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   changed = []
   for key in identity_keys():
     ours, theirs = _get(c, key), _get(saved, key)
-    if ours == theirs:
+    if ours == theirs or (key == "lora.targets"
+                          and set(lora_targets(c)) == set(lora_targets(saved))):
       continue
     _require(key not in explicit,
              f"--config.{key}={ours} contradicts the run in {workdir}, which has {key}={theirs}: "

@@ -37,6 +37,9 @@ def test_a_resume_keeps_how_the_weights_started_and_its_seed():
   with pytest.raises(UserError, match="--config.seed=5 contradicts the run in runs/x, which "
                      "has seed=1337"):
     config_lib.adopt_identity(seeded, config_lib.base_config(), {"seed"}, "runs/x")
+  reordered = _config(lora__rank=4, lora__targets="c_fc, c_attn")  # the same layers
+  saved_lora = _config(lora__rank=4, lora__targets="c_attn,c_fc")
+  assert not config_lib.adopt_identity(reordered, saved_lora, {"lora.targets"}, "runs/x")
   dropout = _config(model__dropout=0.0)  # how it trains may change
   assert not config_lib.adopt_identity(dropout, _config(model__dropout=0.2), set(), "runs/x")
 
