@@ -52,6 +52,10 @@ def _distributed_variables(given: dict) -> tuple[str, int, int]:
   except ValueError:
     raise UserError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers, got "
                     f"{given['JAX_NUM_PROCESSES']!r} and {given['JAX_PROCESS_ID']!r}") from None
+  host, _, port = address.rpartition(":")
+  if not (host and port.isdigit()):
+    raise UserError(f"JAX_COORDINATOR_ADDRESS={address!r} is not HOST:PORT: set it to process "
+                    "0's host name or IP address and a free port, e.g. 10.0.0.2:1234")
   if not 0 <= process_id < num_processes:
     raise UserError(f"JAX_PROCESS_ID={process_id} is not in 0..{num_processes - 1}: number the "
                     f"JAX_NUM_PROCESSES={num_processes} processes from 0")

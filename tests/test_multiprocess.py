@@ -241,6 +241,10 @@ def test_one_process_without_a_cluster_starts_nothing(monkeypatch):
      ["whole numbers"]),
     ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
      ["JAX_PROCESS_ID=2"]),
+    ({"JAX_COORDINATOR_ADDRESS": "notahost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     ["JAX_COORDINATOR_ADDRESS='notahost' is not HOST:PORT"]),  # "list index out of range"
+    ({"JAX_COORDINATOR_ADDRESS": "h:", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     ["is not HOST:PORT"]),
 ])
 def test_incomplete_distributed_variables_are_named(monkeypatch, env, words):
   _clear_distributed_env(monkeypatch)
