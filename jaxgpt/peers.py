@@ -45,12 +45,25 @@ def watch(timeout_secs: float):
     # here if this process were still running.
     if isinstance(e, UserError):
       code, reason = report(e), one_line(e)
+    elif lost_a_peer(e):  # a collective whose other end died: the watcher's line, not a trace
+      reason = (f"a collective with another process failed ({first_line(e)}): it probably "
+                "died or lost its machine; see its log")
+      watcher.stop(failure=reason)
+      _exit(reason)
     else:
       traceback.print_exc()
       code, reason = 1, f"{type(e).__name__}: {first_line(e)}"
     watcher.stop(failure=reason)
     os._exit(code)  # pylint: disable=protected-access
   watcher.stop()
+
+
+def lost_a_peer(error: BaseException) -> bool:
+  """Whether `error` is a collective's on a connection that another process closed (Gloo's,
+  on CPUs; elsewhere JAX's heartbeat or the watcher notices a dead process first)."""
+  text = str(error).lower()
+  return type(error).__name__ == "JaxRuntimeError" and any(
+      words in text for words in ("connection reset", "connection closed", "broken pipe"))
 
 
 def _client():

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint, runtime
+from jaxgpt import checkpoint, peers, runtime
 from jaxgpt.data.pipeline import row_ids
 from jaxgpt.errors import UserError
 
@@ -233,6 +233,17 @@ def test_one_process_without_a_cluster_starts_nothing(monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
   runtime.initialize_distributed()
   assert not calls
+
+
+def test_a_collective_whose_peer_died_is_a_lost_peer_not_a_traceback():
+  """Process 1 killed mid-step: process 0's all-reduce failed with Gloo's "Connection reset by
+  peer" (1 in 5 tries) before the watcher saw the silence, and printed a traceback."""
+  import jax  # pylint: disable=g-import-not-at-top
+  reset = jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: [pair.cc:534] Read error "
+                                     "[127.0.0.1]:4567: Connection reset by peer")
+  assert peers.lost_a_peer(reset)
+  assert not peers.lost_a_peer(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory"))
+  assert not peers.lost_a_peer(ValueError("Connection reset by peer"))
 
 
 @pytest.mark.parametrize("env, words", [
