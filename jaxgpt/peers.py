@@ -9,6 +9,7 @@ reports an error, or when another's heartbeat has stopped for `timeout_secs`.
 """
 
 import contextlib
+import hashlib
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ from jaxgpt.errors import Interrupted, UserError, first_line, one_line, report
 
 _PREFIX = "jaxgpt/peers/"
 _FAILED = _PREFIX + "failed"
+_COMMAND = "jaxgpt/command/"  # each process's command (a digest of its workdir and config)
 _DONE = "done"
 EXIT_CODE = 2
 POLL_SECS = 1.0  # how often the watcher reads the other processes' reports
@@ -56,6 +58,20 @@ def watch(timeout_secs: float):
     watcher.stop(failure=reason)
     os._exit(code)  # pylint: disable=protected-access
   watcher.stop()
+
+
+def check_same_command(description: str, timeout_secs: float) -> None:
+  """Every process must run the same command: with another workdir or config, processes
+  block in their first save for good, or abort in a collective whose shapes differ."""
+  client = _client()
+  if client is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256(description.encode()).hexdigest()
+  client.key_value_set(f"{_COMMAND}{jax.process_index()}", digest)
+  if client.blocking_key_value_get(f"{_COMMAND}0", int(timeout_secs * 1000)) != digest:
+    raise UserError(f"process {jax.process_index()} runs another command than process 0 (its "
+                    "--workdir or config differs): start the same command on every process")
 
 
 def lost_a_peer(error: BaseException) -> bool:

@@ -101,6 +101,26 @@ def _stop_step(stderr) -> int:
 
 
 @pytest.mark.slow
+def test_processes_given_other_workdirs_or_configs_stop_with_one_line(text_file, tmp_path,
+                                                                       started):
+  """Another --workdir on process 1 blocked both processes in their first save for good;
+  another model shape aborted both in a collective with a C++ stack."""
+  for name, args in (("workdirs", [[], [f"--workdir={tmp_path / 'other'}"]]),
+                     ("configs", [[], ["--config.model.n_embd=64"]])):
+    address = f"127.0.0.1:{_free_port()}"
+    pair = [_start(text_file, tmp_path / name, 2, *args[i], JAX_COORDINATOR_ADDRESS=address,
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
+    started += pair
+    (code0, _, stderr0), (code1, _, stderr1) = [_finish(p) for p in pair]
+    assert code1 == 2, stderr1
+    _assert_one_line_error(stderr1, "process 1 runs another command than process 0",
+                           "start the same command on every process")
+    assert code0 == 2, stderr0
+    _assert_one_line_error(stderr0, "process 1 failed")
+    assert not os.path.exists(tmp_path / "other")
+
+
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_together(text_file, tmp_path, started,
                                                           reference):
   workdir = tmp_path / "two"
