@@ -111,9 +111,9 @@ class _Watcher:
     self._stopped.set()
     self._thread.join()
     with contextlib.suppress(Exception):
-      if failure:
-        self._client.key_value_set(_FAILED, f"process {self._id} failed: {failure}")
       self._client.key_value_set(self._key(self._id), _DONE, allow_overwrite=True)
+      if failure:  # the last word: process 0 may end at once, and the coordination service
+        self._client.key_value_set(_FAILED, f"process {self._id} failed: {failure}")
 
   def _key(self, process_id):
     return f"{_PREFIX}{process_id}"

@@ -121,7 +121,11 @@ parse_args() {
   done
   ((${#STEPS[@]})) || STEPS=(create setup train logs sample delete)
   RUN="${RUN:-$(basename "$CONFIG" .py)}"
-  [[ -z "$BUCKET" || "$BUCKET" == gs://* ]] || die "--bucket must look like gs://NAME, got '$BUCKET'"
+  BUCKET="${BUCKET%/}"
+  [[ -z "$BUCKET" || "$BUCKET" =~ ^gs://[a-z0-9][a-z0-9._-]*$ ]] ||
+    die "--bucket must look like gs://NAME, a bucket's name alone (the workdir goes under" \
+      "gs://NAME/jaxgpt/RUN), got '$BUCKET'"
+  [[ -n "$ZONE" ]] || die "--zone needs a zone, e.g. us-central2-b"
   [[ -z "$BUCKET" || -z "$DISK" ]] || die "choose --bucket or --disk, not both"
   [[ "$MOUNT" == /* ]] || die "--mount must be an absolute path on the workers, got '$MOUNT'"
 }

@@ -73,8 +73,13 @@ def test_tpu_script_queued_resource_and_bad_flags():
   out = _tpu_script("--dry-run", "--queued", "create", "delete").stdout
   assert "queued-resources create jaxgpt --node-id=jaxgpt" in out
   assert "queued-resources delete jaxgpt --force" in out
-  result = _tpu_script("--dry-run", "--bucket=b")
-  assert result.returncode == 2 and "gs://" in result.stderr
+  for bucket in ("b", "gs://", "gs://b/sub/"):  # gcsfuse mounts a bucket, not a folder of one
+    result = _tpu_script("--dry-run", f"--bucket={bucket}")
+    assert result.returncode == 2 and "gs://NAME, a bucket's name alone" in result.stderr
+  assert "gcsfuse --implicit-dirs --rename-dir-limit=1000000 b " in _tpu_script(
+      "--dry-run", "--bucket=gs://b/", "setup").stdout
+  result = _tpu_script("--dry-run", "--zone=")
+  assert result.returncode == 2 and "--zone needs a zone" in result.stderr
   result = _tpu_script("--dry-run", "--bucket=gs://b", "--mount=mnt")
   assert result.returncode == 2 and "absolute" in result.stderr
 
