@@ -171,7 +171,8 @@ class BPETokenizer:
     vocab, merges = (os.path.join(folder, name) for name in ("vocab.json", "merges.txt"))
     if not (os.path.isfile(vocab) and os.path.isfile(merges)):
       raise UserError(f"{folder} has no tokenizer files (tokenizer.json, or GPT-2's vocab.json "
-                      "and merges.txt): pass a folder that holds them, such as a Hugging Face model's")
+                      "and merges.txt): pass a folder that holds them, such as a Hugging Face "
+                      "model's")
     import tokenizers  # pylint: disable=g-import-not-at-top
     with _readable_tokenizer(f"{vocab} and {merges}"):
       bpe = tokenizers.ByteLevelBPETokenizer(vocab, merges)
