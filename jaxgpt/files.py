@@ -7,6 +7,7 @@ import os
 from jaxgpt.errors import UserError
 
 TO_UTF8 = "convert it to UTF-8, e.g. with iconv"
+UTF8 = "utf-8-sig"  # UTF-8 whose byte order mark, if any (Windows editors write one), is no text
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -35,6 +36,6 @@ def read_utf8(path: str, what: str, fix: str = TO_UTF8) -> str:
     raise UserError(f"{what} cannot be read ({e.strerror or e}): make it readable, or pass "
                     "another file") from None
   try:
-    return raw.decode("utf-8-sig")  # a byte order mark (Windows editors write one) is no text
+    return raw.decode(UTF8)
   except UnicodeDecodeError as e:
     raise UserError(f"{what} is not UTF-8 text (bad byte at offset {e.start}): {fix}") from None

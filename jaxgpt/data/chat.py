@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from jaxgpt import chat_template
+from jaxgpt import chat_template, files
 from jaxgpt.errors import UserError
 
 ASSISTANT = "assistant"
@@ -69,7 +69,7 @@ def read_conversations(path: str) -> list[tuple[int, list[dict]]]:
   with open(path, "rb") as f:
     for number, raw in enumerate(f, start=1):
       try:
-        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is no text
+        line = raw.decode(files.UTF8 if number == 1 else "utf-8")
       except UnicodeDecodeError:
         raise UserError(f"{path}:{number} is not UTF-8 text: convert the file to UTF-8, e.g. "
                         "with iconv") from None

@@ -8,6 +8,7 @@ import csv
 import itertools
 import re
 
+from jaxgpt import files
 from jaxgpt.errors import UserError
 
 KAGGLE_COLUMNS = ("Dataline", "Play", "PlayerLinenumber", "ActSceneLine",
@@ -107,7 +108,7 @@ def plays_to_text(markdown: str) -> str:
 
 
 def _kaggle_rows(path: str):
-  with open(path, newline="", encoding="utf-8-sig") as f:  # as Excel saves it, with a BOM
+  with open(path, newline="", encoding=files.UTF8) as f:  # Excel saves a BOM
     try:
       reader = csv.DictReader(f)
       missing = [c for c in KAGGLE_COLUMNS if c not in (reader.fieldnames or ())]
