@@ -18,6 +18,7 @@ TEXT_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
 DATA_SOURCES = (*TEXT_SOURCES, "tokens", "chat")
 TOKENIZERS = ("char", "gpt2")
 PRECISIONS = ("float32", "bfloat16")
+MATMUL_PRECISIONS = ("auto", "float32", "bfloat16")
 BACKENDS = ("auto", "cpu", "gpu", "tpu")
 PIPELINES = ("auto", "tf", "numpy")
 OPTIMIZERS = ("adamw", "muon")
@@ -27,6 +28,19 @@ def backend_precision() -> str:
   """bfloat16 compute on GPU and TPU, float32 on CPU (which has no fast bfloat16)."""
   import jax  # pylint: disable=g-import-not-at-top  # this module loads without JAX
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def matmul_dtype(config) -> str:
+  """The training model's Dense products (GPTConfig.matmul_dtype): `matmul_precision`, where
+  auto is bfloat16 products of float32 compute on a CPU with Intel AMX (whose matrix units
+  take the step to about 0.7x float32's at the same loss: BENCHMARKS.md) and XLA's default
+  ("") elsewhere."""
+  if config.matmul_precision != "auto":
+    return config.matmul_precision
+  import jax  # pylint: disable=g-import-not-at-top  # this module loads without JAX
+  from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
+  amx = jax.default_backend() == "cpu" and runtime.cpu_has_amx()
+  return "bfloat16" if config.precision == "float32" and amx else ""
 
 
 def model_section() -> ml_collections.ConfigDict:
@@ -44,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 1337
   c.backend = "auto"
   c.precision = "float32"
+  c.matmul_precision = "auto"
   c.init_from = "scratch"
 
   c.data = ml_collections.ConfigDict()
@@ -110,6 +125,11 @@ _KEY_MEANINGS = {
     "backend": f"{', '.join(BACKENDS)}: auto takes what JAX finds; another insists on it.",
     "precision": f"Compute dtype, {' or '.join(PRECISIONS)}; parameters, logits and loss "
                  "stay float32.",
+    "matmul_precision": f"{', '.join(MATMUL_PRECISIONS)}: the training step's matmul products "
+                        "(summed in float32 either way). auto is bfloat16 on a CPU with Intel "
+                        "AMX while precision=float32 (faster at the same loss: BENCHMARKS.md), "
+                        "XLA's default elsewhere (TPUs: bfloat16 passes); float32 insists on "
+                        "float32 products. Sampling and eval compute in their --dtype.",
     "init_from": "scratch, or start from pretrained weights: gpt2, gpt2-medium, gpt2-large, "
                  "gpt2-xl, a hub name (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, "
                  "meta-llama/Llama-3.2-1B) or a Hugging Face GPT-2, Llama, Mistral, Qwen2 or "
@@ -299,6 +319,10 @@ def validate(c: ml_collections.ConfigDict, needs_data: bool = True) -> None:
   """Raises UserError for any setting that cannot work, naming the key and the fix;
   `needs_data=False` (compiling without training) lets data.path be empty."""
   _check_choice("precision", c.precision, PRECISIONS)
+  _check_choice("matmul_precision", c.matmul_precision, MATMUL_PRECISIONS)
+  _require(not (c.precision == "bfloat16" and c.matmul_precision == "float32"),
+           "matmul_precision=float32 needs float32 operands, and precision=bfloat16 rounds them "
+           "to bfloat16: choose --config.precision=float32 or --config.matmul_precision=auto")
   _check_choice("backend", c.backend, BACKENDS)
   _check_data(c, needs_data)
   model_config(c, vocab_size=1)  # the options alone: the vocabulary comes with the data
@@ -412,14 +436,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def model_config(config, vocab_size: int):
+def model_config(config, vocab_size: int, training: bool = False):
   """The model's GPTConfig: the `model` section's options (older runs' values in today's
-  form), the run's precision and LoRA, and the tokenizer's vocabulary size."""
+  form), the run's precision and LoRA, and the tokenizer's vocabulary size; `training` (the
+  train step and its evaluation) adds matmul_precision's products."""
   from jaxgpt import model  # pylint: disable=g-import-not-at-top  # config files load without JAX
   options = {f.name: f.metadata["legacy"].get(config.model[f.name], config.model[f.name])
              for f in model.options()}
   try:
     return model.GPTConfig(**options, vocab_size=vocab_size, dtype=config.precision,
+                           matmul_dtype=matmul_dtype(config) if training else "",
                            lora_rank=config.lora.rank, lora_alpha=config.lora.alpha,
                            lora_targets=lora_targets(config))
   except ValueError as e:

@@ -55,7 +55,7 @@ class Dense(nn.Module):
       y = self._int8_product(x)
     else:
       kernel = self.param("kernel", normal(self.stddev, self.names), self.shape)
-      y = contract(x, kernel, self.num_in, c.dtype)
+      y = contract(x, kernel, self.num_in, c.dtype, c.matmul_dtype)
     if c.lora_rank and self.name in c.lora_targets:
       y = y + self._adapter(x)
     if c.bias if self.use_bias is None else self.use_bias:
@@ -89,7 +89,8 @@ class Dense(nn.Module):
     a = self.param("lora_a", normal(1 / math.sqrt(math.prod(in_shape)),
                                     self.names[:self.num_in] + ("lora",)), in_shape + (r,))
     b = self.param("lora_b", zeros(("lora",) + self.names[self.num_in:]), (r,) + out_shape)
-    return (c.lora_alpha / r) * contract(contract(x, a, self.num_in, c.dtype), b, 1, c.dtype)
+    return (c.lora_alpha / r) * contract(contract(x, a, self.num_in, c.dtype, c.matmul_dtype), b,
+                                         1, c.dtype, c.matmul_dtype)
 
 
 def _mesh_axis_splitting(name: str) -> str | None:
@@ -100,23 +101,30 @@ def _mesh_axis_splitting(name: str) -> str | None:
   return axis if axis and not mesh.empty and mesh.shape[axis] > 1 else None
 
 
-def contract(x, kernel, num_in: int, dtype):
-  """x . kernel over the last `num_in` axes of x and the first `num_in` of kernel, named
-  "dot" for remat="dots" (the custom VJP hides the dot from JAX's own dots policies)."""
-  return checkpoint_name(tensordot(x.astype(dtype), kernel.astype(dtype), num_in), "dot")
+def contract(x, kernel, num_in: int, dtype, product_dtype: str = ""):
+  """x . kernel over the last `num_in` axes of x and the first `num_in` of kernel, in `dtype`,
+  its products in `product_dtype` ("": XLA's default for `dtype`), named "dot" for
+  remat="dots" (the custom VJP hides the dot from JAX's own dots policies)."""
+  return checkpoint_name(
+      tensordot(x.astype(dtype), kernel.astype(dtype), num_in, product_dtype), "dot")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def tensordot(x, kernel, num_in: int):
-  return _dot(x, kernel, (_last(x.ndim, num_in), _first(num_in)))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def tensordot(x, kernel, num_in: int, product_dtype: str):
+  """x . kernel in x's dtype, its products in product_dtype with float32 sums: bfloat16
+  products of float32 operands keep float32 outputs and gradients."""
+  return _tensordot_fwd(x, kernel, num_in, product_dtype)[0]
 
 
-def _dot(a, b, axes):
-  """jnp.tensordot accumulating in float32, in a's dtype: XLA's CPU backend sends bfloat16
-  products with a float32 result to its fast matrix units (Intel AMX) and those with a
-  bfloat16 result to a loop about 3x slower; elsewhere bfloat16 accumulates in float32
-  anyway."""
-  return jnp.tensordot(a, b, axes=axes, preferred_element_type=jnp.float32).astype(a.dtype)
+def _dot(a, b, axes, product_dtype: str, out_dtype):
+  """jnp.tensordot of a and b in product_dtype, summed in float32, returned in out_dtype.
+  XLA's CPU backend sends bfloat16 products with a float32 result to its fast matrix units
+  (Intel AMX), and those with a bfloat16 result to a loop about 3x slower; elsewhere
+  bfloat16 sums in float32 anyway. float32 asks for full float32 products (TPUs otherwise
+  take bfloat16 passes)."""
+  precision = jax.lax.Precision.HIGHEST if product_dtype == "float32" else None
+  return jnp.tensordot(a, b, axes=axes, precision=precision,
+                       preferred_element_type=jnp.float32).astype(out_dtype)
 
 
 def _first(n: int) -> tuple:
@@ -127,23 +135,39 @@ def _last(ndim: int, n: int) -> tuple:
   return tuple(range(ndim - n, ndim))
 
 
-def _tensordot_fwd(x, kernel, num_in: int):
-  return tensordot(x, kernel, num_in), (x, kernel)
+def _tensordot_fwd(x, kernel, num_in: int, product_dtype: str):
+  out_dtype = x.dtype
+  if product_dtype:
+    x, kernel = x.astype(product_dtype), kernel.astype(product_dtype)
+  y = _dot(x, kernel, (_last(x.ndim, num_in), _first(num_in)), product_dtype, out_dtype)
+  return y, (x, kernel)
 
 
-def _tensordot_bwd(num_in: int, residuals, dy):
-  """The gradients autodiff would give, but the kernel's is taken from x with its token
-  axes moved last and materialised on CPU: XLA's CPU backend sends that product to its
-  fast matmul library only in this layout, and otherwise to one about 2x slower."""
+def _tensordot_bwd(num_in: int, product_dtype: str, residuals, dy):
+  """The gradients autodiff would give, in dy's dtype (the operands'), the kernel's taken
+  from x with its token axes last (_tokens_last)."""
   x, kernel = residuals
+  dy_p = dy.astype(x.dtype)
   num_tokens, num_out = x.ndim - num_in, kernel.ndim - num_in
-  dx = _dot(dy, kernel, (_last(dy.ndim, num_out), _last(kernel.ndim, num_out)))
-  tokens_last = _last(x.ndim, num_in) + _first(num_tokens)
-  x_T = jax.lax.platform_dependent(
-      x, cpu=lambda x: jax.lax.optimization_barrier(x.transpose(tokens_last)),
-      default=lambda x: x.transpose(tokens_last))
-  dkernel = _dot(x_T, dy, (_last(x.ndim, num_tokens), _first(num_tokens)))
+  dx = _dot(dy_p, kernel, (_last(dy.ndim, num_out), _last(kernel.ndim, num_out)),
+            product_dtype, dy.dtype)
+  dkernel = _dot(_tokens_last(x, num_in), dy_p[None],
+                 (_last(x.ndim + 1, num_tokens + 1), _first(num_tokens + 1)), product_dtype,
+                 dy.dtype)
   return dx, dkernel
+
+
+def _tokens_last(x, num_in: int):
+  """x (tokens..., inputs...) as (inputs..., 1, tokens...), materialised on CPU: XLA's CPU
+  backend sends the kernel's gradient to its fast matmul library only in this layout, and
+  otherwise to one about 2x slower. The axis of 1 keeps a bfloat16 x in it: without it XLA
+  sees the transpose of a 2-D x as a change of layout, which its bfloat16 matmul does not
+  take, and computes that product in float32."""
+  x_1 = x[None]
+  tokens_last = _last(x_1.ndim, num_in) + _first(x_1.ndim - num_in)
+  return jax.lax.platform_dependent(
+      x_1, cpu=lambda x: jax.lax.optimization_barrier(x.transpose(tokens_last)),
+      default=lambda x: x.transpose(tokens_last))
 
 
 tensordot.defvjp(_tensordot_fwd, _tensordot_bwd)

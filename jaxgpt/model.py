@@ -70,11 +70,12 @@ def kv_heads_of(n_head: int, n_kv_head: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
-  """The model's options. The run fills in vocab_size (its tokenizer's), dtype (`precision`)
-  and the LoRA fields (the `lora` section), sampling `quantize`; every other field is a config
-  key of `model`."""
+  """The model's options. The run fills in vocab_size (its tokenizer's), dtype (`precision`),
+  matmul_dtype (training's `matmul_precision`) and the LoRA fields (the `lora` section),
+  sampling `quantize`; every other field is a config key of `model`."""
   vocab_size: int  # the tokenizer's; the embedding table is padded beyond it
   dtype: str = "float32"  # compute dtype; parameters are always float32
+  matmul_dtype: str = ""  # the Dense layers' products; "" is XLA's default for dtype
   lora_rank: int = 0  # > 0: low-rank adapters on the Dense layers named in lora_targets
   lora_alpha: float = 16.0
   lora_targets: tuple = ()  # some of HIDDEN_LAYERS

@@ -16,6 +16,16 @@ USER_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt")
 MIN_CACHED_COMPILE_SECS = 2.0
 
 
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this machine's CPU has Intel AMX's bfloat16 matrix units (Linux's /proc/cpuinfo
+  names them; False where it cannot be read)."""
+  try:
+    with open(cpuinfo, encoding="utf-8") as f:
+      return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+  except OSError:
+    return False
+
+
 def configure_cpu_devices() -> None:
   """Sets the number of CPU devices unless the user did; must run before JAX starts."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -46,7 +46,7 @@ class Program:
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh, devices)
     _check_batch(config, self.mesh)
-    self.model = GPT(config_lib.model_config(config, vocab_size))
+    self.model = GPT(config_lib.model_config(config, vocab_size, training=True))
     self.schedule = optim.learning_rate_schedule(config.train)
     self.optimizer = optim.make_optimizer(config.train)
     self.abstract_state = state_lib.abstract_state(self.model, self.optimizer, self.mesh)

@@ -182,8 +182,9 @@ def logged_losses(workdir, key="train_loss"):
   return {r["step"]: r[key] for r in records if key in r}
 
 
-def setup_step(config, devices):
-  model = GPT(config_lib.model_config(config, 30))
+def setup_step(config, devices, training=False):
+  """(model, mesh, state, jitted step); `training` takes matmul_precision as a run does."""
+  model = GPT(config_lib.model_config(config, 30, training))
   optimizer = optim.make_optimizer(config.train)
   mesh = sharding.make_mesh(config.mesh, devices)
   shardings = state_lib.state_shardings(model, optimizer, mesh)
@@ -203,11 +204,11 @@ def no_stop(rows):
   return np.zeros(rows, np.int32)
 
 
-def train_on_one_batch(config, num_steps, devices=None, dropout=0.0, state=None):
+def train_on_one_batch(config, num_steps, devices=None, dropout=0.0, state=None, training=False):
   """(losses, state) of `num_steps` jitted train steps on one random batch, from a fresh
   state or from `state` (host arrays; either form of the layers, converted to the config's)."""
   config.model.dropout = dropout
-  _, mesh, fresh, step = setup_step(config, devices or jax.devices()[:1])
+  _, mesh, fresh, step = setup_step(config, devices or jax.devices()[:1], training)
   state = fresh if state is None else layers.converted(state, fresh)
   a = config.train.grad_accum_steps
   x, y = random_batch(config)

@@ -12,8 +12,8 @@ from jaxgpt.errors import UserError
 def _config(**changes):
   c = config_lib.base_config()
   for key, value in changes.items():
-    section, name = key.split("__")
-    c[section][name] = value
+    section, _, name = key.rpartition("__")
+    (c[section] if section else c)[name] = value
   return c
 
 
@@ -70,6 +70,8 @@ def test_a_resume_keeps_how_the_weights_started_and_its_seed():
     ({"model__attention": "flash"}, ["model.attention", "cudnn"]),
     ({"model__attention": "cudnn", "model__dropout": 0.2}, ["model.attention", "dropout"]),
     ({"model__remat": "some"}, ["model.remat", "dots"]),
+    ({"matmul_precision": "tf32"}, ["matmul_precision", "bfloat16"]),
+    ({"precision": "bfloat16", "matmul_precision": "float32"}, ["matmul_precision=float32"]),
     ({"train__max_steps": 2**32}, ["train.max_steps=4294967296", "at most 2147483647"]),
     ({"train__sample_tokens": 2**70}, ["train.sample_tokens", "at most 2147483647"]),
 ])
@@ -163,7 +165,8 @@ def test_the_model_section_is_gptconfigs_options_with_their_defaults():
   """One place per model option: every GPTConfig field but those the run fills in is a key
   of `model` with the field's default, and every key of `model` is a field."""
   from jaxgpt.model import GPTConfig  # pylint: disable=g-import-not-at-top
-  run_filled = {"vocab_size", "dtype", "lora_rank", "lora_alpha", "lora_targets", "quantize"}
+  run_filled = {"vocab_size", "dtype", "matmul_dtype", "lora_rank", "lora_alpha", "lora_targets",
+                "quantize"}
   fields = {f.name: f.default for f in dataclasses.fields(GPTConfig)
             if f.name not in run_filled}
   section = config_lib.base_config().model
@@ -186,6 +189,33 @@ def test_precision_must_be_known():
   c.precision = "float16"
   with pytest.raises(UserError, match="precision"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("precision, matmul_precision, amx, products", [
+    ("float32", "auto", True, "bfloat16"),  # Intel AMX: bfloat16 products, float32 sums
+    ("float32", "auto", False, ""),  # XLA's own
+    ("bfloat16", "auto", True, ""),  # bfloat16 operands anyway
+    ("float32", "float32", True, "float32"),
+    ("float32", "bfloat16", False, "bfloat16"),
+])
+def test_matmul_precision_sets_the_training_models_products(precision, matmul_precision, amx,
+                                                             products, monkeypatch):
+  from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
+  c = _config(precision=precision, matmul_precision=matmul_precision)
+  config_lib.validate(c)
+  assert config_lib.model_config(c, 65, training=True).matmul_dtype == products
+  assert config_lib.model_config(c, 65).matmul_dtype == ""  # sampling, eval and export
+
+
+@pytest.mark.parametrize("flags, amx", [("fpu sse avx512f amx_bf16 amx_tile", True),
+                                        ("fpu sse avx512f avx512_bf16", False)])
+def test_amx_is_read_from_the_cpus_flags(flags, amx, tmp_path):
+  from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+  assert runtime.cpu_has_amx(str(cpuinfo)) == amx
+  assert not runtime.cpu_has_amx(str(tmp_path / "absent"))
 
 
 @pytest.mark.parametrize("axes, devices, expected", [

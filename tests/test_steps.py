@@ -1,5 +1,7 @@
 """The train step: gradient accumulation, learning, no recompiles, the eval loop."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 from jaxgpt import memory, optim, sharding, state as state_lib, steps
 from jaxgpt.config import model_config
 from jaxgpt.model import GPT
+from jaxgpt.trainer import Program
 
 from helpers import no_stop, random_batch, setup_step, tiny_config, train_on_one_batch
 
@@ -149,3 +152,32 @@ def test_the_first_losses_of_a_fixed_seed_are_unchanged():
       err_msg="the model's numbers changed: if the change meant to change them (initialisation, "
               "the model's maths, the optimizer, the default config), set GOLDEN_LOSSES to the new "
               "values; if not, the change broke something that every nanoGPT-exact config relies on")
+
+
+def _dense_product_operand_types(hlo: str) -> set[str]:
+  """The operand dtypes of the Dense layers' products in a compiled module's text (instruction
+  names are unique in a module, so each operand's type is that of its defining line)."""
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+  dense = r"/(c_attn|c_proj|c_fc)/dot_general"
+  return {types[name] for line in hlo.splitlines() if " dot(" in line and re.search(dense, line)
+          for name in re.search(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", line).groups()}
+
+
+def test_bfloat16_products_reach_every_dense_matmul_of_the_compiled_step():
+  """matmul_precision=bfloat16 keeps all the Dense products bfloat16, the weight gradients'
+  too (XLA's CPU compiler turned those of 2-D activations back to float32)."""
+  config = tiny_config(matmul_precision="bfloat16")
+  compiled, _ = Program(config, 30, jax.devices()[:1]).compile_train_step()
+  assert _dense_product_operand_types(compiled.as_text()) == {"bf16"}
+  float32 = tiny_config(matmul_precision="float32")
+  compiled, _ = Program(float32, 30, jax.devices()[:1]).compile_train_step()
+  assert _dense_product_operand_types(compiled.as_text()) == {"f32"}
+
+
+def test_bfloat16_products_train_as_float32_does():
+  """The first steps' losses with bfloat16 products (matmul_precision=auto on Intel AMX) stay
+  within bfloat16's rounding of float32's, and fall as fast."""
+  float32, _ = train_on_one_batch(tiny_config(matmul_precision="float32"), 8, training=True)
+  bfloat16, _ = train_on_one_batch(tiny_config(matmul_precision="bfloat16"), 8, training=True)
+  np.testing.assert_allclose(bfloat16, float32, rtol=2e-4)
+  assert bfloat16[-1] < bfloat16[0] - 0.1
