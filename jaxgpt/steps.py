@@ -119,13 +119,34 @@ def train_step(state: TrainState, batch_A: Batch, stop_B: jax.Array, *,
   new_trainable = optax.apply_updates(trainable, updates)
   params = lora.combine(new_trainable, frozen)
   metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
-             # In float32, as the parameters are; the update is what the step moved them by.
-             "param_norm": optax.global_norm(params),
-             "update_norm": optax.global_norm(jax.tree.map(jnp.subtract, new_trainable,
-                                                           trainable)),
              # A float32 sum, so that XLA can combine its all-reduce with the gradients'.
              "stop": jnp.sum(stop_B.astype(jnp.float32)) > 0}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+class ParameterNorms:
+  """param_norm (of all the parameters after a step) and update_norm (of what the step moved
+  the trainable ones by), for the steps that are logged: computed beside the train step,
+  whose every step they made about 7% slower on CPU (BENCHMARKS.md).
+
+    before = norms.before(state.params)  # a copy: the step donates state
+    state, step_metrics = train_step(state, ...)
+    step_metrics |= norms.after(before, state.params)
+  """
+
+  def __init__(self, lora_rank: int):
+    trainable = lambda params: lora.partition(params, lora_rank)[0]
+    self._copy = jax.jit(lambda params: jax.tree.map(jnp.copy, trainable(params)))
+    # In float32, as the parameters are.
+    self._norms = jax.jit(lambda before, params: {
+        "param_norm": optax.global_norm(params),
+        "update_norm": optax.global_norm(jax.tree.map(jnp.subtract, trainable(params), before))})
+
+  def before(self, params: Params) -> Params:
+    return self._copy(params)
+
+  def after(self, before: Params, params: Params) -> Metrics:
+    return self._norms(before, params)
 
 
 def eval_loss(params: Params, batches_E: Batch, *, model: GPT) -> jax.Array:

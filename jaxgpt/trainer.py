@@ -88,6 +88,7 @@ class _Loop:
   trace: profiling.StepTrace
   throughput: throughput.Throughput
   start_step: int
+  norms: steps.ParameterNorms
   started: float = dataclasses.field(default_factory=time.perf_counter)
 
 
@@ -279,7 +280,8 @@ class Trainer:
     rate = throughput.Throughput(t.batch_size * c.model.block_size,
                                  throughput.flops_per_token(self.model.config, num_params),
                                  jax.device_count())
-    return _Loop(compiled, self.eval_set(), writer, trace, rate, int(state.step))
+    return _Loop(compiled, self.eval_set(), writer, trace, rate, int(state.step),
+                 steps.ParameterNorms(self.model.config.lora_rank))
 
   def _train_from(self, state: state_lib.TrainState, loop: _Loop) -> dict:
     t, start = self.config.train, loop.start_step
@@ -297,8 +299,11 @@ class Trainer:
     stop = False
     for step in range(start + 1, t.max_steps + 1):
       loop.trace.before(step)
+      before = loop.norms.before(state.params) if self._logs(step) else None
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_metrics = loop.compiled.train_step(state, batch, self.stop_rows())
+        if before is not None:
+          step_metrics = {**step_metrics, **loop.norms.after(before, state.params)}
         batch = next(batches, None)  # made and placed while the step runs
       loop.trace.after(step, state)
       pending.append((step, step_metrics))
@@ -324,6 +329,10 @@ class Trainer:
     self.state = state
     return last
 
+  def _logs(self, step: int) -> bool:
+    t = self.config.train
+    return step % t.log_every == 0 or step == t.max_steps
+
   def _log_step(self, step: int, step_metrics: steps.Metrics, loop: _Loop) -> bool:
     """Checks and logs a step's loss; returns whether some process asked to stop."""
     loss = float(step_metrics["loss"])
@@ -334,9 +343,9 @@ class Trainer:
       raise UserError(f"the training loss became {loss} at step {step}: lower "
                       f"train.learning_rate or raise train.warmup_steps; {kept}")
     stop = bool(step_metrics["stop"])
-    t = self.config.train
-    if step % t.log_every and step != t.max_steps:
+    if not self._logs(step):
       return stop
+    t = self.config.train
     rate = loop.throughput.measure(step)
     values = {"train_loss": loss, **{key: float(step_metrics[key]) for key in (
         "lr", "grad_norm", "param_norm", "update_norm")}, **rate}

@@ -70,11 +70,14 @@ def test_update_norm_is_what_the_parameters_moved_by():
   train_step = steps.jit_train_step(model, optimizer, optim.learning_rate_schedule(config.train),
                                     state_lib.dropout_key(config.seed), mesh, shardings)
   x = np.random.default_rng(0).integers(0, 30, (8, 16), dtype=np.int32)
+  norms = steps.ParameterNorms(config.lora.rank)
   with sharding.rules_context(mesh):
     state = state_lib.init_state(model, optimizer, mesh, config.seed)
-    before = jax.device_get(state.params)  # the step donates state
+    before = jax.device_get(state.params)
+    copied = norms.before(state.params)  # as the trainer does: the step donates state
     xs, ys = (sharding.global_batch(z[None], mesh, 1) for z in (x, np.roll(x, -1, axis=1)))
-    state, metrics = train_step(state, (xs, ys), sharding.global_batch(np.zeros(8, np.int32), mesh))
+    state, _ = train_step(state, (xs, ys), sharding.global_batch(np.zeros(8, np.int32), mesh))
+    metrics = norms.after(copied, state.params)
     after = jax.device_get(state.params)
 
   def norm(tree):
