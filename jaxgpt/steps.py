@@ -17,9 +17,10 @@ from jaxgpt import cross_entropy, lora, sharding
 from jaxgpt.model import GPT
 from jaxgpt.state import Params, TrainState
 
-# XLA's CPU compiler hoists the float32 conversion of a scanned model's saved bfloat16
-# activations out of the backward loop, converting every layer's at once (gpt2_xl: 1.9 GB a
-# device of 5.7); without loop-invariant code motion it converts one layer's at a time.
+# XLA's CPU compiler hoists work on a scanned model's saved activations out of the backward
+# loop (the kernel gradients' tokens-last copies; before 2026-12-07 their float32 conversion
+# too), doing every layer's at once (gpt2_xl: 1.6 GB a device of 6.3); without loop-invariant
+# code motion it does one layer's at a time.
 # Scanned models only: the unrolled CPU default's step is 3% faster with it (BENCHMARKS.md).
 CPU_SCANNED_TRAIN_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
