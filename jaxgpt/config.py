@@ -129,7 +129,7 @@ _KEY_MEANINGS = {
                         "(summed in float32 either way). auto is bfloat16 on a CPU with Intel "
                         "AMX while precision=float32 (faster at the same loss: BENCHMARKS.md), "
                         "XLA's default elsewhere (TPUs: bfloat16 passes); float32 insists on "
-                        "float32 products. Sampling and eval compute in their --dtype.",
+                        "float32 products. jaxgpt.sample and jaxgpt.eval compute in their --dtype.",
     "init_from": "scratch, or start from pretrained weights: gpt2, gpt2-medium, gpt2-large, "
                  "gpt2-xl, a hub name (HuggingFaceTB/SmolLM2-135M, Qwen/Qwen3-0.6B, "
                  "meta-llama/Llama-3.2-1B) or a Hugging Face GPT-2, Llama, Mistral, Qwen2 or "
