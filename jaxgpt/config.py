@@ -37,10 +37,11 @@ def matmul_dtype(config) -> str:
   ("") elsewhere."""
   if config.matmul_precision != "auto":
     return config.matmul_precision
+  if config.precision != "float32":
+    return ""
   import jax  # pylint: disable=g-import-not-at-top  # this module loads without JAX
   from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
-  amx = jax.default_backend() == "cpu" and runtime.cpu_has_amx()
-  return "bfloat16" if config.precision == "float32" and amx else ""
+  return "bfloat16" if jax.default_backend() == "cpu" and runtime.cpu_has_amx() else ""
 
 
 def model_section() -> ml_collections.ConfigDict:
