@@ -149,6 +149,20 @@ def test_a_large_float_models_weights_split_over_two_devices_give_one_devices_to
                                   _split_tokens(run, run.params, sampling))
 
 
+def test_splitting_a_models_weights_traces_it_once(monkeypatch):
+  """Each generation places the parameters; the split's shardings come from a trace of the
+  whole model, which a chat's every turn would otherwise repeat."""
+  run = _run(GPT2_LIKE, jax.tree.map(jnp.asarray, perturbed_params(GPT2_LIKE)))
+  traced, abstract_params = [], generate.abstract_params
+  monkeypatch.setattr(generate, "abstract_params", lambda *args: (
+      traced.append(args), abstract_params(*args))[1])
+  generate._split_shardings.cache_clear()  # pylint: disable=protected-access
+  placed = [generate.place(run.model, _on_two_devices(run.params), 4, True) for _ in range(2)]
+  assert len(traced) == 1
+  assert all(dict(placement.mesh.shape)["tensor"] == 2 for _, placement in placed)
+  chex.assert_trees_all_equal(*(jax.tree.map(lambda x: x.sharding, p) for p, _ in placed))
+
+
 @pytest.mark.slow  # the float model's split stays in the fast subset
 def test_an_int8_models_weights_split_over_two_devices_stay_near_float32(monkeypatch):
   """int8 matrices split as the float ones (their rows in quantize.output_order); each device
