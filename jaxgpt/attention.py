@@ -25,7 +25,11 @@ ACTIVATION_NAMES = ("activation_batch", "activation_length", "activation_heads",
                     "activation_head_dim")
 SPLASH_BLOCK = 128  # the splash kernel's query and key blocks: the length must be a multiple
 CACHE_BLOCK = 128  # decoding reads a longer key/value cache this many positions at a time
-FEW_ROWS = 4  # query rows that read it as element-wise products, half a CACHE_BLOCK at a time
+FEW_ROWS = 4  # query rows that read it as element-wise products, FEW_ROWS_BLOCK at a time
+# Small blocks waste little of the last, partly filled one, and were faster even at 1,024
+# positions (a GPT-2 step at batch 8 and 160 positions: 21.5-21.9 ms with blocks of 64, 19.0
+# with 16; BENCHMARKS.md).
+FEW_ROWS_BLOCK = 16
 
 
 def implementation(c: "GPTConfig", deterministic: bool, length: int) -> str:
@@ -235,7 +239,7 @@ def _attend_to_cache(q_NxRxK, k_NxSxK, v_NxSxK, positions_R, filled):
     return _weighted_values(q_NxRxK, k_NxSxK, v_NxSxK, mask_RxS)
   n, r, k = q_NxRxK.shape
   few_rows = r <= FEW_ROWS
-  block = CACHE_BLOCK // 2 if few_rows else CACHE_BLOCK  # each the faster for its rows
+  block = FEW_ROWS_BLOCK if few_rows else CACHE_BLOCK  # each the faster for its rows
   q_NxRxK = q_NxRxK * (1.0 / math.sqrt(k))
 
   def attend_block(j, carry):

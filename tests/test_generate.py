@@ -153,13 +153,14 @@ def test_the_cache_holds_the_prompt_and_new_tokens_rounded_up_to_a_power_of_two(
 def test_a_cache_read_block_by_block_gives_the_same_greedy_text(model_params, monkeypatch,
                                                                  cache_block):
   """A cache longer than attention.CACHE_BLOCK is read only as far as it is filled, a block at
-  a time: CACHE_BLOCK positions for the prompt's rows, half as many for a decoding step's
-  (8 and 4 do not divide the 38 positions, nor 12 the 42: the last block overlaps the one
-  before; 6 does divide 42)."""
+  a time: CACHE_BLOCK positions for the prompt's rows, FEW_ROWS_BLOCK for a decoding step's,
+  here half as many (8 and 4 do not divide the 38 positions, nor 12 the 42: the last block
+  overlaps the one before; 6 does divide 42)."""
   _, params = model_params
   model = GPT(dataclasses.replace(CONFIG, block_size=30 + cache_block))  # a new compilation
   params = {**params, "wpe": jnp.resize(params["wpe"], (model.config.block_size, CONFIG.n_embd))}
   monkeypatch.setattr(attention, "CACHE_BLOCK", cache_block)
+  monkeypatch.setattr(attention, "FEW_ROWS_BLOCK", cache_block // 2)
   prompt = [3, 1, 4, 1, 5, 9]
   n = 2 * model.config.block_size + 5
   got = _generate(model, params, prompt, n, temperature=0.0)[0]
