@@ -27,8 +27,8 @@ SPLASH_BLOCK = 128  # the splash kernel's query and key blocks: the length must 
 CACHE_BLOCK = 128  # decoding reads a longer key/value cache this many positions at a time
 FEW_ROWS = 4  # query rows that read it as element-wise products, FEW_ROWS_BLOCK at a time
 # Small blocks waste little of the last, partly filled one, and were faster even at 1,024
-# positions (a GPT-2 step at batch 8 and 160 positions: 21.5-21.9 ms with blocks of 64, 19.0
-# with 16; BENCHMARKS.md).
+# positions (GPT-2's decoding step at batch 8, a cache of 256: 21.5-21.9 ms with blocks of 64,
+# 19.0-19.5 with 16; BENCHMARKS.md).
 FEW_ROWS_BLOCK = 16
 
 
