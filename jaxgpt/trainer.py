@@ -302,9 +302,11 @@ class Trainer:
       before = loop.norms.before(state.params) if self._logs(step) else None
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_metrics = loop.compiled.train_step(state, batch, self.stop_rows())
-        if before is not None:
-          step_metrics = {**step_metrics, **loop.norms.after(before, state.params)}
         batch = next(batches, None)  # made and placed while the step runs
+        if before is not None:
+          if not max_pending:  # the norms' program after the step's, not beside it (above)
+            jax.block_until_ready(step_metrics)
+          step_metrics = {**step_metrics, **loop.norms.after(before, state.params)}
       loop.trace.after(step, state)
       pending.append((step, step_metrics))
       evaluate = step % t.eval_every == 0 or step == t.max_steps
