@@ -3,6 +3,7 @@
 import os
 import platform
 
+from jaxgpt import roll_call
 from jaxgpt.errors import UserError, first_line
 
 # XLA's CPU backend runs much element-wise work on one core; splitting each batch over two
@@ -46,6 +47,8 @@ def initialize_distributed() -> None:
   given = {name: os.environ.get(name) for name in DISTRIBUTED_VARIABLES}
   if any(given.values()):
     address, num_processes, process_id = _distributed_variables(given)
+    host, _, port = address.rpartition(":")
+    roll_call.take(host.strip("[]"), int(port), num_processes, process_id)
     _initialize(jax, address, num_processes, process_id)
   elif _cluster_process_count() > 1:
     _initialize(jax)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint, peers, runtime
+from jaxgpt import checkpoint, peers, roll_call, runtime
 from jaxgpt.data.pipeline import row_ids
 from jaxgpt.errors import UserError
 
@@ -294,9 +294,27 @@ def test_explicit_variables_are_passed_to_jax(monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "3")
   calls = []
+  monkeypatch.setattr(roll_call, "take", lambda *a: calls.append(a))
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
   runtime.initialize_distributed()
-  assert calls == [("10.0.0.1:8476", 4, 3)]
+  assert calls == [("10.0.0.1", 8476, 4, 3), ("10.0.0.1:8476", 4, 3)]
+
+
+@pytest.mark.parametrize("process_id, words", [
+    (0, "process 1 of JAX_NUM_PROCESSES=2 did not check in within 2 s"),
+    (1, "process 0 did not answer at JAX_COORDINATOR_ADDRESS=127.0.0.1:")])
+def test_a_process_whose_peer_never_starts_stops_with_one_line(text_file, tmp_path, started,
+                                                                 process_id, words):
+  """It aborted in JAX's C++ join, with a stack trace, after five minutes."""
+  code = ("from jaxgpt import roll_call, train; from jaxgpt.errors import run_cli; "
+          "roll_call.TIMEOUT_SECS = 2; run_cli(train.main)")
+  started.append(_start(text_file, tmp_path / "run", 2, script=("-c", code),
+                        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
+                        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id)))
+  code, _, stderr = _finish(started[0], timeout=60)
+  assert code == 2
+  assert len(stderr.strip().splitlines()) == 1 and words in stderr, stderr
+  assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("processes, micro_batches", [(2, 1), (4, 2), (2, 4)])
