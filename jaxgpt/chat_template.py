@@ -18,8 +18,9 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
   template = getattr(tokenizer, "chat_template", None)
   if not template:
     raise UserError("the tokenizer has no chat template: use a chat model's folder (its "
-                    "tokenizer_config.json or chat_template.jinja has one), or pass "
-                    "--config.data.tokenizer_path=FOLDER of such a tokenizer")
+                    "tokenizer_config.json or chat_template.jinja has one) or write a "
+                    "chat_template.jinja into the model's folder; training from scratch, "
+                    "--config.data.tokenizer_path=FOLDER of a tokenizer with one")
   specials = tokenizer.specials
   import jinja2  # pylint: disable=g-import-not-at-top
   try:

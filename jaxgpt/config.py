@@ -233,8 +233,7 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   changed = []
   for key in identity_keys():
     ours, theirs = _get(c, key), _get(saved, key)
-    if ours == theirs or (key == "lora.targets"
-                          and set(lora_targets(c)) == set(lora_targets(saved))):
+    if ours == theirs or _same_in_effect(key, c, saved, explicit):
       continue
     _require(key not in explicit,
              f"--config.{key}={ours} contradicts the run in {workdir}, which has {key}={theirs}: "
@@ -243,6 +242,16 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
     (c[section] if section else c)[name] = theirs
     changed.append(f"{key}={theirs}")
   return changed
+
+
+def _same_in_effect(key: str, c: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
+                    explicit: set[str]) -> bool:
+  """Whether two spellings of an identity key are the same run: lora.targets in any order;
+  a data.path given on the command line (the run's data moved, or its path was relative to
+  another folder) whose data the saved data.fingerprint will check once it is read."""
+  if key == "lora.targets":
+    return set(lora_targets(c)) == set(lora_targets(saved))
+  return key == "data.path" and key in explicit and bool(saved.data.fingerprint)
 
 
 def adopt_architecture(c: ml_collections.ConfigDict, name: str, options: dict,

@@ -121,15 +121,38 @@ def _scored(evaluation):
 
 def _heldout_tokens(run, spec: str):
   """(the set's name, its tokens) for a --data entry."""
-  from jaxgpt import data  # pylint: disable=g-import-not-at-top
   if spec == "val":
-    return "val", data.build_dataset(run.config, tokenizer=run.tokenizer).val
+    return "val", _run_val_split(run)
   path, name = os.path.abspath(os.path.expanduser(spec)), _data_name(spec)
   if os.path.isdir(path):
     return name, _dataset_val_split(run, path)
   if not os.path.isfile(path):
     raise UserError(f"--data={spec} is neither val, a text file nor a dataset folder: pass one")
   return name, run.tokenizer.encode(files.read_utf8(path, f"--data={spec}"))
+
+
+def _run_val_split(run):
+  """The validation split of the run's own data; refused where that data is not here or has
+  changed since the run trained on it (its split would not be the run's)."""
+  from jaxgpt import data  # pylint: disable=g-import-not-at-top
+  from jaxgpt.data.tokenizer import UnknownCharacter  # pylint: disable=g-import-not-at-top
+  path, fingerprint = run.config.data.path, run.config.data.fingerprint
+  if path and "://" not in path and not os.path.exists(path):
+    where, fix = ((" does not exist", "restore it") if os.path.isabs(path) else
+                  (", relative to the folder the run was started in, is not here",
+                   "run eval from that folder"))
+    raise UserError(f"--data=val is the validation split of the run's data, and its data.path="
+                    f"{path!r}{where}: {fix}, or pass a held-out text or dataset folder as "
+                    "--data=PATH")
+  try:
+    dataset = data.build_dataset(run.config, tokenizer=run.tokenizer)
+  except UnknownCharacter:  # text the run's char tokenizer never saw
+    dataset = None
+  if dataset is None or fingerprint not in ("", data.fingerprint(dataset)):
+    raise UserError(f"--data=val: the run's data (data.path={path!r}) has changed since the run "
+                    "trained on it, so its validation split is not the run's: restore the data, "
+                    "or pass it as --data=PATH to score it as another held-out set")
+  return dataset.val
 
 
 def _dataset_val_split(run, path: str):

@@ -10,10 +10,12 @@ jaxgpt's fixed shapes (jaxgpt/scoring.py) and generated with jaxgpt's compiled d
 greedily.
 """
 
+import contextlib
 import functools
 import glob
 import os
 import traceback
+from unittest import mock
 
 import numpy as np
 
@@ -42,8 +44,9 @@ def run_tasks(run, scorer, tasks: list[str], limit: int | None,
     raise UserError(f"lm-eval has no task {', '.join(unknown)}: pass names that "
                     "`lm_eval ls tasks` lists, or --lm_eval_include=DIR for your own task YAML")
   try:
-    output = lm_eval.simple_evaluate(model=harness_model(run, scorer), tasks=tasks, limit=limit,
-                                     task_manager=manager, log_samples=False)
+    with _no_git_hash():
+      output = lm_eval.simple_evaluate(model=harness_model(run, scorer), tasks=tasks,
+                                       limit=limit, task_manager=manager, log_samples=False)
   except (OSError, ConnectionError) as e:
     raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} ({first_line(e)}): "
                     "connect to the internet once so that it caches them, or point a local "
@@ -58,6 +61,15 @@ def run_tasks(run, scorer, tasks: list[str], limit: int | None,
   return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
                  if isinstance(value, float) and "stderr" not in metric}
           for task, metrics in output["results"].items()}
+
+
+def _no_git_hash():
+  """lm-eval records `git describe` of the current folder in its results, and outside a git
+  repository git prints "fatal: not a git repository" on stderr; jaxgpt reports no hash."""
+  import lm_eval.evaluator  # pylint: disable=g-import-not-at-top
+  if not hasattr(lm_eval.evaluator, "get_git_commit_hash"):
+    return contextlib.nullcontext()
+  return mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None)
 
 
 def _through_jaxgpt(error: Exception) -> bool:

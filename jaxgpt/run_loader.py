@@ -78,7 +78,8 @@ def load_run(workdir: str, which: str = "latest") -> LoadedRun:
   """Loads a run's newest (`latest`, falling back past damaged ones), `best` or STEP checkpoint."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
-    raise UserError(f"workdir {workdir} does not exist: pass the --workdir that "
+    problem = "is a file, not a folder" if os.path.exists(workdir) else "does not exist"
+    raise UserError(f"workdir {workdir} {problem}: pass the --workdir that "
                     "`python -m jaxgpt.train` printed")
   check_not_another_kind_of_folder(workdir)
   config = config_lib.load_config(workdir)

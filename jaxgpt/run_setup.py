@@ -11,7 +11,7 @@ import ml_collections
 
 from jaxgpt import checkpoint, config as config_lib, data, pretrained as pretrained_lib
 from jaxgpt import run_loader
-from jaxgpt.data.tokenizer import Tokenizer, same_ids
+from jaxgpt.data.tokenizer import Tokenizer, UnknownCharacter, same_ids
 from jaxgpt.errors import UserError
 
 
@@ -42,19 +42,19 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   pretrained = None if config.init_from == "scratch" else pretrained_lib.resolve(config.init_from)
   if pretrained:
     pretrained_lib.configure(config, pretrained, explicit_keys or set())
-  config_lib.validate(config)
   saved = _saved_run_config(workdir)
+  config_lib.validate(config, needs_data=saved is None)  # a resumed run has its data.path
   if saved is not None and explicit_keys is not None:
     changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
     if changed and is_main:
       print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)
+  if saved is None or "data.path" in (explicit_keys or ()):
+    # config.json names the data wherever the run is resumed or evaluated from
+    config.data.path = data.absolute_path(config.data.path)
   os.makedirs(workdir, exist_ok=True)
   dataset = _dataset(config, workdir, pretrained, explicit_keys or set())
   if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
-    raise UserError(f"the training data differs from the data the run in {workdir} was "
-                    f"trained on (data.source={config.data.source}, data.path="
-                    f"{config.data.path or '-'}): resume with the run's own data, or train "
-                    "on this data in a new --workdir")
+    raise _data_differs(config, workdir)
   checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                         timeout_secs=config.train.checkpoint_timeout_secs)
   try:
@@ -73,7 +73,11 @@ def _dataset(config, workdir: str, pretrained: str | None, explicit_keys: set[st
   from_shards = config.data.source == "tokens"
   tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
                or pretrained_lib.run_tokenizer(config, pretrained))
-  dataset = data.build_dataset(config, tokenizer=tokenizer)
+  try:
+    dataset = data.build_dataset(config, tokenizer=tokenizer)
+  except UnknownCharacter as e:  # only the workdir's own char tokenizer can lack one
+    raise _data_differs(config, workdir, f"; it has {e.character!r}, which the run's tokenizer "
+                        "does not") from None
   if from_shards and pretrained:
     _check_model_tokenizer(dataset.tokenizer, pretrained, config)
   if (from_shards and "data.tokenizer" in explicit_keys
@@ -85,6 +89,13 @@ def _dataset(config, workdir: str, pretrained: str | None, explicit_keys: set[st
   config.data.tokenizer = dataset.tokenizer.kind
   config.data.fingerprint = data.fingerprint(dataset)
   return dataset
+
+
+def _data_differs(config, workdir: str, detail: str = "") -> UserError:
+  return UserError(f"the training data differs from the data the run in {workdir} was trained "
+                   f"on (data.source={config.data.source}, data.path={config.data.path or '-'}"
+                   f"{detail}): resume with the run's own data, or train on this data in a new "
+                   "--workdir")
 
 
 def _check_model_tokenizer(tokenizer: Tokenizer, pretrained: str, config) -> None:

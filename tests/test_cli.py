@@ -252,4 +252,8 @@ def test_a_workdir_that_is_a_model_or_a_dataset_is_refused_untouched(tmp_path, c
 
 def test_sample_errors(tmp_path):
   assert_clean_error(run("sample", f"--workdir={tmp_path / 'none'}", check=False), "does not exist")
+  (tmp_path / "notes.txt").write_text("a file")
+  for command in ("sample", "eval --data=val", "export --out=x"):
+    assert_clean_error(run(*command.split(), f"--workdir={tmp_path / 'notes.txt'}", check=False),
+                       "notes.txt is a file, not a folder")
   assert_clean_error(run("sample", check=False), "--workdir")

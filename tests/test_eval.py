@@ -517,8 +517,10 @@ def test_lm_eval_tasks_give_the_hugging_face_backends_results(folder, request, t
         assert ours["results"][task][metric] == pytest.approx(value, rel=1e-4), (task, metric)
   generated = lambda results: [s["filtered_resps"] for s in results["samples"]["jaxgpt_generate"]]
   assert generated(ours) == generated(theirs)
-  printed = json.loads(run("eval", f"--init_from={hf_folder}", f"--lm_eval_include={tmp_path}",
-                           "--lm_eval_tasks=jaxgpt_mc", "--json").stdout.strip().splitlines()[-1])
+  outside_git = run("eval", f"--init_from={hf_folder}", f"--lm_eval_include={tmp_path}",
+                    "--lm_eval_tasks=jaxgpt_mc", "--json", cwd=tmp_path)
+  assert "fatal: not a git repository" not in outside_git.stderr  # lm-eval's `git describe`
+  printed = json.loads(outside_git.stdout.strip().splitlines()[-1])
   assert printed["lm_eval"]["jaxgpt_mc"]["acc"] == pytest.approx(
       theirs["results"]["jaxgpt_mc"]["acc,none"])
 

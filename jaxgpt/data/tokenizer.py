@@ -35,6 +35,14 @@ def same_ids(a: Tokenizer, b: Tokenizer) -> bool:
   return a.kind == b.kind and a.vocabulary() == b.vocabulary()
 
 
+class UnknownCharacter(UserError):
+  """Text with a character that a char tokenizer does not have."""
+
+  def __init__(self, message: str, character: str):
+    super().__init__(message)
+    self.character = character
+
+
 class CharTokenizer:
   """One token per character; ids are the indices of the sorted characters."""
 
@@ -66,10 +74,11 @@ class CharTokenizer:
     known = self._codepoints[ids] == codepoints
     if not known.all():
       position = int(np.argmin(known))
-      raise UserError(
+      raise UnknownCharacter(
           f"character {text[position]!r} at position {position} is not in the"
           " vocabulary: the char tokenizer only knows the characters of the"
-          " training text; remove that character or train on text that has it")
+          " training text; remove that character or train on text that has it",
+          text[position])
     return ids.astype(np.int32)
 
   def decode(self, ids) -> str:
