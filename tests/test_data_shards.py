@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -293,5 +294,47 @@ def test_a_token_folder_says_what_it_lacks(token_dir, tmp_path):
   info = json.loads((no_tokenizer / "dataset.json").read_text())
   del info["format"]
   (no_tokenizer / "dataset.json").write_text(json.dumps(info))
-  with pytest.raises(UserError, match=r'has no "format": "jaxgpt-tokens".*README'):
+  with pytest.raises(UserError, match=r'has no "format" \("jaxgpt-tokens"\).*README'):
     pipeline.build_dataset(_tokens_config(no_tokenizer))
+
+
+def test_a_file_for_the_dataset_folder_is_named_a_file(text_file):
+  with pytest.raises(UserError, match=r"plays.txt is a file, not a folder of token shards: "
+                     r"pass the folder .*--out=DIR.*data.source=text$"):
+    pipeline.build_dataset(_tokens_config(text_file))
+
+
+def _valid_dataset_json():
+  shard = {"file": "train_000000.bin", "tokens": 10, "sha256": "0" * 64}
+  return {"format": "jaxgpt-tokens", "version": 1, "vocab_size": 60,
+          "splits": {"train": [shard], "val": [dict(shard, file="val_000000.bin")]}}
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("tokens", "37953", ['has "tokens": "37953" in "splits"."train"[0], not',
+                         "an integer of 0 or more"]),
+    ("tokens", -5, ['has "tokens": -5 in', "an integer of 0 or more"]),
+    ("file", "../plays.txt", ['has "file": "../plays.txt" in', "in the dataset folder"]),
+    ("file", "..", ['has "file": ".." in', "in the dataset folder"]),
+    ("sha256", "abc", ['has "sha256": "abc" in', "as sha256sum prints it"]),
+])
+def test_a_mistyped_key_says_what_is_wrong_with_its_value(tmp_path, key, value, words):
+  info = _valid_dataset_json()
+  shards.check_schema(info, "dataset.json")
+  info["splits"]["train"][0][key] = value
+  (tmp_path / "dataset.json").write_text(json.dumps(info))
+  with pytest.raises(UserError) as error:
+    shards.read_dataset(str(tmp_path))
+  for word in words + ["README"]:
+    assert word in str(error.value)
+  assert "has no" not in str(error.value)
+
+
+def test_a_mistyped_top_level_key_shows_its_value():
+  for key, value, shown in (("vocab_size", "60", '"vocab_size": "60", not'),
+                            ("version", True, '"version": true, not 1'),
+                            ("splits", [1] * 30, '"splits": [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, '
+                             '..., not an object')):  # a long value cut short
+    info = dict(_valid_dataset_json(), **{key: value})
+    with pytest.raises(UserError, match=re.escape(shown)):
+      shards.check_schema(info, "dataset.json")

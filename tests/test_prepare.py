@@ -131,7 +131,7 @@ def test_text_files_char_tokens_and_dataset_json(docs, tmp_path):
   assert split_tokens(out, "val").tolist() == tokenizer.encode("\n".join(val)).tolist()
   info = json.loads((out / "dataset.json").read_text())
   assert set(info) == {"format", "version", "tokenizer", "vocab_size", "end_of_text_id", "dtype",
-                       "source", "splits", "documents"}
+                       "source", "splits", "documents", "inputs"}
   assert (info["format"], info["version"]) == (shards.FORMAT, shards.FORMAT_VERSION)
   assert (info["tokenizer"], info["vocab_size"], info["end_of_text_id"], info["dtype"]) == (
       "char", tokenizer.vocab_size, None, "uint16")
@@ -361,6 +361,29 @@ def test_already_prepared_and_a_different_dataset(docs, tmp_path):
   assert folder_bytes(out) == before
 
 
+def test_a_rerun_after_an_input_changed_keeps_the_shards_and_names_the_file(docs, tmp_path):
+  corpus, out = tmp_path / "corpus", tmp_path / "out"
+  args = [f"--input={write_text_files(corpus, docs)}", f"--out={out}", "--val_fraction=0.3"]
+  prepare(*args)
+  before = folder_bytes(out)
+  recorded = json.loads(before["dataset.json"])["inputs"][str(corpus / "doc0003.txt")]
+  assert recorded["bytes"] == len(docs[3].encode())
+  with open(corpus / "doc0003.txt", "a", encoding="utf-8") as f:
+    f.write(" More text.")
+  grown = prepare(*args, check=False)
+  assert_clean_error(grown, "doc0003.txt changed after", f"{recorded['bytes']} bytes then",
+                     "kept as they are", "another --out", f"delete {out}")
+  (corpus / "doc0003.txt").write_text(docs[3], encoding="utf-8")  # its size again, not its time
+  os.remove(out / "val_000000.bin")  # not repaired from the changed input either
+  touched = prepare(*args, check=False)
+  assert_clean_error(touched, "doc0003.txt changed after", "modified since")
+  assert folder_bytes(out) == {k: v for k, v in before.items() if k != "val_000000.bin"}
+  older = json.loads(before["dataset.json"])  # as prepare wrote it before recording inputs
+  del older["inputs"]
+  (out / "dataset.json").write_text(json.dumps(older))
+  assert "val_000000.bin is damaged" in prepare(*args).stderr
+
+
 def test_an_unfinished_prepare_of_other_arguments_is_kept(docs, tmp_path):
   pattern = write_text_files(tmp_path / "corpus", docs)
   out = tmp_path / "out"
@@ -397,7 +420,7 @@ def test_bad_input_is_one_clear_line(docs, tmp_path):
       ([f"--input={tmp_path}/bad.jsonl", out], ["bad.jsonl line 2", "--text_field"]),
       ([f"--input={corpus}", f"--val_input={corpus}", "--val_fraction=0.2", out],
        ["--val_fraction", "--val_input"]),
-      ([f"--input={tmp_path}/one.txt", out], ["validation split", "--val_input"]),
+      ([f"--verify={tmp_path}/one.txt"], ["one.txt is a file, not a folder of token shards"]),
       (["--source=poems", out], ["--source=poems", "kaggle_csv", "hf"]),
       ([f"--input={corpus}"], ["--out"]),
       ([f"--input={corpus}", "--tokenizer=/no/such/folder", out], ["/no/such/folder"]),
@@ -416,6 +439,24 @@ def test_bad_input_is_one_clear_line(docs, tmp_path):
   no_datasets = prepare("--source=hf", "--name=x", out, check=False,
                         PYTHONPATH=fake_missing_module(tmp_path, "datasets"))
   assert_clean_error(no_datasets, "pip install datasets")
+
+
+def test_a_single_document_gets_the_advice_that_works(tmp_path):
+  """No --val_fraction splits one document: the advice is never to raise or lower it."""
+  (tmp_path / "one.txt").write_text("a single document")
+  write_jsonl(tmp_path / "one.jsonl", ["a single document"])
+  out = f"--out={tmp_path / 'out'}"
+  for fraction in ("0.1", "0.9"):
+    result = prepare(f"--input={tmp_path}/one.txt", out, f"--val_fraction={fraction}",
+                     check=False)
+    assert_clean_error(result, "single document", "pass --val_input=GLOB",
+                       f"--source=text --path={tmp_path / 'one.txt'}")
+    assert "raise" not in result.stderr and "lower" not in result.stderr
+  result = prepare(f"--input={tmp_path}/one.jsonl", out, check=False)
+  assert_clean_error(result, "single document", "pass --val_input=GLOB")
+  assert "--source=text" not in result.stderr
+  text_source = prepare("--source=text", f"--path={tmp_path / 'one.txt'}", out)
+  assert "prepared" in text_source.stdout
 
 
 def test_help_lists_the_flags():
@@ -481,6 +522,15 @@ def test_a_damaged_dataset_is_found_by_verify_and_remade_by_a_rerun(docs, tmp_pa
   assert folder_bytes(out) == whole
   CharTokenizer("abc").save(str(out))  # another vocabulary than the shards'
   assert_clean_error(prepare(f"--verify={out}", check=False), "tokenizer.json has 3 ids")
+
+
+def test_verify_refuses_the_flags_of_preparing(docs, tmp_path):
+  pattern = write_text_files(tmp_path / "corpus", docs[:5])
+  out = tmp_path / "out"
+  result = prepare(f"--verify={tmp_path}", f"--input={pattern}", f"--out={out}", "--workers=1",
+                   check=False)
+  assert_clean_error(result, "--input, --out, --workers given", "run --verify=DIR alone")
+  assert not out.exists()
 
 
 def test_more_workers_than_cores_are_capped_with_a_note(docs, tmp_path):

@@ -170,6 +170,11 @@ SCHEMA = ('{"format": "jaxgpt-tokens", "version": 1, "vocab_size": N, "splits": 
 
 def read_dataset(directory: str) -> dict:
   """The folder's dataset.json, its schema checked; a folder without one is a UserError."""
+  if os.path.isfile(directory):
+    raise UserError(f"{directory} is a file, not a folder of token shards: pass the folder that "
+                    "`python -m jaxgpt.prepare --out=DIR` wrote (--source=text --path=FILE "
+                    "makes one from a text file), or train on a text file with "
+                    "--config.data.source=text")
   path = os.path.join(directory, DATASET_FILE)
   try:
     with open(path, encoding="utf-8") as f:
@@ -187,35 +192,50 @@ def read_dataset(directory: str) -> dict:
 
 
 def check_schema(info, path: str) -> None:
-  """A UserError naming the first missing or mistyped key of a dataset.json."""
-  def require(ok: bool, what: str) -> None:
-    if not ok:
-      raise UserError(f"{path} {what}: it must read {SCHEMA} (see the README's token shards "
-                      "section)")
+  """A UserError naming the first missing or mistyped key of a dataset.json, and what is
+  wrong with its value."""
+  def fail(what: str) -> None:
+    raise UserError(f"{path} {what}: it must read {SCHEMA} (see the README's token shards "
+                    "section)")
 
-  require(isinstance(info, dict), "is not a JSON object")
-  require(info.get("format") == FORMAT, f'has no "format": "{FORMAT}"')
-  require(info.get("version") == FORMAT_VERSION,
-          f'has "version": {json.dumps(info.get("version"))}, not {FORMAT_VERSION}')
-  require(_is_count(info.get("vocab_size")) and info["vocab_size"] > 0,
-          'has no "vocab_size" (a positive integer: the tokenizer\'s number of ids)')
-  require(isinstance(info.get("splits"), dict), 'has no "splits" object')
+  def require(parent: dict, key: str, ok, expected: str, where: str = "") -> None:
+    if key not in parent:
+      fail(f'has no "{key}"{where} ({expected})')
+    if not ok(parent[key]):
+      fail(f'has "{key}": {_shown(parent[key])}{where}, not {expected}')
+
+  if not isinstance(info, dict):
+    fail("is not a JSON object")
+  require(info, "format", lambda v: v == FORMAT, f'"{FORMAT}"')
+  require(info, "version", lambda v: _is_count(v) and v == FORMAT_VERSION, str(FORMAT_VERSION))
+  require(info, "vocab_size", lambda v: _is_count(v) and v > 0,
+          "the tokenizer's number of ids, a positive integer")
+  require(info, "splits", lambda v: isinstance(v, dict), "an object of the train and val lists")
   for split in SPLITS:
-    entries = info["splits"].get(split)
-    require(isinstance(entries, list) and entries,
-            f'has no "{split}" split (a non-empty list of shards under "splits")')
-    for i, entry in enumerate(entries):
-      where = f'"splits"."{split}"[{i}]'
-      require(isinstance(entry, dict), f"has a {where} that is not an object")
-      require(isinstance(entry.get("file"), str) and entry["file"]
-              and os.path.basename(entry["file"]) == entry["file"],
-              f'has no "file" in {where} (a shard\'s file name, in the same folder)')
-      require(_is_count(entry.get("tokens")),
-              f'has no "tokens" in {where} (the shard\'s number of tokens)')
-      require(isinstance(entry.get("sha256"), str)
-              and re.fullmatch("[0-9a-f]{64}", entry["sha256"]),
-              f'has no "sha256" in {where} (the hex SHA-256 of the whole shard file, as '
-              "sha256sum prints it)")
+    require(info["splits"], split, lambda v: isinstance(v, list) and v,
+            "a non-empty list of shards", ' in "splits"')
+    for i, entry in enumerate(info["splits"][split]):
+      place = f'"splits"."{split}"[{i}]'
+      if not isinstance(entry, dict):
+        fail(f"has a {place} that is not an object")
+      where = f" in {place}"
+      require(entry, "file", _is_file_name,
+              "the name of a shard file in the dataset folder, without a folder part", where)
+      require(entry, "tokens", _is_count,
+              "the shard's number of tokens, an integer of 0 or more", where)
+      require(entry, "sha256", lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v),
+              "the hex SHA-256 of the whole shard file, as sha256sum prints it", where)
+
+
+def _shown(value) -> str:
+  """`value` as JSON, cut short: a mistyped value in a one-line error."""
+  text = json.dumps(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_file_name(value) -> bool:
+  return (isinstance(value, str) and value not in ("", ".", "..")
+          and os.path.basename(value) == value)
 
 
 def _is_count(value) -> bool:

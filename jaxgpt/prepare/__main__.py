@@ -17,11 +17,12 @@ DIR gets train_NNNNNN.bin and val_NNNNNN.bin shards (each with a small .progress
 tokenizer.json and dataset.json (written last); DIR must be new, empty, or prepare's own. A
 prepare that was stopped goes on from its last finished shard when run again with the same
 arguments, and writes the same bytes as one that was never stopped. Run again on a finished
-dataset, it checks every shard (size and SHA-256) and remakes the damaged ones.
+dataset, it checks every shard (size and SHA-256) and remakes the damaged ones; an input file
+whose size or modification time differs from dataset.json's record stops it, the shards kept.
 
-python -m jaxgpt.prepare --verify=DIR checks a dataset's shards (headers, sizes, SHA-256, ids
-within the vocabulary) and its tokenizer.json's vocabulary against its dataset.json, without
-changing anything.
+python -m jaxgpt.prepare --verify=DIR (alone) checks a dataset's shards (headers, sizes,
+SHA-256, ids within the vocabulary) and its tokenizer.json's vocabulary against its
+dataset.json, without changing anything.
 """
 
 import contextlib
@@ -73,17 +74,19 @@ _VERIFY = flags.DEFINE_string("verify", "", "Instead of preparing: check every s
 def main(argv=None):
   cli.parse_flags(argv, __doc__)
   if _VERIFY.value:
+    _check_verify_alone()
     _verify(os.path.abspath(os.path.expanduser(_VERIFY.value)))
     return
   started = time.monotonic()
   source = describe_source()
+  inputs = _input_stats(source)
   _warn_of_shared_files(source)
   out = os.path.abspath(os.path.expanduser(_OUT.value))
   _check_out_is_ours(out)
-  if _already_prepared(out, source):
+  if _already_prepared(out, source, inputs):
     return
   with _removed_if_left_empty(out):
-    info = _prepare_reporting_failures(out, source)
+    info = _prepare_reporting_failures(out, source, inputs)
   print(_summary(out, info, time.monotonic() - started), flush=True)
 
 
@@ -101,9 +104,9 @@ def _removed_if_left_empty(out: str):
     raise
 
 
-def _prepare_reporting_failures(out: str, source: dict) -> dict:
+def _prepare_reporting_failures(out: str, source: dict, inputs: dict) -> dict:
   try:
-    return _prepare(out, source)
+    return _prepare(out, source, inputs)
   except KeyboardInterrupt:
     _remove_partial_shard(out)
     raise Interrupted(f"prepare was interrupted: run the same command again to go on from "
@@ -112,7 +115,7 @@ def _prepare_reporting_failures(out: str, source: dict) -> dict:
     raise _write_error(out, e) from None
 
 
-def _prepare(out: str, source: dict) -> dict:
+def _prepare(out: str, source: dict, inputs: dict) -> dict:
   _make_folder(out)
   shard_writer.remove_temporaries(out)
   records = _unfinished_records(out, source)
@@ -120,7 +123,7 @@ def _prepare(out: str, source: dict) -> dict:
     prepared = corpus.prepare_text(out, source)
   else:
     prepared = corpus.prepare_documents(out, source, records, _workers())
-  return _finish(out, source, prepared)
+  return _finish(out, source, prepared, inputs)
 
 
 def _workers() -> int:
@@ -184,6 +187,23 @@ def describe_source() -> dict:
           "shard_tokens": _SHARD_TOKENS.value}
 
 
+def _input_stats(source: dict) -> dict:
+  """{path: {bytes, modified_ns}} of each file prepare reads, taken before it reads them:
+  dataset.json keeps them, so that a rerun finds inputs changed since without reading them."""
+  paths = [*(source["input"] or []), *(source["val_input"] or [])]
+  if source["source"] in ("text", "kaggle_csv"):
+    paths.append(source["path"])
+  stats = {}
+  for path in paths:
+    try:
+      status = os.stat(path)
+    except OSError as e:
+      raise UserError(f"{path} cannot be read ({e.strerror}): check the file and run the same "
+                      "command again") from None
+    stats[path] = {"bytes": status.st_size, "modified_ns": status.st_mtime_ns}
+  return stats
+
+
 def _warn_of_shared_files(source: dict) -> None:
   """Validation text that is also training text measures memory, not generalisation."""
   shared = [f for f in source["val_input"] or [] if f in set(source["input"] or [])]
@@ -240,9 +260,10 @@ def _make_folder(out: str) -> None:
                     "--out") from None
 
 
-def _already_prepared(out: str, source: dict) -> bool:
+def _already_prepared(out: str, source: dict, inputs: dict) -> bool:
   """True (said on stdout) for a folder with this dataset, finished and every shard intact;
-  a folder with another finished dataset is a UserError, and nothing of it is touched.
+  a folder with another finished dataset, or one made from input files that changed since,
+  is a UserError, and nothing of it is touched.
   Damaged shards are removed with dataset.json, so that the prepare goes on to remake them."""
   path = os.path.join(out, shards.DATASET_FILE)
   if not os.path.exists(path):
@@ -261,6 +282,7 @@ def _already_prepared(out: str, source: dict) -> bool:
                     f"{', '.join(differ)} differ): pass another --out, or delete {out} to "
                     "prepare this one there")
   shards.check_schema(info, path)
+  _check_inputs_unchanged(out, info, inputs)
   shard_files = tuple(e["file"] for split in SPLITS for e in info["splits"][split])
   shard_writer.remove_leftovers(out, keep=shard_files)  # a run stopped just after dataset.json
   damaged = shards.damaged_shards(out, info)
@@ -270,6 +292,31 @@ def _already_prepared(out: str, source: dict) -> bool:
     return True
   _remove_damaged(out, damaged)
   return False
+
+
+def _check_inputs_unchanged(out: str, info: dict, inputs: dict) -> None:
+  """A UserError naming an input file whose size or modification time is not what the
+  dataset.json in `out` recorded (one from before prepare recorded them is trusted): remade
+  or repaired shards would mix its new text with the old."""
+  recorded = info.get("inputs")
+  if not isinstance(recorded, dict):
+    return
+  changed = [path for path, stat in inputs.items() if recorded.get(path) != stat]
+  if not changed:
+    return
+  first = changed[0]
+  how = _how_it_changed(recorded.get(first), inputs[first])
+  more = f"; {len(changed)} input files changed in all" if len(changed) > 1 else ""
+  raise UserError(f"{first} changed after {out} was prepared from it ({how}{more}): its shards "
+                  "hold the old text and are kept as they are; to prepare the new text, pass "
+                  f"another --out, or delete {out} and run the same command again")
+
+
+def _how_it_changed(then, now: dict) -> str:
+  was = then.get("bytes") if isinstance(then, dict) else None
+  if isinstance(was, int) and was != now["bytes"]:
+    return f"{was:,} bytes then, {now['bytes']:,} now"
+  return "modified since"
 
 
 def _remove_damaged(out: str, damaged: list[tuple[str, str, str]]) -> None:
@@ -311,6 +358,15 @@ def _written_by_prepare(out: str, name: str) -> bool:
           or name.endswith(shard_writer.PROGRESS_SUFFIX) or shard_writer.is_shard_name(name))
 
 
+def _check_verify_alone() -> None:
+  """A UserError naming the flags given with --verify: it would ignore them."""
+  given = [f"--{flag.name}" for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__])
+           if flag.present and flag.name != "verify"]
+  if given:
+    raise UserError(f"--verify=DIR takes no other flag ({', '.join(given)} given): run "
+                    "--verify=DIR alone to check a dataset, or leave --verify out to prepare one")
+
+
 def _verify(directory: str) -> None:
   """--verify=DIR: the tokenizer's vocabulary and every shard's header, size, SHA-256 and
   ids against dataset.json."""
@@ -340,7 +396,7 @@ def _unfinished_records(out: str, source: dict) -> list[dict]:
   return records
 
 
-def _finish(out: str, source: dict, prepared) -> dict:
+def _finish(out: str, source: dict, prepared, inputs: dict) -> dict:
   """Writes the last shards, then dataset.json; removes progress files. Returns the info."""
   for split in SPLITS:
     if not prepared.writers[split].tokens:
@@ -352,7 +408,7 @@ def _finish(out: str, source: dict, prepared) -> dict:
   info = {"format": shards.FORMAT, "version": shards.FORMAT_VERSION, "tokenizer": tokenizer.kind,
           "vocab_size": int(tokenizer.vocab_size), "end_of_text_id": tokenizer.end_of_text_id,
           "dtype": prepared.writers["train"].dtype.name, "source": source, "splits": splits,
-          "documents": prepared.documents}
+          "documents": prepared.documents, "inputs": inputs}
   shard_writer.write_json(os.path.join(out, shards.DATASET_FILE), info)
   shard_writer.remove_leftovers(out, keep=tuple(e["file"] for s in SPLITS for e in splits[s]))
   return info

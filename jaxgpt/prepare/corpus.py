@@ -77,12 +77,27 @@ def empty_split_message(source: dict, split: str, documents: dict) -> str:
     return f"{where} hold no text: every {split} document is empty"
   if not total:
     return f"the corpus is empty: {where} hold no text (every document is empty)"
+  if total == 1:
+    return ("the corpus is a single document, and --val_fraction holds out whole documents: "
+            "no fraction gives both a training and a validation split; "
+            + _single_document_fix(source))
   if split == "val":
     return (f"none of the {total:,} documents fell in the validation split (--val_fraction="
             f"{source['val_fraction']} picks documents by a hash of their index): raise "
             "--val_fraction, give more documents, or pass --val_input=GLOB")
   return (f"all {total:,} documents fell in the validation split: lower --val_fraction, give "
           "more documents, or pass --val_input=GLOB")
+
+
+def _single_document_fix(source: dict) -> str:
+  if source["source"] == "hf":
+    return "prepare a dataset with more documents"
+  fix = "pass --val_input=GLOB (the validation text, in files of its own)"
+  inputs = source["input"]
+  if len(inputs) == 1 and documents_lib.is_plain_text(inputs[0]):
+    fix += (f", or prepare --source=text --path={inputs[0]} instead (the last --val_fraction "
+            "of its text is validation)")
+  return fix
 
 
 def fingerprint(out: str, source: dict, dtype) -> dict:

@@ -72,6 +72,11 @@ class FileDocuments:
       self.bytes_read = before + os.path.getsize(path)
 
 
+def is_plain_text(path: str) -> bool:
+  """Whether the file is read as one document of plain text."""
+  return not path.endswith((*JSONL_SUFFIXES, PARQUET_SUFFIX))
+
+
 def _read_file(path: str, text_field: str):
   """(document, bytes of the file read so far) for each document of the file."""
   if path.endswith(JSONL_SUFFIXES):
