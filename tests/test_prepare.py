@@ -28,6 +28,12 @@ import json, os, time
 def load_dataset(name, config=None, split=None, streaming=False):
   if not streaming:
     raise RuntimeError("the whole dataset would be downloaded: pass streaming=True")
+  if name == "offline":  # as huggingface_hub's retries log each try, then datasets gives up
+    from huggingface_hub.utils import logging
+    for attempt in range(1, 6):
+      logging.get_logger("huggingface_hub.utils._http").warning(
+          f"Retrying in 1s [Retry {attempt}/5].")
+    raise ConnectionError("Couldn't reach 'offline' on the Hub (LocalEntryNotFoundError)")
   with open(os.environ["FAKE_DATASETS_LOG"], "a") as f:
     f.write(json.dumps([name, config, split]) + "\\n")
   with open(os.environ["FAKE_DATASETS_ROWS"]) as f:
@@ -207,6 +213,13 @@ def test_hugging_face_dataset_is_streamed(docs, fake_hub, tmp_path):
   assert calls[0] == ["someone/corpus", "sample-10BT", "train"]
   info = json.loads((out / "dataset.json").read_text())
   assert (info["source"]["source"], info["source"]["name"]) == ("hf", "someone/corpus")
+
+
+def test_an_unreachable_hub_is_one_line_without_its_retries(fake_hub, tmp_path):
+  offline = prepare("--source=hf", "--name=offline", f"--out={tmp_path / 'out'}", check=False,
+                    **fake_hub([]))
+  assert_clean_error(offline, "could not open the Hugging Face dataset offline", "the network")
+  assert len(offline.stderr.strip().splitlines()) == 1, offline.stderr
 
 
 def test_val_input_files_are_the_validation_split(docs, tmp_path):

@@ -189,6 +189,9 @@ class HubDocuments:
     except ImportError:
       raise UserError("--source=hf needs the Hugging Face datasets library: run `pip install "
                       "datasets`, or download the files and pass --input=GLOB") from None
+    from huggingface_hub.utils import logging as hub_logging  # pylint: disable=g-import-not-at-top
+    # Its retries each log two lines (11 lines over 24 s offline) before the one error line.
+    hub_logging.set_verbosity_error()
     try:
       return datasets.load_dataset(self.name, self.config, split=HF_SPLIT, streaming=True)
     except Exception as e:  # pylint: disable=broad-except
