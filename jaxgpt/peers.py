@@ -21,6 +21,7 @@ from jaxgpt.errors import Interrupted, UserError, first_line, one_line, report
 _PREFIX = "jaxgpt/peers/"
 _FAILED = _PREFIX + "failed"
 _COMMAND = "jaxgpt/command/"  # each process's command (a digest of its workdir and config)
+_READ = "jaxgpt/failure_read/"  # each process that read the failure report, just before it ends
 _DONE = "done"
 EXIT_CODE = 2
 POLL_SECS = 1.0  # how often the watcher reads the other processes' reports
@@ -114,6 +115,22 @@ class _Watcher:
       self._client.key_value_set(self._key(self._id), _DONE, allow_overwrite=True)
       if failure:  # the last word: process 0 may end at once, and the coordination service
         self._client.key_value_set(_FAILED, f"process {self._id} failed: {failure}")
+        if self._id == 0:
+          self._wait_until_read()
+
+  def _wait_until_read(self):
+    """Process 0's coordination service ends with it, and JAX aborts the processes still
+    running with a C++ stack trace: wait (a few polls at most) until each running process
+    has read the failure and is ending with its line."""
+    deadline = time.monotonic() + 3 * self._interval + 1
+    while time.monotonic() < deadline:
+      entries = dict(self._client.key_value_dir_get(_PREFIX))
+      read = dict(self._client.key_value_dir_get(_READ))
+      if all(other == self._id or entries.get(self._key(other)) == _DONE
+             or f"{_READ}{other}" in read for other in range(self._count)):
+        time.sleep(0.1)  # from its report to its exit
+        return
+      time.sleep(0.05)
 
   def _key(self, process_id):
     return f"{_PREFIX}{process_id}"
@@ -133,6 +150,8 @@ class _Watcher:
         _exit(f"lost contact with process 0, which runs the coordination service "
               f"({first_line(e)}): it probably died; see its log")
       if _FAILED in entries:
+        with contextlib.suppress(Exception):
+          self._client.key_value_set(f"{_READ}{self._id}", "1")
         _exit(entries[_FAILED])
       now = time.monotonic()
       for other in range(self._count):

@@ -1,5 +1,6 @@
 """Several processes: two processes x 2 CPU devices train exactly like one process x 4."""
 
+import fcntl
 import os
 import signal
 import socket
@@ -225,6 +226,19 @@ def test_a_second_signal_ends_a_process_blocked_by_a_hung_peer(text_file, tmp_pa
   code, _, stderr = _finish(pair[0], timeout=30)
   assert code == 128 + signal.SIGTERM and "Traceback" not in stderr
   assert stderr.strip().splitlines()[-1].startswith("stopped: SIGTERM again"), stderr
+
+
+def test_process_0_refused_at_start_stops_the_others_with_its_line(text_file, tmp_path, started):
+  """A workdir in use: process 0 ended at once, and JAX aborted process 1 (C++ stack trace)
+  when the coordination service went with it, before process 1 read the report."""
+  tmp_path.mkdir(exist_ok=True)
+  with open(tmp_path / "lock", "a+", encoding="utf-8") as lock:
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds the workdir
+    started += _start_pair(text_file, tmp_path)
+    for process in started:
+      code, _, stderr = _finish(process, timeout=120)
+      assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+      _assert_one_line_error(stderr, "is in use by another training run")
 
 
 @pytest.mark.slow
