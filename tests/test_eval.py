@@ -352,7 +352,7 @@ def test_a_zero_limit_or_a_dataset_without_val_is_one_line_exit_2(hf_folder, tok
   info["splits"]["val"] = []
   (no_val / "dataset.json").write_text(json.dumps(info))
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--data={no_val}", check=False),
-                     'no "val" split')
+                     '"val": [] in "splits", not a non-empty list of shards')
 
 
 @pytest.mark.slow
