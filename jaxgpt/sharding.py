@@ -78,6 +78,28 @@ def logical_shardings(mesh, logical_specs):
   return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_RULES)
 
 
+# What a parameter's logical axis is in the config, for the error of a mesh that cannot split it.
+_AXIS_MEANINGS = {"heads": "heads (model.n_head; n_kv_head for keys and values)",
+                  "mlp": "MLP width (model.mlp_width)", "embed": "width (model.n_embd)",
+                  "vocab": "padded vocabulary (a multiple of model.vocab_multiple)"}
+
+
+def check_divisible(shapes, logical_specs, mesh) -> None:
+  """A UserError naming the first parameter axis that the mesh axes it maps to do not split
+  evenly (a tree of shapes and one of their logical PartitionSpecs)."""
+  specs = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  for leaf, spec in zip(jax.tree.leaves(shapes), specs):
+    mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
+    for size, name, axes in zip(leaf.shape, spec, mesh_spec):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+      split = math.prod(mesh.shape[a] for a in axes)
+      if size % split:
+        sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
+        raise UserError(f"the model's {_AXIS_MEANINGS.get(name, name)}, {size}, cannot be split "
+                        f"over {sizes} devices: pass mesh sizes that divide it (e.g. "
+                        f"--config.mesh.{axes[0]}=1) or a model they divide")
+
+
 def global_batch_sharding(mesh, leading_dims: int = 0) -> NamedSharding:
   """Rows of a batch split over the data-parallel axes; `leading_dims` earlier dims stay whole."""
   return NamedSharding(mesh, PartitionSpec(*([None] * leading_dims), BATCH_AXES))

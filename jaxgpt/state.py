@@ -53,7 +53,9 @@ def _abstract_boxed_state(model: GPT, optimizer: optax.GradientTransformation) -
 
 
 def _shardings_of(boxed: TrainState, mesh: Mesh) -> TrainState:
-  return sharding.logical_shardings(mesh, nn.get_partition_spec(boxed))
+  logical_specs = nn.get_partition_spec(boxed)
+  sharding.check_divisible(nn.meta.unbox(boxed.params), logical_specs.params, mesh)
+  return sharding.logical_shardings(mesh, logical_specs)
 
 
 def state_shardings(model: GPT, optimizer: optax.GradientTransformation, mesh: Mesh

@@ -1,6 +1,7 @@
 """What a compiled train step needs of each device's memory, known before anything is allocated."""
 
 import json
+import re
 
 import jax
 import pytest
@@ -24,6 +25,20 @@ def test_the_compiled_step_reports_its_memory_with_the_state_donated():
                                     + figures["generated_code_bytes"])
   line = memory.describe(figures)
   assert "train step compiled in" in line and "temporaries" in line and "in all, of" in line
+
+
+@pytest.mark.parametrize("mesh, model, words", [
+    (dict(data=1, tensor=2), dict(n_head=1), "heads (model.n_head; n_kv_head for keys and"),
+    (dict(data=1, tensor=2), dict(n_head=4, n_kv_head=1), "heads (model.n_head"),
+    (dict(data=1, tensor=2), dict(mlp_width=33), "MLP width (model.mlp_width), 33, cannot be"),
+    (dict(data=1, fsdp=2), dict(n_embd=33, n_head=1), "width (model.n_embd), 33, cannot be split"
+                                                        " over mesh.fsdp=2 devices"),
+])
+def test_a_mesh_that_cannot_split_the_model_is_one_line(mesh, model, words):
+  """It was JAX's IndivisibleError, a traceback."""
+  config = tiny_config(mesh=mesh, **model)
+  with pytest.raises(UserError, match=re.escape(words)):
+    Program(config, vocab_size=30, devices=jax.devices()[:2])
 
 
 @pytest.mark.slow
