@@ -57,7 +57,21 @@ def run_cli(main):
   except UserError as e:
     sys.exit(report(e))
   except KeyboardInterrupt:
-    sys.exit(report(Interrupted(INTERRUPTED, 130)))
+    # Ended at once: XLA may still be compiling on its threads, which Python's shutdown
+    # crashes (a segmentation fault after the line); nothing was saved to finish.
+    _exit_now(report(Interrupted(INTERRUPTED, 130)))
+  except BrokenPipeError:  # stdout's reader has gone (`| head`): end quietly, as Unix tools do
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _exit_now(128 + signal.SIGPIPE)
+
+
+def _exit_now(code: int) -> None:
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except OSError:
+      pass
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def handle_ctrl_c() -> None:

@@ -54,8 +54,15 @@ def _abstract_boxed_state(model: GPT, optimizer: optax.GradientTransformation) -
 
 def _shardings_of(boxed: TrainState, mesh: Mesh) -> TrainState:
   logical_specs = nn.get_partition_spec(boxed)
-  sharding.check_divisible(nn.meta.unbox(boxed.params), logical_specs.params, mesh)
+  sharding.check_divisible(_unboxed(boxed.params), logical_specs.params, mesh)
   return sharding.logical_shardings(mesh, logical_specs)
+
+
+def _unboxed(boxed):
+  """Out of the box without nn.meta.unbox's sharding constraint, which needs a trace."""
+  is_boxed = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_boxed(x) else x, boxed,
+                      is_leaf=is_boxed)
 
 
 def state_shardings(model: GPT, optimizer: optax.GradientTransformation, mesh: Mesh
@@ -73,10 +80,7 @@ def abstract_state(model: GPT, optimizer: optax.GradientTransformation, mesh: Me
                    ) -> TrainState:
   """ShapeDtypeStructs with shardings: the target a checkpoint is restored into."""
   boxed = _abstract_boxed_state(model, optimizer)  # one trace of the model for both
-  # Out of the box without nn.meta.unbox's sharding constraint, which needs a trace.
-  is_boxed = lambda x: isinstance(x, nn.Partitioned)
-  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_boxed(x) else x, boxed,
-                        is_leaf=is_boxed)
+  shapes = _unboxed(boxed)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, _shardings_of(boxed, mesh))
 

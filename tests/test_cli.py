@@ -2,6 +2,9 @@
 
 import csv
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -248,6 +251,16 @@ def test_a_workdir_that_is_a_model_or_a_dataset_is_refused_untouched(tmp_path, c
   args = tiny_args() if command == "train" else []
   assert_clean_error(run(command, *args, f"--workdir={folder}", check=False), *words)
   assert {p.name: p.read_text() for p in folder.iterdir()} == files
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "export", "bench"])
+def test_output_into_a_closed_pipe_ends_quietly(command):
+  """`python -m jaxgpt.train --help | head -1` printed a BrokenPipeError traceback."""
+  process = subprocess.Popen([sys.executable, "-m", f"jaxgpt.{command}", "--help"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process.stdout.close()  # the reader has gone before the first line
+  stderr = process.stderr.read().decode()
+  assert process.wait(timeout=120) == 128 + signal.SIGPIPE and not stderr, stderr
 
 
 def test_sample_errors(tmp_path):

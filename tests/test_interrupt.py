@@ -66,6 +66,13 @@ def test_ctrl_c_in_a_command_modules_top_level_exits_130():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("after", [1.5, 3.0])
+def test_ctrl_c_while_xla_compiles_exits_130(after):
+  """Python's shutdown crashed XLA's compiling threads: a segmentation fault after the line."""
+  _assert_stopped(*_interrupted(with_ctrl_c("bench", "--compile_only"), after))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("after", [0.05, 0.2, 1.0, 2.0])
 def test_ctrl_c_at_any_moment_of_train_start_up(text_file, tmp_path, after):
   workdir = tmp_path / "run"
