@@ -44,8 +44,8 @@ class LoadedRun:
     """The same run as sampling computes it: in `dtype` with its weights in `dtype` too
     (bfloat16 halves the bytes a token reads), or with int8 matrices and float32 scales
     (quantize="int8", jaxgpt/quantize.py). LoRA adapters are merged into the weights."""
-    if dtype == "float32" and quantize == "none":
-      return self
+    if dtype == "float32" and quantize == "none":  # a run trained in bfloat16 computes in it
+      return self.with_dtype(dtype)
     c = self.model.config
     params = lora.merge(self.params, c.lora_rank, c.lora_alpha) if c.lora_rank else self.params
     if quantize == "int8":

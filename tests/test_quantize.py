@@ -49,6 +49,12 @@ def _logits(run, tokens):
   return np.asarray(jax.jit(run.model.apply)({"params": run.params}, tokens))
 
 
+def test_float32_sampling_computes_in_float32_for_a_run_trained_in_bfloat16():
+  """--dtype=float32 kept the run's own precision=bfloat16 computation."""
+  bfloat16_run = _run(dataclasses.replace(LLAMA_LIKE, dtype="bfloat16"), {})
+  assert bfloat16_run.for_sampling("float32", "none").model.config.dtype == "float32"
+
+
 @pytest.mark.parametrize("config", [
     pytest.param(GPT2_LIKE, marks=pytest.mark.slow), LLAMA_LIKE, pytest.param(dataclasses.replace(GPT2_LIKE, scan_layers=True),
                                         marks=pytest.mark.slow)],
