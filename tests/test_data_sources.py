@@ -222,6 +222,20 @@ def test_tfds_source_with_mock_data():
   assert train and val
 
 
+def test_a_module_tfds_lacks_is_named_with_its_install(monkeypatch):
+  """tensorflow-datasets 4.9.10 imports importlib_resources without requiring it, and the
+  error said the first use needs the internet."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def missing_module(name, split):
+    raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+
+  monkeypatch.setattr(tfds, "load", missing_module)
+  with pytest.raises(UserError, match="needs the module importlib_resources, which is not "
+                                      "installed: run `pip install importlib_resources`"):
+    sources.load_splits(data_config(source="tfds"))
+
+
 def test_a_tfds_validation_split_that_fails_to_load_is_one_error(monkeypatch):
   """Only a missing split was caught; a failed download of the validation split was a
   traceback. A dataset without one holds out the tail of train."""

@@ -112,6 +112,9 @@ def _tfds_load(tfds, name: str, split: str, optional: bool = False):
     if optional and f"unknown split {split!r}" in str(e).lower():
       return None
     raise _tfds_error(name, e) from None
+  except ModuleNotFoundError as e:  # a module TFDS uses but does not require
+    raise UserError(f"tensorflow-datasets needs the module {e.name}, which is not installed: run "
+                    f"`pip install {e.name}` (requirements.txt has it)") from None
   except Exception as e:  # Download and preparation fail in many ways.
     raise _tfds_error(name, e) from None
 
