@@ -74,7 +74,7 @@ def _check_tokens(tokens_BxT: np.ndarray, block_size: int, vocab_size: int) -> N
                      f"{tokens_BxT.max()}")
 
 
-def load_run(workdir: str, which: str = "latest") -> LoadedRun:
+def load_run(workdir: str, which: str | int = "latest") -> LoadedRun:
   """Loads a run's newest (`latest`, falling back past damaged ones), `best` or STEP checkpoint."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
@@ -166,8 +166,9 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
       raise UserError(f"every checkpoint in {workdir} is damaged (see the warnings above): "
                       "restore the workdir from a copy, or train again in a new --workdir")
     if step is None:
-      raise UserError(f"{workdir} has no readable checkpoint: train first with "
-                      f"python -m jaxgpt.train --workdir={workdir}")
+      raise UserError(f"{workdir} has no checkpoint yet (its training saved none): train it "
+                      f"with the command that started it (python -m jaxgpt.train "
+                      f"--workdir={workdir} and its flags), for at least one step")
     return step, params
   if which == "best":
     step = checkpoints.best_step()
@@ -175,6 +176,7 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
       raise UserError(f"{workdir} has no best checkpoint yet (one is kept at each evaluation): "
                       "use --checkpoint=latest")
     return step, _read_or_advise(checkpoints, step, abstract, "best")
+  which = str(which)  # a step may be given as a number
   if not which.isdecimal():
     raise UserError(f"--checkpoint={which} is not latest, best or a step number")
   step = int(which)

@@ -152,6 +152,7 @@ def test_damaged_checkpoints_are_named_with_their_reason_in_plain_words(text_fil
           f"--workdir={workdir}", "--config.train.checkpoint_every=2",
           "--config.train.sample_tokens=0", "--config.train.eval_steps=1"]
   run("train", *args, "--config.train.max_steps=6")
+  assert run_loader.load_run(str(workdir), 2).step == 2  # a step as a number, as docs/ show
   _cut_array_files(workdir / "checkpoints" / "6")
   os.remove(workdir / "checkpoints" / "4" / "params" / "_METADATA")
   sample = run("sample", f"--workdir={workdir}", "--max_new_tokens=3")
