@@ -85,7 +85,7 @@ def _time_steps(trainer, num_steps: int):
           time.perf_counter() - started, state)
 
 
-def _vocab_size(config) -> int:
+def _vocab_size(config, explicit: set[str]) -> int:
   """The vocabulary a run of `config` would have, found without its data where possible:
   a pretrained model's (whose shape `config` takes), prepared shards' (GPT-2's where they are
   not there yet), data.tokenizer_path's, GPT-2's, or the data's tokenizer's."""
@@ -93,7 +93,7 @@ def _vocab_size(config) -> int:
   from jaxgpt.data import shards  # pylint: disable=g-import-not-at-top
   if config.init_from != "scratch":
     folder = pretrained.resolve(config.init_from)
-    pretrained.configure(config, folder)
+    pretrained.configure(config, folder, explicit)
     return pretrained.load_tokenizer(folder).vocab_size
   if config.data.source == "tokens":
     if not (config.data.path
@@ -108,19 +108,19 @@ def _vocab_size(config) -> int:
   return data.build_dataset(config).tokenizer.vocab_size
 
 
-def _compile_only(config) -> str:
+def _compile_only(config, explicit: set[str]) -> str:
   from jaxgpt import config as config_lib, memory  # pylint: disable=g-import-not-at-top
   from jaxgpt.trainer import Program  # pylint: disable=g-import-not-at-top
   config_lib.validate(config, needs_data=False)
-  _, figures = Program(config, _vocab_size(config)).compile_train_step()
+  _, figures = Program(config, _vocab_size(config, explicit)).compile_train_step()
   return json.dumps(figures) if _JSON.value else memory.describe(figures)
 
 
-def _end_to_end(config) -> str:
+def _end_to_end(config, explicit: set[str]) -> str:
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
-    last = Trainer(config, workdir).run()
+    last = Trainer(config, workdir, explicit_keys=explicit).run()
     seconds = time.perf_counter() - started
   val = f", final val loss {last['val_loss']:.4f}" if "val_loss" in last else ""
   return f"end to end {seconds:.1f} s for {last['step']} steps{val}"
@@ -143,15 +143,17 @@ def main(argv=None):
     raise UserError("--end_to_end trains, and --compile_only compiles without running: pass one")
   config = config_flag.value
   runtime.check_backend(config)
+  # As train: a pretrained model's options given on the command line must be its own.
+  explicit = cli.overridden_config_keys(sys.argv if argv is None else argv)
   if _COMPILE_ONLY.value:
-    print(_compile_only(config), flush=True)
+    print(_compile_only(config, explicit), flush=True)
     return
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt import throughput  # pylint: disable=g-import-not-at-top
   from jaxgpt.model import count_params  # pylint: disable=g-import-not-at-top
   from jaxgpt.trainer import Trainer  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, explicit_keys=explicit)
     try:
       with trainer.context():
         compile_s, step_s, eval_s, state = _time_steps(trainer, _STEPS.value)
@@ -169,7 +171,7 @@ def main(argv=None):
          f"{flops / 1e6:.1f} MFLOP/token, MFU {mfu} ({peak_note}), eval "
          f"{1000 * eval_s:.0f} ms for {config.train.eval_steps} batches")
   if _END_TO_END.value:
-    row += "; " + _end_to_end(config)
+    row += "; " + _end_to_end(config, explicit)
   print(row + " |", flush=True)
 
 

@@ -41,6 +41,14 @@ def test_a_mesh_that_cannot_split_the_model_is_one_line(mesh, model, words):
     Program(config, vocab_size=30, devices=jax.devices()[:2])
 
 
+def test_bench_refuses_a_pretrained_models_options_as_train_does(hf_folder):
+  """It compiled a 5-layer model for a 2-layer GPT-2 folder, and 128 positions for its 64."""
+  for flag, words in (("--config.model.n_layer=5", "model.n_layer=5 is not"),
+                      ("--config.model.block_size=128", "longer than the 64 positions")):
+    assert_clean_error(run("bench", "--compile_only", f"--config.init_from={hf_folder}", flag,
+                           check=False), words)
+
+
 @pytest.mark.slow
 def test_bench_compile_only_allocates_no_parameters():
   """A state of 87 GB a device (2 layers, 16,384 wide, AdamW, float32): allocating it would
