@@ -233,7 +233,7 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   changed = []
   for key in identity_keys():
     ours, theirs = _get(c, key), _get(saved, key)
-    if ours == theirs or _same_in_effect(key, c, saved, explicit):
+    if ours == theirs or _same_in_effect(key, c, saved, explicit, workdir):
       continue
     _require(key not in explicit,
              f"--config.{key}={ours} contradicts the run in {workdir}, which has {key}={theirs}: "
@@ -245,12 +245,17 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
 
 
 def _same_in_effect(key: str, c: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
-                    explicit: set[str]) -> bool:
+                    explicit: set[str], workdir: str) -> bool:
   """Whether two spellings of an identity key are the same run: lora.targets in any order;
   a data.path given on the command line (the run's data moved, or its path was relative to
-  another folder) whose data the saved data.fingerprint will check once it is read."""
+  another folder) whose data the saved data.fingerprint will check once it is read; an
+  init_from given on the command line that names the run's pretrained folder (by another
+  path, or a moved copy)."""
   if key == "lora.targets":
     return set(lora_targets(c)) == set(lora_targets(saved))
+  if key == "init_from" and key in explicit:
+    from jaxgpt import pretrained  # pylint: disable=g-import-not-at-top
+    return pretrained.same_model(c.init_from, saved.init_from, workdir)
   return key == "data.path" and key in explicit and bool(saved.data.fingerprint)
 
 
@@ -378,6 +383,9 @@ def _check_train(c: ml_collections.ConfigDict) -> None:
   for key in ("beta1", "beta2", "muon_momentum"):
     _require(0 <= t[key] < 1,
              f"train.{key} must be in [0, 1), got {t[key]}: pass e.g. --config.train.{key}=0.9")
+  _require(t.min_lr <= t.learning_rate,
+           f"train.min_lr={t.min_lr} is above train.learning_rate={t.learning_rate}, the peak "
+           "the schedule decays from: pass a min_lr of at most the learning_rate (e.g. a tenth)")
   _require(t.batch_size % t.grad_accum_steps == 0,
            f"train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps="
            f"{t.grad_accum_steps} (the batch is split into that many micro-batches): pass a "

@@ -58,11 +58,14 @@ def padded_vocab(c) -> Callable[[np.ndarray], np.ndarray]:
 def resolve(init_from: str) -> str:
   """The local folder of `init_from`: a path, GPT-2's short names, or a hub name
   (ORG/NAME) from the Hugging Face cache, else downloaded."""
-  folder = os.path.abspath(os.path.expanduser(init_from))
-  if os.path.isfile(os.path.join(folder, HF_CONFIG_FILE)):
+  folder = _local_folder(init_from)
+  if folder:
+    _check_not_a_run(folder, init_from)
     return folder
+  folder = os.path.abspath(os.path.expanduser(init_from))
   gpt2_repo = hub.GPT2_REPOS.get(init_from)
-  if not gpt2_repo and (init_from.count("/") != 1 or os.path.exists(folder)):
+  if not gpt2_repo and (init_from.count("/") != 1 or _is_path(init_from)
+                        or os.path.exists(folder)):
     raise UserError(f"init_from={init_from!r} is not a Hugging Face model folder ({folder}/"
                     f"{HF_CONFIG_FILE} is missing) nor a hub name such as gpt2 or "
                     "HuggingFaceTB/SmolLM2-135M: pass one")
@@ -71,6 +74,47 @@ def resolve(init_from: str) -> str:
       "connect to the internet once (and log in with `hf auth login` for gated models), or "
       "point init_from at a downloaded copy's folder (--config.init_from=FOLDER for train, "
       "--init_from=FOLDER for sample and eval)")
+
+
+def _local_folder(init_from: str) -> str | None:
+  """The folder `init_from` names from here when it holds a config.json, else None."""
+  folder = os.path.abspath(os.path.expanduser(init_from))
+  return folder if os.path.isfile(os.path.join(folder, HF_CONFIG_FILE)) else None
+
+
+def _is_path(init_from: str) -> bool:
+  """A name that can only be a path, never a hub name (ORG/NAME)."""
+  return init_from.startswith(("./", "../", "~")) or os.path.isabs(init_from)
+
+
+def _check_not_a_run(folder: str, init_from: str) -> None:
+  """A jaxgpt run's workdir has a config.json too, but not a Hugging Face one."""
+  config = files.read_json(os.path.join(folder, HF_CONFIG_FILE))
+  if isinstance(config, dict) and "model_type" not in config and "train" in config:
+    raise UserError(f"init_from={init_from} is a jaxgpt run's workdir, not a Hugging Face model "
+                    f"folder: sample or evaluate it with --workdir={init_from}; to train it "
+                    f"further, resume it with python -m jaxgpt.train --workdir={init_from}, or "
+                    f"export it (python -m jaxgpt.export --workdir={init_from} --out=FOLDER) "
+                    "and fine-tune --config.init_from=FOLDER")
+
+
+def absolute_init_from(init_from: str) -> str:
+  """init_from as a run's config.json records it: a local folder from the root (the run is
+  resumed from any folder), a hub name as typed."""
+  return _local_folder(init_from) or init_from
+
+
+def same_model(given: str, saved: str, workdir: str) -> bool:
+  """Whether init_from=`given` names the model that the run in `workdir`, saved with
+  init_from=`saved`, started from: the same folder by another path, or where the saved
+  folder is gone, a moved copy of it (with the config.json the run kept)."""
+  folder, saved_folder = _local_folder(given), _local_folder(saved)
+  if folder is None:
+    return False
+  if saved_folder is not None:
+    return os.path.samefile(folder, saved_folder)
+  kept = saved_hf_config(workdir)
+  return os.path.isabs(saved) and kept is not None and read_hf_config(folder) == kept
 
 
 def _missing_model(folder: str) -> str | None:

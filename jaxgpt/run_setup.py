@@ -41,6 +41,8 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   # pretrained model's.
   pretrained = None if config.init_from == "scratch" else pretrained_lib.resolve(config.init_from)
   if pretrained:
+    # config.json names the folder wherever the run is resumed from
+    config.init_from = pretrained_lib.absolute_init_from(config.init_from)
     pretrained_lib.configure(config, pretrained, explicit_keys or set())
   saved = _saved_run_config(workdir)
   config_lib.validate(config, needs_data=saved is None)  # a resumed run has its data.path
@@ -71,11 +73,15 @@ def _dataset(config, workdir: str, pretrained: str | None, explicit_keys: set[st
   made from the text); sets data.tokenizer and data.fingerprint. Prepared token shards bring
   their own tokenizer, which decides data.tokenizer (one given on the command line must be it)."""
   from_shards = config.data.source == "tokens"
-  tokenizer = (data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
-               or pretrained_lib.run_tokenizer(config, pretrained))
+  saved = data.saved_tokenizer(workdir, None if from_shards else config.data.tokenizer)
+  tokenizer = saved or pretrained_lib.run_tokenizer(config, pretrained)
   try:
     dataset = data.build_dataset(config, tokenizer=tokenizer)
-  except UnknownCharacter as e:  # only the workdir's own char tokenizer can lack one
+  except UnknownCharacter as e:  # the workdir's or init_from's character-level tokenizer
+    if saved is None:
+      raise UserError(f"the training data (data.path={config.data.path}) has {e.character!r}, "
+                      f"which init_from={config.init_from}'s character-level tokenizer lacks: "
+                      "remove that character from the data, or train from scratch") from None
     raise _data_differs(config, workdir, f"; it has {e.character!r}, which the run's tokenizer "
                         "does not") from None
   if from_shards and pretrained:

@@ -60,6 +60,7 @@ def test_a_resume_keeps_how_the_weights_started_and_its_seed():
     ({"train__learning_rate": float("inf")}, ["train.learning_rate", "finite"]),
     ({"train__grad_clip": float("nan")}, ["train.grad_clip", "finite"]),
     ({"train__beta2": 1.0}, ["train.beta2", "[0, 1)"]),
+    ({"train__min_lr": 1.0, "train__learning_rate": 1e-3}, ["train.min_lr=1.0 is above"]),
     ({"train__batch_size": 10, "train__grad_accum_steps": 3}, ["grad_accum_steps"]),
     ({"mesh__fsdp": 0}, ["mesh.fsdp"]),
     ({"lora__rank": -1}, ["lora.rank"]),

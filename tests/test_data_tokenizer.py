@@ -108,6 +108,21 @@ def test_char_tokenizer_as_hugging_face_tokenizer():
   assert hf.decode(hf.encode(text).ids) == text
 
 
+def test_a_character_level_export_names_a_character_it_lacks(tmp_path):
+  """An export's tokenizer.json, read back as a model's (init_from), raised `tokenizers`'
+  'Missing [UNK] token' for a character outside its vocabulary, and could not even be read
+  without an 'a' in it."""
+  tok = CharTokenizer.from_text("To be, or not\nto be?")
+  tokenizer_lib.write_hf_tokenizer(tok, str(tmp_path), 32)
+  exported = tokenizer_lib.BPETokenizer.from_folder(str(tmp_path))
+  assert exported.encode("not to be").tolist() == tok.encode("not to be").tolist()
+  for encode in (exported.encode, exported.encode_with_offsets,
+                 lambda text: exported.encode_batch(["to be", text])):
+    with pytest.raises(tokenizer_lib.UnknownCharacter,
+                       match=r"'\u65e5' at position 3 .*model's character-level tokenizer"):
+      encode("to \u65e5 be")
+
+
 @pytest.mark.parametrize("files, named", [
     ({"tokenizer.json": "garbage"}, "tokenizer.json"),
     ({"tokenizer.json": "{}"}, "tokenizer.json"),

@@ -20,7 +20,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
 from helpers import (LINES, assert_clean_error, assert_same_logits, jax_logits, perturbed_params,
-                     require_transformers, run)
+                     require_transformers, run, tiny_config)
 
 transformers = require_transformers()
 torch = pytest.importorskip("torch")
@@ -100,6 +100,33 @@ def test_qk_norm_exports_as_qwen3_with_jaxgpt_logits(tie_embeddings, tmp_path):
   hf_config = json.loads((tmp_path / "config.json").read_text())
   assert hf_config["model_type"] == "qwen3" and not hf_config["use_sliding_window"]
   assert "model.layers.1.self_attn.k_norm.weight" in load_file(str(tmp_path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(qkv_bias=True), dict(qk_norm=True)],
+                         ids=["llama", "qwen2", "qwen3"])
+def test_a_character_level_export_encodes_and_decodes_text_as_jaxgpt_does(options, tmp_path):
+  """transformers 5 reads a qwen2 folder's tokenizer as Qwen2Tokenizer, whose byte-level
+  pre-tokenizer dropped the spaces and newlines of a character-level export."""
+  config = dataclasses.replace(CONFIG, **options)
+  hf_llama.export(perturbed_params(config), config, TOKENIZER, str(tmp_path))
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  text = "ROMEO:\nBut soft, what light\n\nJULIET:  O Romeo, Romeo!\n"
+  ids = hf_tokenizer(text)["input_ids"]
+  assert ids == TOKENIZER.encode(text).tolist() and hf_tokenizer.decode(ids) == text
+  assert len(hf_tokenizer) == TOKENIZER.vocab_size  # no special token past the model's rows
+
+
+def test_data_with_a_character_a_character_level_model_lacks_is_named(tmp_path):
+  """Fine-tuning a character-level export on text with another character said that the
+  data differed from a run's that the new workdir never had."""
+  from jaxgpt import run_setup  # pylint: disable=g-import-not-at-top
+  hf_llama.export(perturbed_params(CONFIG), CONFIG, TOKENIZER, str(tmp_path / "hf"))
+  (tmp_path / "text.txt").write_text(LINES * 20 + "\u65e5")
+  config = tiny_config(init_from=str(tmp_path / "hf"),
+                       data=dict(source="text", path=str(tmp_path / "text.txt")))
+  with pytest.raises(UserError, match=r"the training data \(data.path=.*text.txt\) has "
+                     r"'\u65e5', which init_from=.*hf's character-level tokenizer lacks"):
+    run_setup.resolve_run(config, str(tmp_path / "run"))
 
 
 @pytest.mark.slow

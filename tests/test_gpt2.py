@@ -8,6 +8,7 @@ transformers, stands in for OpenAI's checkpoints (nothing is downloaded). Its we
 
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxgpt import config as config_lib
 from jaxgpt import export, hf_gpt2, hub, lora, pretrained, run_loader
 from jaxgpt.errors import UserError
 from jaxgpt.trainer import Trainer
@@ -125,6 +127,31 @@ def test_finetune_then_export_gives_the_same_model_in_transformers(hf_folder, te
   assert _hf_greedy(str(out), PROMPT, 24) == _jax_greedy(loaded, PROMPT, 24)
 
 
+@pytest.mark.slow
+def test_a_fine_tune_resumes_with_its_init_from_by_any_path_and_after_it_moves(hf_folder,
+                                                                                text_file,
+                                                                                tmp_path):
+  """config.json kept init_from as typed: the same folder by another path contradicted it,
+  and from another folder the recorded name was no folder at all."""
+  shutil.copytree(hf_folder, tmp_path / "hf")
+  workdir = tmp_path / "run"
+  args = ["--config.data.source=text", f"--config.data.path={text_file}",
+          "--config.data.pipeline=numpy", "--config.train.batch_size=8",
+          "--config.train.eval_every=2", "--config.train.eval_steps=1",
+          "--config.train.sample_tokens=0", f"--workdir={workdir}"]
+  train = lambda init_from, steps, **kw: run("train", *args, f"--config.init_from={init_from}",
+                                             f"--config.train.max_steps={steps}", **kw)
+  train("hf", 2, cwd=tmp_path)
+  saved = lambda: json.loads((workdir / "config.json").read_text())["init_from"]
+  assert saved() == str(tmp_path / "hf")
+  assert "done: step 4" in train("./hf", 4, cwd=tmp_path).stdout
+  (tmp_path / "hf").rename(tmp_path / "moved")
+  assert "done: step 6" in train(tmp_path / "moved", 6).stdout
+  assert saved() == str(tmp_path / "moved")
+  assert_clean_error(train(hf_folder, 8, check=False),  # not the run's folder, which is here
+                     "contradicts the run", f"which has init_from={tmp_path / 'moved'}")
+
+
 def _lora_config(hf_folder, text_file):
   return tiny_config(init_from=hf_folder, data=dict(source="text", path=text_file),
                      lora=dict(rank=4, alpha=8.0, targets="c_attn,c_proj,c_fc"),
@@ -198,6 +225,25 @@ def test_bad_folders_are_clear_errors(hf_folder, tmp_path):
   with pytest.raises(UserError, match=f"{config['vocab_size']} rows of token weights do not "
                      f"match its config.json's vocab_size={larger}"):
     run_loader.load_pretrained(str(small))
+
+
+def test_a_runs_workdir_or_a_relative_path_as_init_from_is_named_as_such(tmp_path,
+                                                                          monkeypatch):
+  """A run's workdir was read as a GPT-2 config.json that lacked n_layer, and ./NAME or
+  ../NAME was looked up on the hub as a model's name."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  config_lib.save_config(tiny_config(), str(workdir))
+  with pytest.raises(UserError, match=f"init_from={re.escape(str(workdir))} is a jaxgpt run's "
+                     "workdir, not a Hugging Face model folder: sample or evaluate it with "
+                     "--workdir=.*python -m jaxgpt.export"):
+    pretrained.resolve(str(workdir))
+  monkeypatch.chdir(workdir)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  for name in ("./nope", "../nope"):
+    with pytest.raises(UserError, match=f"init_from='{re.escape(name)}' is not a Hugging Face "
+                       "model folder"):
+      pretrained.resolve(name)
 
 
 @pytest.mark.slow

@@ -36,11 +36,14 @@ def same_ids(a: Tokenizer, b: Tokenizer) -> bool:
 
 
 class UnknownCharacter(UserError):
-  """Text with a character that a char tokenizer does not have."""
+  """Text with a character that a character-level tokenizer does not have: the workdir's
+  char tokenizer, or a character-level export's tokenizer.json read as a BPETokenizer."""
 
-  def __init__(self, message: str, character: str):
-    super().__init__(message)
-    self.character = character
+  def __init__(self, text: str, position: int, whose: str):
+    super().__init__(f"character {text[position]!r} at position {position} is not in the "
+                     f"vocabulary: {whose} only knows the characters of the training text; "
+                     "remove that character or train on text that has it")
+    self.character = text[position]
 
 
 class CharTokenizer:
@@ -73,12 +76,7 @@ class CharTokenizer:
     ids = self._ids[np.minimum(codepoints, len(self._ids) - 1)]
     known = self._codepoints[ids] == codepoints
     if not known.all():
-      position = int(np.argmin(known))
-      raise UnknownCharacter(
-          f"character {text[position]!r} at position {position} is not in the"
-          " vocabulary: the char tokenizer only knows the characters of the"
-          " training text; remove that character or train on text that has it",
-          text[position])
+      raise UnknownCharacter(text, int(np.argmin(known)), "the char tokenizer")
     return ids.astype(np.int32)
 
   def decode(self, ids) -> str:
@@ -190,13 +188,30 @@ class BPETokenizer:
   def encode(self, text: str) -> np.ndarray:
     """The ids of `text` alone (special tokens written in it, such as a chat template's,
     become their ids; none is added)."""
-    return np.array(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+    return np.array(self._encoding(text).ids, np.int32)
 
   def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
     """`encode`'s ids, and each token's (start, end) character offsets in `text`."""
-    encoding = self._tokenizer.encode(text, add_special_tokens=False)
+    encoding = self._encoding(text)
     return (np.array(encoding.ids, np.int32),
             np.array(encoding.offsets, np.int64).reshape(-1, 2))
+
+  def _encoding(self, text: str):
+    try:
+      return self._tokenizer.encode(text, add_special_tokens=False)
+    except Exception as e:  # pylint: disable=broad-except  # `tokenizers` raises a bare one
+      raise self._unencodable(text, e) from None
+
+  def _unencodable(self, text: str, error: Exception) -> UserError:
+    """The error for text this tokenizer cannot encode: a word-level vocabulary without an
+    unknown token (a character-level export's) has no id for one of its pieces."""
+    pre_tokenizer = self._tokenizer.pre_tokenizer
+    pieces = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer else [(text, (0, len(text)))]
+    for piece, (start, _) in pieces:
+      if len(piece) == 1 and self.token_id(piece) is None:
+        return UnknownCharacter(text, start, "the model's character-level tokenizer")
+    return UserError(f"the model's tokenizer cannot encode the text ({first_line(error)}): "
+                     "pass text that its vocabulary covers")
 
   def encode_prompt(self, text: str) -> np.ndarray:
     """The ids of a prompt: `encode`, after the begin-of-text token where the model's
@@ -210,7 +225,10 @@ class BPETokenizer:
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     """Each text's ids, from one call into `tokenizers` (on its own threads unless
     TOKENIZERS_PARALLELISM=false)."""
-    encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    try:
+      encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    except Exception:  # pylint: disable=broad-except  # one by one, to name what fails
+      encodings = [self._encoding(text) for text in texts]
     return [e.ids for e in encodings]
 
   def decode(self, ids) -> str:
@@ -281,7 +299,8 @@ def _folder_specials(folder: str, tokenizer: "BPETokenizer") -> Specials:
   stop_ids = stop_ids if isinstance(stop_ids, list) else [stop_ids]
   stops = [tokenizer._tokenizer.id_to_token(i) for i in stop_ids if isinstance(i, int)]  # pylint: disable=protected-access
   bos_id = bos and tokenizer.token_id(bos)
-  first = tokenizer._tokenizer.encode("a", add_special_tokens=True).ids[:1]  # pylint: disable=protected-access
+  # empty text: a character-level vocabulary may lack any one character
+  first = tokenizer._tokenizer.encode("", add_special_tokens=True).ids[:1]  # pylint: disable=protected-access
   return Specials(chat_template=_folder_chat_template(folder, settings), bos_token=bos,
                   eos_token=eos, stop_tokens=tuple(s for s in stops if s and s != eos),
                   add_bos=bos_id is not None and first == [bos_id])
@@ -296,6 +315,10 @@ def _char_hf_json(chars: str) -> str:
                                                     unk_token=None))
   tokenizer.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), "isolated")
   tokenizer.decoder = decoders.Fuse()
+  # transformers 5 reads a qwen2 folder's tokenizer as Qwen2Tokenizer, which keeps only the
+  # vocabulary and the added tokens of tokenizer.json: its byte-level pre-tokenizer would drop
+  # spaces and newlines, but added tokens are matched before it (and before any normalizer).
+  tokenizer.add_tokens([tokenizers.AddedToken(c, normalized=False) for c in chars])
   return tokenizer.to_str()
 
 
@@ -313,6 +336,8 @@ def write_hf_tokenizer(tokenizer: Tokenizer, folder: str, max_length: int) -> No
       settings["chat_template"] = specials.chat_template
   elif tokenizer.end_of_text_id is not None:
     settings.update(bos_token=BPETokenizer.END_OF_TEXT, eos_token=BPETokenizer.END_OF_TEXT)
+  else:  # none, rather than a tokenizer class's default one added past the model's vocabulary
+    settings.update(dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token")))
   with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=2)
 
