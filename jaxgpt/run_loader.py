@@ -17,6 +17,7 @@ from jaxgpt import checkpoint, data, files, lora, pretrained, sharding
 from jaxgpt import config as config_lib
 from jaxgpt import quantize as quantize_lib
 from jaxgpt import state as state_lib
+from jaxgpt import workdir_lock
 from jaxgpt.data.shards import DATASET_FILE
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
@@ -82,6 +83,8 @@ def load_run(workdir: str, which: str | int = "latest") -> LoadedRun:
     raise UserError(f"workdir {workdir} {problem}: pass the --workdir that "
                     "`python -m jaxgpt.train` printed")
   check_not_another_kind_of_folder(workdir)
+  if not os.path.exists(os.path.join(workdir, config_lib.CONFIG_FILE)):
+    _check_not_starting(workdir)
   config = config_lib.load_config(workdir)
   tokenizer = data.load_tokenizer(workdir)
   model = GPT(config_lib.model_config(config, tokenizer.vocab_size))
@@ -166,6 +169,7 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
       raise UserError(f"every checkpoint in {workdir} is damaged (see the warnings above): "
                       "restore the workdir from a copy, or train again in a new --workdir")
     if step is None:
+      _check_not_starting(workdir)
       raise UserError(f"{workdir} has no checkpoint yet (its training saved none): train it "
                       f"with the command that started it (python -m jaxgpt.train "
                       f"--workdir={workdir} and its flags), for at least one step")
@@ -184,6 +188,14 @@ def _restore(checkpoints, which: str, abstract, workdir: str):
     raise UserError(f"{workdir} has no checkpoint of step {step}: its checkpoints are "
                     f"{checkpoints.all_steps() or 'none'}")
   return step, _read_or_advise(checkpoints, step, abstract, "latest")
+
+
+def _check_not_starting(workdir: str) -> None:
+  """A run without a checkpoint yet may be a training run that is still starting."""
+  holder = workdir_lock.running_holder(workdir)
+  if holder:
+    raise UserError(f"{workdir} holds no checkpoint yet: a training run ({holder}) is starting "
+                    "in it; run this again once it has saved its first checkpoint")
 
 
 def _has_best(checkpoints) -> bool:

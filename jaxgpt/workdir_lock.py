@@ -142,6 +142,31 @@ def _rewrite(f, text: str) -> None:
   f.flush()
 
 
+def running_holder(workdir: str) -> str | None:
+  """Who holds the workdir's lock as its file says, unless that process is known to be gone
+  (on this host); None where no run holds it. Reads only: a lock taken here, even shared,
+  would refuse a training run that starts meanwhile."""
+  try:
+    with open(os.path.join(workdir, LOCK_FILE), encoding="utf-8") as f:
+      owner = json.loads(f.read())
+    pid, host = int(owner["pid"]), str(owner["host"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  if host == socket.gethostname() and not _alive(pid):
+    return None
+  return f"pid {pid} on {host}, since {owner.get('since', '?')}"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # another user's process
+    return True
+  return True
+
+
 def _holder(f) -> str:
   """Who holds the lock, as its file says. The holder writes that just after taking the lock,
   so a file that does not say yet is read again for up to HOLDER_WAIT_S."""

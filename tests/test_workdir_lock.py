@@ -3,6 +3,9 @@
 import contextlib
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,19 @@ def test_a_run_that_finds_the_lock_taken_leaves_the_holders_start_up(tmp_path, m
         pass
     assert sorted(os.listdir(workdir)) == sorted([runtime.CACHE_DIR, workdir_lock.LOCK_FILE])
     assert json.loads((workdir / "lock").read_text())["pid"] == os.getpid()
+
+
+def test_reading_a_workdir_that_a_training_run_is_starting_in_says_so(tmp_path):
+  """Before the run's config.json and first checkpoint, sample said "config.json is missing:
+  pass the --workdir that train printed", which was that workdir."""
+  from jaxgpt import run_loader  # pylint: disable=g-import-not-at-top
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-12-07T14:00:00"}
+  (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(holder))
+  with pytest.raises(UserError, match=f"a training run \\(pid {os.getpid()} on .*\\) is starting"):
+    run_loader.load_run(str(tmp_path))
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  holder["pid"] = int(gone.stdout)  # a run killed before it released the lock
+  (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(holder))
+  with pytest.raises(UserError, match="holds no jaxgpt run"):
+    run_loader.load_run(str(tmp_path))
