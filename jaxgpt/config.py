@@ -437,6 +437,12 @@ def save_config(config, workdir: str) -> None:
                          config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def is_run_config(keys) -> bool:
+  """Whether a config.json's top-level keys are a jaxgpt run's (model, train, data), not a
+  Hugging Face model's (model_type) or another program's."""
+  return "model_type" not in keys and bool(set(keys) & {"model", "train", "data"})
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """A run's saved config; keys added to jaxgpt since the run was saved get their defaults."""
   path = os.path.join(workdir, CONFIG_FILE)

@@ -89,8 +89,9 @@ def _is_path(init_from: str) -> bool:
 
 def _check_not_a_run(folder: str, init_from: str) -> None:
   """A jaxgpt run's workdir has a config.json too, but not a Hugging Face one."""
+  from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
   config = files.read_json(os.path.join(folder, HF_CONFIG_FILE))
-  if isinstance(config, dict) and "model_type" not in config and "train" in config:
+  if isinstance(config, dict) and config_lib.is_run_config(config):
     raise UserError(f"init_from={init_from} is a jaxgpt run's workdir, not a Hugging Face model "
                     f"folder: sample or evaluate it with --workdir={init_from}; to train it "
                     f"further, resume it with python -m jaxgpt.train --workdir={init_from}, or "

@@ -114,7 +114,7 @@ def check_not_another_kind_of_folder(workdir: str) -> None:
     raise UserError(f"{workdir} is a token dataset (python -m jaxgpt.prepare wrote it), not a "
                     "jaxgpt run's workdir: train on it with --config.data.source=tokens "
                     f"--config.data.path={workdir} and another --workdir")
-  if config_keys and not config_keys & {"model", "train", "data"}:  # a run's has all three
+  if config_keys and not config_lib.is_run_config(config_keys):
     raise UserError(f"{workdir} holds a {config_lib.CONFIG_FILE} that is not a jaxgpt run's: "
                     "pass another --workdir (a new folder, or one that train printed)")
   tokenizer_keys = _json_keys(os.path.join(workdir, data.tokenizer.FILENAME))

@@ -46,15 +46,15 @@ def initialize_distributed() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   given = {name: os.environ.get(name) for name in DISTRIBUTED_VARIABLES}
   if any(given.values()):
-    address, num_processes, process_id = _distributed_variables(given)
-    host, _, port = address.rpartition(":")
-    roll_call.take(host.strip("[]"), int(port), num_processes, process_id)
+    address, host, port, num_processes, process_id = _distributed_variables(given)
+    roll_call.take(host.strip("[]"), port, num_processes, process_id)
     _initialize(jax, address, num_processes, process_id)
   elif _cluster_process_count() > 1:
     _initialize(jax)
 
 
-def _distributed_variables(given: dict) -> tuple[str, int, int]:
+def _distributed_variables(given: dict) -> tuple[str, str, int, int, int]:
+  """(JAX_COORDINATOR_ADDRESS, its host and port, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
   missing = [name for name, value in given.items() if not value]
   if missing:
     raise UserError(f"{', '.join(missing)} is not set: set all of {', '.join(given)} "
@@ -72,7 +72,7 @@ def _distributed_variables(given: dict) -> tuple[str, int, int]:
   if not 0 <= process_id < num_processes:
     raise UserError(f"JAX_PROCESS_ID={process_id} is not in 0..{num_processes - 1}: number the "
                     f"JAX_NUM_PROCESSES={num_processes} processes from 0")
-  return address, num_processes, process_id
+  return address, host, int(port), num_processes, process_id
 
 
 def _cluster_process_count() -> int:

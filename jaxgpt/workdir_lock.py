@@ -154,7 +154,7 @@ def running_holder(workdir: str) -> str | None:
     return None
   if host == socket.gethostname() and not _alive(pid):
     return None
-  return f"pid {pid} on {host}, since {owner.get('since', '?')}"
+  return _described(owner)
 
 
 def _alive(pid: int) -> bool:
@@ -167,6 +167,11 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _described(owner: dict) -> str:
+  """The lock file's holder, as a message names it."""
+  return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+
+
 def _holder(f) -> str:
   """Who holds the lock, as its file says. The holder writes that just after taking the lock,
   so a file that does not say yet is read again for up to HOLDER_WAIT_S."""
@@ -174,8 +179,7 @@ def _holder(f) -> str:
   while True:
     f.seek(0)
     try:
-      owner = json.loads(f.read())
-      return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+      return _described(json.loads(f.read()))
     except (ValueError, KeyError, TypeError):
       if time.monotonic() >= deadline:
         return "its holder did not say who it is"
