@@ -32,16 +32,16 @@ def backend_precision() -> str:
 
 def matmul_dtype(config) -> str:
   """The training model's Dense products (GPTConfig.matmul_dtype): `matmul_precision`, where
-  auto is bfloat16 products of float32 compute on a CPU with Intel AMX (whose matrix units
-  take the step to about 0.7x float32's at the same loss: BENCHMARKS.md) and XLA's default
-  ("") elsewhere."""
+  auto is bfloat16 products of float32 compute on a CPU with bfloat16 dot instructions (Intel
+  AMX, AVX512-BF16: nanoGPT's CPU step in about 0.65-0.75x float32's time at the same loss,
+  BENCHMARKS.md) and XLA's default ("") elsewhere."""
   if config.matmul_precision != "auto":
     return config.matmul_precision
   if config.precision != "float32":
     return ""
   import jax  # pylint: disable=g-import-not-at-top  # this module loads without JAX
   from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
-  return "bfloat16" if jax.default_backend() == "cpu" and runtime.cpu_has_amx() else ""
+  return "bfloat16" if jax.default_backend() == "cpu" and runtime.cpu_has_bfloat16_dot() else ""
 
 
 def model_section() -> ml_collections.ConfigDict:
@@ -127,8 +127,9 @@ _KEY_MEANINGS = {
     "precision": f"Compute dtype, {' or '.join(PRECISIONS)}; parameters, logits and loss "
                  "stay float32.",
     "matmul_precision": f"{', '.join(MATMUL_PRECISIONS)}: the training step's matmul products "
-                        "(summed in float32 either way). auto is bfloat16 on a CPU with Intel "
-                        "AMX while precision=float32 (faster at the same loss: BENCHMARKS.md), "
+                        "(summed in float32 either way). auto is bfloat16 on a CPU with bfloat16 "
+                        "dot instructions (Intel AMX, AVX512-BF16: AMD Zen 4 and later) while "
+                        "precision=float32 (faster at the same loss: BENCHMARKS.md), "
                         "XLA's default elsewhere (TPUs: bfloat16 passes); float32 insists on "
                         "float32 products. jaxgpt.sample and jaxgpt.eval compute in their --dtype.",
     "init_from": "scratch, or start from pretrained weights: gpt2, gpt2-medium, gpt2-large, "

@@ -17,12 +17,17 @@ USER_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt")
 MIN_CACHED_COMPILE_SECS = 2.0
 
 
-def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-  """Whether this machine's CPU has Intel AMX's bfloat16 matrix units (Linux's /proc/cpuinfo
-  names them; False where it cannot be read)."""
+BFLOAT16_DOT_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_bfloat16_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether this machine's CPU has instructions for bfloat16 products summed in float32:
+  Intel AMX's matrix units or AVX512-BF16 (Intel since Cooper Lake, AMD since Zen 4), as
+  Linux's /proc/cpuinfo names them; False where it cannot be read."""
   try:
     with open(cpuinfo, encoding="utf-8") as f:
-      return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+      return any(line.startswith("flags") and set(BFLOAT16_DOT_FLAGS) & set(line.split())
+                 for line in f)
   except OSError:
     return False
 

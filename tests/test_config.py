@@ -192,31 +192,34 @@ def test_precision_must_be_known():
     config_lib.validate(c)
 
 
-@pytest.mark.parametrize("precision, matmul_precision, amx, products", [
-    ("float32", "auto", True, "bfloat16"),  # Intel AMX: bfloat16 products, float32 sums
+@pytest.mark.parametrize("precision, matmul_precision, bf16_dot, products", [
+    ("float32", "auto", True, "bfloat16"),  # AMX or AVX512-BF16: bfloat16 products, float32 sums
     ("float32", "auto", False, ""),  # XLA's own
     ("bfloat16", "auto", True, ""),  # bfloat16 operands anyway
     ("float32", "float32", True, "float32"),
     ("float32", "bfloat16", False, "bfloat16"),
 ])
-def test_matmul_precision_sets_the_training_models_products(precision, matmul_precision, amx,
-                                                             products, monkeypatch):
+def test_matmul_precision_sets_the_training_models_products(precision, matmul_precision,
+                                                             bf16_dot, products, monkeypatch):
   from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
+  monkeypatch.setattr(runtime, "cpu_has_bfloat16_dot", lambda: bf16_dot)
   c = _config(precision=precision, matmul_precision=matmul_precision)
   config_lib.validate(c)
   assert config_lib.model_config(c, 65, training=True).matmul_dtype == products
   assert config_lib.model_config(c, 65).matmul_dtype == ""  # sampling, eval and export
 
 
-@pytest.mark.parametrize("flags, amx", [("fpu sse avx512f amx_bf16 amx_tile", True),
-                                        ("fpu sse avx512f avx512_bf16", False)])
-def test_amx_is_read_from_the_cpus_flags(flags, amx, tmp_path):
+@pytest.mark.parametrize("flags, bf16_dot", [
+    ("fpu sse avx512f amx_bf16 amx_tile", True),  # Intel Sapphire Rapids and later
+    ("fpu sse avx512f avx512_bf16", True),  # AMD Zen 4 and later
+    ("fpu sse avx2 fma", False),  # AMD Zen 3: bfloat16 would be converted in software
+    ("fpu sse avx512f avx512_bf16x", False)])  # a whole flag, not a prefix
+def test_bfloat16_dot_instructions_are_read_from_the_cpus_flags(flags, bf16_dot, tmp_path):
   from jaxgpt import runtime  # pylint: disable=g-import-not-at-top
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-  assert runtime.cpu_has_amx(str(cpuinfo)) == amx
-  assert not runtime.cpu_has_amx(str(tmp_path / "absent"))
+  assert runtime.cpu_has_bfloat16_dot(str(cpuinfo)) == bf16_dot
+  assert not runtime.cpu_has_bfloat16_dot(str(tmp_path / "absent"))
 
 
 @pytest.mark.parametrize("axes, devices, expected", [

@@ -175,8 +175,8 @@ def test_bfloat16_products_reach_every_dense_matmul_of_the_compiled_step():
 
 
 def test_bfloat16_products_train_as_float32_does():
-  """The first steps' losses with bfloat16 products (matmul_precision=auto on Intel AMX) stay
-  within bfloat16's rounding of float32's, and fall as fast."""
+  """The first steps' losses with bfloat16 products (matmul_precision=auto on AMX or
+  AVX512-BF16) stay within bfloat16's rounding of float32's, and fall as fast."""
   float32, _ = train_on_one_batch(tiny_config(matmul_precision="float32"), 8, training=True)
   bfloat16, _ = train_on_one_batch(tiny_config(matmul_precision="bfloat16"), 8, training=True)
   np.testing.assert_allclose(bfloat16, float32, rtol=2e-4)
