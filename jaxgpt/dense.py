@@ -118,9 +118,9 @@ def tensordot(x, kernel, num_in: int, product_dtype: str):
 
 def _dot(a, b, axes, product_dtype: str, out_dtype):
   """jnp.tensordot of a and b in product_dtype, summed in float32, returned in out_dtype.
-  XLA's CPU backend sends bfloat16 products with a float32 result to its fast matrix units
-  (Intel AMX, AVX512-BF16), and those with a bfloat16 result to a loop about 3x slower; elsewhere
-  bfloat16 sums in float32 anyway. float32 asks for full float32 products (TPUs otherwise
+  XLA's CPU backend sends bfloat16 products with a float32 result to YNNPACK's kernels for
+  bfloat16 dot instructions (Intel AMX, AVX512-BF16), and those with a bfloat16 result to a
+  loop about 3x slower; elsewhere bfloat16 sums in float32 anyway. float32 asks for full float32 products (TPUs otherwise
   take bfloat16 passes)."""
   precision = jax.lax.Precision.HIGHEST if product_dtype == "float32" else None
   return jnp.tensordot(a, b, axes=axes, precision=precision,
