@@ -562,8 +562,12 @@ def stop_ids(tokenizer) -> tuple[int, ...]:
   return getattr(tokenizer, "stop_ids", () if end is None else (end,))
 
 
-def prompt_ids(tokenizer, prompt: str) -> np.ndarray:
-  """The prompt's ids, after the begin-of-text token where the model's tokenizer adds one."""
+def prompt_ids(tokenizer, prompt: str, chat: bool = False) -> np.ndarray:
+  """The prompt's ids, after the begin-of-text token where the model's tokenizer adds one;
+  a `chat` prompt (a chat template's text, which writes the tokens it wants) as it is, as
+  transformers' apply_chat_template and chat training (data/chat.py) encode it."""
+  if chat:
+    return tokenizer.encode(prompt)
   return getattr(tokenizer, "encode_prompt", tokenizer.encode)(prompt)
 
 
@@ -588,22 +592,23 @@ def chat_prompt(tokenizer, messages: list[dict], max_tokens: int) -> tuple[str, 
   turns = messages[len(system):]
   while True:
     text = chat_template.render(tokenizer, system + turns, add_generation_prompt=True)
-    if len(turns) == 1 or len(prompt_ids(tokenizer, text)) <= max_tokens:
+    if len(turns) == 1 or len(prompt_ids(tokenizer, text, chat=True)) <= max_tokens:
       return text, system + turns
     turns = turns[2:]
 
 
 def generate_text(model: GPT, params, tokenizer, prompt: str, max_new_tokens: int,
                   sampling: Sampling = Sampling(), num_samples: int = 1, seed: int = 0,
-                  stop: str = "", timing: Timing | None = None):
+                  stop: str = "", timing: Timing | None = None, chat: bool = False):
   """Yields lists of `num_samples` new pieces of text, as they are generated.
 
   A sample ends at one of the tokenizer's stop tokens (end of text, a chat model's end of
   turn) or before the first occurrence of `stop` (neither included); generation ends once
-  every sample has ended. The prompt is encoded as `prompt_ids` encodes it.
+  every sample has ended. The prompt is encoded as `prompt_ids` encodes it (`chat`: a chat
+  template's text).
   """
   samples = [_SampleText(tokenizer, stop) for _ in range(num_samples)]
-  chunks = generate(model, params, prompt_ids(tokenizer, prompt), max_new_tokens, sampling,
+  chunks = generate(model, params, prompt_ids(tokenizer, prompt, chat), max_new_tokens, sampling,
                     num_samples, seed, timing=timing)
   for new_BxN in chunks:
     yield [sample.add(row) for sample, row in zip(samples, new_BxN)]

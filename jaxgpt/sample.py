@@ -121,17 +121,18 @@ def _check_prompt(prompt: str) -> None:
   _check_utf8(prompt, "the prompt")
 
 
-def _write_samples(run, prompt: str, sampling, shown: str) -> str:
+def _write_samples(run, prompt: str, sampling, shown: str, chat: bool = False) -> str:
   """Streams the first sample to stdout, then the others, each after `shown` (the prompt, or
-  nothing); the timing goes to stderr. Returns the first sample's new text."""
+  nothing); the timing goes to stderr. Returns the first sample's new text. `chat`: the
+  prompt is a chat template's text (generate.prompt_ids)."""
   from jaxgpt import generate  # pylint: disable=g-import-not-at-top
-  generate.prompt_ids(run.tokenizer, prompt)  # one it cannot encode fails before any output
+  generate.prompt_ids(run.tokenizer, prompt, chat)  # one it cannot encode fails before output
   timing = generate.Timing()
   first, rest = "", [""] * (_NUM_SAMPLES.value - 1)
   sys.stdout.write(shown)
   for pieces in generate.generate_text(run.model, run.params, run.tokenizer, prompt,
                                        _MAX_NEW_TOKENS.value, sampling, _NUM_SAMPLES.value,
-                                       _SEED.value, _STOP.value, timing):
+                                       _SEED.value, _STOP.value, timing, chat):
     sys.stdout.write(pieces[0])
     sys.stdout.flush()
     first += pieces[0]
@@ -173,7 +174,7 @@ def _chat_turn(run, conversation: list[dict], message: str, sampling) -> list[di
     print(f"dropped the oldest {(len(asked) - len(kept)) // 2} turn(s) of the conversation: "
           f"it no longer fit the model's context of {block_size} tokens with room for the "
           "answer", file=sys.stderr, flush=True)
-  answer = _write_samples(run, prompt, sampling, shown="")
+  answer = _write_samples(run, prompt, sampling, shown="", chat=True)
   return kept + [{"role": "assistant", "content": answer}]
 
 

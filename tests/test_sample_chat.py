@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgpt import chat_template, generate
-from jaxgpt.data import BPETokenizer
+from jaxgpt.data import BPETokenizer, chat
 
 from helpers import REPO, run, tiny_args
 
@@ -77,6 +77,29 @@ def test_generate_text_encodes_the_prompt_with_bos_and_stops_generating_at_the_e
   assert "".join(piece for piece, in pieces) == "But soft, what"
   assert prompts == [[bos, *with_bos.encode(QUESTION)]]
   assert len(drawn) == 2  # generation stopped at the chunk that ended the turn
+
+
+def test_a_chat_prompt_is_encoded_as_chat_training_encodes_it_without_an_added_bos(
+    tokenizer, monkeypatch):
+  """A tokenizer that adds a begin-of-text token to text, with a chat template that does not
+  write one (ChatML): the chat prompt's ids are the template's text alone, as in training and
+  transformers' apply_chat_template, not after a begin-of-text token."""
+  with_bos = BPETokenizer(tokenizer.hf_json(), specials=dataclasses.replace(
+      tokenizer.specials, add_bos=True))
+  bos = with_bos.token_id(with_bos.specials.bos_token)
+  prompts = []
+
+  def fake_generate(model, params, prompt_ids, *args, **kwargs):
+    prompts.append(list(prompt_ids))
+    yield np.array([with_bos.encode(ANSWER)])
+
+  monkeypatch.setattr(generate, "generate", fake_generate)
+  conversation = [_user(QUESTION), _assistant(ANSWER)]
+  text, _ = generate.chat_prompt(with_bos, conversation[:1], max_tokens=10_000)
+  list(generate.generate_text(None, None, with_bos, text, 100, chat=True))
+  (trained_ids, _), = chat.encode(with_bos, conversation)
+  assert prompts == [list(with_bos.encode(text))] and prompts[0][0] != bos
+  assert list(trained_ids[:len(prompts[0])]) == prompts[0]
 
 
 def test_the_conversation_drops_its_oldest_turns_to_fit_but_keeps_the_system_message(
