@@ -37,16 +37,21 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   without them, a differing shape meets the checkpoint's strict restore. `is_main`: whether
   this process (process 0) prints."""
   run_loader.check_not_another_kind_of_folder(workdir)
-  # Fine-tuning: the model's options (architecture and shape) and tokenizer are the
-  # pretrained model's.
-  pretrained = None if config.init_from == "scratch" else pretrained_lib.resolve(config.init_from)
-  if pretrained:
-    # config.json names the folder wherever the run is resumed from
-    config.init_from = pretrained_lib.absolute_init_from(config.init_from)
-    pretrained_lib.configure(config, pretrained, explicit_keys or set())
   saved = _saved_run_config(workdir)
+  resuming = saved is not None and explicit_keys is not None
+  # Fine-tuning: the model's options (architecture and shape) and tokenizer are the
+  # pretrained model's. A resumed run has them in config.json and its weights in its
+  # checkpoint: it takes its own init_from (another one given is refused below), and the
+  # pretrained model is neither read nor needed.
+  pretrained = None
+  if config.init_from != "scratch" and not resuming:
+    pretrained = pretrained_lib.resolve(config.init_from)
+    pretrained_lib.configure(config, pretrained, explicit_keys or set())
+  if config.init_from != "scratch" and (not resuming or "init_from" in explicit_keys):
+    # config.json names the folder wherever the run is resumed from (a moved one, given)
+    config.init_from = pretrained_lib.absolute_init_from(config.init_from)
   config_lib.validate(config, needs_data=saved is None)  # a resumed run has its data.path
-  if saved is not None and explicit_keys is not None:
+  if resuming:
     changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
     if changed and is_main:
       print(f"resuming the run in {workdir} with its own {', '.join(changed)}", flush=True)

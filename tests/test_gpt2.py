@@ -152,6 +152,35 @@ def test_a_fine_tune_resumes_with_its_init_from_by_any_path_and_after_it_moves(h
                      "contradicts the run", f"which has init_from={tmp_path / 'moved'}")
 
 
+def test_a_resumed_fine_tune_neither_reads_nor_records_another_init_from(hf_folder, text_file,
+                                                                         tmp_path, monkeypatch):
+  """A config file naming another model (a hub name, offline; another folder) resumes the run
+  with its own init_from, leaving the config.json that export writes back as it was; the
+  pretrained model was resolved first (a download, or the other folder's config kept)."""
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  workdir = tmp_path / "run"
+  args = ["--config.data.source=text", f"--config.data.path={text_file}",
+          "--config.data.pipeline=numpy", "--config.train.batch_size=8",
+          "--config.train.eval_every=2", "--config.train.eval_steps=1",
+          "--config.train.sample_tokens=0", f"--workdir={workdir}"]
+  run("train", *args, f"--config.init_from={hf_folder}", "--config.train.max_steps=2")
+  kept = (workdir / "pretrained_config.json").read_text()
+  other = tmp_path / "other"
+  shutil.copytree(hf_folder, other)
+  (other / "config.json").write_text(json.dumps(
+      {**json.loads((other / "config.json").read_text()), "n_positions": 128}))
+  config_file = tmp_path / "finetune.py"
+  for steps, init_from in [(4, "gpt2"), (6, str(other))]:
+    config_file.write_text("from jaxgpt.config import base_config\n\n\ndef get_config():\n"
+                           f"  c = base_config()\n  c.init_from = {init_from!r}\n  return c\n")
+    result = run("train", f"--config={config_file}", *args, f"--config.train.max_steps={steps}")
+    assert f"done: step {steps}" in result.stdout
+    assert (workdir / "pretrained_config.json").read_text() == kept
+    assert json.loads((workdir / "config.json").read_text())["init_from"] == str(hf_folder)
+  assert_clean_error(run("train", *args, "--config.init_from=gpt2", "--config.train.max_steps=8",
+                         check=False), "contradicts the run", f"which has init_from={hf_folder}")
+
+
 def _lora_config(hf_folder, text_file):
   return tiny_config(init_from=hf_folder, data=dict(source="text", path=text_file),
                      lora=dict(rank=4, alpha=8.0, targets="c_attn,c_proj,c_fc"),
