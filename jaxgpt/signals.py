@@ -12,8 +12,12 @@ import os
 import signal
 import sys
 import threading
+import time
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A repeat this soon after the first signal is the same request: GNU timeout (without
+# --foreground) signals the process and then its whole process group, the process again.
+SAME_REQUEST_SECS = 0.5
 
 
 class StopRequest:
@@ -54,17 +58,17 @@ class StopRequest:
 
 
 def _exit_on_second_signal(read_fd: int) -> None:
-  seen = 0
+  first = None  # when the first signal came
   while data := os.read(read_fd, 64):
     for signum in data:
       if signum not in STOP_SIGNALS:
         continue
-      seen += 1
       name = signal.Signals(signum).name
-      if seen == 1:
+      if first is None:
+        first = time.monotonic()
         print(f"{name}: saving and stopping after the current step (send it again to stop at "
               "once, without saving)", file=sys.stderr, flush=True)
-      else:
+      elif time.monotonic() - first >= SAME_REQUEST_SECS:
         print(f"stopped: {name} again: exiting without saving this step; the newest complete "
               "checkpoint is kept: run the same command to resume from it",
               file=sys.stderr, flush=True)
