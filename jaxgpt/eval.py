@@ -26,7 +26,8 @@ _RUN = cli.define_run_flags(__name__, "evaluate", "Evaluate pretrained weights i
                             "Qwen/Qwen3-0.6B, or a Hugging Face GPT-2 or Llama-family folder.",
                             "pretrained weights")
 _DATA = flags.DEFINE_list("data", [], "Held-out sets: val (the run's validation split), a text "
-                          "file, or a prepared token dataset folder (its val split).")
+                          "file (JSON lines of conversations: their assistant turns), or a "
+                          "prepared token dataset folder (its val split).")
 _HELLASWAG = flags.DEFINE_string("hellaswag", None, "A hellaswag_val.jsonl-format file, or val "
                                  "(the official file, fetched once into ~/.cache/jaxgpt).")
 _LM_EVAL_TASKS = flags.DEFINE_list("lm_eval_tasks", [], "lm-evaluation-harness tasks, e.g. "
@@ -128,6 +129,10 @@ def _heldout_tokens(run, spec: str):
     return name, _dataset_val_split(run, path)
   if not os.path.isfile(path):
     raise UserError(f"--data={spec} is neither val, a text file nor a dataset folder: pass one")
+  from jaxgpt.data import chat  # pylint: disable=g-import-not-at-top
+  if chat.is_conversations_file(path):  # its assistant turns are scored, as chat training's
+    return name, chat.load_held_out(path, run.tokenizer, run.model.config.block_size,
+                                    run.config.data.chat_packing)
   return name, run.tokenizer.encode(files.read_utf8(path, f"--data={spec}"))
 
 

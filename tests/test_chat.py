@@ -254,6 +254,20 @@ def test_a_malformed_line_stops_the_run_with_one_line(chat_tokenizer_folder, tmp
   assert_clean_error(result, "chat.jsonl:2 is not JSON")
 
 
+@pytest.mark.parametrize("text, is_chat", [
+    ('\n\n{"messages": [{"role": "user", "content": "Hi"}]}\n', True),
+    ('\ufeff{"messages": []}\n', True),  # a byte order mark
+    ("ROMEO: But soft, what light\n", False),
+    ('"the messages"\n', False),  # JSON, not a conversation
+    ('[{"messages": []}]\n', False),
+    ('{"text": "messages"}\n', False),
+    ("", False),
+])
+def test_eval_tells_a_file_of_conversations_from_text(text, is_chat, tmp_path):
+  (tmp_path / "data").write_text(text, encoding="utf-8")
+  assert chat.is_conversations_file(str(tmp_path / "data")) == is_chat
+
+
 @pytest.mark.slow
 def test_a_lora_fine_tune_on_chat_data_learns_the_answers(chat_tokenizer_folder, tmp_path):
   """LoRA on every hidden layer from a scratch model (no pretrained one here): the training
@@ -270,3 +284,10 @@ def test_a_lora_fine_tune_on_chat_data_learns_the_answers(chat_tokenizer_folder,
   result = run("eval", f"--workdir={workdir}", "--data=val", "--json")
   scored = json.loads(result.stdout.strip().splitlines()[-1])["val"]
   assert scored["tokens"] > 0 and np.isfinite(scored["loss"])
+  # The held-out conversations as a file of their own are scored as chat, to the same figures.
+  lines = [line for line in (tmp_path / "chat.jsonl").read_text().splitlines() if line.strip()]
+  held = min(max(1, round(len(lines) * config_lib.base_config().data.val_fraction)),
+             len(lines) - 1)
+  (tmp_path / "held.jsonl").write_text("\n".join(lines[-held:]) + "\n")
+  result = run("eval", f"--workdir={workdir}", f"--data={tmp_path / 'held.jsonl'}", "--json")
+  assert json.loads(result.stdout.strip().splitlines()[-1])["held.jsonl"] == scored

@@ -184,12 +184,7 @@ def load_splits(data_config, tokenizer, block_size: int) -> tuple[ChatRows, Chat
   if not os.path.isfile(path):
     raise UserError(f"data.path {path!r} is not a file: pass --config.data.path=FILE, a JSONL "
                     "file of conversations, for data.source=chat")
-  conversations = []
-  for number, messages in read_conversations(path):
-    try:
-      conversations.append(encode(tokenizer, messages))
-    except UserError as e:  # the template's: which conversation it could not render
-      raise UserError(f"{path}:{number}: {e}") from None
+  conversations = _encoded_conversations(path, tokenizer)
   if len(conversations) < 2:
     raise UserError(f"data.path {path} holds {len(conversations)} conversation: at least two "
                     "are needed, one to train on and one to validate with")
@@ -201,6 +196,38 @@ def load_splits(data_config, tokenizer, block_size: int) -> tuple[ChatRows, Chat
     splits.append(layout(examples, block_size + 1, data_config.chat_packing))
     _check_targets(splits[-1], examples, name, block_size)
   return tuple(splits)
+
+
+def load_held_out(path: str, tokenizer, block_size: int, pack: bool) -> ChatRows:
+  """Every conversation of a JSONL file as one held-out set (jaxgpt.eval --data=FILE)."""
+  examples = [example for examples in _encoded_conversations(path, tokenizer)
+              for example in examples]
+  rows = layout(examples, block_size + 1, pack)
+  _check_targets(rows, examples, "held-out", block_size)
+  return rows
+
+
+def is_conversations_file(path: str) -> bool:
+  """Whether a file's first line with text is a conversation ({"messages": ...}), not text."""
+  with open(path, "rb") as f:
+    first = next((line for line in f if line.strip()), b"")
+  try:
+    value = json.loads(first.decode(files.UTF8))
+  except ValueError:  # not JSON, or not UTF-8
+    return False
+  return isinstance(value, dict) and "messages" in value
+
+
+def _encoded_conversations(path: str, tokenizer) -> list:
+  """Each conversation's examples (encode); one the template cannot render is a UserError
+  naming its line."""
+  conversations = []
+  for number, messages in read_conversations(path):
+    try:
+      conversations.append(encode(tokenizer, messages))
+    except UserError as e:  # the template's: which conversation it could not render
+      raise UserError(f"{path}:{number}: {e}") from None
+  return conversations
 
 
 def _check_targets(rows: ChatRows, examples, split: str, block_size: int) -> None:
