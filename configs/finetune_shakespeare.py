@@ -4,7 +4,8 @@ bundled plays with the GPT-2 tokenizer.
 A small constant learning rate and few steps, as nanoGPT; the checkpoint with the lowest
 validation loss is kept in WORKDIR/best (sample it with --checkpoint=best). 32 sequences of
 1,024 tokens per step (8 x 4 micro-batches). For LoRA add e.g. --config.lora.rank=8
---config.lora.targets=c_attn,c_proj --config.train.learning_rate=1e-3.
+--config.lora.targets=c_attn,c_proj --config.train.learning_rate=1e-3
+--config.train.min_lr=1e-3 (min_lr too, or the rate decays from 1e-3 to 3e-5).
 """
 
 from jaxgpt.config import backend_precision, base_config
