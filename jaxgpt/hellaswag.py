@@ -82,11 +82,14 @@ def _example(line: str, number: int, path: str) -> dict:
 
 
 def requests(examples: list[dict], tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(context ids, ending ids) for every ending of every example, in order."""
+  """(context ids, ending ids) for every ending of every example, in order; the context after
+  the begin-of-text token where the model's tokenizer adds one (Llama's), as lm-eval's `hf`
+  backend encodes it."""
+  from jaxgpt import generate  # pylint: disable=g-import-not-at-top  # loads JAX
   pairs = []
   for number, example in enumerate(examples, 1):
     try:
-      pairs += [(tokenizer.encode(example["ctx"]), tokenizer.encode(" " + ending))
+      pairs += [(generate.prompt_ids(tokenizer, example["ctx"]), tokenizer.encode(" " + ending))
                 for ending in example["endings"]]
     except UserError as e:
       raise UserError(f"{example.get('where', f'HellaSwag example {number}')}: {e}") from None

@@ -1,6 +1,7 @@
 """python -m jaxgpt.eval: held-out loss and bits per byte, HellaSwag scored as build-nanogpt's
 hellaswag.py scores it, and lm-evaluation-harness tasks, against PyTorch references."""
 
+import dataclasses
 import http.client
 import json
 import math
@@ -320,6 +321,20 @@ def test_a_hellaswag_file_the_run_cannot_score_stops_it_before_anything_is_saved
       Trainer(config, str(tmp_path / name), devices=jax.devices()[:1])
     best = tmp_path / name / "best"
     assert not best.exists() or not os.listdir(best)  # no checkpoint to strand
+
+
+def test_a_hellaswag_context_begins_with_the_bos_a_tokenizer_adds(tokenizer):
+  """As lm-eval's `hf` backend encodes a context (Llama's tokenizers add one); the ending
+  follows without one, and a tokenizer that adds none (GPT-2's) is unchanged."""
+  with_bos = tokenizer_lib.BPETokenizer(tokenizer.hf_json(), specials=dataclasses.replace(
+      tokenizer.specials, add_bos=True))
+  bos = with_bos.token_id(with_bos.specials.bos_token)
+  example = {"ctx": "ROMEO: But soft", "endings": ["what", "light", "through", "yonder"],
+             "label": 0}
+  for encoder, first in [(with_bos, [bos]), (tokenizer, [])]:
+    context, ending = hellaswag.requests([example], encoder)[0]
+    assert list(context) == first + list(encoder.encode(example["ctx"]))
+    assert list(ending) == list(encoder.encode(" what"))
 
 
 def test_a_hellaswag_example_the_tokenizer_cannot_encode_is_named(tmp_path):
