@@ -43,17 +43,19 @@ def report(error: UserError) -> int:
 
 
 INTERRUPTED = "interrupted (Ctrl-C); nothing saved was changed"
-_main_started = False  # whether run_cli has called the command's main yet
+_main_state = "before"  # of the command's main: before, running, finished
 
 
 def run_cli(main):
   """Runs `main()`; turns a UserError into one stderr line and its exit code, and Ctrl-C
   at any moment into one `stopped:` line and exit status 130."""
-  global _main_started
+  global _main_state
   handle_ctrl_c()
-  _main_started = True
+  _main_state = "running"
   try:
-    return main()
+    result = main()
+    _main_state = "finished"
+    return result
   except UserError as e:
     sys.exit(report(e))
   except KeyboardInterrupt:
@@ -75,8 +77,9 @@ def _exit_now(code: int) -> None:
 
 
 def handle_ctrl_c() -> None:
-  """Ctrl-C raises KeyboardInterrupt, except during an import or before run_cli has called the
-  command's main (the command module's own top level), where it ends the command at once (a
+  """Ctrl-C raises KeyboardInterrupt, except during an import, before run_cli has called the
+  command's main (the command module's own top level) or after main returned (Python's
+  shutdown: JAX's and Orbax's exit handlers), where it ends the command at once (a
   KeyboardInterrupt inside a C extension's initialisation is turned into an ImportError, or
   crashes; nothing is saved before main); and a KeyboardInterrupt that
   Python dropped (raised in a garbage-collection callback or a __del__, such as JAX's, it is
@@ -89,7 +92,11 @@ def handle_ctrl_c() -> None:
 
 
 def _on_ctrl_c(_, frame) -> None:
-  if not _main_started or _importing(frame):
+  if _main_state == "finished":  # Python's shutdown: what the command wrote is complete
+    print("stopped: interrupted (Ctrl-C) as the command exited, after it had finished",
+          file=sys.stderr, flush=True)
+    os._exit(130)  # pylint: disable=protected-access
+  if _main_state == "before" or _importing(frame):
     print(f"stopped: {INTERRUPTED}", file=sys.stderr, flush=True)
     os._exit(130)  # pylint: disable=protected-access
   raise KeyboardInterrupt
