@@ -566,18 +566,24 @@ def prompt_ids(tokenizer, prompt: str, chat: bool = False) -> np.ndarray:
   """The prompt's ids, after the begin-of-text token where the model's tokenizer adds one;
   a `chat` prompt (a chat template's text, which writes the tokens it wants) as it is, as
   transformers' apply_chat_template and chat training (data/chat.py) encode it."""
-  if chat:
-    return tokenizer.encode(prompt)
-  return getattr(tokenizer, "encode_prompt", tokenizer.encode)(prompt)
+  ids = tokenizer.encode(prompt) if chat else getattr(tokenizer, "encode_prompt",
+                                                      tokenizer.encode)(prompt)
+  if not len(ids):
+    raise UserError(f"the prompt {prompt!r} is no token to the model's tokenizer (it drops "
+                    "what the prompt holds, such as whitespace): give a prompt with a word")
+  return ids
 
 
 def default_prompt(tokenizer) -> str:
-  """A newline, or where the tokenizer has none (a text without one), its first token."""
-  try:
-    tokenizer.encode("\n")
-    return "\n"
-  except UserError:
-    return tokenizer.decode([0])
+  """A newline, or where the tokenizer has none (a text without one) or drops it (a
+  word-level tokenizer), the first of its first tokens that is a prompt."""
+  for text in ("\n", *(tokenizer.decode([i]) for i in range(256))):
+    try:
+      prompt_ids(tokenizer, text)
+      return text
+    except UserError:
+      continue
+  return "\n"  # prompt_ids says what is wrong with it
 
 
 def chat_prompt(tokenizer, messages: list[dict], max_tokens: int) -> tuple[str, list[dict]]:

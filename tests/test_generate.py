@@ -13,7 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt import attention, generate, sharding
 from jaxgpt import state as state_lib
-from jaxgpt.data import CharTokenizer
+from jaxgpt.data import BPETokenizer, CharTokenizer
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
 from helpers import init_params
@@ -281,3 +282,19 @@ def test_no_new_trace_within_a_bucket(model_params, monkeypatch):
       _generate(model, params, prompt, 2 * CONFIG.block_size, num_samples=2, seed=len(prompt),
                 **sampling)
   chex.clear_trace_counter()
+
+
+def test_a_prompt_the_tokenizer_drops_is_one_line_and_the_default_prompt_is_a_token():
+  """A word-level tokenizer that splits on whitespace has no token for a newline or a
+  space: such a prompt is a UserError (it was generate's ValueError, a traceback after
+  train's last step), and the default prompt is its first token that encodes."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  words = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {"[UNK]": 0, "king": 1, "<|endoftext|>": 2}, unk_token="[UNK]"))
+  words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tokenizer = BPETokenizer(words.to_str())
+  for prompt in ("\n", " "):
+    with pytest.raises(UserError, match="is no token to the model's tokenizer"):
+      generate.prompt_ids(tokenizer, prompt)
+  prompt = generate.default_prompt(tokenizer)
+  assert list(generate.prompt_ids(tokenizer, prompt)) == [0]
