@@ -4,6 +4,7 @@ choice of a model to load (--workdir or --init_from), and flag errors as one cle
 import ast
 import dataclasses
 import difflib
+import importlib.util
 import logging
 import os
 import re
@@ -119,14 +120,24 @@ def _parse(argv) -> None:
   except flags.Error as e:
     raise UserError(_flag_error(e)) from None
   except (AttributeError, KeyError) as e:
+    _check_overridden_config_file(argv)
     raise unknown_config_key(e, argv) from None
+  except Exception as e:  # pylint: disable=broad-except
+    config_file = _config_file(argv)
+    if config_file is None:
+      raise
+    # config_flags wraps what get_config() raises, not what the file raises as it loads
+    raise UserError(f"config file {config_file} raised {type(e).__name__}: {e}: fix it (its "
+                    "keys and their types are those of configs/default.py)") from None
   finally:
     absl_log.setLevel(level)
   if len(rest) > 1:
     raise UserError(f"unexpected argument {rest[1]!r}: flags are written --name=value "
                     "(see --help)")
   if "config" in flags.FLAGS:
-    _check_config_value(flags.FLAGS["config"])
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    flag = flags.FLAGS["config"]
+    _check_config_value(config_flags.get_config_filename(flag), flag.value)
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -139,12 +150,31 @@ def _flag_error(error: flags.Error) -> str:
   return f"{first_line(error)} (see --help for the accepted flags)"
 
 
-def _check_config_value(flag) -> None:
+def _config_file(argv) -> str | None:
+  """The last --config=FILE of argv, if any."""
+  files = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  return files[-1] if files else None
+
+
+def _check_overridden_config_file(argv) -> None:
+  """Where every overridden key exists, an override failed on what a config file's
+  get_config() returned (not a config, or a partial one): that is the error to report."""
+  from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
+  keys = {key for key, _ in config_lib.flat_items(config_lib.base_config())}
+  path = _config_file(argv)
+  if path is None or overridden_config_keys(argv) - keys:
+    return
+  path, *arg = path.split(":", 1)
+  spec = importlib.util.spec_from_file_location("jaxgpt_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  _check_config_value(path, module.get_config(*arg))
+
+
+def _check_config_value(path: str, value) -> None:
   """A config file's get_config() must return a whole jaxgpt config."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from jaxgpt import config as config_lib  # pylint: disable=g-import-not-at-top
-  path, value = config_flags.get_config_filename(flag), flag.value
   fix = "return jaxgpt.config.base_config() with your changes, as configs/default.py does"
   if not isinstance(value, ml_collections.ConfigDict):
     kind = "None" if value is None else type(value).__name__

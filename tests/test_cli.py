@@ -206,6 +206,25 @@ def test_a_broken_config_file_is_one_clear_line(tmp_path, source, words):
   assert_clean_error(result, "broken.py", *words)
 
 
+@pytest.mark.parametrize("source, overrides, words", [
+    ("import nonexistent_module\ndef get_config():\n  pass\n", [],
+     ["raised ModuleNotFoundError", "nonexistent_module"]),  # as it loads: not config_flags'
+    pytest.param("def get_config():\n  return undefined_name\n", [], ["raised NameError"],
+                 marks=pytest.mark.slow),
+    pytest.param("def get_config():\n  return 5\n", ["--config.train.max_steps=2"],
+                 ["returned int, not a config"], marks=pytest.mark.slow),  # not "unknown key"
+    pytest.param("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict("
+                 "{'seed': 1})\n", ["--config.train.max_steps=2"], ["config has no backend"],
+                 marks=pytest.mark.slow),
+])
+def test_a_config_file_that_raises_or_is_overridden_is_one_clear_line(tmp_path, source,
+                                                                       overrides, words):
+  (tmp_path / "broken.py").write_text(source)
+  result = run("train", f"--config={tmp_path / 'broken.py'}", f"--workdir={tmp_path / 'w'}",
+               *overrides, check=False)
+  assert_clean_error(result, "broken.py", *words)
+
+
 def test_a_kaggle_csv_that_is_not_text_is_one_clear_line(tmp_path):
   (tmp_path / "data.csv").write_bytes(b"\x00\xff\xfe\x80 binary")
   result = run("train", *tiny_args(), "--config.data.source=kaggle_csv",
