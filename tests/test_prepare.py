@@ -428,6 +428,7 @@ def test_bad_input_is_one_clear_line(docs, tmp_path):
   (tmp_path / "t.parquet").write_bytes(b"PAR1")  # never opened: pyarrow is missing
   cases = [
       ([f"--input={tmp_path}/nothing*.txt", out], ["nothing*.txt"]),
+      ([f"--input={tmp_path}/empty", out], ["empty is a folder", "empty/*.txt"]),
       ([f"--input={tmp_path}/empty/*.txt", out], ["corpus is empty"]),
       ([f"--input={tmp_path}/latin1.txt", out], ["latin1.txt", "UTF-8"]),
       ([f"--input={tmp_path}/bad.jsonl", out], ["bad.jsonl line 2", "--text_field"]),

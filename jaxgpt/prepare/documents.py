@@ -32,6 +32,9 @@ def expand_globs(patterns: str, flag: str) -> list[str]:
     matches = sorted(os.path.abspath(p) for p in glob.glob(os.path.expanduser(pattern),
                                                            recursive=True)
                      if os.path.isfile(p))
+    if not matches and os.path.isdir(os.path.expanduser(pattern)):
+      raise UserError(f"--{flag}={pattern} is a folder: name its files, e.g. "
+                      f"--{flag}='{os.path.join(pattern, '*.txt')}' (quoted)")
     if not matches:
       raise UserError(f"--{flag}: no file matches {pattern!r}: check the path, and quote the "
                       "glob so that the shell leaves it to prepare")
