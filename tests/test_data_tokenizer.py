@@ -133,3 +133,13 @@ def test_a_folder_whose_tokenizer_cannot_be_read_is_a_user_error(tmp_path, files
     (tmp_path / name).write_text(text)
   with pytest.raises(UserError, match=named):
     tokenizer_lib.BPETokenizer.from_folder(str(tmp_path))
+
+
+def test_a_character_level_exports_tokenizer_has_the_same_ids_as_the_characters(tmp_path):
+  """So eval --init_from=EXPORT scores a character-level dataset that prepare wrote (it was
+  refused as another tokenizer, the two being of different kinds)."""
+  chars = CharTokenizer("ROMEO: But soft!\n")
+  tokenizer_lib.write_hf_tokenizer(chars, str(tmp_path), 64)
+  exported = tokenizer_lib.BPETokenizer.from_folder(str(tmp_path))
+  assert tokenizer_lib.same_ids(exported, chars) and tokenizer_lib.same_ids(chars, exported)
+  assert not tokenizer_lib.same_ids(CharTokenizer("ROMEO: But soft?\n"), exported)
