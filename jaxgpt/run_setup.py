@@ -61,7 +61,9 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   dataset = _dataset(config, workdir, pretrained, explicit_keys or set())
   if saved is not None and saved.data.fingerprint not in ("", config.data.fingerprint):
-    raise _data_differs(config, workdir)
+    raise _data_differs(config, workdir, "; token shards are the same data only as the same "
+                        "shards, whose tokens the batches are drawn from"
+                        if config.data.source == "tokens" else "")
   checkpoints = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                         timeout_secs=config.train.checkpoint_timeout_secs)
   try:

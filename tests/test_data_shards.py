@@ -190,6 +190,19 @@ def _train_on(token_folder, workdir, *args):
 
 
 @pytest.mark.slow
+def test_resuming_on_the_same_tokens_in_other_shards_says_the_shards_differ(text_file, tmp_path):
+  """The batches are drawn from the shards, so other shards are other data even with the same
+  tokens; the refusal says so rather than only that the data differs."""
+  from conftest import write_token_dataset  # pylint: disable=g-import-not-at-top
+  text = open(text_file, encoding="utf-8").read()
+  first = write_token_dataset(text, tmp_path / "first")
+  resharded = write_token_dataset(text, tmp_path / "resharded", shard_chars=3000)
+  assert _train_on(first, tmp_path / "run").returncode == 0
+  assert_clean_error(_train_on(resharded, tmp_path / "run", "--config.train.max_steps=4"),
+                     "training data differs", "same data only as the same shards")
+
+
+@pytest.mark.slow
 def test_bad_token_folders_are_one_line(token_dir, tmp_path):
   assert_clean_error(_train_on(tmp_path, tmp_path / "a"), "dataset.json", "jaxgpt.prepare")
   damaged = tmp_path / "damaged"
