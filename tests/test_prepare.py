@@ -426,6 +426,10 @@ def test_bad_input_is_one_clear_line(docs, tmp_path):
   (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
   (tmp_path / "one.txt").write_text("a single document")
   (tmp_path / "t.parquet").write_bytes(b"PAR1")  # never opened: pyarrow is missing
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  (tmp_path / "no_eos").mkdir()
+  tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(
+      str(tmp_path / "no_eos" / "tokenizer.json"))
   cases = [
       ([f"--input={tmp_path}/nothing*.txt", out], ["nothing*.txt"]),
       ([f"--input={tmp_path}/empty", out], ["empty is a folder", "empty/*.txt"]),
@@ -443,6 +447,8 @@ def test_bad_input_is_one_clear_line(docs, tmp_path):
       ([f"--input={corpus}", "--shard_tokens=0", out], ["--shard_tokens=0: pass 1 to"]),
       ([f"--input={corpus}", f"--tokenizer={tmp_path / 'empty'}", out],
        ["has no tokenizer files", "pass a folder that holds them"]),
+      ([f"--input={corpus}", f"--tokenizer={tmp_path / 'no_eos'}", out],
+       ["neither a <|endoftext|> token nor an eos_token"]),
   ]
   for args, words in cases:
     assert_clean_error(prepare(*args, check=False), *words)

@@ -155,8 +155,9 @@ def _separator(tokenizer) -> int:
                       "with --tokenizer=char to make the vocabulary from the corpus")
     return int(tokenizer.encode("\n")[0])
   if tokenizer.end_of_text_id is None:
-    raise UserError(f"the tokenizer has no {tokenizer_lib.BPETokenizer.END_OF_TEXT} token, which "
-                    "goes before each document: pass a tokenizer that has it")
+    raise UserError(f"the tokenizer has neither a {tokenizer_lib.BPETokenizer.END_OF_TEXT} token "
+                    "nor an eos_token (tokenizer_config.json), one of which goes before each "
+                    "document: pass a tokenizer that has one")
   return int(tokenizer.end_of_text_id)
 
 
