@@ -263,7 +263,7 @@ class Trainer:
   def _save_run_files(self, step: int) -> None:
     """The tokenizer and config, saved only now: a run refused at start, or with nothing to
     train, leaves the workdir as it was."""
-    if self.is_main and step <= self.config.train.max_steps:
+    if self.is_main and step < self.config.train.max_steps:
       self.tokenizer.save(self.workdir)
       config_lib.save_config(self.config, self.workdir)
       if self.setup.pretrained:  # export writes the model back with its own config.json

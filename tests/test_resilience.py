@@ -173,15 +173,18 @@ def test_a_run_resumes_and_evaluates_from_any_folder_and_after_its_data_moves(te
 
 
 @pytest.mark.slow
-def test_max_steps_below_the_saved_step_trains_nothing_and_keeps_the_config(text_file, tmp_path):
+def test_max_steps_at_or_below_the_saved_step_trains_nothing_and_keeps_the_config(text_file,
+                                                                                 tmp_path):
   workdir = tmp_path / "run"
   run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
   saved = (workdir / "config.json").read_text()
   result = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=5")
   assert "already at step 10, past train.max_steps=5" in result.stdout
   assert (workdir / "config.json").read_text() == saved
-  again = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10")
+  again = run("train", *_train_args(text_file, workdir), "--config.train.max_steps=10",
+               "--config.train.warmup_steps=7")
   assert "already at step 10, at train.max_steps=10: nothing to train" in again.stdout
+  assert (workdir / "config.json").read_text() == saved
   assert "resuming" not in again.stdout  # it said it resumed, then trained nothing
   assert _train_steps_in_order(workdir) == list(range(1, 11))
 
