@@ -261,9 +261,10 @@ class Trainer:
         return self._train_from(state, self._loop(state, compiled, writer, trace))
 
   def _save_run_files(self, step: int) -> None:
-    """The tokenizer and config, saved only now: a run refused at start, or with nothing to
-    train, leaves the workdir as it was."""
-    if self.is_main and step < self.config.train.max_steps:
+    """The tokenizer and config, saved only now: a run refused at start, or resumed with
+    nothing to train, leaves the workdir as it was (a new run, at step 0, saves them even at
+    train.max_steps=0)."""
+    if self.is_main and (step == 0 or step < self.config.train.max_steps):
       self.tokenizer.save(self.workdir)
       config_lib.save_config(self.config, self.workdir)
       if self.setup.pretrained:  # export writes the model back with its own config.json

@@ -193,6 +193,7 @@ def test_no_step_trained_points_to_no_sample_command(tmp_path, text_file):
                "--config.model.block_size=16", "--config.train.max_steps=0",
                "--config.train.sample_tokens=10", f"--workdir={tmp_path / 'run'}")
   assert "done: step 0" in result.stdout and "more with" not in result.stdout
+  assert (tmp_path / "run" / "config.json").exists()  # the run it describes, for a resume
 
 
 @pytest.mark.parametrize("name, content, words", [
