@@ -89,8 +89,8 @@ def requests(examples: list[dict], tokenizer) -> list[tuple[np.ndarray, np.ndarr
   pairs = []
   for number, example in enumerate(examples, 1):
     try:
-      pairs += [(generate.prompt_ids(tokenizer, example["ctx"]), tokenizer.encode(" " + ending))
-                for ending in example["endings"]]
+      context = generate.prompt_ids(tokenizer, example["ctx"])
+      pairs += [(context, tokenizer.encode(" " + ending)) for ending in example["endings"]]
     except UserError as e:
       raise UserError(f"{example.get('where', f'HellaSwag example {number}')}: {e}") from None
   return pairs
