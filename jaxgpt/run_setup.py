@@ -44,12 +44,13 @@ def resolve_run(config: ml_collections.ConfigDict, workdir: str,
   # checkpoint: it takes its own init_from (another one given is refused below), and the
   # pretrained model is neither read nor needed.
   pretrained = None
-  if config.init_from != "scratch" and not resuming:
-    pretrained = pretrained_lib.resolve(config.init_from)
-    pretrained_lib.configure(config, pretrained, explicit_keys or set())
-  if config.init_from != "scratch" and (not resuming or "init_from" in explicit_keys):
-    # config.json names the folder wherever the run is resumed from (a moved one, given)
-    config.init_from = pretrained_lib.absolute_init_from(config.init_from)
+  if config.init_from != "scratch":
+    if not resuming:
+      pretrained = pretrained_lib.resolve(config.init_from)
+      pretrained_lib.configure(config, pretrained, explicit_keys or set())
+    if not resuming or "init_from" in explicit_keys:
+      # config.json names the folder wherever the run is resumed from (a moved one, given)
+      config.init_from = pretrained_lib.absolute_init_from(config.init_from)
   config_lib.validate(config, needs_data=saved is None)  # a resumed run has its data.path
   if resuming:
     changed = config_lib.adopt_identity(config, saved, explicit_keys, workdir)
