@@ -465,11 +465,14 @@ class Timing:
   compile_s: float = 0.0
   generate_s: float = 0.0
   tokens: int = 0  # tokens generated, over all samples
+  kept: int | None = None  # of them, those before the samples' stops (generate_text)
 
   def summary(self) -> str:
     rate = self.tokens / max(self.generate_s, 1e-9)
+    kept = ("" if self.kept is None or self.kept == self.tokens else
+            f" ({self.kept:,} of them before the samples' stops)")
     return (f"compiled in {self.compile_s:.2f} s; {self.tokens:,} tokens in "
-            f"{self.generate_s:.2f} s = {rate:,.0f} tokens/s")
+            f"{self.generate_s:.2f} s = {rate:,.0f} tokens/s{kept}")
 
 
 def generate(model: GPT, params, prompt_ids, max_new_tokens: int,
@@ -549,6 +552,15 @@ class _SampleText:
   def flush(self) -> str:
     return self._take(len(self.text))
 
+  def kept_tokens(self) -> int:
+    """How many of its ids the sample's text needs: those before its stop."""
+    covers = lambda k: len(self.tokenizer.decode(self.ids[:k]).rstrip("\ufffd")) >= len(self.text)
+    low, high = 0, len(self.ids)
+    while low < high:
+      middle = (low + high) // 2
+      low, high = (low, middle) if covers(middle) else (middle + 1, high)
+    return low
+
   def _take(self, end: int) -> str:
     piece = self.text[self.printed:end]
     self.printed = max(self.printed, end)
@@ -622,3 +634,5 @@ def generate_text(model: GPT, params, tokenizer, prompt: str, max_new_tokens: in
       chunks.close()
       break
   yield [sample.flush() for sample in samples]
+  if timing is not None:
+    timing.kept = sum(sample.kept_tokens() for sample in samples)

@@ -268,6 +268,10 @@ def test_stop_text_ends_each_sample_before_it_and_ends_generation(model_params):
   timing = generate.Timing()
   assert _texts(model, params, 200, num_samples=1, stop=stop, timing=timing) == [full[0][:5]]
   assert timing.tokens < 200  # generation stopped once every sample had
+  # The timing line counts the tokens computed (a whole chunk) and those kept apart.
+  assert timing.kept == 5 < timing.tokens  # characters: a token each
+  assert f"{timing.tokens:,} tokens in" in timing.summary()
+  assert "(5 of them before the samples' stops)" in timing.summary()
 
 
 @pytest.mark.slow
