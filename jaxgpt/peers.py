@@ -20,7 +20,7 @@ from jaxgpt.errors import Interrupted, UserError, first_line, one_line, report
 
 _PREFIX = "jaxgpt/peers/"
 _FAILED = _PREFIX + "failed"
-_COMMAND = "jaxgpt/command/"  # each process's command (a digest of its workdir and config)
+_AGREED = "jaxgpt/agreed/"  # what each process must share with process 0 (process_zeros)
 _READ = "jaxgpt/failure_read/"  # each process that read the failure report, just before it ends
 _DONE = "done"
 EXIT_CODE = 2
@@ -64,15 +64,25 @@ def watch(timeout_secs: float):
 def check_same_command(description: str, timeout_secs: float) -> None:
   """Every process must run the same command: with another workdir or config, processes
   block in their first save for good, or abort in a collective whose shapes differ."""
+  digest = hashlib.sha256(description.encode()).hexdigest()
+  if process_zeros("command", digest, timeout_secs) != digest:
+    raise UserError(f"process {_process_index()} runs another command than process 0 (its "
+                    "--workdir or config differs): start the same command on every process")
+
+
+def process_zeros(name: str, value: str, timeout_secs: float) -> str:
+  """Process 0's `value` of `name` (each process gives its own); this process's where it is
+  the only one."""
   client = _client()
   if client is None:
-    return
+    return value
+  client.key_value_set(f"{_AGREED}{name}/{_process_index()}", value)
+  return client.blocking_key_value_get(f"{_AGREED}{name}/0", int(timeout_secs * 1000))
+
+
+def _process_index() -> int:
   import jax  # pylint: disable=g-import-not-at-top
-  digest = hashlib.sha256(description.encode()).hexdigest()
-  client.key_value_set(f"{_COMMAND}{jax.process_index()}", digest)
-  if client.blocking_key_value_get(f"{_COMMAND}0", int(timeout_secs * 1000)) != digest:
-    raise UserError(f"process {jax.process_index()} runs another command than process 0 (its "
-                    "--workdir or config differs): start the same command on every process")
+  return jax.process_index()
 
 
 def lost_a_peer(error: BaseException) -> bool:

@@ -11,7 +11,7 @@ import sys
 from absl import flags
 
 from jaxgpt import cli, peers, runtime, workdir_lock
-from jaxgpt.errors import run_cli
+from jaxgpt.errors import UserError, run_cli
 
 
 def main(argv=None):
@@ -36,9 +36,24 @@ def main(argv=None):
   with peers.watch(config.train.peer_timeout_secs), lock:
     peers.check_same_command(f"{workdir}\n{config.to_json_best_effort(sort_keys=True)}",
                              config.train.peer_timeout_secs)
+    _check_same_products(config)
     explicit_keys = cli.overridden_config_keys(sys.argv if argv is None else argv)
     trainer = Trainer(config, workdir, explicit_keys=explicit_keys)
     _train_and_sample(trainer, config, workdir)
+
+
+def _check_same_products(config) -> None:
+  """matmul_precision=auto follows each machine's CPU: processes on CPUs with and without
+  bfloat16 dot instructions would compile different programs and diverge."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxgpt.config import matmul_dtype  # pylint: disable=g-import-not-at-top
+  products = matmul_dtype(config) or "float32"
+  first = peers.process_zeros("products", products, config.train.peer_timeout_secs)
+  if first != products:
+    raise UserError(f"matmul_precision=auto takes {products} products on process "
+                    f"{jax.process_index()}'s CPU and {first} on process 0's (only one has "
+                    "bfloat16 dot instructions): give every process "
+                    "--config.matmul_precision=float32 or --config.matmul_precision=bfloat16")
 
 
 def _train_and_sample(trainer, config, workdir: str) -> None:

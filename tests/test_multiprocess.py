@@ -22,6 +22,7 @@ STEPS = 10
 ARGS = tiny_args(dropout=0.1, train=dict(eval_steps=2, max_steps=STEPS, eval_every=5,
                                          checkpoint_every=5, log_every=1, sample_tokens=0))
 FAILING_SAVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failing_save.py")
+OTHER_CPU = os.path.join(os.path.dirname(os.path.abspath(__file__)), "other_cpu.py")
 
 
 def _free_port() -> int:
@@ -51,8 +52,13 @@ def _start(text_file, workdir, devices, *args, script=("-m", "jaxgpt.train"), un
 
 
 def _start_pair(text_file, workdir, *args, **kwargs):
+  return _start_pair_each(text_file, workdir, [args, args], **kwargs)
+
+
+def _start_pair_each(text_file, workdir, args, **kwargs):
+  """Processes 0 and 1 of a run, each with its own arguments."""
   address = f"127.0.0.1:{_free_port()}"
-  return [_start(text_file, workdir, 2, *args, JAX_COORDINATOR_ADDRESS=address,
+  return [_start(text_file, workdir, 2, *args[i], JAX_COORDINATOR_ADDRESS=address,
                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), **kwargs) for i in range(2)]
 
 
@@ -108,9 +114,7 @@ def test_processes_given_other_workdirs_or_configs_stop_with_one_line(text_file,
   another model shape aborted both in a collective with a C++ stack."""
   for name, args in (("workdirs", [[], [f"--workdir={tmp_path / 'other'}"]]),
                      ("configs", [[], ["--config.model.n_embd=64"]])):
-    address = f"127.0.0.1:{_free_port()}"
-    pair = [_start(text_file, tmp_path / name, 2, *args[i], JAX_COORDINATOR_ADDRESS=address,
-                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
+    pair = _start_pair_each(text_file, tmp_path / name, args)
     started += pair
     (code0, _, stderr0), (code1, _, stderr1) = [_finish(p) for p in pair]
     assert code1 == 2, stderr1
@@ -119,6 +123,22 @@ def test_processes_given_other_workdirs_or_configs_stop_with_one_line(text_file,
     assert code0 == 2, stderr0
     _assert_one_line_error(stderr0, "process 1 failed")
     assert not os.path.exists(tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_processes_whose_cpus_resolve_auto_products_differently_stop_with_one_line(
+    text_file, tmp_path, started):
+  """matmul_precision=auto takes bfloat16 products on a CPU with bfloat16 dot instructions:
+  processes on CPUs with and without them would compile different programs."""
+  pair = _start_pair_each(text_file, tmp_path, [[], []], script=(OTHER_CPU,), PYTHONPATH=REPO)
+  started += pair
+  (code0, _, stderr0), (code1, _, stderr1) = [_finish(p) for p in pair]
+  assert code1 == 2, stderr1
+  _assert_one_line_error(stderr1, "matmul_precision=auto takes", "process 1's CPU",
+                         "--config.matmul_precision=float32")
+  assert code0 == 2, stderr0
+  _assert_one_line_error(stderr0, "process 1 failed")
+  assert {p.name for p in tmp_path.rglob("*")} <= {"lock", "checkpoints"}  # nothing saved
 
 
 @pytest.mark.slow
