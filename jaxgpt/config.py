@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from jaxgpt import files
+from jaxgpt import files, peers
 from jaxgpt.errors import UserError, first_line
 
 TEXT_SOURCES = ("shakespeare_plays", "text", "kaggle_csv", "tfds")
@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Several processes: how long a checkpoint save (with its cross-process barriers) may take,
   # and how long a silent process is waited for, before the run stops with an error.
   c.train.checkpoint_timeout_secs = 1200
-  c.train.peer_timeout_secs = 60
+  c.train.peer_timeout_secs = peers.TIMEOUT_SECS
   c.train.profile_steps = ""  # "START,END": a jax.profiler trace of those steps (see docs/runs.md)
 
   # LoRA: rank > 0 trains only low-rank adapters on the named layers; the rest stays frozen.

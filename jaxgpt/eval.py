@@ -15,10 +15,11 @@ or with --json one JSON object on a line of its own.
 import json
 import math
 import os
+import sys
 
 from absl import flags
 
-from jaxgpt import cli, files, runtime
+from jaxgpt import cli, files, peers, runtime
 from jaxgpt.errors import UserError, run_cli
 
 _RUN = cli.define_run_flags(__name__, "evaluate", "Evaluate pretrained weights instead: gpt2, "
@@ -96,27 +97,29 @@ def evaluate(run, data: list[str], hellaswag_examples: list[dict] | None = None,
   for spec in data:
     name, tokens = _heldout_tokens(run, spec)
     try:
-      results[name] = _scored(lambda: heldout.evaluate(scorer, tokens, run.tokenizer, limit))
+      results[name] = _scored(lambda: heldout.evaluate(scorer, tokens, run.tokenizer, limit),
+                              f"--data={spec}")
     except heldout.TooShort as e:
       fix = "pass --limit=2 or more" if e.by_limit else "pass a longer text or another set"
       raise UserError(f"--data={spec}: {e}: {fix}") from None
   if hellaswag_examples:
     results["hellaswag"] = _scored(
-        lambda: hellaswag.evaluate(scorer, run.tokenizer, hellaswag_examples))
+        lambda: hellaswag.evaluate(scorer, run.tokenizer, hellaswag_examples), "--hellaswag")
   if lm_eval_tasks:
     from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
     results["lm_eval"] = _scored(lambda: lm_eval_model.run_tasks(
-        run, scorer, list(lm_eval_tasks), limit, lm_eval_include))
+        run, scorer, list(lm_eval_tasks), limit, lm_eval_include), "--lm_eval_tasks")
   return results
 
 
-def _scored(evaluation):
-  """`evaluation()`, with a request longer than the model's context as a UserError."""
+def _scored(evaluation, flag: str):
+  """`evaluation()`, with a request longer than the model's context as a UserError naming the
+  `flag` it came from."""
   from jaxgpt import scoring  # pylint: disable=g-import-not-at-top
   try:
     return evaluation()
   except scoring.DoesNotFit as e:
-    raise UserError(f"{e}: evaluate shorter texts or answers, or a model with a longer "
+    raise UserError(f"{flag}: {e}: evaluate shorter texts or answers, or a model with a longer "
                     "context") from None
 
 
@@ -133,7 +136,11 @@ def _heldout_tokens(run, spec: str):
   if chat.is_conversations_file(path):  # its assistant turns are scored, as chat training's
     return name, chat.load_held_out(path, run.tokenizer, run.model.config.block_size,
                                     run.config.data.chat_packing)
-  return name, run.tokenizer.encode(files.read_utf8(path, f"--data={spec}"))
+  text = files.read_utf8(path, f"--data={spec}")
+  try:
+    return name, run.tokenizer.encode(text)
+  except UserError as e:  # a character the model's tokenizer lacks
+    raise UserError(f"--data={spec}: {e}") from None
 
 
 def _run_val_split(run):
@@ -202,6 +209,14 @@ def main(argv=None):
   runtime.initialize_distributed()  # several processes (a TPU pod) evaluate together
   runtime.start_backend()
   cli.parse_flags(argv, __doc__)
+  # With several processes, one that fails (a file missing on its host) stops them all.
+  with peers.watch(peers.TIMEOUT_SECS, after=""):
+    peers.check_same_command("\n".join((sys.argv if argv is None else argv)[1:]),
+                             peers.TIMEOUT_SECS, "its flags differ")
+    _evaluate_and_print()
+
+
+def _evaluate_and_print() -> None:
   _check_flags()
   from jaxgpt import hellaswag  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top

@@ -25,17 +25,21 @@ _READ = "jaxgpt/failure_read/"  # each process that read the failure report, jus
 _DONE = "done"
 EXIT_CODE = 2
 POLL_SECS = 1.0  # how often the watcher reads the other processes' reports
+RESUME = ("the newest complete checkpoint is kept: run the same command on every process to "
+          "resume from it")
+TIMEOUT_SECS = 60  # how long a silent process is waited for (train.peer_timeout_secs' default)
 
 
 @contextlib.contextmanager
-def watch(timeout_secs: float):
-  """While the block runs, ends this process if another process fails or stops responding."""
+def watch(timeout_secs: float, after: str = RESUME):
+  """While the block runs, ends this process if another process fails or stops responding;
+  its line ends with `after` (what is kept, and what to do)."""
   client = _client()
   if client is None:
     yield
     return
   import jax  # pylint: disable=g-import-not-at-top
-  watcher = _Watcher(client, jax.process_index(), jax.process_count(), timeout_secs)
+  watcher = _Watcher(client, jax.process_index(), jax.process_count(), timeout_secs, after)
   watcher.start()
   try:
     yield
@@ -52,7 +56,7 @@ def watch(timeout_secs: float):
       reason = (f"a collective with another process failed ({first_line(e)}): it probably "
                 "died or lost its machine; see its log")
       watcher.stop(failure=reason)
-      _exit(reason)
+      _exit(reason, after)
     else:
       traceback.print_exc()
       code, reason = 1, f"{type(e).__name__}: {first_line(e)}"
@@ -61,13 +65,14 @@ def watch(timeout_secs: float):
   watcher.stop()
 
 
-def check_same_command(description: str, timeout_secs: float) -> None:
-  """Every process must run the same command: with another workdir or config, processes
-  block in their first save for good, or abort in a collective whose shapes differ."""
+def check_same_command(description: str, timeout_secs: float, differs: str) -> None:
+  """Every process must run the same command: with another workdir, config or data,
+  processes block in their first save for good, or abort in a collective whose shapes
+  differ. `differs`: what may differ, for the error ("its flags differ")."""
   digest = hashlib.sha256(description.encode()).hexdigest()
   if process_zeros("command", digest, timeout_secs) != digest:
-    raise UserError(f"process {_process_index()} runs another command than process 0 (its "
-                    "--workdir or config differs): start the same command on every process")
+    raise UserError(f"process {_process_index()} runs another command than process 0 ("
+                    f"{differs}): start the same command on every process")
 
 
 def process_zeros(name: str, value: str, timeout_secs: float) -> str:
@@ -108,8 +113,8 @@ def _client():
 class _Watcher:
   """Beats this process's heartbeat and watches the other processes' beats and errors."""
 
-  def __init__(self, client, process_id, process_count, timeout_secs):
-    self._client, self._id, self._count = client, process_id, process_count
+  def __init__(self, client, process_id, process_count, timeout_secs, after: str):
+    self._client, self._id, self._count, self._after = client, process_id, process_count, after
     self._timeout, self._interval = timeout_secs, POLL_SECS
     self._stopped = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="jaxgpt-peers")
@@ -158,11 +163,11 @@ class _Watcher:
         if self._stopped.is_set():
           return
         _exit(f"lost contact with process 0, which runs the coordination service "
-              f"({first_line(e)}): it probably died; see its log")
+              f"({first_line(e)}): it probably died; see its log", self._after)
       if _FAILED in entries:
         with contextlib.suppress(Exception):
           self._client.key_value_set(f"{_READ}{self._id}", "1")
-        _exit(entries[_FAILED])
+        _exit(entries[_FAILED], self._after)
       now = time.monotonic()
       for other in range(self._count):
         value = entries.get(self._key(other))
@@ -172,13 +177,12 @@ class _Watcher:
           seen[other] = (value, now)
         elif now - seen[other][1] > self._timeout:
           _exit(f"process {other} has not responded for {self._timeout:.0f} s: it probably "
-                "died or lost its machine; see its log")
+                "died or lost its machine; see its log", self._after)
 
 
-def _exit(reason: str):
+def _exit(reason: str, after: str):
   """Ends this process at once: the main thread may be blocked in a collective for good."""
-  if "resume" not in reason:
-    reason += ("; the newest complete checkpoint is kept: run the same command on every "
-               "process to resume from it")
+  if after and after not in reason:
+    reason += f"; {after}"
   print(f"error: {reason}", file=sys.stderr, flush=True)
   os._exit(EXIT_CODE)  # pylint: disable=protected-access

@@ -35,7 +35,7 @@ def main(argv=None):
   lock = workdir_lock.held(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with peers.watch(config.train.peer_timeout_secs), lock:
     peers.check_same_command(f"{workdir}\n{config.to_json_best_effort(sort_keys=True)}",
-                             config.train.peer_timeout_secs)
+                             config.train.peer_timeout_secs, "its --workdir or config differs")
     _check_same_products(config)
     explicit_keys = cli.overridden_config_keys(sys.argv if argv is None else argv)
     trainer = Trainer(config, workdir, explicit_keys=explicit_keys)

@@ -276,18 +276,54 @@ def test_a_runs_val_split_gives_its_final_evaluation_loss(tmp_path):
 
 def _two_processes(module, *args):
   """The stdout of `python -m jaxgpt.MODULE ARGS` run as two processes of two CPU devices."""
+  results = _run_two_processes(module, [args, args], (REPO, REPO))
+  for result in results:
+    assert result.returncode == 0, result.stderr
+  return [result.stdout for result in results]
+
+
+def _run_two_processes(module, args_each, cwds):
+  """The CompletedProcess of each of two processes of two CPU devices, each with its own
+  arguments and working directory."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     address = f"127.0.0.1:{s.getsockname()[1]}"
   processes = [subprocess.Popen(
-      [sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=REPO, text=True,
+      [sys.executable, "-m", f"jaxgpt.{module}", *args], cwd=cwd, text=True,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      env={**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_COORDINATOR_ADDRESS": address,
-           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+      env={**os.environ, "PYTHONPATH": REPO, "JAX_NUM_CPU_DEVICES": "2",
+           "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(i)}) for i, (args, cwd) in enumerate(zip(args_each, cwds))]
   outputs = [p.communicate(timeout=300) for p in processes]
-  for p, (_, stderr) in zip(processes, outputs):
-    assert p.returncode == 0, stderr
-  return [stdout for stdout, _ in outputs]
+  return [subprocess.CompletedProcess(p.args, p.returncode, *output)
+          for p, output in zip(processes, outputs)]
+
+
+def test_a_file_one_process_lacks_or_other_flags_stop_every_process_with_one_line(text_file,
+                                                                                  tmp_path):
+  """A held-out file missing on one host: that process failed with its line and the other
+  waited in a collective for good (both hung). And a character the model's tokenizer lacks
+  names the file."""
+  workdir = tmp_path / "run"
+  run("train", *tiny_args(), f"--workdir={workdir}", "--config.data.source=text",
+      f"--config.data.path={text_file}", "--config.train.max_steps=2",
+      "--config.train.sample_tokens=0")
+  here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+  here.mkdir()
+  elsewhere.mkdir()
+  with open(text_file, encoding="utf-8") as f:
+    (here / "held.txt").write_text(f.read()[:2000], encoding="utf-8")
+  args = [f"--workdir={workdir}", "--data=held.txt"]
+  (here / "odd.txt").write_text("\u2603" * 10, encoding="utf-8")  # a character not in the text
+  assert_clean_error(run("eval", f"--workdir={workdir}", f"--data={here / 'odd.txt'}",
+                         check=False), f"--data={here / 'odd.txt'}: ", "not in the vocabulary")
+  first, second = _run_two_processes("eval", [args, args], (here, elsewhere))
+  assert_clean_error(second, "--data=held.txt is neither")
+  assert_clean_error(first, "process 1 failed", "--data=held.txt")
+  assert "resume" not in first.stderr  # nothing to resume: eval saves nothing
+  first, second = _run_two_processes("eval", [args, [*args, "--limit=100"]], (here, here))
+  assert_clean_error(second, "process 1 runs another command than process 0 (its flags differ)")
+  assert_clean_error(first, "process 1 failed")
 
 
 @pytest.mark.parametrize("line, words", [
@@ -413,7 +449,8 @@ def test_an_empty_text_or_an_answer_longer_than_the_context_is_one_line(hf_folde
       "metric_list:\n  - metric: acc\n")
   assert_clean_error(run("eval", f"--init_from={hf_folder}", f"--lm_eval_include={tmp_path}",
                          "--lm_eval_tasks=jaxgpt_long", check=False),
-                     "does not fit the model's block_size=", "a longer context")
+                     "--lm_eval_tasks: ", "does not fit the model's block_size=",
+                     "a longer context")
   # lm-eval skips a task file it cannot parse, and its task seemed unknown.
   (tmp_path / "broken.yaml").write_text("task: jaxgpt_broken\ndoc_to_text: '{{q}}\n")
   from jaxgpt import lm_eval_model  # pylint: disable=g-import-not-at-top
