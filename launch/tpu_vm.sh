@@ -48,8 +48,8 @@ Options (each also read from the environment variable in brackets):
   -h, --help           this help
 Flags after -- go to python -m jaxgpt.train, e.g. -- --config.train.max_steps=2000
 
-The workdir is MOUNT/jaxgpt/RUN with --bucket or --disk, else ~/jaxgpt/runs/RUN on each
-worker. On the workers, the training's output goes to ~/jaxgpt-train.log.
+The workdir is MOUNT/jaxgpt/RUN with --bucket or --disk, else ~/jaxgpt-runs/RUN on each
+worker (beside the checkout, which setup replaces). On the workers, the training's output goes to ~/jaxgpt-train.log.
 
 Example:
   launch/tpu_vm.sh --project=my-project --bucket=gs://my-bucket --spot all
@@ -81,6 +81,7 @@ WORKERS_CHECKED=0
 REMOTE_HOME='"$HOME"'
 REMOTE_DIR="$REMOTE_HOME/jaxgpt"
 REMOTE_VENV="$REMOTE_HOME/jaxgpt-venv"
+REMOTE_RUNS="$REMOTE_HOME/jaxgpt-runs"  # not in the checkout: setup replaces that
 REMOTE_LOG="$REMOTE_HOME/jaxgpt-train.log"
 REMOTE_PID="$REMOTE_HOME/jaxgpt-train.pid"
 REMOTE_STATUS="$REMOTE_HOME/jaxgpt-train.status"
@@ -193,7 +194,7 @@ workdir() {
   if [[ -n "$BUCKET" || -n "$DISK" ]]; then
     quote "$MOUNT/jaxgpt/$RUN"
   else
-    printf '%s' "$REMOTE_DIR/runs/$(quote "$RUN")"
+    printf '%s' "$REMOTE_RUNS/$(quote "$RUN")"
   fi
 }
 

@@ -92,7 +92,7 @@ def test_tpu_script_dry_run_mount_point_and_skip_install():
   assert "uv " not in setup and setup.startswith('(test -x "$HOME"/jaxgpt-venv/bin/python')
   out = _tpu_script("--dry-run", "setup", "train", "sample").stdout
   assert "networkEndpoints.len()" in out  # how many workers: one, without a bucket
-  assert '--workdir="$HOME"/jaxgpt/runs/default' in _remote_commands(out)[-1]  # sample
+  assert '--workdir="$HOME"/jaxgpt-runs/default' in _remote_commands(out)[-1]  # sample
 
 
 def _remote_commands(dry_run_output):
@@ -169,7 +169,7 @@ def test_tpu_script_train_and_sample_read_the_same_workdir(tpu, tmp_path, mode):
                        "--", flag, env=env, cwd=_run_folder(tmp_path))
   assert result.returncode == 0, result.stderr
   home = tmp_path / "tpu" / "workers" / "0"
-  workdir = str(home / "jaxgpt" / "runs" / "r 1") if mode == "home" else f"{mount}/jaxgpt/r 1"
+  workdir = str(home / "jaxgpt-runs" / "r 1") if mode == "home" else f"{mount}/jaxgpt/r 1"
   train = _args(home, "jaxgpt.train")
   assert train == ["-m", "jaxgpt.train", "--config=configs/default.py", f"--workdir={workdir}", flag]
   assert f"--workdir={workdir}" in _args(home, "jaxgpt.sample")
@@ -266,10 +266,14 @@ def _check_gcloud_commands(commands, describe):
 
 @pytest.mark.slow
 def test_tpu_script_trains_and_samples_on_one_worker(tpu, tmp_path, text_file):
-  _train_for_real(tpu, tmp_path, text_file, 1)
+  env, _ = _train_for_real(tpu, tmp_path, text_file, 1)
   home = tmp_path / "tpu" / "workers" / "0"
-  assert (home / "jaxgpt" / "runs" / "plays" / "checkpoints" / "10").is_dir()
+  assert (home / "jaxgpt-runs" / "plays" / "checkpoints" / "10").is_dir()
   assert not (home / "jaxgpt" / "$HOME").exists()
+  # setup again (a code change) replaces the checkout, and the run was in it.
+  result = _tpu_script("--skip-install", "setup", env=env, cwd=_run_folder(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert (home / "jaxgpt-runs" / "plays" / "checkpoints" / "10").is_dir()
 
 
 @pytest.mark.slow
