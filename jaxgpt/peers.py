@@ -20,7 +20,7 @@ from jaxgpt.errors import Interrupted, UserError, first_line, one_line, report
 
 _PREFIX = "jaxgpt/peers/"
 _FAILED = _PREFIX + "failed"
-_AGREED = "jaxgpt/agreed/"  # what each process must share with process 0 (process_zeros)
+_AGREED = "jaxgpt/agreed/"  # what each process must share with process 0 (value_of_process_0)
 _READ = "jaxgpt/failure_read/"  # each process that read the failure report, just before it ends
 _DONE = "done"
 EXIT_CODE = 2
@@ -70,14 +70,14 @@ def check_same_command(description: str, timeout_secs: float, differs: str) -> N
   processes block in their first save for good, or abort in a collective whose shapes
   differ. `differs`: what may differ, for the error ("its flags differ")."""
   digest = hashlib.sha256(description.encode()).hexdigest()
-  if process_zeros("command", digest, timeout_secs) != digest:
+  if value_of_process_0("command", digest, timeout_secs) != digest:
     raise UserError(f"process {_process_index()} runs another command than process 0 ("
                     f"{differs}): start the same command on every process")
 
 
-def process_zeros(name: str, value: str, timeout_secs: float) -> str:
-  """Process 0's `value` of `name` (each process gives its own); this process's where it is
-  the only one."""
+def value_of_process_0(name: str, value: str, timeout_secs: float) -> str:
+  """Process 0's `value` of `name`, each process giving its own (`value` where this process
+  is the only one)."""
   client = _client()
   if client is None:
     return value

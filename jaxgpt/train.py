@@ -48,7 +48,7 @@ def _check_same_products(config) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgpt.config import matmul_dtype  # pylint: disable=g-import-not-at-top
   products = matmul_dtype(config) or "float32"
-  first = peers.process_zeros("products", products, config.train.peer_timeout_secs)
+  first = peers.value_of_process_0("products", products, config.train.peer_timeout_secs)
   if first != products:
     raise UserError(f"matmul_precision=auto takes {products} products on process "
                     f"{jax.process_index()}'s CPU and {first} on process 0's (only one has "

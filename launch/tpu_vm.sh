@@ -49,7 +49,8 @@ Options (each also read from the environment variable in brackets):
 Flags after -- go to python -m jaxgpt.train, e.g. -- --config.train.max_steps=2000
 
 The workdir is MOUNT/jaxgpt/RUN with --bucket or --disk, else ~/jaxgpt-runs/RUN on each
-worker (beside the checkout, which setup replaces). On the workers, the training's output goes to ~/jaxgpt-train.log.
+worker (beside the checkout, which setup replaces). On the workers, the training's output
+goes to ~/jaxgpt-train.log.
 
 Example:
   launch/tpu_vm.sh --project=my-project --bucket=gs://my-bucket --spot all
