@@ -35,8 +35,15 @@ def stack_layers(tree):
 
 
 def unstack_layers(tree):
-  """`tree` with every "h" split along its layers axis into h_0 .. h_{L-1}."""
-  return jax.tree.map(lambda x: _unstacked(x) if _is_scanned(x) else x, tree, is_leaf=_is_scanned)
+  """`tree` with every "h" split along its layers axis into h_0 .. h_{L-1}; an "h" without
+  arrays (an optimizer's state of frozen weights: LoRA's under Muon) into as many."""
+  lengths = {leaves[0].shape[0] for x in jax.tree.leaves(tree, is_leaf=_is_scanned)
+             if _is_scanned(x) and (leaves := jax.tree.leaves(x[SCANNED]))}
+  if len(lengths) > 1:
+    raise ValueError(f"scanned blocks of {sorted(lengths)} layers in one tree")
+  num_layers = lengths.pop() if lengths else 0
+  return jax.tree.map(lambda x: _unstacked(x, num_layers) if _is_scanned(x) else x, tree,
+                      is_leaf=_is_scanned)
 
 
 def _stacked(params: dict) -> dict:
@@ -45,8 +52,7 @@ def _stacked(params: dict) -> dict:
   return {**rest, SCANNED: jax.tree.map(_stack, *(params[name] for name in names))}
 
 
-def _unstacked(params: dict) -> dict:
-  num_layers = jax.tree.leaves(params[SCANNED])[0].shape[0]
+def _unstacked(params: dict, num_layers: int) -> dict:
   rest = {k: v for k, v in params.items() if k != SCANNED}
   return {**rest, **{unrolled_name(i): jax.tree.map(lambda x, i=i: _take(x, i), params[SCANNED])
                      for i in range(num_layers)}}

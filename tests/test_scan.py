@@ -70,6 +70,23 @@ def test_greedy_samples_are_equal_in_both_forms():
 
 
 @pytest.mark.slow
+def test_an_optimizer_state_of_frozen_blocks_converts_between_the_forms():
+  """LoRA under Muon: the Adam part's blocks hold no arrays (every weight there is frozen),
+  and unrolling its "h" took the layer count from its first array (an IndexError on resume
+  with scan_layers switched)."""
+  optimizer = optim.make_optimizer(tiny_config(train=dict(optimizer="muon")).train)
+  states = {}
+  for scan_layers in (False, True):
+    config = tiny_config(scan_layers=scan_layers, lora=dict(rank=4, targets="c_attn"))
+    model = GPT(model_config(config, 30))
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    states[scan_layers] = state_lib.abstract_state(model, optimizer, mesh)
+  for scan_layers in (False, True):
+    converted = layers.in_form(states[not scan_layers], scan_layers)
+    assert jax.tree.structure(converted) == jax.tree.structure(states[scan_layers])
+    chex.assert_trees_all_equal_shapes(converted, states[scan_layers])
+
+
 def test_lora_merges_layer_by_layer_in_the_scanned_form():
   """That LoRA trains only the adapters in both forms: test_lora.py."""
   config = tiny_config(scan_layers=True)
