@@ -245,15 +245,38 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   return changed
 
 
+def _derived_kv_heads(m, n_kv_head: int) -> int:
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  return model.kv_heads_of(m.n_head, n_kv_head)
+
+
+def _derived_head_size(m, head_dim: int) -> int:
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  return model.head_size_of(m.n_embd, m.n_head, head_dim)
+
+
+def _derived_mlp_features(m, mlp_width: int) -> int:
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top
+  return model.mlp_features_of(m.n_embd, m.mlp, mlp_width)
+
+
+_DERIVED_MODEL_KEYS = {"model.n_kv_head": _derived_kv_heads, "model.head_dim": _derived_head_size,
+                       "model.mlp_width": _derived_mlp_features}
+
+
 def _same_in_effect(key: str, c: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
                     explicit: set[str], workdir: str) -> bool:
   """Whether two spellings of an identity key are the same run: lora.targets in any order;
+  n_kv_head, head_dim or mlp_width as the value the run's 0 stands for;
   a data.path given on the command line (the run's data moved, or its path was relative to
   another folder) whose data the saved data.fingerprint will check once it is read; an
   init_from given on the command line that names the run's pretrained folder (by another
   path, or a moved copy)."""
   if key == "lora.targets":
     return set(lora_targets(c)) == set(lora_targets(saved))
+  if key in _DERIVED_MODEL_KEYS:  # 0 derives the value from the run's other keys
+    derive = _DERIVED_MODEL_KEYS[key]
+    return derive(saved.model, _get(c, key)) == derive(saved.model, _get(saved, key))
   if key == "init_from" and key in explicit:
     from jaxgpt import pretrained  # pylint: disable=g-import-not-at-top
     return pretrained.same_model(c.init_from, saved.init_from, workdir)

@@ -68,6 +68,17 @@ def kv_heads_of(n_head: int, n_kv_head: int) -> int:
   return n_kv_head or n_head
 
 
+def mlp_features_of(n_embd: int, mlp: str, mlp_width: int) -> int:
+  """The MLP's features: mlp_width, or where it is 0 4 n_embd; SwiGLU's three matrices keep
+  about the 8 n_embd^2 weights of two with 8/3 n_embd, rounded up to a multiple of
+  SWIGLU_MULTIPLE."""
+  if mlp_width:
+    return mlp_width
+  if mlp != "swiglu":
+    return 4 * n_embd
+  return -(-8 * n_embd // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
   """The model's options. The run fills in vocab_size (its tokenizer's), dtype (`precision`),
@@ -175,11 +186,7 @@ class GPTConfig:
   def mlp_features(self) -> int:
     """F: mlp_width, or 4 D; SwiGLU's three matrices keep about the 8 D^2 weights of two with
     8/3 D, rounded up to a multiple of SWIGLU_MULTIPLE."""
-    if self.mlp_width:
-      return self.mlp_width
-    if self.mlp != "swiglu":
-      return 4 * self.n_embd
-    return -(-8 * self.n_embd // (3 * SWIGLU_MULTIPLE)) * SWIGLU_MULTIPLE
+    return mlp_features_of(self.n_embd, self.mlp, self.mlp_width)
 
   @property
   def padded_vocab_size(self) -> int:

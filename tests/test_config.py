@@ -40,6 +40,13 @@ def test_a_resume_keeps_how_the_weights_started_and_its_seed():
   reordered = _config(lora__rank=4, lora__targets="c_fc, c_attn")  # the same layers
   saved_lora = _config(lora__rank=4, lora__targets="c_attn,c_fc")
   assert not config_lib.adopt_identity(reordered, saved_lora, {"lora.targets"}, "runs/x")
+  # A value the run's 0 stands for is the same model (n_head 6, n_embd 384, GELU's 4 x 384).
+  for key, value in (("n_kv_head", 6), ("head_dim", 64), ("mlp_width", 1536)):
+    explicit = _config(**{f"model__{key}": value})
+    assert not config_lib.adopt_identity(explicit, _config(), {f"model.{key}"}, "runs/x")
+    with pytest.raises(UserError, match=f"model.{key}={value // 2} contradicts"):
+      config_lib.adopt_identity(_config(**{f"model__{key}": value // 2}), _config(),
+                                {f"model.{key}"}, "runs/x")
   dropout = _config(model__dropout=0.0)  # how it trains may change
   assert not config_lib.adopt_identity(dropout, _config(model__dropout=0.2), set(), "runs/x")
 
