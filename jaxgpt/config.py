@@ -245,23 +245,16 @@ def adopt_identity(c: ml_collections.ConfigDict, saved: ml_collections.ConfigDic
   return changed
 
 
-def _derived_kv_heads(m, n_kv_head: int) -> int:
-  from jaxgpt import model  # pylint: disable=g-import-not-at-top
-  return model.kv_heads_of(m.n_head, n_kv_head)
+_DERIVED_MODEL_KEYS = ("model.n_kv_head", "model.head_dim", "model.mlp_width")
 
 
-def _derived_head_size(m, head_dim: int) -> int:
-  from jaxgpt import model  # pylint: disable=g-import-not-at-top
-  return model.head_size_of(m.n_embd, m.n_head, head_dim)
-
-
-def _derived_mlp_features(m, mlp_width: int) -> int:
-  from jaxgpt import model  # pylint: disable=g-import-not-at-top
-  return model.mlp_features_of(m.n_embd, m.mlp, mlp_width)
-
-
-_DERIVED_MODEL_KEYS = {"model.n_kv_head": _derived_kv_heads, "model.head_dim": _derived_head_size,
-                       "model.mlp_width": _derived_mlp_features}
+def _derived(key: str, m: ml_collections.ConfigDict, value: int) -> int:
+  """What `value` of a _DERIVED_MODEL_KEYS key means in the model section `m` (0 derives it
+  from m's other keys)."""
+  from jaxgpt import model  # pylint: disable=g-import-not-at-top  # this module loads without JAX
+  return {"model.n_kv_head": lambda: model.kv_heads_of(m.n_head, value),
+          "model.head_dim": lambda: model.head_size_of(m.n_embd, m.n_head, value),
+          "model.mlp_width": lambda: model.mlp_features_of(m.n_embd, m.mlp, value)}[key]()
 
 
 def _same_in_effect(key: str, c: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
@@ -275,8 +268,7 @@ def _same_in_effect(key: str, c: ml_collections.ConfigDict, saved: ml_collection
   if key == "lora.targets":
     return set(lora_targets(c)) == set(lora_targets(saved))
   if key in _DERIVED_MODEL_KEYS:  # 0 derives the value from the run's other keys
-    derive = _DERIVED_MODEL_KEYS[key]
-    return derive(saved.model, _get(c, key)) == derive(saved.model, _get(saved, key))
+    return _derived(key, saved.model, _get(c, key)) == _derived(key, saved.model, _get(saved, key))
   if key == "init_from" and key in explicit:
     from jaxgpt import pretrained  # pylint: disable=g-import-not-at-top
     return pretrained.same_model(c.init_from, saved.init_from, workdir)

@@ -184,8 +184,7 @@ class GPTConfig:
 
   @property
   def mlp_features(self) -> int:
-    """F: mlp_width, or 4 D; SwiGLU's three matrices keep about the 8 D^2 weights of two with
-    8/3 D, rounded up to a multiple of SWIGLU_MULTIPLE."""
+    """F (mlp_features_of)."""
     return mlp_features_of(self.n_embd, self.mlp, self.mlp_width)
 
   @property
